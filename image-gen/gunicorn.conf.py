@@ -1,0 +1,39 @@
+"""Gunicorn settings for image-gen: threads, because the work is waiting on the upstream.
+
+Every request spends nearly all its time waiting for OpenAI (10-60 s, minutes at high
+quality), so each worker process runs many threads. Sync workers would serve only
+`workers` callers at a time. Override with the GUNICORN_* variables below.
+"""
+
+import os
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, "") or default)
+
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
+worker_class = "gthread"
+workers = _int("GUNICORN_WORKERS", 2)
+threads = _int("GUNICORN_THREADS", 100)
+# Connections a worker holds (in flight + keep-alive) before it stops accepting more.
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
+backlog = 2048
+# A gthread worker's heartbeat comes from its main loop, so a slow generation never
+# trips this; it only catches a worker that is stuck as a whole. It stays above the
+# request deadline (IMAGE_GEN_REQUEST_DEADLINE, default 540 s) all the same.
+timeout = _int("GUNICORN_TIMEOUT", 600)
+# On SIGTERM (docker stop), finish in-flight generations for up to this long.
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 120)
+keepalive = 5
+max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
+max_requests_jitter = max_requests // 10
+
+# One request line per request comes from the app (with a request id), so no access log.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# Works with a read-only root filesystem: heartbeat files in memory, no control socket.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+control_socket_disable = True
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -1,0 +1,66 @@
+"""image-gen: an HTTP service that generates images through the OpenAI Images API.
+
+The OpenAI key stays inside the service; agents and scripts only speak HTTP to it.
+"""
+
+from __future__ import annotations
+
+__version__ = "1.0.0"
+
+from flask import Flask
+
+from .settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the application: settings, store, provider, blueprints and error handlers."""
+    from . import generate, health, images, models
+    from .errors import register_error_handlers
+    from .logs import configure_logging, register_request_logging
+    from .openai_client import OpenAIClient, RetryPolicy
+    from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
+    from .store import ImageStore
+
+    settings = settings or Settings.from_env()
+    configure_logging()
+    app = Flask(__name__)
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    store = ImageStore(settings.images_dir)
+    store.prepare()
+    store.sweep()
+
+    provider: Provider
+    if settings.provider == "placeholder":
+        provider = PlaceholderProvider()
+    elif settings.api_key:
+        client = OpenAIClient(
+            settings.base_url,
+            settings.api_key,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retry=RetryPolicy(
+                max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait
+            ),
+            max_response_bytes=settings.max_upstream_bytes,
+            max_image_bytes=settings.max_image_bytes,
+        )
+        provider = OpenAIProvider(
+            client,
+            max_parallel=settings.max_parallel_upstream,
+            current_model=settings.default_model,
+        )
+    else:
+        provider = MissingKeyProvider()
+    app.extensions["imagegen"] = {"store": store, "provider": provider}
+
+    register_error_handlers(app)
+    register_request_logging(app)
+    for module in (generate, images, health, models):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,122 @@
+"""The service's errors and the one place that turns them into JSON responses."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of every error a client sees: an HTTP status, a stable code and a message."""
+
+    status = 500
+    code = "SERVICE_ERROR"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ValidationError(ServiceError):
+    status = 400
+    code = "VALIDATION_ERROR"
+
+
+class ContentPolicyViolation(ServiceError):
+    """The upstream safety system refused the prompt; the agent should change it."""
+
+    status = 400
+    code = "CONTENT_POLICY_VIOLATION"
+
+
+class ImageNotFound(ServiceError):
+    status = 404
+    code = "IMAGE_NOT_FOUND"
+
+
+class RateLimited(ServiceError):
+    """OpenAI's own rate limit; Retry-After says when to come back."""
+
+    status = 429
+    code = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = max(1, math.ceil(retry_after)) if retry_after else 10
+        super().__init__(message, details={"retry_after": self.retry_after})
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamError(ServiceError):
+    """The upstream failed (5xx after retries, or an answer we cannot use)."""
+
+    status = 502
+    code = "UPSTREAM_ERROR"
+
+
+class UpstreamTimeout(ServiceError):
+    status = 504
+    code = "UPSTREAM_TIMEOUT"
+
+
+class InsufficientStorage(ServiceError):
+    status = 507
+    code = "INSUFFICIENT_STORAGE"
+
+
+# Werkzeug's HTTP errors keep their status and get a code of their own.
+_HTTP_CODES = {
+    400: "VALIDATION_ERROR",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    431: "REQUEST_HEADER_FIELDS_TOO_LARGE",
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    """The JSON error shape every failure shares: {"error", "status": "failed", "code"}."""
+    response = jsonify({"error": message, "status": "failed", "code": code, **extra})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception, ours or Werkzeug's, through the JSON error shape."""
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        response.headers.update(exc.headers())
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "SERVICE_ERROR" if status >= 500 else "HTTP_ERROR")
+        response = error_response(status, code, exc.description or exc.name)
+        if status == 405 and exc.response is None:
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return error_response(500, "SERVICE_ERROR", "Internal error; see the service log.")

@@ -1,0 +1,79 @@
+"""POST /generate: make images for a prompt and store them as one job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from .logs import shorten
+from .openai_client import Deadline
+from .validation import parse_generate_request, read_json
+
+bp = Blueprint("generate", __name__)
+log = logging.getLogger(__name__)
+
+
+@bp.post("/generate")
+def generate() -> ResponseReturnValue:
+    """Generate `count` images; answer the job id and a URL for each stored image."""
+    settings = current_app.config["SETTINGS"]
+    parts = current_app.extensions["imagegen"]
+    image_request = parse_generate_request(read_json(request), default_model=settings.default_model)
+    provider, store = parts["provider"], parts["store"]
+
+    started = time.perf_counter()
+    log.info(
+        "generating request_id=%s model=%s count=%d size=%s provider=%s prompt=%s",
+        g.get("request_id"),
+        image_request.model.id,
+        image_request.count,
+        image_request.size,
+        provider.name,
+        shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
+    )
+    generation = provider.generate(image_request, Deadline(settings.request_deadline))
+    metadata = store.save_job(
+        image_request.as_dict(), generation, extra={"provider": provider.name}
+    )
+    log.info(
+        "generated request_id=%s job_id=%s model=%s count=%d seconds=%.2f",
+        g.get("request_id"),
+        metadata["job_id"],
+        image_request.model.id,
+        len(metadata["images"]),
+        time.perf_counter() - started,
+    )
+    return jsonify(job_response(metadata))
+
+
+def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A stored job as the API shows it: ids and URLs, never image bytes."""
+    requested = metadata["request"]
+    images = [
+        {
+            "id": image["id"],
+            "url": f"/images/{image['id']}",
+            "prompt": requested["prompt"],
+            "model": requested["model"],
+            "size": image["size"],
+            "format": image["format"],
+            "revised_prompt": image.get("revised_prompt"),
+            "status": image.get("status", "available"),
+        }
+        for image in metadata["images"]
+    ]
+    body: dict[str, Any] = {
+        "job_id": metadata["job_id"],
+        "status": metadata["status"],
+        "created_at": metadata["created_at"],
+        "model": requested["model"],
+        "placeholder": metadata.get("placeholder", False),
+        "images": images,
+    }
+    if metadata.get("usage"):
+        body["usage"] = metadata["usage"]
+    return body

@@ -1,0 +1,87 @@
+"""Recognise image bytes by content: format and dimensions, without decoding pixels."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def identify(data: bytes) -> ImageInfo | None:
+    """Return the format and size of PNG, JPEG or WebP bytes, or None if they are not one."""
+    try:
+        if data.startswith(_PNG_SIGNATURE):
+            return _png(data)
+        if data.startswith(b"\xff\xd8\xff"):
+            return _jpeg(data)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp(data)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _png(data: bytes) -> ImageInfo | None:
+    if data[12:16] != b"IHDR" or not data.endswith(b"IEND\xaeB`\x82"):
+        return None  # a PNG cut short has no IEND chunk at its end
+    width, height = struct.unpack(">II", data[16:24])
+    return _sized("png", width, height)
+
+
+def _jpeg(data: bytes) -> ImageInfo | None:
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None  # no end-of-image marker: truncated
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return _sized("jpeg", width, height)
+        pos += 2 + length
+    return None
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    if riff_size + 8 > len(data):
+        return None  # truncated
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return _sized("webp", width & 0x3FFF, height & 0x3FFF)
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return _sized("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return _sized("webp", width, height)
+    return None
+
+
+def _sized(fmt: str, width: int, height: int) -> ImageInfo | None:
+    return ImageInfo(fmt, width, height) if width > 0 and height > 0 else None

@@ -1,0 +1,256 @@
+"""Where images come from: OpenAI (or a compatible upstream), or the keyless placeholder."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import (
+    ContentPolicyViolation,
+    RateLimited,
+    ServiceError,
+    UpstreamError,
+    UpstreamTimeout,
+    ValidationError,
+)
+from .imagefmt import identify
+from .openai_client import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    Deadline,
+    InvalidResponseError,
+    OpenAIClient,
+    OpenAIError,
+)
+from .placeholder import placeholder_png
+from .validation import ImageRequest
+
+log = logging.getLogger(__name__)
+
+_SAFETY_CODES = {"moderation_blocked", "content_policy_violation", "content_filter"}
+_MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image's checked bytes and what the upstream said about it."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: list[GeneratedImage]
+    usage: dict[str, Any] | None = None
+    placeholder: bool = False
+
+
+class Provider(Protocol):
+    name: str
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation: ...
+
+
+class PlaceholderProvider:
+    """No key, no upstream call: deterministic PNGs of the requested size."""
+
+    name = "placeholder"
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
+        width, height = _dimensions(request.size)
+        images = [
+            GeneratedImage(
+                placeholder_png(request.prompt, width, height, index), "png", width, height
+            )
+            for index in range(request.count)
+        ]
+        return Generation(images, placeholder=True)
+
+
+class MissingKeyProvider:
+    """Stands in for OpenAI when no key is configured, so /generate explains what to do."""
+
+    name = "openai"
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
+        raise ServiceError(
+            "No OpenAI API key is configured. Mount it as the Docker secret openai_api_key "
+            "(see OPENAI_API_KEY_FILE), or run with IMAGE_GEN_PROVIDER=placeholder to try the "
+            "service without one."
+        )
+
+
+class OpenAIProvider:
+    """Generates through the OpenAI Images API, fanning out models that make one per call."""
+
+    name = "openai"
+
+    def __init__(self, client: OpenAIClient, *, max_parallel: int, current_model: str) -> None:
+        self.client = client
+        self.max_parallel = max_parallel
+        self.current_model = current_model
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
+        per_call = request.model.per_call
+        batches = [
+            min(per_call, request.count - start) for start in range(0, request.count, per_call)
+        ]
+        try:
+            if len(batches) == 1:
+                results = [self._call(request, batches[0], deadline)]
+            else:
+                with ThreadPoolExecutor(
+                    max_workers=min(len(batches), self.max_parallel), thread_name_prefix="upstream"
+                ) as pool:
+                    futures = [pool.submit(self._call, request, n, deadline) for n in batches]
+                    results = [future.result() for future in futures]
+        except OpenAIError as exc:
+            raise self._service_error(exc, request) from None
+        images = [image for batch, _ in results for image in batch]
+        return Generation(images, usage=_sum_usage([usage for _, usage in results]))
+
+    def payload(self, request: ImageRequest, n: int) -> dict[str, Any]:
+        """The upstream JSON body: always `model`; only options the model takes."""
+        return {
+            "model": request.model.id,
+            "prompt": request.prompt,
+            "n": n,
+            "size": request.size,
+            **request.options,
+        }
+
+    def _call(
+        self, request: ImageRequest, n: int, deadline: Deadline
+    ) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
+        answer = self.client.generate_images(self.payload(request, n), deadline)
+        items = answer["data"]
+        if len(items) != n:
+            raise InvalidResponseError(
+                f"asked for {n} image(s), the upstream returned {len(items)}"
+            )
+        images = [self._image(item, deadline) for item in items]
+        usage = answer.get("usage")
+        return images, usage if isinstance(usage, dict) else None
+
+    def _image(self, item: Any, deadline: Deadline) -> GeneratedImage:
+        if not isinstance(item, dict):
+            raise InvalidResponseError("an item in the upstream's 'data' is not an object")
+        if isinstance(item.get("b64_json"), str):
+            try:
+                data = base64.b64decode(item["b64_json"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidResponseError("the upstream sent invalid base64 image data") from None
+        elif isinstance(item.get("url"), str):
+            data = self.client.download(item["url"], deadline)
+        else:
+            raise InvalidResponseError("an upstream image has neither 'b64_json' nor 'url'")
+        if len(data) > self.client.max_image_bytes:
+            raise InvalidResponseError("an upstream image is larger than allowed")
+        info = identify(data)
+        if info is None:
+            raise InvalidResponseError(
+                "the upstream sent bytes that are not a PNG, JPEG or WebP image"
+            )
+        revised = item.get("revised_prompt")
+        return GeneratedImage(
+            data,
+            info.format,
+            info.width,
+            info.height,
+            revised if isinstance(revised, str) else None,
+        )
+
+    def _service_error(self, exc: OpenAIError, request: ImageRequest) -> ServiceError:
+        """Translate an upstream failure into the error the client should act on."""
+        if isinstance(exc, APITimeoutError):
+            return UpstreamTimeout(
+                "The image service upstream did not answer in time. "
+                "Try again, perhaps with a lower quality or smaller size."
+            )
+        if isinstance(exc, APIConnectionError):
+            log.warning("upstream connection failed: %s", exc)
+            return UpstreamError("Cannot reach the image service upstream; try again later.")
+        if isinstance(exc, InvalidResponseError):
+            log.warning("unusable upstream answer: %s", exc)
+            return UpstreamError(f"The image service upstream sent an unusable answer: {exc}.")
+        assert isinstance(exc, APIStatusError)
+        log.warning(
+            "upstream error status=%s code=%s type=%s request_id=%s",
+            exc.status,
+            exc.code,
+            exc.type,
+            exc.request_id,
+        )
+        if exc.code in _SAFETY_CODES or (
+            exc.type == "image_generation_user_error" and "safety" in exc.message.lower()
+        ):
+            return ContentPolicyViolation(
+                "The prompt was rejected by the upstream safety system. Change the prompt and "
+                f"try again. Upstream said: {exc.message}",
+            )
+        if exc.status in (401, 403):
+            return ServiceError(
+                "The service's OpenAI credentials were rejected; the operator "
+                "must check the configured API key."
+            )
+        if exc.status == 429:
+            if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
+                return ServiceError(
+                    "The OpenAI account behind this service has no quota left; "
+                    "the operator must add credit."
+                )
+            return RateLimited(
+                "OpenAI's rate limit was reached; retry after the time in Retry-After.",
+                retry_after=exc.retry_after,
+            )
+        if (
+            exc.code in _MODEL_GONE_CODES
+            or exc.status == 404
+            or (exc.param == "model" and exc.status < 500)
+        ):
+            return ValidationError(
+                f"The upstream does not serve model {request.model.id}; use "
+                f"{self.current_model} instead (GET /models lists the models).",
+                details={"field": "model", "replacement": self.current_model},
+            )
+        if 400 <= exc.status < 500:
+            return ValidationError(
+                f"The upstream rejected the request: {exc.message}",
+                details={"field": exc.param} if exc.param else None,
+            )
+        return UpstreamError(
+            f"The image service upstream failed (HTTP {exc.status}); try again later."
+        )
+
+
+def _dimensions(size: str) -> tuple[int, int]:
+    if "x" not in size:  # "auto"
+        return 1024, 1024
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+def _sum_usage(usages: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Add up numeric usage counters across fan-out calls (nested details included)."""
+    present = [u for u in usages if u]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    total: dict[str, Any] = {}
+    for usage in present:
+        for key, value in usage.items():
+            if isinstance(value, dict):
+                total[key] = _sum_usage([total.get(key), value])
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,271 @@
+"""The filesystem store: owns the layout of the images directory.
+
+    <root>/<job-uuid>/metadata.json
+    <root>/<job-uuid>/NNN-<image-uuid>.<ext>
+    <root>/.index/<image-uuid>  -> ../<job-uuid>/NNN-<image-uuid>.<ext>   (symlink)
+
+A job is written into a hidden temporary directory and renamed into place, so readers and
+crashes never see half a job. The index makes an image lookup one `readlink`, however many
+jobs there are. Metadata updates take an exclusive `flock` on the job's lock file, so
+several Gunicorn worker processes can update one job safely.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .clock import utc_now
+from .errors import ImageNotFound, InsufficientStorage, ServiceError
+from .imagefmt import CONTENT_TYPES, EXTENSIONS
+from .providers import Generation
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata.json"
+_INDEX = ".index"
+_TMP_PREFIX = ".tmp-"
+_LOCK = ".lock"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LINK_TARGET = re.compile(
+    r"^\.\./(?P<job>[0-9a-f-]{36})/(?P<file>[0-9]{3}-(?P<image>[0-9a-f-]{36})\.(?:png|jpg|webp))$"
+)
+
+
+def normalize_id(value: str) -> str | None:
+    """The canonical lower-case form of a well-formed UUID string, or None."""
+    lowered = value.lower()
+    return lowered if _UUID.match(lowered) else None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    image_id: str
+    job_id: str
+    path: Path
+    format: str
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+class ImageStore:
+    """Jobs and images on disk, written atomically and found by exact id."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self._index = self.root / _INDEX
+
+    def prepare(self) -> None:
+        """Create the directories; fail with a message that says what to run if we cannot."""
+        try:
+            self._index.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}"
+            probe.mkdir(exist_ok=True)
+            probe.rmdir()
+        except PermissionError:
+            raise ServiceError(
+                f"The images directory {self.root} is not writable by uid {os.getuid()}. "
+                f"Run: sudo chown -R {os.getuid()}:{os.getgid()} <host images directory>"
+            ) from None
+
+    # --- writing --------------------------------------------------------------------------
+
+    def save_job(
+        self,
+        request: dict[str, Any],
+        generation: Generation,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write a whole job atomically and return its metadata."""
+        job_id = str(uuid.uuid4())
+        created = utc_now()
+        staging = self.root / f"{_TMP_PREFIX}{job_id}"
+        links: list[Path] = []
+        images = []
+        try:
+            staging.mkdir()
+            for number, image in enumerate(generation.images, start=1):
+                image_id = str(uuid.uuid4())
+                name = f"{number:03d}-{image_id}.{EXTENSIONS[image.format]}"
+                self._write(staging / name, image.data)
+                images.append(
+                    {
+                        "id": image_id,
+                        "file": name,
+                        "format": image.format,
+                        "content_type": CONTENT_TYPES[image.format],
+                        "size": f"{image.width}x{image.height}",
+                        "bytes": len(image.data),
+                        "sha256": hashlib.sha256(image.data).hexdigest(),
+                        "revised_prompt": image.revised_prompt,
+                        "status": "available",
+                    }
+                )
+            metadata = {
+                "job_id": job_id,
+                "created_at": created,
+                "status": "completed",
+                "placeholder": generation.placeholder,
+                "request": request,
+                "usage": generation.usage,
+                **(extra or {}),
+                "images": images,
+            }
+            self._write(staging / METADATA, _dump(metadata))
+            (staging / _LOCK).touch()
+            self._sync_dir(staging)
+            for image in images:
+                link = self._index / image["id"]
+                os.symlink(f"../{job_id}/{image['file']}", link)
+                links.append(link)
+            os.rename(staging, self.root / job_id)
+            self._sync_dir(self.root)
+        except OSError as exc:
+            for link in links:
+                _unlink(link)
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "The image store is full; nothing was saved. Free "
+                    "space or delete images, then try again."
+                ) from None
+            raise
+        return metadata
+
+    def _write(self, path: Path, data: bytes) -> None:
+        with open(path, "xb") as handle:
+            handle.write(data)
+            if self.fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _sync_dir(self, path: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def find_image(self, image_id: str) -> StoredImage:
+        """The stored image with exactly this id; ImageNotFound otherwise."""
+        canonical = normalize_id(image_id)
+        if canonical is None:
+            raise ImageNotFound(f"Image {image_id[:64]!r} not found: ids are UUIDs.")
+        try:
+            target = os.readlink(self._index / canonical)
+        except OSError:
+            raise ImageNotFound(f"Image {canonical} not found.") from None
+        match = _LINK_TARGET.match(target)
+        if not match or match["image"] != canonical:
+            raise ImageNotFound(f"Image {canonical} not found.")
+        path = self.root / match["job"] / match["file"]
+        if not path.is_file():
+            raise ImageNotFound(f"Image {canonical} not found.")
+        ext = path.suffix[1:]
+        fmt = next(f for f, e in EXTENSIONS.items() if e == ext)
+        return StoredImage(canonical, match["job"], path, fmt)
+
+    def job_metadata(self, job_id: str) -> dict[str, Any] | None:
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return None
+        try:
+            return json.loads((self.root / canonical / METADATA).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    # --- deleting -------------------------------------------------------------------------
+
+    def delete_image(self, image_id: str) -> StoredImage:
+        """Remove the image's file and index entry; mark it deleted in its job's metadata."""
+        image = self.find_image(image_id)
+        with self._locked(image.job_id):
+            try:
+                os.unlink(self._index / image.image_id)
+            except FileNotFoundError:
+                raise ImageNotFound(f"Image {image.image_id} not found.") from None
+            job_dir = self.root / image.job_id
+            metadata = json.loads((job_dir / METADATA).read_bytes())
+            now = utc_now()
+            for entry in metadata.get("images", []):
+                if entry.get("id") == image.image_id:
+                    entry["status"] = "deleted"
+                    entry["deleted_at"] = now
+            self._replace(job_dir / METADATA, _dump(metadata))
+            _unlink(image.path)
+        return image
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Atomically replace a file: write a temporary sibling, fsync, rename over."""
+        temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            self._write(temp, data)
+            os.replace(temp, path)
+            self._sync_dir(path.parent)
+        except OSError as exc:
+            _unlink(temp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("The image store is full; nothing was changed.") from None
+            raise
+
+    @contextmanager
+    def _locked(self, job_id: str) -> Iterator[None]:
+        fd = os.open(self.root / job_id / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove what crashed writers left: stale staging dirs and dangling index links."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.root):
+            if (
+                entry.name.startswith(_TMP_PREFIX)
+                and entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+        for entry in os.scandir(self._index):
+            if (
+                entry.is_symlink()
+                and not os.path.exists(entry.path)
+                and entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ):
+                _unlink(Path(entry.path))
+                removed += 1
+        return removed
+
+
+def _dump(metadata: dict[str, Any]) -> bytes:
+    return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+def _unlink(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)

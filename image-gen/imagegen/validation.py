@@ -1,0 +1,142 @@
+"""Turn a client's JSON body into a checked `ImageRequest`, reading the model catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from .catalog import CATALOG, SHUT_DOWN, ModelSpec
+from .errors import ValidationError
+
+COMMON_FIELDS = ("prompt", "count", "model", "size")
+
+
+def read_json(request: Request) -> Any:
+    """The request's JSON body; 415 unless it is JSON, 400 (VALIDATION_ERROR) if malformed."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
+    try:
+        return request.get_json()
+    except RecursionError:
+        raise ValidationError("The JSON body is nested too deeply.") from None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated generation request."""
+
+    prompt: str
+    model: ModelSpec
+    count: int
+    size: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as metadata records it."""
+        return {
+            "prompt": self.prompt,
+            "model": self.model.id,
+            "count": self.count,
+            "size": self.size,
+            **self.options,
+        }
+
+
+def parse_generate_request(
+    body: Any, *, default_model: str, today: dt.date | None = None
+) -> ImageRequest:
+    """Check every field against the catalog; raise ValidationError naming what is wrong."""
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.")
+    today = today or dt.datetime.now(dt.UTC).date()
+
+    model = _model(body.get("model"), default_model, today)
+    allowed = set(COMMON_FIELDS) | set(model.options)
+    unknown = sorted(str(key) for key in body if key not in allowed)
+    if unknown:
+        raise ValidationError(
+            f"Unknown or unsupported field(s) for model {model.id}: {', '.join(unknown)}. "
+            f"It accepts: {', '.join(sorted(allowed))}.",
+            details={"field": unknown[0]},
+        )
+
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValidationError(
+            "'prompt' is required and must be a non-empty string.", details={"field": "prompt"}
+        )
+    if len(prompt) > model.max_prompt_chars:
+        raise ValidationError(
+            f"'prompt' is {len(prompt):,} characters; {model.id} accepts at most "
+            f"{model.max_prompt_chars:,}.",
+            details={"field": "prompt"},
+        )
+
+    count = body.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= model.max_count:
+        raise ValidationError(
+            f"'count' must be an integer from 1 to {model.max_count} for {model.id}.",
+            details={"field": "count"},
+        )
+
+    size = body.get("size")
+    if size is None:
+        size = model.default_size
+    if not isinstance(size, str) or not model.allows_size(size):
+        accepted = ", ".join(model.sizes)
+        if model.size_rule:
+            accepted += f", or {model.size_rule.describe()}"
+        raise ValidationError(
+            f"'size' {size!r} is not accepted by {model.id}. It accepts: {accepted}.",
+            details={"field": "size"},
+        )
+
+    options: dict[str, Any] = {}
+    for name, spec in model.options.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        try:
+            options[name] = spec.check(name, value)
+        except ValueError as exc:
+            raise ValidationError(f"{exc} for {model.id}.", details={"field": name}) from None
+
+    for rule in model.requires:
+        value = options.get(rule.option)
+        if value is None or (rule.value is not None and value != rule.value):
+            continue
+        other = options.get(rule.other, model.option_defaults.get(rule.other))
+        if other not in rule.allowed:
+            shown = f"'{rule.option}': {value!r}" if rule.value else f"'{rule.option}'"
+            raise ValidationError(
+                f"{shown} needs '{rule.other}' to be one of {', '.join(rule.allowed)}.",
+                details={"field": rule.option},
+            )
+
+    return ImageRequest(prompt=prompt, model=model, count=count, size=size, options=options)
+
+
+def _model(value: Any, default_model: str, today: dt.date) -> ModelSpec:
+    model_id = default_model if value is None else value
+    if not isinstance(model_id, str):
+        raise ValidationError("'model' must be a string.", details={"field": "model"})
+    model = CATALOG.get(model_id)
+    if model is None:
+        available = sorted(m.id for m in CATALOG.values() if m.status(today) != SHUT_DOWN)
+        raise ValidationError(
+            f"Unknown model {model_id!r}. Available: {', '.join(available)} "
+            "(GET /models describes each).",
+            details={"field": "model"},
+        )
+    if model.status(today) == SHUT_DOWN:
+        raise ValidationError(
+            f"Model {model.id} was shut down on {model.shutdown_on}; use {model.replacement} "
+            "instead.",
+            details={"field": "model", "replacement": model.replacement},
+        )
+    return model
