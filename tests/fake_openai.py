@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.server
 import itertools
 import json
@@ -30,11 +31,12 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 from types import TracebackType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -360,9 +362,10 @@ def file_url_status(
     headers: Mapping[str, str] | None = None,
 ) -> FakeResponse:
     """Success with a ``/files/`` URL that answers with this status/type/body."""
-    return FakeResponse(
-        file=FileSpec(status=status, content_type=content_type, body=body, headers=dict(headers or {}))
+    spec = FileSpec(
+        status=status, content_type=content_type, body=body, headers=dict(headers or {})
     )
+    return FakeResponse(file=spec)
 
 
 def redirect_url(location: str, status: int = 302) -> FakeResponse:
@@ -469,7 +472,9 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], li
     return form, files
 
 
-def _build_record(method: str, path: str, headers: Mapping[str, str], body: bytes) -> RecordedRequest:
+def _build_record(
+    method: str, path: str, headers: Mapping[str, str], body: bytes
+) -> RecordedRequest:
     """Parse a raw request into a RecordedRequest (JSON or multipart fields)."""
     record = RecordedRequest(
         method=method,
@@ -567,22 +572,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _dispatch(self) -> None:
-        fake = self.server.fake
         try:
-            body = self._read_body()
+            body, unreadable = self._read_body(), False
         except ValueError:
+            body, unreadable = b"", True
+        record = _build_record(self.command, self.path, dict(self.headers.items()), body)
+        self.server.fake._record(record)
+        path = urlsplit(self.path).path
+        if unreadable:
             self.close_connection = True
             self._play(bad_request("Could not read the request body."))
-            return
-        record = _build_record(self.command, self.path, dict(self.headers.items()), body)
-        fake._record(record)
-        path = urlsplit(self.path).path
-        if path.startswith("/files/") and self.command in ("GET", "HEAD"):
-            self._serve_file(path[len("/files/"):])
+        elif path.startswith("/files/") and self.command in ("GET", "HEAD"):
+            self._serve_file(path[len("/files/") :])
         elif path == "/v1/models" and self.command == "GET":
             self._models(record, None)
         elif path.startswith("/v1/models/") and self.command == "GET":
-            self._models(record, path[len("/v1/models/"):])
+            self._models(record, path[len("/v1/models/") :])
         elif path in IMAGE_ENDPOINTS and self.command == "POST":
             self._images(record, IMAGE_ENDPOINTS[path])
         else:
@@ -758,10 +763,8 @@ class FakeOpenAI:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
@@ -948,30 +951,21 @@ def _parse_n(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _RequestError(
-            bad_request(
-                f"Invalid type for 'n': expected an integer, but got {type(value).__name__} instead.",
-                "n",
-                "invalid_type",
-            )
-        )
+        kind = type(value).__name__
+        message = f"Invalid type for 'n': expected an integer, but got {kind} instead."
+        raise _RequestError(bad_request(message, "n", "invalid_type"))
     if value < 1:
-        raise _RequestError(
-            bad_request(
-                f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {value} instead.",
-                "n",
-                "integer_below_min_value",
-            )
+        message = (
+            "Invalid 'n': integer below minimum value. "
+            f"Expected a value >= 1, but got {value} instead."
         )
+        raise _RequestError(bad_request(message, "n", "integer_below_min_value"))
     if value > _MAX_N:
-        raise _RequestError(
-            bad_request(
-                f"Invalid 'n': integer above maximum value. Expected a value <= {_MAX_N}, "
-                f"but got {value} instead.",
-                "n",
-                "integer_above_max_value",
-            )
+        message = (
+            "Invalid 'n': integer above maximum value. "
+            f"Expected a value <= {_MAX_N}, but got {value} instead."
         )
+        raise _RequestError(bad_request(message, "n", "integer_above_max_value"))
     return value
 
 
@@ -1006,7 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pad every generated PNG to about this many bytes",
     )
-    parser.add_argument("--no-auth", action="store_true", help="do not require an Authorization header")
+    parser.add_argument(
+        "--no-auth", action="store_true", help="do not require an Authorization header"
+    )
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
 

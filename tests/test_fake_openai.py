@@ -62,7 +62,8 @@ def call(
 
 def generate(fake: fo.FakeOpenAI, **params: Any) -> tuple[int, http.client.HTTPMessage, Any]:
     """POST /images/generations and decode the JSON answer."""
-    status, headers, body = call(f"{fake.base_url}/images/generations", {"prompt": "a cat", **params})
+    url = f"{fake.base_url}/images/generations"
+    status, headers, body = call(url, {"prompt": "a cat", **params})
     return status, headers, json.loads(body)
 
 
@@ -97,7 +98,15 @@ def test_gpt_image_success_shape(fake: fo.FakeOpenAI) -> None:
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     assert re.fullmatch(r"req_[0-9a-f]+", headers["x-request-id"])
-    assert set(body) == {"created", "data", "background", "output_format", "quality", "size", "usage"}
+    assert set(body) == {
+        "created",
+        "data",
+        "background",
+        "output_format",
+        "quality",
+        "size",
+        "usage",
+    }
     assert isinstance(body["created"], int)
     assert (body["background"], body["output_format"], body["quality"], body["size"]) == (
         "opaque",
@@ -260,7 +269,8 @@ def test_payload_faults(fake: fo.FakeOpenAI) -> None:
         fo.url_to("file:///run/secrets/x"),
     )
     status, headers, body = call(f"{fake.base_url}/images/generations", {"prompt": "x"})
-    assert (status, headers["Content-Type"], body) == (502, "text/html", b"<html>Bad gateway</html>")
+    assert (status, headers["Content-Type"]) == (502, "text/html")
+    assert body == b"<html>Bad gateway</html>"
 
     _, _, truncated = generate(fake)
     with pytest.raises(binascii.Error):
@@ -315,11 +325,15 @@ def test_multipart_edit_is_parsed(fake: fo.FakeOpenAI) -> None:
     boundary = "XyZb0und"
     image = b"\x89PNG\r\n\x1a\n--not-a-boundary\r\n\r\nbinary"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="n"\r\n\r\n2\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image[]"; filename="in.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n"
-    ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="n"\r\n\r\n2\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image[]"; filename="in.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, _, raw = call(
         f"{fake.base_url}/images/edits",
         data=body,
@@ -437,8 +451,9 @@ def test_stop_interrupts_latency() -> None:
 
 def test_command_line_entry_point() -> None:
     script = Path(__file__).with_name("fake_openai.py")
+    args = ["--port", "0", "--latency", "0.05", "--image-size-bytes", "3000"]
     process = subprocess.Popen(
-        [sys.executable, str(script), "--port", "0", "--latency", "0.05", "--image-size-bytes", "3000"],
+        [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -454,3 +469,21 @@ def test_command_line_entry_point() -> None:
         assert process.wait(timeout=10) == 0
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_official_sdk_understands_the_fake(fake: fo.FakeOpenAI) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0, timeout=10)
+    result = client.images.generate(model="gpt-image-1", prompt="a cat", n=2)
+    assert len(result.data) == 2 and result.usage.total_tokens == 50 + 2 * 1056
+    assert client.images.generate(model="dall-e-3", prompt="a cat").data[0].revised_prompt
+
+    fake.enqueue(fo.rate_limited(), fo.moderation_blocked(), fo.drop_connection())
+    with pytest.raises(openai.RateLimitError) as rate:
+        client.images.generate(model="gpt-image-1", prompt="a cat")
+    assert rate.value.code == "rate_limit_exceeded" and rate.value.request_id
+    with pytest.raises(openai.BadRequestError) as blocked:
+        client.images.generate(model="gpt-image-1", prompt="a cat")
+    assert blocked.value.code == "moderation_blocked"
+    with pytest.raises(openai.APIConnectionError):
+        client.images.generate(model="gpt-image-1", prompt="a cat")

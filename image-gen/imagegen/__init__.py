@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    store = ImageStore(settings.images_dir)
+    store = ImageStore(settings.images_dir, fsync=settings.fsync)
     store.prepare()
     store.sweep()
 
@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retry=RetryPolicy(
-                max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait
+                max_retries=settings.max_retries,
+                backoff_base=settings.retry_backoff,
+                max_retry_after=settings.max_retry_wait,
             ),
             max_response_bytes=settings.max_upstream_bytes,
             max_image_bytes=settings.max_image_bytes,

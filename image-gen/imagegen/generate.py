@@ -60,6 +60,8 @@ def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
             "prompt": requested["prompt"],
             "model": requested["model"],
             "size": image["size"],
+            "width": image["width"],
+            "height": image["height"],
             "format": image["format"],
             "revised_prompt": image.get("revised_prompt"),
             "status": image.get("status", "available"),

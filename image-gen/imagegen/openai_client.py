@@ -246,7 +246,10 @@ class OpenAIClient:
                 return self._checked(response)
             raise InvalidResponseError("the image URL redirected too many times")
 
-        return self._with_retries(attempt, deadline).body
+        try:
+            return self._with_retries(attempt, deadline).body
+        except APIStatusError as exc:
+            raise InvalidResponseError(f"the image URL answered HTTP {exc.status}") from None
 
     # --- machinery ------------------------------------------------------------------------
 
@@ -341,7 +344,7 @@ class OpenAIClient:
                 chunks, total = [], 0
                 while True:
                     left = deadline.check()
-                    if sockets:
+                    if sockets and not raw.isclosed():  # closed: the body is all read
                         sockets[-1].settimeout(min(self.read_timeout, left))
                     chunk = raw.read(_CHUNK)
                     if not chunk:
@@ -350,6 +353,9 @@ class OpenAIClient:
                     if total > max_bytes:
                         raise InvalidResponseError("the upstream's answer is larger than allowed")
                     chunks.append(chunk)
+                if declared.isdigit() and total != int(declared):
+                    # http.client's read(n) returns short data instead of raising.
+                    raise APIConnectionError("the upstream closed the connection mid-answer")
         except TimeoutError:
             raise APITimeoutError("the upstream did not answer in time") from None
         except urllib.error.URLError as exc:

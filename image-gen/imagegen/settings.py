@@ -35,12 +35,14 @@ class Settings:
     read_timeout: float = 300.0
     request_deadline: float = 540.0
     max_retries: int = 2
+    retry_backoff: float = 0.5
     max_retry_wait: float = 20.0
     max_parallel_upstream: int = 4
     max_upstream_bytes: int = 256 * 1024 * 1024
     max_image_bytes: int = 64 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     log_prompts: bool = True
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -68,6 +70,7 @@ class Settings:
             "api_key_source": source,
             "base_url": env.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL,
             "log_prompts": _bool(env, "IMAGE_GEN_LOG_PROMPTS", True),
+            "fsync": _bool(env, "IMAGE_GEN_FSYNC", True),
         }
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
@@ -82,6 +85,7 @@ _NUMERIC = (
     ("OPENAI_TIMEOUT", "read_timeout", float),
     ("IMAGE_GEN_REQUEST_DEADLINE", "request_deadline", float),
     ("OPENAI_MAX_RETRIES", "max_retries", int),
+    ("OPENAI_RETRY_BACKOFF", "retry_backoff", float),
     ("OPENAI_MAX_RETRY_WAIT", "max_retry_wait", float),
     ("IMAGE_GEN_MAX_PARALLEL_UPSTREAM", "max_parallel_upstream", int),
     ("IMAGE_GEN_MAX_IMAGE_BYTES", "max_image_bytes", int),

@@ -111,7 +111,13 @@ class ImageStore:
                         "file": name,
                         "format": image.format,
                         "content_type": CONTENT_TYPES[image.format],
-                        "size": f"{image.width}x{image.height}",
+                        # The size asked for, as the original service reported it; the
+                        # pixels the upstream actually sent are in width and height.
+                        "size": request.get("size")
+                        if request.get("size") not in (None, "auto")
+                        else f"{image.width}x{image.height}",
+                        "width": image.width,
+                        "height": image.height,
                         "bytes": len(image.data),
                         "sha256": hashlib.sha256(image.data).hexdigest(),
                         "revised_prompt": image.revised_prompt,

@@ -1,0 +1,97 @@
+"""Shared fixtures: a fake OpenAI on 127.0.0.1, settings pointing at it, the app and a client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from imagegen import create_app
+from imagegen.settings import Settings
+from tests.fake_openai import FakeOpenAI
+
+# A key shaped like a real one, so a leak of any part of it is easy to find.
+TEST_KEY = "sk-proj-TESTKEY-imagegen-0123456789abcdefABCDEF"
+
+
+@pytest.fixture(scope="session")
+def _fake_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai(_fake_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The fake upstream, reset before each test: records requests, can be slow or fail."""
+    _fake_server.reset()
+    yield _fake_server
+    _fake_server.reset()
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def settings(fake_openai: FakeOpenAI, images_dir: Path) -> Settings:
+    """Settings for the OpenAI provider against the fake, with quick retries."""
+    return Settings(
+        images_dir=images_dir,
+        provider="openai",
+        api_key=TEST_KEY,
+        api_key_source="secret_file",
+        base_url=fake_openai.base_url,
+        read_timeout=5.0,
+        request_deadline=15.0,
+        retry_backoff=0.01,
+        max_retry_wait=2.0,
+        fsync=False,
+    )
+
+
+@pytest.fixture
+def make_app() -> Callable[..., Flask]:
+    """Build an app from settings, with overrides: make_app(settings, provider="placeholder")."""
+
+    def build(settings: Settings, **overrides: Any) -> Flask:
+        app = create_app(replace(settings, **overrides))
+        app.config["TESTING"] = True
+        return app
+
+    return build
+
+
+@pytest.fixture
+def app(settings: Settings, make_app: Callable[..., Flask]) -> Flask:
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def placeholder_client(settings: Settings, make_app: Callable[..., Flask]) -> FlaskClient:
+    """A client of a keyless app in placeholder mode."""
+    return make_app(
+        settings, provider="placeholder", api_key=None, api_key_source="none"
+    ).test_client()
+
+
+def job_files(images_dir: Path) -> list[str]:
+    """Every path under the images directory, relative and sorted (the index included)."""
+    if not images_dir.exists():
+        return []
+    return sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*"))
+
+
+def read_metadata(images_dir: Path, job_id: str) -> dict[str, Any]:
+    return json.loads((images_dir / job_id / "metadata.json").read_text())
