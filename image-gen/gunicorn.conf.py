@@ -12,6 +12,8 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, "") or default)
 
 
+# `gunicorn -c image-gen/gunicorn.conf.py wsgi:app` works from any directory.
+pythonpath = os.path.dirname(os.path.abspath(__file__))
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
 worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", 2)

@@ -15,17 +15,15 @@ def get_image(image_id: str) -> ResponseReturnValue:
     """The image's bytes with its content type, a strong ETag, and 304 on If-None-Match."""
     image = current_app.extensions["imagegen"]["store"].find_image(image_id)
     try:
-        handle = open(image.path, "rb")  # noqa: SIM115 - send_file closes it
-    except FileNotFoundError:
+        response = send_file(
+            image.path,
+            mimetype=image.content_type,
+            etag=image.image_id,
+            conditional=True,
+            max_age=3600,
+        )
+    except FileNotFoundError:  # deleted between the lookup and the open
         raise ImageNotFound(f"Image {image.image_id} not found.") from None
-    response = send_file(
-        handle,
-        mimetype=image.content_type,
-        etag=image.image_id,
-        conditional=True,
-        max_age=3600,
-        download_name=image.path.name,
-    )
     response.headers["Content-Disposition"] = f'inline; filename="{image.path.name}"'
     return response
 
