@@ -447,3 +447,23 @@ def test_stored_files_live_in_documented_layout(client, images_dir: Path):
             "metadata.json",
         ]
     )
+
+
+def test_deprecated_model_still_works_and_warns_of_its_shutdown(client, fake_openai, monkeypatch):
+    import datetime as dt
+
+    from imagegen import clock
+
+    monkeypatch.setattr(clock, "today", lambda: dt.date(2026, 11, 25))
+    response = generate(client, model="gpt-image-1.5")
+
+    body = response.get_json()
+    assert response.status_code == 200
+    assert "2026-12-01" in body["warnings"][0]
+    assert fake_openai.image_requests[0].json["model"] == "gpt-image-1.5"
+
+    monkeypatch.setattr(clock, "today", lambda: dt.date(2026, 12, 1))
+    refused = generate(client, model="gpt-image-1.5")
+    assert refused.status_code == 400
+    assert "gpt-image-2.6-sunburst" in refused.get_json()["error"]
+    assert len(fake_openai.image_requests) == 1

@@ -36,8 +36,9 @@ class Service:
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 return response.status, response.read()
@@ -72,7 +73,10 @@ def service(tmp_path, fake_openai) -> Iterator[Service]:
     with open(log, "wb") as log_handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
-            cwd=REPO, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
         )
     svc = Service(f"http://127.0.0.1:{port}", process, log, tmp_path / "images")
     deadline = time.monotonic() + 20
@@ -127,8 +131,9 @@ def test_slow_generation_does_not_stall_other_callers(service, fake_openai):
 def test_count_on_one_image_model_calls_upstream_in_parallel(service, fake_openai):
     fake_openai.latency = 1.5
 
-    status, body = service.request("POST", "/generate",
-                                   {"prompt": "four", "model": "dall-e-3", "count": 4})
+    status, body = service.request(
+        "POST", "/generate", {"prompt": "four", "model": "dall-e-3", "count": 4}
+    )
 
     assert status == 200, body
     calls = fake_openai.image_requests

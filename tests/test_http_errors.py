@@ -36,8 +36,10 @@ def test_invalid_json_is_validation_error(client, images_dir, fake_openai):
     assert fake_openai.requests == []
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
 def test_wrong_content_type_is_415(client, content_type, fake_openai):
     response = client.post("/generate", data='{"prompt": "x"}', content_type=content_type)
 

@@ -53,9 +53,7 @@ def test_uppercase_id_finds_the_same_image(placeholder_client, job):
     assert response.status_code == 200
 
 
-def test_jpeg_and_webp_images_are_served_with_their_content_type(
-    client, fake_openai, images_dir
-):
+def test_jpeg_and_webp_images_are_served_with_their_content_type(client, fake_openai, images_dir):
     jpeg = (
         b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
         b"\xff\xc0\x00\x11\x08\x00\x10\x00\x20\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"

@@ -9,6 +9,8 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from . import clock
+from .catalog import DEPRECATED
 from .logs import shorten
 from .openai_client import Deadline
 from .validation import parse_generate_request, read_json
@@ -47,7 +49,13 @@ def generate() -> ResponseReturnValue:
         len(metadata["images"]),
         time.perf_counter() - started,
     )
-    return jsonify(job_response(metadata))
+    body = job_response(metadata)
+    if image_request.model.status(clock.today()) == DEPRECATED:
+        model = image_request.model
+        body["warnings"] = [
+            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
+        ]
+    return jsonify(body)
 
 
 def job_response(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from . import clock
 from .catalog import MODELS, get_model
 from .errors import ServiceError
 
@@ -21,7 +20,7 @@ class ModelNotFound(ServiceError):
 @bp.get("/models")
 def list_models() -> ResponseReturnValue:
     """Every model with its lifecycle, sizes, counts and options, and the default model."""
-    today = dt.datetime.now(dt.UTC).date()
+    today = clock.today()
     default = current_app.config["SETTINGS"].default_model
     return jsonify(
         {
@@ -37,4 +36,4 @@ def show_model(model_id: str) -> ResponseReturnValue:
     model = get_model(model_id)
     if model is None:
         raise ModelNotFound(f"Unknown model {model_id[:64]!r}; GET /models lists them.")
-    return jsonify(model.describe(dt.datetime.now(dt.UTC).date()))
+    return jsonify(model.describe(clock.today()))

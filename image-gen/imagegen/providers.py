@@ -33,6 +33,7 @@ from .validation import ImageRequest
 log = logging.getLogger(__name__)
 
 _SAFETY_CODES = {"moderation_blocked", "content_policy_violation", "content_filter"}
+_ECHOED = ("quality", "size", "background", "output_format")
 _MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
 
 
@@ -52,6 +53,9 @@ class Generation:
     images: list[GeneratedImage]
     usage: dict[str, Any] | None = None
     placeholder: bool = False
+    # What the upstream says it made (quality, size, background, output_format), e.g. when
+    # "auto" was asked for.
+    upstream: dict[str, Any] | None = None
 
 
 class Provider(Protocol):
@@ -115,8 +119,12 @@ class OpenAIProvider:
                     results = [future.result() for future in futures]
         except OpenAIError as exc:
             raise self._service_error(exc, request) from None
-        images = [image for batch, _ in results for image in batch]
-        return Generation(images, usage=_sum_usage([usage for _, usage in results]))
+        images = [image for batch, _, _ in results for image in batch]
+        return Generation(
+            images,
+            usage=_sum_usage([usage for _, usage, _ in results]),
+            upstream=results[0][2] or None,
+        )
 
     def payload(self, request: ImageRequest, n: int) -> dict[str, Any]:
         """The upstream JSON body: always `model`; only options the model takes."""
@@ -130,7 +138,7 @@ class OpenAIProvider:
 
     def _call(
         self, request: ImageRequest, n: int, deadline: Deadline
-    ) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
+    ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
         answer = self.client.generate_images(self.payload(request, n), deadline)
         items = answer["data"]
         if len(items) != n:
@@ -139,7 +147,8 @@ class OpenAIProvider:
             )
         images = [self._image(item, deadline) for item in items]
         usage = answer.get("usage")
-        return images, usage if isinstance(usage, dict) else None
+        echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
+        return images, usage if isinstance(usage, dict) else None, echoed
 
     def _image(self, item: Any, deadline: Deadline) -> GeneratedImage:
         if not isinstance(item, dict):

@@ -131,6 +131,7 @@ class ImageStore:
                 "placeholder": generation.placeholder,
                 "request": request,
                 "usage": generation.usage,
+                "upstream": generation.upstream,
                 **(extra or {}),
                 "images": images,
             }

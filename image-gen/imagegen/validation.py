@@ -10,6 +10,7 @@ from typing import Any
 from flask import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
+from . import clock
 from .catalog import CATALOG, SHUT_DOWN, ModelSpec
 from .errors import ValidationError
 
@@ -53,7 +54,7 @@ def parse_generate_request(
     """Check every field against the catalog; raise ValidationError naming what is wrong."""
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object.")
-    today = today or dt.datetime.now(dt.UTC).date()
+    today = today or clock.today()
 
     model = _model(body.get("model"), default_model, today)
     allowed = set(COMMON_FIELDS) | set(model.options)
