@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .catalog import SHUT_DOWN, get_model
+from .clock import today
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ class Settings:
     max_retries: int = 2
     retry_backoff: float = 0.5
     max_retry_wait: float = 20.0
-    max_parallel_upstream: int = 4
+    max_parallel_upstream: int = 10  # per request; count is at most 10 anyway
     max_upstream_bytes: int = 256 * 1024 * 1024
     max_image_bytes: int = 64 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
@@ -53,6 +57,12 @@ class Settings:
             raise SettingsError("OPENAI_BASE_URL must be an http(s) URL")
         if self.max_retries < 0 or self.max_parallel_upstream < 1:
             raise SettingsError("retry and parallelism settings must be positive")
+        model = get_model(self.default_model)
+        if model is None or model.status(today()) == SHUT_DOWN:
+            raise SettingsError(
+                f"IMAGE_GEN_DEFAULT_MODEL {self.default_model!r} is not a model the service can "
+                "use; GET /models lists them"
+            )
 
     @property
     def api_key_configured(self) -> bool:
@@ -98,8 +108,8 @@ def _number(name: str, raw: str, kind: type) -> float | int:
         value = kind(raw.strip())
     except ValueError:
         raise SettingsError(f"{name} must be a number, not {raw.strip()!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a finite number, zero or more, not {raw.strip()!r}")
     return value
 
 
