@@ -13,7 +13,7 @@ from . import clock
 from .catalog import DEPRECATED
 from .logs import shorten
 from .openai_client import Deadline
-from .validation import parse_generate_request, read_json
+from .validation import ImageRequest, parse_generate_request, read_json
 
 bp = Blueprint("generate", __name__)
 log = logging.getLogger(__name__)
@@ -23,10 +23,25 @@ log = logging.getLogger(__name__)
 def generate() -> ResponseReturnValue:
     """Generate `count` images; answer the job id and a URL for each stored image."""
     settings = current_app.config["SETTINGS"]
-    parts = current_app.extensions["imagegen"]
     image_request = parse_generate_request(read_json(request), default_model=settings.default_model)
-    provider, store = parts["provider"], parts["store"]
+    metadata = create_job(image_request)
+    body = job_response(metadata)
+    if image_request.model.status(clock.today()) == DEPRECATED:
+        model = image_request.model
+        body["warnings"] = [
+            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
+        ]
+    return jsonify(body)
 
+
+def create_job(image_request: ImageRequest) -> dict[str, Any]:
+    """Generate with the app's provider and store the images as one job; return its metadata.
+
+    Shared by every route that generates, so they log, time and store alike.
+    """
+    settings = current_app.config["SETTINGS"]
+    parts = current_app.extensions["imagegen"]
+    provider, store = parts["provider"], parts["store"]
     started = time.perf_counter()
     log.info(
         "generating request_id=%s model=%s count=%d size=%s provider=%s prompt=%s",
@@ -49,13 +64,7 @@ def generate() -> ResponseReturnValue:
         len(metadata["images"]),
         time.perf_counter() - started,
     )
-    body = job_response(metadata)
-    if image_request.model.status(clock.today()) == DEPRECATED:
-        model = image_request.model
-        body["warnings"] = [
-            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
-        ]
-    return jsonify(body)
+    return metadata
 
 
 def job_response(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .errors import (
     ContentPolicyViolation,
@@ -31,6 +32,7 @@ from .placeholder import placeholder_png
 from .validation import ImageRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SAFETY_CODES = {"moderation_blocked", "content_policy_violation", "content_filter"}
 _ECHOED = ("quality", "size", "background", "output_format")
@@ -109,14 +111,7 @@ class OpenAIProvider:
             min(per_call, request.count - start) for start in range(0, request.count, per_call)
         ]
         try:
-            if len(batches) == 1:
-                results = [self._call(request, batches[0], deadline)]
-            else:
-                with ThreadPoolExecutor(
-                    max_workers=min(len(batches), self.max_parallel), thread_name_prefix="upstream"
-                ) as pool:
-                    futures = [pool.submit(self._call, request, n, deadline) for n in batches]
-                    results = [future.result() for future in futures]
+            results = self._parallel(self._call, [(request, n, deadline) for n in batches])
         except OpenAIError as exc:
             raise self._service_error(exc, request) from None
         images = [image for batch, _, _ in results for image in batch]
@@ -125,6 +120,25 @@ class OpenAIProvider:
             usage=_sum_usage([usage for _, usage, _ in results]),
             upstream=results[0][2] or None,
         )
+
+    def _parallel(self, fn: Callable[..., T], calls: list[tuple[Any, ...]]) -> list[T]:
+        """Run fn over calls, at most `max_parallel` at once; results in order.
+
+        The first failure is raised once every started call has ended; calls not yet
+        started are cancelled.
+        """
+        if len(calls) == 1:
+            return [fn(*calls[0])]
+        with ThreadPoolExecutor(
+            max_workers=min(len(calls), self.max_parallel), thread_name_prefix="upstream"
+        ) as pool:
+            futures = [pool.submit(fn, *args) for args in calls]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def payload(self, request: ImageRequest, n: int) -> dict[str, Any]:
         """The upstream JSON body: always `model`; only options the model takes."""
@@ -145,7 +159,7 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 f"asked for {n} image(s), the upstream returned {len(items)}"
             )
-        images = [self._image(item, deadline) for item in items]
+        images = self._parallel(self._image, [(item, deadline) for item in items])
         usage = answer.get("usage")
         echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
         return images, usage if isinstance(usage, dict) else None, echoed
