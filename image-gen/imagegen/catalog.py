@@ -62,7 +62,7 @@ class Requires:
     value: str | None = None
 
 
-_SIZE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+_SIZE = re.compile(r"([1-9][0-9]{1,4})x([1-9][0-9]{1,4})")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class SizeRule:
     max_pixels: int
 
     def allows(self, size: str) -> bool:
-        match = _SIZE.match(size)
+        match = _SIZE.fullmatch(size)
         if not match:
             return False
         width, height = int(match[1]), int(match[2])

@@ -26,6 +26,7 @@ from typing import Any
 from . import __version__
 
 _CHUNK = 64 * 1024
+_MAX_RETRY_AFTER = 86_400.0  # a day: anything longer from an upstream is not believed
 _SECRET_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{3,}")
 
 
@@ -142,7 +143,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return None
     if when is None or when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(_MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 
 
 def _finite(raw: str) -> float | None:
@@ -152,7 +153,7 @@ def _finite(raw: str) -> float | None:
         return None
     if value != value or value in (float("inf"), float("-inf")) or value < 0:
         return None
-    return min(value, 86_400.0)
+    return min(value, _MAX_RETRY_AFTER)
 
 
 def is_loopback(host: str | None) -> bool:

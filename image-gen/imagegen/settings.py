@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import clock
 from .catalog import SHUT_DOWN, get_model
-from .clock import today
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ class Settings:
             raise SettingsError("OPENAI_BASE_URL must be an http(s) URL")
         if self.max_retries < 0 or self.max_parallel_upstream < 1:
             raise SettingsError("retry and parallelism settings must be positive")
+        if min(self.connect_timeout, self.read_timeout, self.request_deadline) <= 0:
+            raise SettingsError("timeouts and the request deadline must be more than zero")
         model = get_model(self.default_model)
-        if model is None or model.status(today()) == SHUT_DOWN:
+        if model is None or model.status(clock.today()) == SHUT_DOWN:
             raise SettingsError(
                 f"IMAGE_GEN_DEFAULT_MODEL {self.default_model!r} is not a model the service can "
                 "use; GET /models lists them"
@@ -130,6 +132,9 @@ def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
     except OSError as exc:
         # The path is operator-chosen, never secret; the contents are.
         log.warning("cannot read the API key file %s: %s", path, exc.strerror)
+        key = ""
+    except UnicodeDecodeError:
+        log.warning("the API key file %s is not UTF-8 text; ignoring it", path)
         key = ""
     if key:
         return key, "secret_file"

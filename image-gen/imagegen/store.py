@@ -99,6 +99,7 @@ class ImageStore:
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
         links: list[Path] = []
         images = []
+        published = False
         try:
             staging.mkdir()
             for number, image in enumerate(generation.images, start=1):
@@ -143,10 +144,13 @@ class ImageStore:
                 os.symlink(f"../{job_id}/{image['file']}", link)
                 links.append(link)
             os.rename(staging, self.root / job_id)
+            published = True
             self._sync_dir(self.root)
         except OSError as exc:
             for link in links:
                 _unlink(link)
+            if published:  # take it back: the caller is told nothing was saved
+                os.rename(self.root / job_id, staging)
             shutil.rmtree(staging, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage(
@@ -207,11 +211,10 @@ class ImageStore:
     def delete_image(self, image_id: str) -> StoredImage:
         """Remove the image's file and index entry; mark it deleted in its job's metadata."""
         image = self.find_image(image_id)
+        link = self._index / image.image_id
         with self._locked(image.job_id):
-            try:
-                os.unlink(self._index / image.image_id)
-            except FileNotFoundError:
-                raise ImageNotFound(f"Image {image.image_id} not found.") from None
+            if not os.path.lexists(link):  # another caller deleted it meanwhile
+                raise ImageNotFound(f"Image {image.image_id} not found.")
             job_dir = self.root / image.job_id
             metadata = json.loads((job_dir / METADATA).read_bytes())
             now = utc_now()
