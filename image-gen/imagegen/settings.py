@@ -131,7 +131,12 @@ def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
         key = ""
     except OSError as exc:
         # The path is operator-chosen, never secret; the contents are.
-        log.warning("cannot read the API key file %s: %s", path, exc.strerror)
+        log.warning(
+            "cannot read the API key file %s: %s (it must be readable by uid %d)",
+            path,
+            exc.strerror,
+            os.getuid(),
+        )
         key = ""
     except UnicodeDecodeError:
         log.warning("the API key file %s is not UTF-8 text; ignoring it", path)

@@ -81,7 +81,8 @@ class ImageStore:
         except PermissionError:
             raise ServiceError(
                 f"The images directory {self.root} is not writable by uid {os.getuid()}. "
-                f"Run: sudo chown -R {os.getuid()}:{os.getgid()} <host images directory>"
+                f"Run on the host: sudo chown -R {os.getuid()}:{os.getgid()} <the directory "
+                "mounted there> (./images with docker-compose.yml)"
             ) from None
 
     # --- writing --------------------------------------------------------------------------
@@ -222,7 +223,9 @@ class ImageStore:
                 if entry.get("id") == image.image_id:
                     entry["status"] = "deleted"
                     entry["deleted_at"] = now
+            # The metadata first: if it cannot be written, nothing has changed.
             self._replace(job_dir / METADATA, _dump(metadata))
+            _unlink(link)
             _unlink(image.path)
         return image
 
