@@ -1,0 +1,1 @@
+"""Container tests: the image, Compose and Swarm files, proven on a real Docker engine."""
