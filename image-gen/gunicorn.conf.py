@@ -28,6 +28,10 @@ timeout = _int("GUNICORN_TIMEOUT", 600)
 # On SIGTERM (docker stop), finish in-flight generations for up to this long.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 120)
 keepalive = 5
+# Gunicorn answers over-long request lines (414) and headers (431) itself, in plain text,
+# before the app sees them: allow the largest it supports.
+limit_request_line = 8190
+limit_request_field_size = 8190
 max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = max_requests // 10
 

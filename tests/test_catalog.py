@@ -420,7 +420,11 @@ def test_missing_count_means_one_image() -> None:
     assert parse({"prompt": "p"}).count == 1
 
 
-@pytest.mark.parametrize("count", [0, -1, 11, 10**30, True, False, 1.0, 2.5, "2", None, [2], {}])
+def test_null_count_means_the_default_like_every_other_field() -> None:
+    assert parse({"prompt": "p", "count": None}).count == 1
+
+
+@pytest.mark.parametrize("count", [0, -1, 11, 10**30, True, False, 1.0, 2.5, "2", [2], {}])
 def test_count_out_of_bounds_or_not_an_integer_is_refused(count: Any) -> None:
     error = refused({"prompt": "p", "count": count})
 

@@ -30,6 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
+    app.url_map.merge_slashes = False
 
     store = ImageStore(settings.images_dir, fsync=settings.fsync)
     store.prepare()

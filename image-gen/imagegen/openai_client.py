@@ -7,6 +7,7 @@ Every call has explicit timeouts and runs inside a `Deadline`; retries follow a
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import ipaddress
@@ -15,6 +16,7 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -281,9 +283,7 @@ class OpenAIClient:
             error = None
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            type_ = _str_or_none(error.get("type"))
-            code = _str_or_none(error.get("code"))
-            param = _str_or_none(error.get("param"))
+            type_, code, param = (self._field(error.get(k)) for k in ("type", "code", "param"))
         return APIStatusError(
             response.status,
             self.redact(message)[:500],
@@ -291,11 +291,15 @@ class OpenAIClient:
             code=code,
             param=param,
             retry_after=parse_retry_after(response.headers),
-            request_id=response.headers.get("x-request-id"),
+            request_id=self._field(response.headers.get("x-request-id")),
             should_retry={"true": True, "false": False}.get(
                 response.headers.get("x-should-retry", "").strip().lower()
             ),
         )
+
+    def _field(self, value: object) -> str | None:
+        """A short upstream string we may log or pass on: redacted and bounded."""
+        return self.redact(value)[:100] if isinstance(value, str) else None
 
     def redact(self, text: str) -> str:
         """Remove the key, and anything shaped like an OpenAI key, from upstream text."""
@@ -325,49 +329,94 @@ class OpenAIClient:
         max_bytes: int,
     ) -> _Response:
         """One HTTP exchange; the body is read in chunks within the deadline and byte cap."""
-        sockets: list[socket.socket] = []
+        watchdog = _Watchdog(deadline)
         opener = urllib.request.OpenerDirector()
         for handler in (
             urllib.request.ProxyHandler(),  # only http(s) handlers: no file:, ftp:, data:
-            _HTTPHandler(self.connect_timeout, sockets),
-            _HTTPSHandler(self.connect_timeout, sockets, self._ssl),
+            _HTTPHandler(self.connect_timeout, watchdog),
+            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
         ):
             opener.add_handler(handler)
         headers = {"User-Agent": f"image-gen/{__version__}", **headers}
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
         try:
-            with opener.open(request, timeout=min(self.read_timeout, deadline.check())) as raw:
+            with watchdog, opener.open(request, timeout=self._timeout(deadline)) as raw:
                 status = raw.status
                 response_headers = {k.lower(): v for k, v in raw.headers.items()}
                 declared = response_headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise InvalidResponseError("the upstream's answer is larger than allowed")
                 chunks, total = [], 0
-                while True:
-                    left = deadline.check()
-                    if sockets and not raw.isclosed():  # closed: the body is all read
-                        sockets[-1].settimeout(min(self.read_timeout, left))
-                    chunk = raw.read(_CHUNK)
-                    if not chunk:
-                        break
+                while chunk := raw.read(_CHUNK):
                     total += len(chunk)
                     if total > max_bytes:
                         raise InvalidResponseError("the upstream's answer is larger than allowed")
                     chunks.append(chunk)
+                if watchdog.fired:  # the socket was shut: what was read may be cut short
+                    raise APITimeoutError("the upstream did not answer before the deadline")
                 if declared.isdigit() and total != int(declared):
                     # http.client's read(n) returns short data instead of raising.
                     raise APIConnectionError("the upstream closed the connection mid-answer")
         except TimeoutError:
             raise APITimeoutError("the upstream did not answer in time") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (socket.timeout, TimeoutError)):
+        except (urllib.error.URLError, http.client.HTTPException, OSError, OpenAIError) as exc:
+            if watchdog.fired:
+                raise APITimeoutError("the upstream did not answer before the deadline") from None
+            if isinstance(exc, OpenAIError):
+                raise
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, TimeoutError):
                 raise APITimeoutError("the upstream did not answer in time") from None
-            raise APIConnectionError(f"cannot reach the upstream: {_reason(exc.reason)}") from None
-        except (http.client.HTTPException, OSError) as exc:
             raise APIConnectionError(
-                f"the connection to the upstream failed: {_reason(exc)}"
+                f"the connection to the upstream failed: {_reason(reason)}"
             ) from None
         return _Response(status, response_headers, b"".join(chunks))
+
+    def _timeout(self, deadline: Deadline) -> float:
+        """The socket timeout for one exchange: each wait is bounded by the read timeout and
+        the whole exchange by the deadline (the watchdog enforces the latter)."""
+        return min(self.read_timeout, deadline.check())
+
+
+class _Watchdog:
+    """Shuts an exchange's sockets down when the deadline passes.
+
+    Socket timeouts bound each wait, not the total: an upstream that sends a byte now and
+    then would otherwise hold a request for hours.
+    """
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline.remaining()), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _reason(reason: object) -> str:
@@ -376,12 +425,8 @@ def _reason(reason: object) -> str:
     return type(reason).__name__ if isinstance(reason, BaseException) else str(reason)
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _connection_class(
-    base: type[http.client.HTTPConnection], connect_timeout: float, sockets: list[socket.socket]
+    base: type[http.client.HTTPConnection], connect_timeout: float, watchdog: _Watchdog
 ) -> type[http.client.HTTPConnection]:
     """A connection that connects within `connect_timeout`, then reads with its own timeout."""
 
@@ -394,15 +439,15 @@ def _connection_class(
             finally:
                 self.timeout = read_timeout
             self.sock.settimeout(read_timeout)
-            sockets.append(self.sock)
+            watchdog.watch(self.sock)
 
     return Connection
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, connect_timeout: float, sockets: list[socket.socket]) -> None:
+    def __init__(self, connect_timeout: float, watchdog: _Watchdog) -> None:
         super().__init__()
-        self._class = _connection_class(http.client.HTTPConnection, connect_timeout, sockets)
+        self._class = _connection_class(http.client.HTTPConnection, connect_timeout, watchdog)
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self._class, req)
@@ -410,10 +455,10 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(
-        self, connect_timeout: float, sockets: list[socket.socket], context: ssl.SSLContext
+        self, connect_timeout: float, watchdog: _Watchdog, context: ssl.SSLContext
     ) -> None:
         super().__init__(context=context)
-        self._class = _connection_class(http.client.HTTPSConnection, connect_timeout, sockets)
+        self._class = _connection_class(http.client.HTTPSConnection, connect_timeout, watchdog)
         self._ctx = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:

@@ -29,7 +29,7 @@ from .openai_client import (
     OpenAIError,
 )
 from .placeholder import placeholder_png
-from .validation import ImageRequest
+from .validation import COMMON_FIELDS, ImageRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -246,9 +246,10 @@ class OpenAIProvider:
                 details={"field": "model", "replacement": self.current_model},
             )
         if 400 <= exc.status < 500:
+            known = exc.param in (*COMMON_FIELDS, *request.model.options)
             return ValidationError(
                 f"The upstream rejected the request: {exc.message}",
-                details={"field": exc.param} if exc.param else None,
+                details={"field": exc.param} if known else None,
             )
         return UpstreamError(
             f"The image service upstream failed (HTTP {exc.status}); try again later."

@@ -70,6 +70,8 @@ class ImageStore:
         self.root = Path(root)
         self.fsync = fsync
         self._index = self.root / _INDEX
+        # This process's memory for listing (see _job_stamps), shared by a worker's threads.
+        self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
 
     def prepare(self) -> None:
         """Create the directories; fail with a message that says what to run if we cannot."""
@@ -147,13 +149,13 @@ class ImageStore:
             os.rename(staging, self.root / job_id)
             published = True
             self._sync_dir(self.root)
-        except OSError as exc:
+        except BaseException as exc:
             for link in links:
                 _unlink(link)
             if published:  # take it back: the caller is told nothing was saved
                 os.rename(self.root / job_id, staging)
             shutil.rmtree(staging, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage(
                     "The image store is full; nothing was saved. Free "
                     "space or delete images, then try again."
@@ -213,20 +215,23 @@ class ImageStore:
         """Remove the image's file and index entry; mark it deleted in its job's metadata."""
         image = self.find_image(image_id)
         link = self._index / image.image_id
-        with self._locked(image.job_id):
-            if not os.path.lexists(link):  # another caller deleted it meanwhile
-                raise ImageNotFound(f"Image {image.image_id} not found.")
-            job_dir = self.root / image.job_id
-            metadata = json.loads((job_dir / METADATA).read_bytes())
-            now = utc_now()
-            for entry in metadata.get("images", []):
-                if entry.get("id") == image.image_id:
-                    entry["status"] = "deleted"
-                    entry["deleted_at"] = now
-            # The metadata first: if it cannot be written, nothing has changed.
-            self._replace(job_dir / METADATA, _dump(metadata))
-            _unlink(link)
-            _unlink(image.path)
+        try:
+            with self._locked(image.job_id):
+                if not os.path.lexists(link):  # another caller deleted it meanwhile
+                    raise ImageNotFound(f"Image {image.image_id} not found.")
+                job_dir = self.root / image.job_id
+                metadata = json.loads((job_dir / METADATA).read_bytes())
+                now = utc_now()
+                for entry in metadata.get("images", []):
+                    if entry.get("id") == image.image_id:
+                        entry["status"] = "deleted"
+                        entry["deleted_at"] = now
+                # The metadata first: if it cannot be written, nothing has changed.
+                self._replace(job_dir / METADATA, _dump(metadata))
+                _unlink(link)
+                _unlink(image.path)
+        except FileNotFoundError:  # the whole job was deleted meanwhile
+            raise ImageNotFound(f"Image {image.image_id} not found.") from None
         return image
 
     def _replace(self, path: Path, data: bytes) -> None:
@@ -273,6 +278,158 @@ class ImageStore:
                 _unlink(Path(entry.path))
                 removed += 1
         return removed
+
+    # --- browsing and removing whole jobs ----------------------------------------------------
+    # Jobs are listed newest first by the mtime of their `.lock` file: save_job creates it as
+    # the job's last file and nothing writes it again, whereas the directory's own mtime moves
+    # whenever an image in it is deleted. Jobs stored within one clock tick (a few ms) are
+    # ordered by `created_at`, then by id. A position in that order is the tuple
+    # (stamp_ns, created_at, job_id, offset), where `offset` images of that job were passed.
+
+    def list_images(
+        self,
+        *,
+        limit: int,
+        after: tuple[int, str, str, int] | None = None,
+        job_id: str | None = None,
+    ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], tuple[int, str, str, int] | None]:
+        """Up to `limit` available images, newest job first, starting just after `after`.
+
+        Returns (job metadata, image entry) pairs and the position to pass as `after` for the
+        next page, or None when there is no next page. Only the jobs on the page (and the
+        next one, to know whether there is more) have their metadata.json read.
+        """
+        found: list[tuple[tuple[dict[str, Any], dict[str, Any]], tuple[int, str, str, int]]] = []
+        for key, metadata in self._jobs_from(after, job_id):
+            start = after[3] if after is not None and key == after[:3] else 0
+            images = metadata.get("images", [])
+            for offset in range(start, len(images)):
+                image = images[offset]
+                if image.get("status", "available") != "available":
+                    continue
+                found.append(((metadata, image), (*key, offset + 1)))
+                if len(found) > limit:
+                    return [item for item, _ in found[:limit]], found[limit - 1][1]
+        return [item for item, _ in found], None
+
+    def delete_job(self, job_id: str) -> dict[str, Any] | None:
+        """Remove a whole job and return its metadata; None if there is no such job.
+
+        Under the job's lock the index links go first, so no lookup finds an image that is
+        about to vanish; then the directory is renamed out of sight in one step and removed,
+        so a reader in any process sees the whole job or none of it.
+        """
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return None
+        trash = self.root / f"{_TMP_PREFIX}deleted-{uuid.uuid4().hex}"
+        try:
+            with self._locked(canonical):
+                if not (self.root / canonical).is_dir():
+                    return None
+                metadata = self.job_metadata(canonical)
+                if not isinstance(metadata, dict):  # damaged: remove it all the same
+                    metadata = {"job_id": canonical, "images": []}
+                for image in metadata.get("images", []):
+                    image_id = normalize_id(str(image.get("id", "")))
+                    if image_id is not None:
+                        _unlink(self._index / image_id)
+                os.rename(self.root / canonical, trash)
+                self._sync_dir(self.root)
+        except FileNotFoundError:  # another process deleted it before we held the lock
+            return None
+        shutil.rmtree(trash, ignore_errors=True)
+        return metadata
+
+    def _jobs_from(
+        self, after: tuple[int, str, str, int] | None, job_id: str | None
+    ) -> Iterator[tuple[tuple[int, str, str], dict[str, Any]]]:
+        """(sort key, metadata) of each job in listing order, from the job at `after` on."""
+        if job_id is not None:
+            canonical = normalize_id(job_id)
+            names = [(self._stamp(canonical) or 0, canonical)] if canonical else []
+        else:
+            names = self._job_stamps()
+        if after is not None:  # skip the ticks newer than the cursor's
+            first = next((n for n, (tick, _) in enumerate(names) if tick <= after[0]), len(names))
+            names = names[first:]
+        cache = self._browse_cache()
+        i = 0
+        while i < len(names):
+            tick = names[i][0]
+            j = i
+            while j < len(names) and names[j][0] == tick:
+                j += 1
+            group = []
+            for _, name in names[i:j]:
+                metadata = None
+                created = cache["created"].get(name)
+                if created is None or j - i == 1:
+                    metadata = self.job_metadata(name)
+                    if not isinstance(metadata, dict):  # deleted since the scan, or damaged
+                        continue
+                    created = str(metadata.get("created_at", ""))
+                    cache["created"][name] = created
+                group.append(((tick, created, name), metadata))
+            group.sort(key=lambda item: item[0], reverse=True)
+            for key, metadata in group:
+                if after is not None and key > after[:3]:
+                    continue
+                metadata = metadata or self.job_metadata(key[2])
+                if isinstance(metadata, dict):
+                    yield key, metadata
+            i = j
+
+    def _job_stamps(self) -> list[tuple[int, str]]:
+        """(stamp_ns, job_id) of every job, newest first.
+
+        Kept per process while the root directory's mtime says no job came or went: every
+        save, delete and staging directory changes it. A scan is trusted only once that
+        mtime is older than the scan by more than a clock tick, so a change made in the
+        same tick as the scan still forces the next request to look again.
+        """
+        cache = self._browse_cache()
+        changed = os.stat(self.root).st_mtime_ns
+        order = cache.get("order")
+        if order is not None and cache.get("trusted") == changed:
+            return order
+        scanned = time.time_ns()
+        known: dict[str, int] = cache["stamps"]
+        fresh: dict[str, int] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                name = entry.name
+                if not _UUID.match(name) or not entry.is_dir(follow_symlinks=False):
+                    continue  # .index, .tmp-* staging and trash, stray files
+                stamp = known.get(name)
+                if stamp is None:
+                    stamp = self._stamp(name)
+                    if stamp is None:
+                        continue
+                fresh[name] = stamp
+        order = sorted(((stamp, name) for name, stamp in fresh.items()), reverse=True)
+        if len(cache["created"]) > 2 * len(fresh) + 1000:
+            cache["created"] = {k: v for k, v in cache["created"].items() if k in fresh}
+        cache.update(
+            stamps=fresh,
+            order=order,
+            trusted=changed if scanned - changed > 100_000_000 else None,
+        )
+        return order
+
+    def _stamp(self, job_id: str) -> int | None:
+        """The job's listing time: its lock file's mtime, which never changes once written
+        (the directory's, for a job from elsewhere that has no lock file)."""
+        job_dir = self.root / job_id
+        for path in (job_dir / _LOCK, job_dir):
+            with suppress(OSError):
+                return os.stat(path).st_mtime_ns
+        return None
+
+    def _browse_cache(self) -> dict[str, Any]:
+        """This process's memory for listing: lock mtimes and created_at (which never change
+        for a job) and the last scan's order. Shared by the worker's threads."""
+        return self._browse
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from . import clock
 from .catalog import CATALOG, SHUT_DOWN, ModelSpec
@@ -21,6 +21,15 @@ def read_json(request: Request) -> Any:
     """The request's JSON body; 415 unless it is JSON, 400 (VALIDATION_ERROR) if malformed."""
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
+    limit = request.max_content_length
+    # A chunked body has no length to check up front, and Werkzeug stops reading it at the
+    # limit without saying so: a body that fills the limit is taken as over it.
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(request.get_data(cache=True)) >= limit
+    ):
+        raise RequestEntityTooLarge()
     try:
         return request.get_json()
     except RecursionError:
@@ -58,10 +67,11 @@ def parse_generate_request(
 
     model = _model(body.get("model"), default_model, today)
     allowed = set(COMMON_FIELDS) | set(model.options)
-    unknown = sorted(str(key) for key in body if key not in allowed)
+    unknown = sorted(str(key)[:64] for key in body if key not in allowed)
     if unknown:
+        listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
         raise ValidationError(
-            f"Unknown or unsupported field(s) for model {model.id}: {', '.join(unknown)}. "
+            f"Unknown or unsupported field(s) for model {model.id}: {listed}. "
             f"It accepts: {', '.join(sorted(allowed))}.",
             details={"field": unknown[0]},
         )
@@ -71,6 +81,11 @@ def parse_generate_request(
         raise ValidationError(
             "'prompt' is required and must be a non-empty string.", details={"field": "prompt"}
         )
+    if not _is_utf8(prompt):
+        raise ValidationError(
+            "'prompt' contains characters that are not valid Unicode (a lone surrogate).",
+            details={"field": "prompt"},
+        )
     if len(prompt) > model.max_prompt_chars:
         raise ValidationError(
             f"'prompt' is {len(prompt):,} characters; {model.id} accepts at most "
@@ -78,7 +93,9 @@ def parse_generate_request(
             details={"field": "prompt"},
         )
 
-    count = body.get("count", 1)
+    count = body.get("count")
+    if count is None:
+        count = 1
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= model.max_count:
         raise ValidationError(
             f"'count' must be an integer from 1 to {model.max_count} for {model.id}.",
@@ -120,6 +137,14 @@ def parse_generate_request(
             )
 
     return ImageRequest(prompt=prompt, model=model, count=count, size=size, options=options)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _model(value: Any, default_model: str, today: dt.date) -> ModelSpec:
