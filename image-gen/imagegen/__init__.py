@@ -14,7 +14,7 @@ from .settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application: settings, store, provider, blueprints and error handlers."""
-    from . import generate, health, images, models
+    from . import compat, generate, health, images, jobs, models, openapi, web
     from .errors import register_error_handlers
     from .logs import configure_logging, register_request_logging
     from .openai_client import OpenAIClient, RetryPolicy
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     register_request_logging(app)
-    for module in (generate, images, health, models):
+    for module in (generate, images, health, models, compat, openapi, jobs, web):
         app.register_blueprint(module.bp)
     return app

@@ -76,7 +76,7 @@ class InsufficientStorage(ServiceError):
 
 
 # Werkzeug's HTTP errors keep their status and get a code of their own.
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "VALIDATION_ERROR",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
@@ -85,6 +85,7 @@ _HTTP_CODES = {
     413: "PAYLOAD_TOO_LARGE",
     414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    416: "RANGE_NOT_SATISFIABLE",
     431: "REQUEST_HEADER_FIELDS_TOO_LARGE",
 }
 
@@ -108,7 +109,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        code = _HTTP_CODES.get(status, "SERVICE_ERROR" if status >= 500 else "HTTP_ERROR")
+        code = HTTP_CODES.get(status, "SERVICE_ERROR" if status >= 500 else "HTTP_ERROR")
         response = error_response(status, code, exc.description or exc.name)
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)

@@ -1,0 +1,39 @@
+"""GET /: the web page, a form to generate and a gallery of recent images."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+from flask.typing import ResponseReturnValue
+
+from . import __version__
+
+bp = Blueprint("web", __name__)
+
+# Everything the page uses is served by the app itself; nothing inline, nothing third-party.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    """The page; its script reads GET /models and GET /images and calls the JSON API."""
+    settings = current_app.config["SETTINGS"]
+    html = render_template(
+        "index.html",
+        version=__version__,
+        placeholder=settings.provider == "placeholder",
+        key_missing=settings.provider != "placeholder" and not settings.api_key_configured,
+        default_model=settings.default_model,
+    )
+    return (
+        html,
+        200,
+        {
+            "Content-Security-Policy": _CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache",
+        },
+    )
