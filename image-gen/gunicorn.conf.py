@@ -18,8 +18,10 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
 worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", 2)
 threads = _int("GUNICORN_THREADS", 100)
-# Connections a worker holds (in flight + keep-alive) before it stops accepting more.
-worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# Connections a worker holds (in flight + keep-alive) before it stops accepting more. Just
+# above `threads`: a worker whose threads are all busy leaves new connections to the others
+# instead of queueing them behind a minute-long generation (16 idle keep-alives allowed).
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", threads + 16)
 backlog = 2048
 # A gthread worker's heartbeat comes from its main loop, so a slow generation never
 # trips this; it only catches a worker that is stuck as a whole. It stays above the
