@@ -27,7 +27,7 @@ from typing import Any
 
 from . import __version__
 
-_CHUNK = 64 * 1024
+_CHUNK = 1024 * 1024
 _MAX_RETRY_AFTER = 86_400.0  # a day: anything longer from an upstream is not believed
 _SECRET_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{3,}")
 
@@ -346,12 +346,18 @@ class OpenAIClient:
                 declared = response_headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise InvalidResponseError("the upstream's answer is larger than allowed")
-                chunks, total = [], 0
-                while chunk := raw.read(_CHUNK):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise InvalidResponseError("the upstream's answer is larger than allowed")
-                    chunks.append(chunk)
+                if declared.isdigit():  # one read into one buffer: no chunks to join
+                    chunks = [raw.read(int(declared))]
+                    total = len(chunks[0])
+                else:
+                    chunks, total = [], 0
+                    while chunk := raw.read(_CHUNK):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise InvalidResponseError(
+                                "the upstream's answer is larger than allowed"
+                            )
+                        chunks.append(chunk)
                 if watchdog.fired:  # the socket was shut: what was read may be cut short
                     raise APITimeoutError("the upstream did not answer before the deadline")
                 if declared.isdigit() and total != int(declared):
