@@ -789,6 +789,82 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
     return [figure], rss
 
 
+def bench_load(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
+    """Sustained load: many clients generating against a slow fake for a bounded time."""
+    clients, seconds = opts.load_clients, opts.load_seconds
+    _header(f"(load) {clients} clients for {seconds:g} s, fake latency L = {opts.latency:g} s")
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    with (
+        FakeUpstream(workdir, latency=opts.latency, image_bytes=None) as fake,
+        Service(
+            workdir,
+            workdir / "images-load",
+            fake.base_url,
+            workers=opts.workers,
+            threads=opts.threads,
+            app=opts.app,
+        ) as service,
+    ):
+        service.wait_for_workers(opts.expected_workers)
+        stop_at = time.monotonic() + seconds
+        body = {"model": "gpt-image-2", "count": 1, "prompt": "load"}
+
+        def client() -> None:
+            mine: list[Outcome] = []
+            while time.monotonic() < stop_at:  # bounded by time; each call by its timeout
+                mine.append(
+                    http_call(service.port, "POST", "/generate", body, timeout=opts.timeout)
+                )
+            with lock:
+                outcomes.extend(mine)
+
+        with CpuMeter(service.cpu_seconds, fake.cpu_seconds) as meter:
+            started = time.perf_counter()
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(seconds + opts.timeout + 10)
+            wall = time.perf_counter() - started
+        ids, errors = tally(outcomes, 1)
+        errors += _verify_images(service.port, ids, sample=20)
+        latencies = [o.seconds for o in outcomes if o.status == 200]
+        print(
+            f"  {len(outcomes)} calls in {wall:.1f} s: {len(ids) / wall:.1f} images/s, "
+            f"p50 {_ms(_median(latencies))}, p99 {_ms(_pct(latencies, 0.99))}, "
+            f"{len(errors)} error(s); other processes used {meter.others_share:.0%}"
+        )
+        _report_errors(errors)
+        rss = _rss_summary(service)
+    figures = [
+        Figure(
+            "load-throughput",
+            f"images/s with {clients} clients for {seconds:g} s, L = {opts.latency:g} s",
+            len(ids) / wall,
+            "images/s",
+            None,
+            errors=len(errors),
+            calls=len(outcomes),
+        ),
+        Figure(
+            "load-p50",
+            "per-call latency under that load, median",
+            _times_1000(_median(latencies)),
+            "ms",
+            None,
+        ),
+        Figure(
+            "load-p99",
+            "per-call latency under that load, 99th percentile",
+            _times_1000(_pct(latencies, 0.99)),
+            "ms",
+            None,
+        ),
+    ]
+    return figures, rss
+
+
 def _fsync_cost(directory: Path, nbytes: int, rounds: int) -> float:
     """Median time to write and fsync an `nbytes` file, then fsync its directory."""
     data = os.urandom(nbytes)
@@ -937,7 +1013,9 @@ def print_table(figures: list[Figure]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="a,b,c,d", help="figures to run, e.g. a,c")
+    parser.add_argument("--only", default="a,b,c,d,l", help="figures to run, e.g. a,c,l")
+    parser.add_argument("--clients", type=int, default=300, help="clients in the load run (l)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the load run")
     parser.add_argument("--latency", type=float, default=1.0, help="fake latency L for (a)/(b)")
     parser.add_argument("--workers", type=int, help="GUNICORN_WORKERS (default: the conf's)")
     parser.add_argument("--threads", type=int, help="GUNICORN_THREADS (default: the conf's)")
@@ -949,14 +1027,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--app", default="wsgi:app", help="the WSGI app Gunicorn loads")
     opts = parser.parse_args(argv)
     opts.only = {part.strip() for part in opts.only.split(",") if part.strip()}
-    if not opts.only <= set("abcd"):
-        parser.error("--only takes a comma-separated subset of a,b,c,d")
+    if not opts.only <= set("abcdl"):
+        parser.error("--only takes a comma-separated subset of a,b,c,d,l")
     if opts.latency <= 0 and opts.only & set("ab"):
         parser.error("--latency must be positive: (a) and (b) divide by it")
     opts.repeat = max(1, opts.repeat or (1 if opts.quick else 3))
     opts.c_warmup, opts.c_calls = (3, 10) if opts.quick else (5, 50)
     opts.d_jobs, opts.d_gets = (1_000, 50) if opts.quick else (10_000, 200)
     opts.d_image_bytes = 4096
+    opts.load_clients = min(opts.clients, 50) if opts.quick else opts.clients
+    opts.load_seconds = min(opts.seconds, 5.0) if opts.quick else opts.seconds
     opts.timeout = 30 + 10 * opts.latency
     return opts
 
@@ -979,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ab", bench_concurrency),
             ("c", bench_added_latency),
             ("d", bench_lookup),
+            ("l", bench_load),
         ]
         for keys, phase in phases:
             if not opts.only & set(keys):
