@@ -4,18 +4,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
@@ -23,8 +13,8 @@ import pytest
 from imagegen.imagefmt import identify
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, read_metadata
+from tests.gunicorn_server import Service, run_gunicorn
 
-REPO = Path(__file__).resolve().parent.parent
 # What the SDK sends as its api_key: a client token, never the service's OpenAI key.
 CLIENT_TOKEN = "client-token-not-the-openai-key"
 
@@ -32,78 +22,10 @@ CLIENT_TOKEN = "client-token-not-the-openai-key"
 # --- a real Gunicorn ----------------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    images: Path
-
-    def get(self, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def sdk(self, **options) -> openai.OpenAI:
-        """The official SDK pointed at this service; no retries unless asked."""
-        options.setdefault("max_retries", 0)
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=CLIENT_TOKEN, timeout=30, **options)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def run_gunicorn(tmp_path: Path, env: dict[str, str]) -> Iterator[Service]:
-    """Gunicorn serving the app on a free 127.0.0.1 port with `env`; stopped on exit."""
-    port = _free_port()
-    log = tmp_path / "gunicorn.log"
-    full_env = {
-        **os.environ,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "8",
-        "GUNICORN_GRACEFUL_TIMEOUT": "5",
-        "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images"),
-        "IMAGE_GEN_FSYNC": "false",
-        "OPENAI_API_KEY_FILE": str(tmp_path / "no-key-file"),
-        **env,
-    }
-    full_env.pop("OPENAI_API_KEY", None)
-    with open(log, "wb") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
-            cwd=REPO,
-            env=full_env,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(f"http://127.0.0.1:{port}", process, log, tmp_path / "images")
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if service.get("/health", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail("gunicorn did not start:\n" + log.read_text())
-            time.sleep(0.1)
-        yield service
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+def sdk(service: Service, **options) -> openai.OpenAI:
+    """The official SDK pointed at this service; no retries unless asked."""
+    options.setdefault("max_retries", 0)
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=CLIENT_TOKEN, timeout=30, **options)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +67,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_sdk_generates_b64_pngs_with_gpt_image_2_and_stores_the_job(upstream_service, fake_openai):
-    result = upstream_service.sdk().images.generate(
+    result = sdk(upstream_service).images.generate(
         model="gpt-image-2", prompt="a lighthouse", n=2, size="1536x1024", quality="low"
     )
 
@@ -180,7 +102,7 @@ def test_sdk_generates_b64_pngs_with_gpt_image_2_and_stores_the_job(upstream_ser
 
 @pytest.mark.slow
 def test_sdk_dall_e_3_url_answers_download_the_stored_images(upstream_service, fake_openai):
-    result = upstream_service.sdk().images.generate(
+    result = sdk(upstream_service).images.generate(
         model="dall-e-3", prompt="a red fox", n=2, response_format="url", style="natural"
     )
 
@@ -200,7 +122,7 @@ def test_sdk_dall_e_3_url_answers_download_the_stored_images(upstream_service, f
 
 @pytest.mark.slow
 def test_sdk_raises_bad_request_for_a_validation_error(upstream_service, fake_openai):
-    client = upstream_service.sdk()
+    client = sdk(upstream_service)
 
     with pytest.raises(openai.BadRequestError) as too_many:
         client.images.generate(model="gpt-image-2", prompt="x", n=11)
@@ -221,7 +143,7 @@ def test_sdk_raises_rate_limit_error_with_retry_after_when_upstream_limits(
     fake_openai.enqueue(fake.rate_limited(retry_after="7"))
 
     with pytest.raises(openai.RateLimitError) as raised:
-        upstream_service.sdk().images.generate(model="gpt-image-2", prompt="busy")
+        sdk(upstream_service).images.generate(model="gpt-image-2", prompt="busy")
 
     assert raised.value.status_code == 429
     assert raised.value.code == "rate_limit_exceeded"
@@ -234,7 +156,7 @@ def test_sdk_does_not_retry_a_failure_a_retry_cannot_fix(upstream_service, fake_
     fake_openai.set_default(fake.invalid_api_key())
 
     with pytest.raises(openai.InternalServerError) as raised:
-        upstream_service.sdk(max_retries=2).images.generate(model="gpt-image-2", prompt="x")
+        sdk(upstream_service, max_retries=2).images.generate(model="gpt-image-2", prompt="x")
 
     assert raised.value.code == "service_error"
     assert raised.value.response.headers["x-should-retry"] == "false"
@@ -243,7 +165,7 @@ def test_sdk_does_not_retry_a_failure_a_retry_cannot_fix(upstream_service, fake_
 
 @pytest.mark.slow
 def test_sdk_gets_not_found_for_routes_the_service_does_not_implement(upstream_service):
-    client = upstream_service.sdk()
+    client = sdk(upstream_service)
 
     with pytest.raises(openai.NotFoundError) as edits:
         client.images.edit(model="gpt-image-2", prompt="x", image=("in.png", fake.make_png()))
@@ -257,7 +179,7 @@ def test_sdk_gets_not_found_for_routes_the_service_does_not_implement(upstream_s
 
 @pytest.mark.slow
 def test_key_never_reaches_sdk_answers_errors_or_logs(upstream_service, fake_openai):
-    client = upstream_service.sdk()
+    client = sdk(upstream_service)
     answers = [
         client.images.with_raw_response.generate(model="gpt-image-2", prompt="ok").text,
         client.models.with_raw_response.list().text,
@@ -283,7 +205,7 @@ def test_key_never_reaches_sdk_answers_errors_or_logs(upstream_service, fake_ope
 
 @pytest.mark.slow
 def test_sdk_works_in_placeholder_mode(placeholder_service):
-    client = placeholder_service.sdk()
+    client = sdk(placeholder_service)
 
     made = client.images.generate(model="gpt-image-2", prompt="a tree", size="1024x1536")
     urls = client.images.generate(model="dall-e-3", prompt="a tree", response_format="url")

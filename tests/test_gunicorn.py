@@ -4,99 +4,33 @@ out in parallel, SIGTERM lets in-flight generations finish, and the key never re
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY
+from tests.gunicorn_server import Service, run_gunicorn
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Service:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    images: Path
-
-    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def service(tmp_path, fake_openai) -> Iterator[Service]:
     key_file = tmp_path / "openai_api_key"
     key_file.write_text(TEST_KEY + "\n")
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
     env = {
-        **os.environ,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "8",
         "GUNICORN_GRACEFUL_TIMEOUT": "20",
-        "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images"),
+        "IMAGE_GEN_FSYNC": "true",
         "OPENAI_API_KEY_FILE": str(key_file),
         "OPENAI_BASE_URL": fake_openai.base_url,
         "OPENAI_RETRY_BACKOFF": "0.01",
     }
-    env.pop("OPENAI_API_KEY", None)
-    with open(log, "wb") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
-            cwd=REPO,
-            env=env,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-        )
-    svc = Service(f"http://127.0.0.1:{port}", process, log, tmp_path / "images")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if svc.request("GET", "/health", timeout=1)[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("gunicorn did not start:\n" + log.read_text())
-    yield svc
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    with run_gunicorn(tmp_path, env) as svc:
+        yield svc
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:

@@ -18,7 +18,7 @@ from imagegen.catalog import MODELS, SHUT_DOWN, Choice, IntRange
 from imagegen.clock import today
 from imagegen.errors import HTTP_CODES, ServiceError
 from tests.conftest import TEST_KEY
-from tests.test_compat import Service, run_gunicorn
+from tests.gunicorn_server import Service, run_gunicorn
 
 HTTP_METHODS = {"get", "head", "post", "put", "patch", "delete"}
 
