@@ -11,12 +11,7 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.gunicorn_server import run_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +32,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOT = Path(tempfile.gettempdir()) / "imagegen-page.png"
@@ -43,12 +39,6 @@ SCREENSHOT_ERROR = Path(tempfile.gettempdir()) / "imagegen-page-error.png"
 SCREENSHOT_NARROW = Path(tempfile.gettempdir()) / "imagegen-page-narrow.png"
 # Prompts are user content: this one must show up as text, never as markup.
 HOSTILE_PROMPT = 'A fox & a hound <img src=x onerror="document.title=\'pwned\'"> "at dusk"'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -71,46 +61,9 @@ def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service under real Gunicorn, keyless, in placeholder mode; yields its base URL."""
     tmp = tmp_path_factory.mktemp("web")
-    port = free_port()
-    log = tmp / "gunicorn.log"
-    env = {
-        **os.environ,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "4",
-        "IMAGE_GEN_PROVIDER": "placeholder",
-        "IMAGE_GEN_IMAGES_DIR": str(tmp / "images"),
-        "IMAGE_GEN_FSYNC": "0",
-        "OPENAI_API_KEY_FILE": str(tmp / "no-key"),
-    }
-    env.pop("OPENAI_API_KEY", None)
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
-            cwd=REPO,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if call(base, "GET", "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail("gunicorn did not start:\n" + log.read_text())
-        time.sleep(0.1)
-    yield base
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+    env = {"GUNICORN_THREADS": "4", "IMAGE_GEN_PROVIDER": "placeholder"}
+    with run_gunicorn(tmp, env) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
