@@ -525,15 +525,21 @@ def _report_errors(errors: list[str]) -> None:
         print(f"  {len(errors)} error(s); first: {errors[0][:300]}")
 
 
-def bench_concurrency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
-    """Figures (a) and (b): one fake at latency L, one service."""
-    _header(f"(a)/(b) concurrency: fake upstream latency L = {opts.latency:g} s")
-    figures: list[Figure] = []
+@contextlib.contextmanager
+def running(
+    opts: argparse.Namespace,
+    workdir: Path,
+    images_dir: Path,
+    *,
+    latency: float,
+    image_bytes: int | None,
+) -> Iterator[tuple[FakeUpstream, Service]]:
+    """The fake upstream and the service under Gunicorn, with every worker up."""
     with (
-        FakeUpstream(workdir, latency=opts.latency, image_bytes=None) as fake,
+        FakeUpstream(workdir, latency=latency, image_bytes=image_bytes) as fake,
         Service(
             workdir,
-            workdir / "images-ab",
+            images_dir,
             fake.base_url,
             workers=opts.workers,
             threads=opts.threads,
@@ -541,6 +547,17 @@ def bench_concurrency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Fig
         ) as service,
     ):
         service.wait_for_workers(opts.expected_workers)
+        yield fake, service
+
+
+def bench_concurrency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
+    """Figures (a) and (b): one fake at latency L, one service."""
+    _header(f"(a)/(b) concurrency: fake upstream latency L = {opts.latency:g} s")
+    figures: list[Figure] = []
+    with running(opts, workdir, workdir / "images-ab", latency=opts.latency, image_bytes=None) as (
+        fake,
+        service,
+    ):
         print(f"  gunicorn master {service.pid}, workers {service.worker_pids()}")
         warm_n = max(4, 2 * len(service.worker_pids()))
         body = {"model": "gpt-image-2", "count": 1, "prompt": "warm-up"}
@@ -686,18 +703,7 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
     """Figure (c): what the service adds to one upstream call at L=0 with a 1 MiB image."""
     _header("(c) added latency: L = 0, 1 MiB PNG (b64 in JSON), sequential calls")
     images_dir = workdir / "images-c"
-    with (
-        FakeUpstream(workdir, latency=0.0, image_bytes=ONE_MIB) as fake,
-        Service(
-            workdir,
-            images_dir,
-            fake.base_url,
-            workers=opts.workers,
-            threads=opts.threads,
-            app=opts.app,
-        ) as service,
-    ):
-        service.wait_for_workers(opts.expected_workers)
+    with running(opts, workdir, images_dir, latency=0.0, image_bytes=ONE_MIB) as (fake, service):
         upstream_body = {
             "model": "gpt-image-2",
             "prompt": "bench c",
@@ -795,18 +801,9 @@ def bench_load(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], d
     _header(f"(load) {clients} clients for {seconds:g} s, fake latency L = {opts.latency:g} s")
     outcomes: list[Outcome] = []
     lock = threading.Lock()
-    with (
-        FakeUpstream(workdir, latency=opts.latency, image_bytes=None) as fake,
-        Service(
-            workdir,
-            workdir / "images-load",
-            fake.base_url,
-            workers=opts.workers,
-            threads=opts.threads,
-            app=opts.app,
-        ) as service,
-    ):
-        service.wait_for_workers(opts.expected_workers)
+    with running(
+        opts, workdir, workdir / "images-load", latency=opts.latency, image_bytes=None
+    ) as (fake, service):
         stop_at = time.monotonic() + seconds
         body = {"model": "gpt-image-2", "count": 1, "prompt": "load"}
 
