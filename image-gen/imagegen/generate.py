@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -13,6 +14,7 @@ from . import clock
 from .catalog import DEPRECATED
 from .logs import shorten
 from .openai_client import Deadline
+from .providers import Generation
 from .validation import ImageRequest, parse_generate_request, read_json
 
 bp = Blueprint("generate", __name__)
@@ -34,17 +36,28 @@ def generate() -> ResponseReturnValue:
     return jsonify(body)
 
 
-def create_job(image_request: ImageRequest) -> dict[str, Any]:
-    """Generate with the app's provider and store the images as one job; return its metadata.
+def create_job(
+    image_request: ImageRequest,
+    *,
+    produce: Callable[[Deadline], Generation] | None = None,
+    operation: str = "generate",
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Make images and store them as one job; return its metadata.
 
-    Shared by every route that generates, so they log, time and store alike.
+    Shared by every route that makes images (generations, edits, variations), so they log,
+    time, account and store alike. `produce` makes the images (by default the provider's
+    `generate`); `source` records what an edit or variation started from.
     """
     settings = current_app.config["SETTINGS"]
     parts = current_app.extensions["imagegen"]
     provider, store = parts["provider"], parts["store"]
+    if produce is None:
+        produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
     started = time.perf_counter()
     log.info(
-        "generating request_id=%s model=%s count=%d size=%s provider=%s prompt=%s",
+        "%s request_id=%s model=%s count=%d size=%s provider=%s prompt=%s",
+        operation,
         g.get("request_id"),
         image_request.model.id,
         image_request.count,
@@ -52,10 +65,11 @@ def create_job(image_request: ImageRequest) -> dict[str, Any]:
         provider.name,
         shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
     )
-    generation = provider.generate(image_request, Deadline(settings.request_deadline))
-    metadata = store.save_job(
-        image_request.as_dict(), generation, extra={"provider": provider.name}
-    )
+    generation = produce(Deadline(settings.request_deadline))
+    extra: dict[str, Any] = {"provider": provider.name, "operation": operation}
+    if source is not None:
+        extra["source"] = source
+    metadata = store.save_job(image_request.as_dict(), generation, extra=extra)
     log.info(
         "generated request_id=%s job_id=%s model=%s count=%d seconds=%.2f",
         g.get("request_id"),
