@@ -56,9 +56,9 @@ def create_job(
         produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
     started = time.perf_counter()
     log.info(
-        "%s request_id=%s model=%s count=%d size=%s provider=%s prompt=%s",
-        operation,
+        "generating request_id=%s operation=%s model=%s count=%d size=%s provider=%s prompt=%s",
         g.get("request_id"),
+        operation,
         image_request.model.id,
         image_request.count,
         image_request.size,
