@@ -36,18 +36,32 @@ def generate() -> ResponseReturnValue:
     return jsonify(body)
 
 
+def admit(image_request: ImageRequest, caller: Any = None) -> Any:
+    """Check the caller may make these images and reserve them against the caps.
+
+    Raises the error to answer (before any upstream call); returns the admission that
+    `create_job` settles. Routes that answer before generating (asynchronous jobs) call it
+    first, so a refusal is the answer instead of a failed job.
+    """
+    return None
+
+
 def create_job(
     image_request: ImageRequest,
     *,
     produce: Callable[[Deadline], Generation] | None = None,
     operation: str = "generate",
     source: dict[str, Any] | None = None,
+    caller: Any = None,
+    admission: Any = None,
 ) -> dict[str, Any]:
     """Make images and store them as one job; return its metadata.
 
     Shared by every route that makes images (generations, edits, variations), so they log,
     time, account and store alike. `produce` makes the images (by default the provider's
-    `generate`); `source` records what an edit or variation started from.
+    `generate`); `source` records what an edit or variation started from. `caller` is the
+    client token's identity (from the request when not given); `admission` is what `admit`
+    returned when the route admitted the request itself.
     """
     settings = current_app.config["SETTINGS"]
     parts = current_app.extensions["imagegen"]
