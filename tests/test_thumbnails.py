@@ -1,0 +1,476 @@
+"""GET /images/<id>?width=N: downscaled copies, their caching headers and their on-disk cache."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import struct
+import subprocess
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import job_files
+from tests.gunicorn_server import run_gunicorn
+
+SIZE = (300, 200)
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def picture(fmt: str, size: tuple[int, int] = SIZE, *, alpha: bool = False, **save) -> bytes:
+    """A gradient image in `fmt` (left half transparent with `alpha`), as the upstream sends."""
+    width, height = size
+    image = Image.new("RGBA" if alpha else "RGB", size)
+    image.putdata(
+        [
+            (x * 255 // width, y * 255 // height, 128, 0 if x < width // 2 else 255)[
+                : 4 if alpha else 3
+            ]
+            for y in range(height)
+            for x in range(width)
+        ]
+    )
+    out = io.BytesIO()
+    image.save(out, format=fmt.upper(), **save)
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def stored(client, fake_openai, data: bytes, fmt: str = "png", count: int = 1) -> dict:
+    """Generate a job whose images are `data` (a `fmt` image); return /generate's answer."""
+    fake_openai.image_bytes = data
+    response = client.post(
+        "/generate", json={"prompt": "a gradient", "count": count, "output_format": fmt}
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def thumbs_dir(images_dir: Path, job: dict) -> Path:
+    return images_dir / job["job_id"] / "thumbs"
+
+
+@pytest.fixture
+def job(client, fake_openai) -> dict:
+    return stored(client, fake_openai, picture("png"), count=2)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_thumbnail_keeps_the_aspect_ratio_and_the_format_of_each_input(client, fake_openai, fmt):
+    image = stored(client, fake_openai, picture(fmt), fmt)["images"][0]
+
+    response = client.get(f"{image['url']}?width=150")
+
+    assert response.status_code == 200
+    assert response.mimetype == f"image/{fmt}"
+    thumbnail = decode(response.data)
+    assert thumbnail.format == fmt.upper()
+    assert thumbnail.size == (150, 100)
+    assert int(response.headers["Content-Length"]) == len(response.data)
+    assert response.headers["Cache-Control"] == client.get(image["url"]).headers["Cache-Control"]
+    assert response.headers["ETag"] == f'"{image["id"]}-w150.{EXTENSIONS[fmt]}"'
+
+
+def test_thumbnail_looks_like_the_image(client, job):
+    url = job["images"][0]["url"]
+
+    small = decode(client.get(f"{url}?width=30").data).convert("RGB")
+    full = decode(client.get(url).data).convert("RGB").resize(small.size)
+
+    # The gradient survives: corners keep their colours within resampling error.
+    for corner in [(0, 0), (29, 0), (0, 19), (29, 19)]:
+        assert all(
+            abs(a - b) <= 12
+            for a, b in zip(small.getpixel(corner), full.getpixel(corner), strict=True)
+        )
+
+
+@pytest.mark.parametrize(
+    ("query", "size"),
+    [
+        ("height=50", (75, 50)),
+        ("width=150&height=50", (75, 50)),
+        ("width=60&height=150", (60, 40)),
+        ("width=16", (16, 11)),
+    ],
+)
+def test_height_and_box_keep_the_aspect_ratio(client, job, query, size):
+    response = client.get(f"{job['images'][0]['url']}?{query}")
+
+    assert response.status_code == 200
+    assert decode(response.data).size == size
+
+
+@pytest.mark.parametrize("query", ["width=2048", "width=300", "height=2000", "width=301"])
+def test_an_image_is_never_enlarged_and_comes_as_stored(client, job, images_dir, query):
+    image = job["images"][0]
+    original = client.get(image["url"])
+
+    response = client.get(f"{image['url']}?{query}")
+
+    assert response.status_code == 200
+    assert decode(response.data).size == SIZE
+    assert response.data == original.data
+    assert response.headers["ETag"] not in (original.headers["ETag"], None)
+    assert not thumbs_dir(images_dir, job).exists()
+
+
+def test_format_converts_and_flattens_transparency_on_white_for_jpeg(client, fake_openai):
+    image = stored(client, fake_openai, picture("png", alpha=True))["images"][0]
+
+    as_jpeg = client.get(f"{image['url']}?width=100&format=jpeg")
+    as_webp = client.get(f"{image['url']}?width=100&format=webp")
+
+    assert as_jpeg.mimetype == "image/jpeg"
+    jpeg = decode(as_jpeg.data)
+    assert (jpeg.format, jpeg.mode, jpeg.size) == ("JPEG", "RGB", (100, 67))
+    assert all(channel >= 245 for channel in jpeg.getpixel((5, 30)))  # was transparent
+    assert as_webp.mimetype == "image/webp"
+    webp = decode(as_webp.data)
+    assert (webp.format, webp.size) == ("WEBP", (100, 67))
+    assert webp.convert("RGBA").getpixel((5, 30))[3] == 0  # WebP keeps the alpha
+    assert as_jpeg.headers["ETag"] != as_webp.headers["ETag"]
+
+
+def test_a_larger_width_in_another_format_is_converted_at_full_size(client, job):
+    response = client.get(f"{job['images'][0]['url']}?width=2048&format=webp")
+
+    assert response.mimetype == "image/webp"
+    assert decode(response.data).size == SIZE
+
+
+def test_exif_orientation_is_applied_like_a_viewer_would(client, fake_openai):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated a quarter turn: portrait
+    image = stored(client, fake_openai, picture("jpeg", exif=exif.tobytes()), "jpeg")["images"][0]
+
+    thumbnail = decode(client.get(f"{image['url']}?width=100").data)
+
+    assert thumbnail.size == (100, 150)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("width=15", "width"),
+        ("width=0", "width"),
+        ("width=2049", "width"),
+        ("width=-16", "width"),
+        ("width=abc", "width"),
+        ("width=1.5", "width"),
+        ("width=1e3", "width"),
+        ("width=", "width"),
+        ("width=%2016", "width"),
+        ("width=256px", "width"),
+        ("width=" + "9" * 5000, "width"),
+        ("width=100&width=200", "width"),
+        ("height=8", "height"),
+        ("width=100&height=x", "height"),
+        ("width=100&format=gif", "format"),
+        ("width=100&format=PNG", "format"),
+        ("format=webp", "format"),
+    ],
+)
+def test_bad_thumbnail_parameters_are_validation_errors_that_change_nothing(
+    client, job, images_dir, query, field
+):
+    before = job_files(images_dir)
+
+    response = client.get(f"{job['images'][0]['url']}?{query}")
+
+    assert response.status_code == 400
+    body = response.get_json()
+    assert (body["status"], body["code"], body["field"]) == ("failed", "VALIDATION_ERROR", field)
+    assert field in body["error"]
+    assert len(body["error"]) < 200
+    assert job_files(images_dir) == before
+
+
+def test_conditional_get_with_the_thumbnail_etag_is_304(client, job):
+    url = f"{job['images'][0]['url']}?width=64"
+    first = client.get(url)
+
+    again = client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    full_etag = client.get(job["images"][0]["url"]).headers["ETag"]
+    other_variant = client.get(url, headers={"If-None-Match": full_etag})
+
+    assert again.status_code == 304
+    assert again.data == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert other_variant.status_code == 200
+    assert decode(other_variant.data).size == (64, 43)
+
+
+def test_head_answers_the_thumbnail_headers_without_a_body(client, job):
+    url = f"{job['images'][0]['url']}?width=64&format=webp"
+    got = client.get(url)
+
+    head = client.head(url)
+
+    assert head.status_code == 200
+    assert head.data == b""
+    assert head.mimetype == "image/webp"
+    assert head.headers["ETag"] == got.headers["ETag"]
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+
+
+def test_byte_ranges_work_on_thumbnails(client, job):
+    url = f"{job['images'][0]['url']}?width=64"
+    whole = client.get(url).data
+
+    part = client.get(url, headers={"Range": "bytes=0-9"})
+
+    assert part.status_code == 206
+    assert part.data == whole[:10]
+
+
+def test_without_thumbnail_parameters_the_image_is_answered_as_before(client, job):
+    url = job["images"][0]["url"]
+    plain = client.get(url)
+
+    other = client.get(f"{url}?size=10&foo=bar")
+
+    assert other.status_code == 200
+    assert other.data == plain.data
+    assert other.headers["ETag"] == plain.headers["ETag"] == f'"{job["images"][0]["id"]}"'
+    assert decode(client.get(f"{url}?width=64&foo=bar").data).size == (64, 43)
+
+
+def test_second_request_reads_the_cached_file_instead_of_encoding_again(client, job, images_dir):
+    image = job["images"][0]
+    url = f"{image['url']}?width=120&format=webp"
+    first = client.get(url)
+    cached = thumbs_dir(images_dir, job) / f"{image['id']}-w120.webp"
+    before = os.stat(cached)
+
+    second = client.get(url)
+
+    after = os.stat(cached)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert second.data == first.data == cached.read_bytes()
+    assert second.headers["ETag"] == first.headers["ETag"]
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]
+
+
+def test_each_variant_is_cached_under_its_own_name(client, job, images_dir):
+    image_id = job["images"][0]["id"]
+    for query in ("width=64", "width=64&format=jpeg", "height=32", "width=64&height=32"):
+        assert client.get(f"/images/{image_id}?{query}").status_code == 200
+
+    names = sorted(p.name for p in thumbs_dir(images_dir, job).iterdir())
+
+    assert names == sorted(
+        f"{image_id}-{variant}" for variant in ("w64.png", "w64.jpg", "h32.png", "w64-h32.png")
+    )
+
+
+def test_concurrent_requests_for_one_thumbnail_all_get_it(app, job, images_dir):
+    url = f"{job['images'][0]['url']}?width=100"
+    answers: list[tuple[int, bytes]] = []
+    start = threading.Barrier(8, timeout=10)
+
+    def fetch() -> None:
+        with app.test_client() as own:
+            start.wait()
+            response = own.get(url)
+            answers.append((response.status_code, response.data))
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(answers) == 8
+    assert {status for status, _ in answers} == {200}
+    assert len({data for _, data in answers}) == 1
+    assert decode(answers[0][1]).size == (100, 67)
+    assert [p.name for p in thumbs_dir(images_dir, job).iterdir()] == [
+        f"{job['images'][0]['id']}-w100.png"
+    ]
+
+
+def test_deleting_an_image_removes_its_thumbnails_only(client, job, images_dir):
+    deleted, kept = job["images"]
+    for image in (deleted, kept):
+        client.get(f"{image['url']}?width=64")
+    client.get(f"{deleted['url']}?width=32&format=jpeg")
+
+    assert client.delete(deleted["url"]).status_code == 200
+
+    assert [p.name for p in thumbs_dir(images_dir, job).iterdir()] == [f"{kept['id']}-w64.png"]
+    response = client.get(f"{deleted['url']}?width=64")
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "IMAGE_NOT_FOUND"
+    assert client.get(f"{kept['url']}?width=64").status_code == 200
+
+
+def test_deleting_a_job_removes_its_thumbnails(client, job, images_dir):
+    client.get(f"{job['images'][0]['url']}?width=64")
+
+    assert client.delete(f"/jobs/{job['job_id']}").status_code == 200
+
+    assert not (images_dir / job["job_id"]).exists()
+    assert client.get(f"{job['images'][0]['url']}?width=64").status_code == 404
+
+
+def test_thumbnails_never_show_up_in_listings_or_metadata(client, job, images_dir):
+    metadata = (images_dir / job["job_id"] / "metadata.json").read_bytes()
+    listed = client.get("/images").get_json()
+    shown = client.get(f"/jobs/{job['job_id']}").get_json()
+    for image in job["images"]:
+        for query in ("width=64", "width=32&format=webp"):
+            assert client.get(f"{image['url']}?{query}").status_code == 200
+
+    assert client.get("/images").get_json() == listed
+    assert [i["id"] for i in listed["images"]] == [i["id"] for i in job["images"]]
+    assert client.get(f"/jobs/{job['job_id']}").get_json() == shown
+    assert (images_dir / job["job_id"] / "metadata.json").read_bytes() == metadata
+    assert sorted(os.listdir(images_dir / ".index")) == sorted(i["id"] for i in job["images"])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[: len(data) // 3], id="truncated"),
+        pytest.param(lambda data: b"not an image at all" * 10, id="garbage"),
+        pytest.param(lambda data: b"", id="empty"),
+        pytest.param(
+            lambda data: data[:16] + struct.pack(">II", 0, 0) + data[24:], id="zero-size-header"
+        ),
+    ],
+)
+def test_a_damaged_stored_file_is_a_clean_json_error(client, job, images_dir, caplog, damage):
+    image = job["images"][0]
+    path = images_dir / job["job_id"] / f"001-{image['id']}.png"
+    path.write_bytes(damage(path.read_bytes()))
+
+    response = client.get(f"{image['url']}?width=64")
+
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["code"] == "SERVICE_ERROR"
+    assert image["id"] in body["error"] and "without 'width'" in body["error"]
+    assert "Traceback" not in caplog.text
+    assert not thumbs_dir(images_dir, job).exists()
+    assert client.get(image["url"]).status_code == 200  # the bytes as stored, as before
+
+
+def test_a_decompression_bomb_is_refused_without_decoding_it(client, fake_openai, images_dir):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    # 100,000 x 100,000 pixels (30 GB of RGB) claimed by a file of a few hundred bytes.
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
+    job = stored(client, fake_openai, bomb)
+    image = job["images"][0]
+
+    response = client.get(f"{image['url']}?width=64")
+
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["code"] == "SERVICE_ERROR"
+    assert image["id"] in body["error"]
+    assert not thumbs_dir(images_dir, job).exists()
+
+
+def test_images_above_the_pixel_cap_are_refused(client, job, images_dir, monkeypatch):
+    from imagegen import thumbnails
+
+    monkeypatch.setattr(thumbnails, "MAX_PIXELS", SIZE[0] * SIZE[1] - 1)
+
+    response = client.get(f"{job['images'][0]['url']}?width=64")
+
+    assert response.status_code == 500
+    assert "too large" in response.get_json()["error"]
+    assert not thumbs_dir(images_dir, job).exists()
+
+
+# --- a full disk and real Gunicorn ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A fresh 2 MiB tmpfs (needs root; skipped, saying why, without it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_on_a_full_disk_the_thumbnail_is_still_answered_but_not_cached(
+    small_disk, settings, make_app, fake_openai
+):
+    images = small_disk / "images"
+    client = make_app(settings, images_dir=images).test_client()
+    job = stored(client, fake_openai, picture("png"))
+    image = job["images"][0]
+    with open(small_disk / "filler", "wb", buffering=0) as filler:  # fill every byte left
+        for _ in range(4096):  # 2 MiB disk: at most 2048 writes of 1 KiB fit
+            try:
+                filler.write(b"\0" * 1024)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+
+    response = client.get(f"{image['url']}?width=64")
+
+    assert response.status_code == 200
+    assert decode(response.data).size == (64, 43)
+    leftovers = list(thumbs_dir(images, job).iterdir()) if thumbs_dir(images, job).exists() else []
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_workers_making_one_thumbnail_at_once_all_answer_it(tmp_path):
+    with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
+        job = service.request("POST", "/generate", {"prompt": "x", "size": "1536x1024"}).json()
+        url = f"{job['images'][0]['url']}?width=200&format=webp"
+        answers: list[tuple[int, bytes]] = []
+        start = threading.Barrier(12, timeout=10)
+
+        def fetch() -> None:
+            start.wait()
+            status, _, body = service.get(url, timeout=20)
+            answers.append((status, body))
+
+        threads = [threading.Thread(target=fetch) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+        assert len(answers) == 12
+        assert {status for status, _ in answers} == {200}
+        assert len({body for _, body in answers}) == 1
+        assert decode(answers[0][1]).size == (200, 133)
+        folder = service.images / job["job_id"] / "thumbs"
+        assert [p.name for p in folder.iterdir()] == [f"{job['images'][0]['id']}-w200.webp"]
