@@ -1,4 +1,10 @@
-"""Browsing the store: GET /images (newest first, by cursor) and GET/DELETE /jobs/<job_id>."""
+"""Browsing the store and following jobs: GET /images (newest first, by cursor), GET/DELETE
+/jobs/<job_id>, GET /jobs/<job_id>/events (Server-Sent Events) and a job's previews.
+
+A job is stored (ImageStore) once it is completed; an asynchronous job also has a record
+(JobRecords) from the moment it is accepted, which is all there is while it is queued or
+running, or when it failed.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,16 @@ import binascii
 import json
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
+from werkzeug.routing import PathConverter
 
-from .errors import ServiceError, ValidationError
-from .generate import job_response
+from . import asyncjobs, events
+from .asyncjobs import JobNotFinished, completed_body, pending_body, runner_of
+from .errors import ImageNotFound, ServiceError, ValidationError
+from .imagefmt import CONTENT_TYPES, EXTENSIONS
+from .jobrecords import FINAL, PREVIEW_NAME, JobRecords
 from .store import ImageStore, normalize_id
 
 bp = Blueprint("jobs", __name__)
@@ -24,6 +35,22 @@ _MAX_CURSOR_CHARS = 512
 class JobNotFound(ServiceError):
     status = 404
     code = "JOB_NOT_FOUND"
+
+
+class JobPathConverter(PathConverter):
+    """A job id as DELETE takes it: any path (so odd ids get a JSON 404, not a 405), except
+    a job's events and previews, which only GET serves (their Allow header says so)."""
+
+    regex = r"(?!.*/(?:events|previews/[^/]*)$)[^/].*?"
+
+
+@bp.record_once
+def _install_jobs(state: BlueprintSetupState) -> None:
+    """Every app serving jobs gets the converter, its job records and runner (asyncjobs.py).
+
+    Recorded before the routes, so the converter exists when they are added."""
+    state.app.url_map.converters["job_path"] = JobPathConverter
+    asyncjobs.install(state.app)
 
 
 @bp.get("/images")
@@ -45,26 +72,80 @@ def list_images() -> ResponseReturnValue:
 
 @bp.get("/jobs/<path:job_id>")
 def show_job(job_id: str) -> ResponseReturnValue:
-    """The job as /generate answered it, plus its request; deleted images have no URL."""
+    """A stored job as /generate answered it, plus its request (deleted images have no URL);
+    a queued, running or failed one with its progress, previews or error."""
     metadata = _store().job_metadata(job_id)
-    if metadata is None:
+    record = _records().read(job_id)
+    if metadata is not None:
+        body = completed_body(metadata, record)
+        if record is not None and record.get("webhook"):
+            body["webhook"] = pending_body(record)["webhook"]
+        return jsonify(body)
+    if record is None:
         raise _not_found(job_id)
-    body = job_response(metadata)
-    for image in body["images"]:
-        if image["status"] != "available":
-            image["url"] = None
-    body["request"] = metadata["request"]
-    return jsonify(body)
+    runner_of(current_app).notice(record)
+    response = jsonify(pending_body(record, _records()))
+    if record["status"] not in FINAL:
+        response.headers["Retry-After"] = str(asyncjobs.POLL_HINT.get(record["status"], 2))
+    return response
 
 
-@bp.delete("/jobs/<path:job_id>")
+@bp.get("/jobs/<path:job_id>/events")
+def job_events(job_id: str) -> ResponseReturnValue:
+    """The job's progress as Server-Sent Events: `status`, `partial_image` and `image` as they
+    happen, then `completed` (the stored job) or `failed` (its error), and the stream ends."""
+    canonical = normalize_id(job_id)
+    records = _records()
+    record = records.read(job_id)
+    last = events.last_event_id(
+        request.headers.get("Last-Event-ID"), request.args.get("last_event_id")
+    )
+    if canonical is None or record is None:
+        metadata = _store().job_metadata(job_id)
+        if canonical is None or metadata is None:
+            raise _not_found(job_id)
+        done = {"id": 1, "event": "completed", "data": completed_body(metadata)}
+        stream: Any = iter([events.format_event(done)] if last < 1 else [])
+    else:
+        stream = events.follow(records, canonical, last, notice=runner_of(current_app).notice)
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@bp.get("/jobs/<path:job_id>/previews/<name>")
+def job_preview(job_id: str, name: str) -> ResponseReturnValue:
+    """A partial preview (or a finished image) of an asynchronous job, before it is stored."""
+    path = _records().preview(job_id, name)
+    if path is None:
+        raise ImageNotFound(f"Preview {name[:64]!r} of job {job_id[:64]!r} not found.")
+    match = PREVIEW_NAME.match(name)
+    assert match is not None  # preview() checked the name
+    fmt = next(f for f, ext in EXTENSIONS.items() if ext == match["ext"])
+    response = send_file(path, mimetype=CONTENT_TYPES[fmt], max_age=3600, conditional=True)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.delete("/jobs/<job_path:job_id>")
 def delete_job(job_id: str) -> ResponseReturnValue:
-    """Remove the whole job: every image, its metadata and its directory."""
+    """Remove the whole job: every image, its metadata, its directory and its record.
+
+    A queued or running job cannot be deleted yet (409): the images are being paid for.
+    """
+    record = _records().read(job_id)
+    if record is not None and record["status"] not in FINAL:
+        raise JobNotFinished(
+            f"Job {record['job_id']} is {record['status']}; delete it once it has finished."
+        )
     metadata = _store().delete_job(job_id)
-    if metadata is None:
+    removed = record is not None and _records().remove(job_id)
+    if metadata is None and not removed:
         raise _not_found(job_id)
     canonical = normalize_id(job_id)
-    count = len(metadata.get("images", []))
+    count = len(metadata.get("images", [])) if metadata else 0
     return jsonify(
         {
             "status": "success",
@@ -146,3 +227,7 @@ def _not_found(job_id: str) -> JobNotFound:
 
 def _store() -> ImageStore:
     return current_app.extensions["imagegen"]["store"]
+
+
+def _records() -> JobRecords:
+    return runner_of(current_app).records

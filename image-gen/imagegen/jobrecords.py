@@ -1,0 +1,367 @@
+"""Asynchronous jobs on disk: their records, ownership, the running-job slots and previews.
+
+    <root>/.jobs/<job-uuid>/job.json         the job as it goes: queued, running, completed, failed
+    <root>/.jobs/<job-uuid>/lock             flock()ed by the process that owns the job
+    <root>/.jobs/<job-uuid>/webhook-secret   the caller's webhook signing secret (never served)
+    <root>/.jobs/<job-uuid>/p<i>-<n>.<ext>   partial preview n of image i, as the upstream sent it
+    <root>/.jobs/<job-uuid>/i<i>.<ext>       image i, finished before the whole job is stored
+    <root>/.jobs/.active/<ns>-<job-uuid>     one empty file per unfinished job, in submission order
+    <root>/.jobs/.slots/<n>                  flock()ed while a job runs: at most N run at once
+
+Everything lives under the images directory, so every Gunicorn worker (and every replica
+sharing the directory) sees the same jobs, and they survive restarts. A finished job's
+images are stored as an ordinary job by ImageStore.save_job under the same id; the record
+keeps what only an asynchronous job has (progress, previews, events, the error).
+
+Ownership is an exclusive `flock` on the job's lock file, held for as long as a process
+has the job (queued in its memory, running, or delivering its webhook). The kernel drops
+the lock when that process dies, however it dies, so "the lock is free but the job is not
+finished" means exactly "its owner is gone": no heartbeat to tune, no pid that a restarted
+container may reuse. The slots work the same way and bound the jobs running at once across
+all processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import InsufficientStorage
+from .imagefmt import EXTENSIONS
+from .store import normalize_id
+
+JOBS = ".jobs"
+_ACTIVE = ".active"
+_SLOTS = ".slots"
+_RECORD = "job.json"
+_LOCK = "lock"
+_SECRET = "webhook-secret"  # noqa: S105 - a file name
+_TMP_PREFIX = ".tmp-"
+_MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
+PREVIEW_NAME = re.compile(
+    r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp)$"
+)
+FINAL = ("completed", "failed")
+
+
+class Ownership:
+    """An exclusive flock on one lock file; released by `release()` or by process death."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _try_flock(path: Path, *, create: bool) -> Ownership | None:
+    """The lock on `path` if no other open file holds it; None if held (or missing)."""
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return Ownership(fd)
+
+
+class JobRecords:
+    """The asynchronous jobs' records under `<root>/.jobs`, shared by every process."""
+
+    def __init__(self, root: Path, *, fsync: bool = True, max_running: int = 4) -> None:
+        self.root = Path(root) / JOBS
+        self.fsync = fsync
+        self.max_running = max_running
+        self._active = self.root / _ACTIVE
+        self._slots = self.root / _SLOTS
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Create the directories, on the first job: a service never asked for an
+        asynchronous job keeps its images directory as it was."""
+        if not self._prepared:
+            for path in (self.root, self._active, self._slots):
+                path.mkdir(parents=True, exist_ok=True)
+            self._prepared = True
+
+    # --- records --------------------------------------------------------------------------
+
+    def create(self, record: dict[str, Any], *, webhook_secret: str | None = None) -> Ownership:
+        """Write a new job's record and queue it; return the ownership, already held.
+
+        The record is written into a staging directory with its lock taken, then renamed
+        into place, then listed as active: no other process can take a job before its
+        submitter lets go of it, and nobody sees half a record.
+        """
+        job_id = record["job_id"]
+        staging = self.root / f"{_TMP_PREFIX}{job_id}"
+        ownership: Ownership | None = None
+        try:
+            self.prepare()
+            staging.mkdir()
+            ownership = _try_flock(staging / _LOCK, create=True)
+            assert ownership is not None  # a new file nobody else has opened
+            self._write(staging / _RECORD, _dump(record))
+            if webhook_secret is not None:
+                fd = os.open(staging / _SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with open(fd, "w", encoding="utf-8") as handle:
+                    handle.write(webhook_secret)
+            self._sync_dir(staging)
+            os.rename(staging, self.root / job_id)
+            self._sync_dir(self.root)
+            self._write(self._active / record["marker"], b"")
+            self._sync_dir(self._active)
+        except BaseException as exc:
+            if ownership is not None:
+                ownership.release()
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if (self.root / job_id).is_dir():
+                    shutil.rmtree(self.root / job_id, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "The image store is full; the job was not queued. Free space or delete "
+                    "images, then try again."
+                ) from None
+            raise
+        return ownership
+
+    def read(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record, or None if there is none (or the id is not a UUID)."""
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return None
+        try:
+            record = json.loads((self.root / canonical / _RECORD).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def changed_at(self, job_id: str) -> int | None:
+        """The record's mtime in ns: a cheap "has it changed" for readers that follow it."""
+        try:
+            return os.stat(self.root / job_id / _RECORD).st_mtime_ns
+        except OSError:
+            return None
+
+    def write(self, record: dict[str, Any], *, durable: bool = False) -> None:
+        """Replace the record atomically. Only the job's owner writes it."""
+        path = self.root / record["job_id"] / _RECORD
+        temp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            self._write(temp, _dump(record), sync=durable)
+            os.replace(temp, path)
+            if durable:
+                self._sync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def webhook_secret(self, job_id: str) -> str | None:
+        try:
+            return (self.root / job_id / _SECRET).read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    # --- ownership, the queue and the slots ---------------------------------------------
+
+    def own(self, job_id: str) -> Ownership | None:
+        """Take the job if nobody holds it (its owner died, or it was never taken)."""
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return None
+        return _try_flock(self.root / canonical / _LOCK, create=False)
+
+    def is_owned(self, job_id: str) -> bool:
+        """Whether a live process holds the job right now."""
+        ownership = self.own(job_id)
+        if ownership is None:
+            return (self.root / job_id / _LOCK).exists()
+        ownership.release()
+        return False
+
+    def active(self) -> list[tuple[str, str]]:
+        """(marker, job id) of every unfinished job, oldest submission first."""
+        try:
+            names = os.listdir(self._active)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            match = _MARKER.match(name)
+            if match:
+                found.append((name, match["job"]))
+        found.sort()
+        return found
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Take a job off the active list: it is finished and its webhook is done with."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._active / record["marker"])
+
+    def marker_age(self, marker: str) -> float:
+        """Seconds since the marker was listed (its name holds the submission time)."""
+        match = _MARKER.match(marker)
+        return (time.time_ns() - int(match["ns"])) / 1e9 if match else 0.0
+
+    def drop_marker(self, marker: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._active / marker)
+
+    def take_slot(self) -> Ownership | None:
+        """One of the `max_running` slots, if one is free."""
+        numbers = list(range(self.max_running))
+        random.shuffle(numbers)  # spreads processes over the slots
+        self._slots.mkdir(parents=True, exist_ok=True)
+        for number in numbers:
+            slot = _try_flock(self._slots / str(number), create=True)
+            if slot is not None:
+                return slot
+        return None
+
+    def busy_slots(self) -> int:
+        """How many jobs run right now, in every process."""
+        busy = 0
+        if not self._slots.is_dir():
+            return 0
+        for number in range(self.max_running):
+            slot = _try_flock(self._slots / str(number), create=True)
+            if slot is None:
+                busy += 1
+            else:
+                slot.release()
+        return busy
+
+    # --- previews -------------------------------------------------------------------------
+
+    def save_preview(self, job_id: str, name: str, data: bytes) -> None:
+        """Write a preview image under its final name in one rename."""
+        if not PREVIEW_NAME.match(name):
+            raise ValueError(f"not a preview name: {name!r}")
+        path = self.root / job_id / name
+        temp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            self._write(temp, data, sync=False)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def preview(self, job_id: str, name: str) -> Path | None:
+        """The preview's file, if the job and the preview exist."""
+        canonical = normalize_id(job_id)
+        if canonical is None or not PREVIEW_NAME.match(name):
+            return None
+        path = self.root / canonical / name
+        return path if path.is_file() else None
+
+    # --- removing -------------------------------------------------------------------------
+
+    def remove(self, job_id: str) -> bool:
+        """Remove a job's record and previews in one rename; False if there was none."""
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return False
+        trash = self.root / f"{_TMP_PREFIX}deleted-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(self.root / canonical, trash)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def sweep(self, retention: float, *, stale: float = 3600.0) -> int:
+        """Remove finished records older than `retention` seconds and crash leftovers.
+
+        Leftovers: staging directories and markers without a record (a submission that died
+        half-way, never answered), and records of unfinished jobs that are on no list.
+        """
+        removed = 0
+        now = time.time()
+        listed = {job for _, job in self.active()}
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            name = entry.name
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if name.startswith(_TMP_PREFIX):
+                if age > stale:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+                continue
+            if normalize_id(name) != name or name in listed:
+                continue
+            record = self.read(name)
+            changed = self.changed_at(name)
+            quiet = now - (changed / 1e9 if changed else entry.stat().st_mtime)
+            finished = record is not None and record.get("status") in FINAL
+            expired = quiet > retention if finished else quiet > stale
+            if expired and not self.is_owned(name) and self.remove(name):
+                removed += 1
+        for marker, job_id in self.active():
+            if not (self.root / job_id).is_dir() and self.marker_age(marker) > stale:
+                self.drop_marker(marker)
+                removed += 1
+        return removed
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _write(self, path: Path, data: bytes, *, sync: bool = True) -> None:
+        with open(path, "xb") as handle:
+            handle.write(data)
+            if self.fsync and sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _sync_dir(self, path: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_marker(job_id: str) -> str:
+    """An active-list name that sorts by submission time."""
+    return f"{time.time_ns():020d}-{job_id}"
+
+
+def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
+    """The file name of image `image`'s partial preview `partial` (or finished copy)."""
+    ext = EXTENSIONS[fmt]
+    return f"i{image}.{ext}" if partial is None else f"p{image}-{partial}.{ext}"
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,243 @@
+"""Asynchronous jobs under real Gunicorn with several workers and the fake upstream (slow,
+streaming partial images): submit and poll from any worker, follow the events, disconnect,
+SIGKILL the worker running a job, bound the running jobs, and restart the whole service
+with jobs in flight. A job always ends completed or failed, never stuck."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_KEY
+from tests.gunicorn_server import Service, launch_gunicorn, run_gunicorn
+from tests.test_async_jobs import SECRET, Receiver, verify, wait_for
+
+pytestmark = pytest.mark.slow
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+def environment(tmp_path: Path, fake_openai: Any, **extra: str) -> dict[str, str]:
+    key_file = tmp_path / "openai_api_key"
+    key_file.write_text(TEST_KEY + "\n")
+    return {
+        "GUNICORN_WORKERS": "3",
+        "GUNICORN_GRACEFUL_TIMEOUT": "10",
+        "OPENAI_API_KEY_FILE": str(key_file),
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_RETRY_BACKOFF": "0.01",
+        "IMAGE_GEN_JOB_POLL_INTERVAL": "0.2",
+        "IMAGE_GEN_MAX_RUNNING_JOBS": "2",
+        "IMAGE_GEN_MAX_QUEUED_JOBS": "3",
+        "IMAGE_GEN_WEBHOOK_HOSTS": "127.0.0.1",
+        "IMAGE_GEN_WEBHOOK_BACKOFF": "0.1",
+        **extra,
+    }
+
+
+@pytest.fixture
+def service(tmp_path: Path, fake_openai: Any) -> Iterator[Service]:
+    with run_gunicorn(tmp_path / "service", environment(tmp_path, fake_openai)) as running:
+        yield running
+
+
+def submit(service: Service, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    answer = service.request("POST", "/generate", body, headers={**ASYNC, **headers})
+    assert answer.status == 202, answer.body
+    assert answer.headers["location"] == f"/jobs/{answer.json()['job_id']}"
+    return answer.json()
+
+
+def job(service: Service, job_id: str) -> dict[str, Any]:
+    answer = service.request("GET", f"/jobs/{job_id}")
+    assert answer.status == 200, answer.body
+    return answer.json()
+
+
+def finished(service: Service, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    return wait_for(
+        lambda: (body := job(service, job_id))["status"] in ("completed", "failed") and body,
+        timeout,
+        f"job {job_id} finishing",
+    )
+
+
+def runner_pid(service: Service, job_id: str) -> int:
+    """The pid of the worker running the job, from its record on disk."""
+    record = json.loads((service.images / ".jobs" / job_id / "job.json").read_text())
+    return record["runner"]["pid"]
+
+
+def follow_events(service: Service, job_id: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Read /jobs/<id>/events over one connection until the stream ends."""
+    events: list[dict[str, Any]] = []
+    fields: dict[str, str] = {}
+    url = f"{service.url}/jobs/{job_id}/events"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for raw in response:
+            line = raw.decode().rstrip("\n")
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "data" in fields:
+                events.append(
+                    {
+                        "id": int(fields["id"]),
+                        "event": fields["event"],
+                        "data": json.loads(fields["data"]),
+                    }
+                )
+            fields = {}
+    return events
+
+
+def test_submit_then_poll_and_follow_events_from_any_worker(service, fake_openai):
+    fake_openai.latency = 1.0
+    with Receiver() as receiver:
+        accepted = submit(
+            service,
+            {"prompt": "across workers", "count": 2},
+            **{"Webhook-URL": receiver.url, "Webhook-Secret": SECRET},
+        )
+        job_id = accepted["job_id"]
+        assert accepted["status"] in ("queued", "running")
+
+        events = follow_events(service, job_id)
+        polled = [job(service, job_id) for _ in range(6)]  # new connections: any worker
+        wait_for(lambda: receiver.received, what="the webhook")
+
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    names = [e["event"] for e in events]
+    assert names[-1] == "completed" and names.count("image") == 2
+    assert names.index("partial_image") < names.index("image")
+    done = events[-1]["data"]
+    for body in polled:
+        assert body == {**done, "webhook": body["webhook"]}
+    for image in done["images"]:
+        status, headers, data = service.get(image["url"])
+        assert status == 200 and data.startswith(b"\x89PNG")
+    headers, body = receiver.received[0]
+    assert verify(headers, body, SECRET.encode())
+    assert json.loads(body)["data"]["job_id"] == job_id
+
+
+def test_sigkill_of_the_worker_running_a_job_resumes_it_then_fails_it(service, fake_openai):
+    fake_openai.latency = 1.5
+    job_id = submit(service, {"prompt": "kill my worker"})["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) == 1, what="the upstream call")
+    first = runner_pid(service, job_id)
+
+    os.kill(first, signal.SIGKILL)
+
+    resumed = wait_for(
+        lambda: (
+            (body := job(service, job_id))["status"] == "running" and body["attempts"] == 2 and body
+        ),
+        what="the job started again",
+    )
+    wait_for(lambda: len(fake_openai.image_requests) == 2, what="the second upstream call")
+    second = runner_pid(service, job_id)
+    assert second != first and resumed["status"] == "running"
+    os.kill(second, signal.SIGKILL)
+
+    done = finished(service, job_id)
+    assert done["status"] == "failed" and done["code"] == "JOB_INTERRUPTED"
+    assert done["attempts"] == 2
+    assert len(fake_openai.image_requests) == 2
+
+    again = submit(service, {"prompt": "after the kills"})["job_id"]
+    fake_openai.latency = 0.2
+    assert finished(service, again)["status"] == "completed"
+    service.wait_for_workers(3, exclude={first, second})
+
+
+def test_running_jobs_are_bounded_across_workers_and_the_queue_is_bounded(service, fake_openai):
+    fake_openai.latency = 1.5
+    ids = [submit(service, {"prompt": f"bounded {n}"})["job_id"] for n in range(5)]
+
+    wait_for(
+        lambda: sum(job(service, i)["status"] == "running" for i in ids) == 2,
+        what="two jobs running",
+    )
+    statuses = [job(service, i)["status"] for i in ids]
+    assert statuses.count("running") == 2 and statuses.count("queued") == 3
+    full = service.request("POST", "/generate", {"prompt": "too many"}, headers=ASYNC)
+    assert full.status == 503 and full.json()["code"] == "QUEUE_FULL"
+
+    for job_id in ids:
+        assert finished(service, job_id)["status"] == "completed"
+    assert len(fake_openai.image_requests) == 5
+
+
+def test_clients_that_disconnect_do_not_lose_their_job(service, fake_openai):
+    fake_openai.latency = 1.0
+    body = json.dumps({"prompt": "gone before the answer"}).encode()
+    head = (
+        f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Prefer: respond-async\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_RDWR)
+
+    job_id = submit(service, {"prompt": "stop reading the events"})["job_id"]
+    with urllib.request.urlopen(f"{service.url}/jobs/{job_id}/events", timeout=10) as stream:
+        assert stream.readline().startswith(b"retry:")
+    assert finished(service, job_id)["status"] == "completed"
+
+    def stored_prompts() -> set[str]:
+        listed = service.request("GET", "/images?limit=50").json()["images"]
+        return {image["prompt"] for image in listed}
+
+    wait_for(lambda: "gone before the answer" in stored_prompts(), what="the abandoned job")
+
+
+def test_a_restart_of_the_whole_service_keeps_jobs_in_flight(tmp_path, fake_openai):
+    env = environment(tmp_path, fake_openai, IMAGE_GEN_MAX_RUNNING_JOBS="1")
+    directory = tmp_path / "service"
+    fake_openai.latency = 1.5
+    first = launch_gunicorn(directory, env)
+    try:
+        running = submit(first, {"prompt": "in flight"})["job_id"]
+        queued = submit(first, {"prompt": "waiting"})["job_id"]
+        wait_for(lambda: job(first, running)["status"] == "running", what="the first job")
+        assert job(first, queued)["status"] == "queued"
+        for pid in [*first.worker_pids(), first.process.pid]:  # the container is killed
+            os.kill(pid, signal.SIGKILL)
+        first.process.wait(timeout=10)
+    finally:
+        first.stop()
+
+    with run_gunicorn(directory, env) as second:
+        done = {job_id: finished(second, job_id) for job_id in (running, queued)}
+
+    assert done[running]["status"] == done[queued]["status"] == "completed"
+    assert done[running]["attempts"] == 2 and done[queued]["attempts"] == 1
+    prompts = sorted(request.json["prompt"] for request in fake_openai.image_requests)
+    assert prompts == ["in flight", "in flight", "waiting"]
+
+
+def test_sigterm_lets_a_running_job_finish_before_the_worker_exits(tmp_path, fake_openai):
+    env = environment(tmp_path, fake_openai)
+    directory = tmp_path / "service"
+    fake_openai.latency = 1.5
+    with run_gunicorn(directory, env) as first:
+        job_id = submit(first, {"prompt": "finish me"})["job_id"]
+        wait_for(lambda: job(first, job_id)["status"] == "running", what="the job running")
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=30) == 0
+
+    with run_gunicorn(directory, env) as second:
+        done = job(second, job_id)
+    assert done["status"] == "completed" and done["attempts"] == 1
+    assert len(fake_openai.image_requests) == 1
