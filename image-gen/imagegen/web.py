@@ -10,15 +10,17 @@ from . import __version__
 bp = Blueprint("web", __name__)
 
 # Everything the page uses is served by the app itself; nothing inline, nothing third-party.
+# `blob:` images: with client tokens the script fetches images with the token and shows them
+# through object URLs, since an <img src> cannot send an Authorization header.
 _CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
-    """The page; its script reads GET /models and GET /images and calls the JSON API."""
+    """The page; its script asks for a client token if /health says so, then calls the API."""
     settings = current_app.config["SETTINGS"]
     html = render_template(
         "index.html",

@@ -7,54 +7,37 @@ reason, when any of them is missing.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.browser.conftest import (
+    call,
+    cards,
+    console_errors,
+    gallery_images_loaded,
+    save_full_page,
+    wait,
+)
 from tests.gunicorn_server import run_gunicorn
 
 pytestmark = pytest.mark.slow
 
-webdriver = pytest.importorskip(
+pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install selenium==4.50.0)"
 )
-from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOT = Path(tempfile.gettempdir()) / "imagegen-page.png"
 SCREENSHOT_ERROR = Path(tempfile.gettempdir()) / "imagegen-page-error.png"
 SCREENSHOT_NARROW = Path(tempfile.gettempdir()) / "imagegen-page-narrow.png"
 # Prompts are user content: this one must show up as text, never as markup.
 HOSTILE_PROMPT = 'A fox & a hound <img src=x onerror="document.title=\'pwned\'"> "at dusk"'
-
-
-def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw, status = response.read(), response.status
-    except urllib.error.HTTPError as error:
-        raw, status = error.read(), error.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
 
 
 @pytest.fixture(scope="module")
@@ -64,39 +47,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"GUNICORN_THREADS": "4", "IMAGE_GEN_PROVIDER": "placeholder"}
     with run_gunicorn(tmp, env) as running:
         yield running.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Chromium from Debian's packages, driven through chromedriver."""
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            pytest.skip(f"{path} not found: apt-get install -y {package} (Debian)")
-    profile = tempfile.mkdtemp(prefix="imagegen-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
@@ -114,43 +64,13 @@ def page(browser: Any, service: str) -> Any:
     return browser
 
 
-def wait(driver: Any, seconds: float = 20) -> WebDriverWait:
-    return WebDriverWait(driver, seconds)
-
-
-def cards(driver: Any) -> list[Any]:
-    return driver.find_elements(By.CSS_SELECTOR, "#gallery > li.card")
-
-
 def option_labels(driver: Any) -> list[str]:
     return [label.text for label in driver.find_elements(By.CSS_SELECTOR, "#model-options label")]
 
 
-def console_errors(driver: Any) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-
-
-def save_full_page(driver: Any, path: Path) -> None:
-    """A PNG of the whole page, not only the viewport, for a person to look at."""
-    # Captured beyond the viewport there is no scrollbar, so take the full window width.
-    width = driver.execute_script("return window.innerWidth")
-    height = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]["height"]
-    clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
-    )
-    path.write_bytes(base64.b64decode(shot["data"]))
-
-
-def gallery_images_loaded(driver: Any) -> bool:
-    """Every image in the gallery has arrived and decoded (a broken one has no width)."""
-    return driver.execute_script(
-        "return [...document.querySelectorAll('#gallery img')]"
-        ".every((img) => img.complete && img.naturalWidth > 0)"
-    )
-
-
 def test_form_shows_only_the_options_the_chosen_model_takes(page):
+    assert not page.find_element(By.ID, "token-panel").is_displayed(), "no token is needed"
+    assert not page.find_element(By.ID, "session").is_displayed()
     model = Select(page.find_element(By.ID, "model"))
     offered = [option.get_attribute("value") for option in model.options]
     assert "gpt-image-2" in offered and "dall-e-3" in offered
@@ -198,6 +118,8 @@ def test_generate_shows_images_with_their_prompt_then_delete_removes_them(page, 
         assert len(card.find_elements(By.TAG_NAME, "img")) == 1, "the prompt became markup"
         image_id = card.get_attribute("data-image-id")
         url = f"{service}/images/{image_id}"
+        # No token needed: plain, cacheable URLs (a thumbnail in the gallery).
+        assert card.find_element(By.TAG_NAME, "img").get_attribute("src") == f"{url}?width=256"
         opened = card.find_element(By.LINK_TEXT, "Open")
         assert opened.get_attribute("href") == url
         download = card.find_element(By.LINK_TEXT, "Download")
