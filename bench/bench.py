@@ -733,11 +733,14 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
         direct_s: list[float] = []
         through_s: list[float] = []
         ids: list[str] = []
+        pairs: list[float] = []
         direct_errors = 0
+        offset = service.log_size()
         with CpuMeter(service.cpu_seconds, fake.cpu_seconds) as meter:
             for _ in range(opts.c_calls):  # interleaved, so drift affects both alike
                 outcome = direct()
-                if outcome.status == 200 and len(outcome.body) > ONE_MIB:
+                ok = outcome.status == 200 and len(outcome.body) > ONE_MIB
+                if ok:
                     direct_s.append(outcome.seconds)
                 else:
                     direct_errors += 1
@@ -747,6 +750,10 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
                 if found:
                     ids += found
                     through_s.append(outcome.seconds)
+                    if ok:
+                        pairs.append(outcome.seconds - direct_s[-1])
+        time.sleep(0.2)  # let the last request log lines land
+        in_app = [ms / 1000 for _, ms in service.logged_requests(offset, "/generate") if ms]
         worker_cpu = meter.deltas[1] / max(1, len(through_s))
         fake_cpu = meter.deltas[2] / max(1, len(direct_s) + len(through_s))
         errors += _verify_images(service.port, ids, sample=3, min_bytes=ONE_MIB)
@@ -763,6 +770,11 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
             f" {_ms(direct_median)} p90 {_ms(_pct(direct_s, 0.9))} ({direct_errors} failed);"
             f" through the service: min {_ms(min(through_s, default=None))} median"
             f" {_ms(through_median)} p90 {_ms(_pct(through_s, 0.9))}"
+        )
+        print(
+            f"  per pair (service - direct): median {_ms(_median(pairs))}, "
+            f"p10 {_ms(_pct(pairs, 0.1))}; in-app time of /generate (the request log, "
+            f"upstream wait included): median {_ms(_median(in_app))}"
         )
         print(
             f"  CPU per call: service workers {_ms(worker_cpu)}, fake {_ms(fake_cpu)} "
@@ -784,6 +796,8 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
             detail={
                 "direct_median_ms": _times_1000(direct_median),
                 "service_median_ms": _times_1000(through_median),
+                "pair_difference_median_ms": _times_1000(_median(pairs)),
+                "in_app_median_ms": _times_1000(_median(in_app)),
                 "direct_failures": direct_errors,
                 "fsync_1mib_median_ms": _times_1000(fsync_s),
                 "worker_cpu_ms_per_call": _times_1000(worker_cpu),
@@ -1017,6 +1031,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="GUNICORN_WORKERS (default: the conf's)")
     parser.add_argument("--threads", type=int, help="GUNICORN_THREADS (default: the conf's)")
     parser.add_argument("--repeat", type=int, help="runs of (a) and (b); the median is shown")
+    parser.add_argument("--pairs", type=int, help="direct/service call pairs for (c) (50)")
     parser.add_argument("--quick", action="store_true", help="smaller counts for a smoke run")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--tmp-dir", type=Path, help="where the images dirs go (fsync cost!)")
@@ -1030,6 +1045,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--latency must be positive: (a) and (b) divide by it")
     opts.repeat = max(1, opts.repeat or (1 if opts.quick else 3))
     opts.c_warmup, opts.c_calls = (3, 10) if opts.quick else (5, 50)
+    opts.c_calls = max(1, opts.pairs or opts.c_calls)
     opts.d_jobs, opts.d_gets = (1_000, 50) if opts.quick else (10_000, 200)
     opts.d_image_bytes = 4096
     opts.load_clients = min(opts.clients, 50) if opts.quick else opts.clients
