@@ -105,6 +105,45 @@ class SizeRule:
         }
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one image-input endpoint (edits or variations) takes for a model.
+
+    The limits are the upstream's documented ones, checked before any upstream call; the
+    service's own upload limits are settings.
+    """
+
+    max_images: int  # input images per request
+    formats: tuple[str, ...]  # recognised by content: png, jpeg, webp
+    max_image_bytes: int  # per input image
+    options: Mapping[str, Choice | IntRange] = field(default_factory=dict)
+    prompt: bool = True  # variations take no prompt
+    mask: bool = False  # takes a mask: a PNG with an alpha channel, the first image's size
+    max_mask_bytes: int = 4 * MIB
+    square: bool = False  # input images must be square
+    transparent_without_mask: bool = False  # no mask: the image's own alpha is the mask
+    default_size: str | None = None  # None: the model's default size
+    source: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """The capability as `GET /models` shows it."""
+        return {
+            "max_images": self.max_images,
+            "formats": list(self.formats),
+            "max_image_bytes": self.max_image_bytes,
+            "prompt": self.prompt,
+            "mask": self.mask,
+            "max_mask_bytes": self.max_mask_bytes if self.mask else None,
+            "square": self.square,
+            "default_size": self.default_size,
+            "options": {name: spec.describe() for name, spec in self.options.items()},
+            "source": self.source,
+        }
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model: its lifecycle, what it accepts and how its upstream answers."""
@@ -126,6 +165,8 @@ class ModelSpec:
     replacement: str | None = None
     legacy: bool = False
     source: str = ""
+    edits: InputSpec | None = None  # POST /edit: images (and a prompt) in, images out
+    variations: InputSpec | None = None  # POST /variations: one image in, variations out
 
     def status(self, today: dt.date) -> str:
         if self.legacy:
@@ -158,6 +199,8 @@ class ModelSpec:
                 name: {**spec.describe(), "default": self.option_defaults.get(name)}
                 for name, spec in self.options.items()
             },
+            "edits": self.edits.describe() if self.edits else None,
+            "variations": self.variations.describe() if self.variations else None,
             "source": self.source,
         }
 
@@ -213,12 +256,44 @@ _FLEXIBLE_SIZES = (
 )
 
 
+# Edits and variations: read on 2026-11-25 from OpenAI's API reference (as the docstrings of
+# openai-python 3.57.0's images.edit and images.create_variation carry it):
+#   GPT Image models edit up to 16 png, webp or jpg images, each under 50 MB, with an optional
+#   mask: a PNG under 4 MB with the first image's dimensions, whose transparent areas are
+#   edited. The edit endpoint takes quality, background, output_format and output_compression
+#   but not moderation. input_fidelity: high|low on gpt-image-1.5, only low on
+#   gpt-image-1-mini, "omit this parameter" on gpt-image-2 (nothing said for later models, so
+#   they do not take it either). Sizes default to auto.
+#   dall-e-2 edits one square PNG under 4 MB; without a mask its transparent areas are edited.
+#   Variations: dall-e-2 only (the endpoint is retired at OpenAI), one square PNG under 4 MB.
+_EDITS_REFERENCE = "https://platform.openai.com/docs/api-reference/images/createEdit"
+_VARIATIONS_REFERENCE = "https://platform.openai.com/docs/api-reference/images/createVariation"
+
+
+def _gpt_edits(
+    options: Mapping[str, Choice | IntRange], input_fidelity: Choice | None
+) -> InputSpec:
+    taken = {name: spec for name, spec in options.items() if name != "moderation"}
+    if input_fidelity is not None:
+        taken["input_fidelity"] = input_fidelity
+    return InputSpec(
+        max_images=16,
+        formats=("png", "jpeg", "webp"),
+        max_image_bytes=50 * MIB,
+        options=taken,
+        mask=True,
+        default_size="auto",
+        source=_EDITS_REFERENCE,
+    )
+
+
 def _gpt_image(
     model_id: str,
     description: str,
     *,
     flexible: bool = True,
     options: Mapping[str, Choice | IntRange] = _GPT_IMAGE_OPTIONS,
+    input_fidelity: Choice | None = None,
     source: str = _GUIDE,
     **lifecycle: Any,
 ) -> ModelSpec:
@@ -236,6 +311,7 @@ def _gpt_image(
         option_defaults={"output_format": "png"},
         requires=_GPT_IMAGE_REQUIRES,
         source=source,
+        edits=_gpt_edits(options, input_fidelity),
         **lifecycle,
     )
 
@@ -283,12 +359,14 @@ MODELS: tuple[ModelSpec, ...] = (
         "gpt-image-1.5",
         "GPT Image 1.5 (shuts down 2026-12-01).",
         flexible=False,
+        input_fidelity=Choice(("high", "low")),
         **_RETIRING_DEC_2026,
     ),
     _gpt_image(
         "gpt-image-1-mini",
         "GPT Image 1 mini (shuts down 2026-12-01).",
         flexible=False,
+        input_fidelity=Choice(("low",)),
         **_RETIRING_DEC_2026,
     ),
     _gpt_image(
@@ -339,6 +417,23 @@ MODELS: tuple[ModelSpec, ...] = (
         replacement="gpt-image-2",
         legacy=True,
         source=_DEPRECATIONS,
+        edits=InputSpec(
+            max_images=1,
+            formats=("png",),
+            max_image_bytes=4 * MIB,
+            mask=True,
+            square=True,
+            transparent_without_mask=True,
+            source=_EDITS_REFERENCE,
+        ),
+        variations=InputSpec(
+            max_images=1,
+            formats=("png",),
+            max_image_bytes=4 * MIB,
+            prompt=False,
+            square=True,
+            source=_VARIATIONS_REFERENCE,
+        ),
     ),
 )
 

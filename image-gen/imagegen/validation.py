@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from . import clock
-from .catalog import CATALOG, SHUT_DOWN, ModelSpec
+from .catalog import CATALOG, MIB, SHUT_DOWN, Choice, InputSpec, IntRange, ModelSpec
 from .errors import ValidationError
+from .imagefmt import CONTENT_TYPES, identify
 
 COMMON_FIELDS = ("prompt", "count", "model", "size")
 
@@ -66,16 +70,39 @@ def parse_generate_request(
     today = today or clock.today()
 
     model = _model(body.get("model"), default_model, today)
-    allowed = set(COMMON_FIELDS) | set(model.options)
+    return _checked(body, model, model.options, default_size=model.default_size)
+
+
+def _checked(
+    body: dict[str, Any],
+    model: ModelSpec,
+    taken: Mapping[str, Choice | IntRange],
+    *,
+    default_size: str,
+    needs_prompt: bool = True,
+    endpoint: str = "",
+) -> ImageRequest:
+    """Check a body's fields for `model`, which takes the options `taken` on this endpoint."""
+    common = set(COMMON_FIELDS) if needs_prompt else set(COMMON_FIELDS) - {"prompt"}
+    allowed = common | set(taken)
     unknown = sorted(str(key)[:64] for key in body if key not in allowed)
     if unknown:
         listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
         raise ValidationError(
-            f"Unknown or unsupported field(s) for model {model.id}: {listed}. "
+            f"Unknown or unsupported field(s) for model {model.id}{endpoint}: {listed}. "
             f"It accepts: {', '.join(sorted(allowed))}.",
             details={"field": unknown[0]},
         )
+    return ImageRequest(
+        prompt=_prompt(body, model) if needs_prompt else "",
+        model=model,
+        count=_count(body, model),
+        size=_size(body, model, default_size),
+        options=_options(body, model, taken),
+    )
 
+
+def _prompt(body: dict[str, Any], model: ModelSpec) -> str:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValidationError(
@@ -92,7 +119,10 @@ def parse_generate_request(
             f"{model.max_prompt_chars:,}.",
             details={"field": "prompt"},
         )
+    return prompt
 
+
+def _count(body: dict[str, Any], model: ModelSpec) -> int:
     count = body.get("count")
     if count is None:
         count = 1
@@ -101,10 +131,13 @@ def parse_generate_request(
             f"'count' must be an integer from 1 to {model.max_count} for {model.id}.",
             details={"field": "count"},
         )
+    return count
 
+
+def _size(body: dict[str, Any], model: ModelSpec, default_size: str) -> str:
     size = body.get("size")
     if size is None:
-        size = model.default_size
+        size = default_size
     if not isinstance(size, str) or not model.allows_size(size):
         accepted = ", ".join(model.sizes)
         if model.size_rule:
@@ -113,9 +146,14 @@ def parse_generate_request(
             f"'size' {size!r} is not accepted by {model.id}. It accepts: {accepted}.",
             details={"field": "size"},
         )
+    return size
 
+
+def _options(
+    body: dict[str, Any], model: ModelSpec, taken: Mapping[str, Choice | IntRange]
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name, spec in model.options.items():
+    for name, spec in taken.items():
         value = body.get(name)
         if value is None:
             continue
@@ -135,8 +173,7 @@ def parse_generate_request(
                 f"{shown} needs '{rule.other}' to be one of {', '.join(rule.allowed)}.",
                 details={"field": rule.option},
             )
-
-    return ImageRequest(prompt=prompt, model=model, count=count, size=size, options=options)
+    return options
 
 
 def _is_utf8(text: str) -> bool:
@@ -166,3 +203,249 @@ def _model(value: Any, default_model: str, today: dt.date) -> ModelSpec:
             details={"field": "model", "replacement": model.replacement},
         )
     return model
+
+
+# --- edits and variations -------------------------------------------------------------------
+
+OPERATIONS = {"edit": "edits", "variation": "variations"}  # operation -> ModelSpec attribute
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One input image of an edit or variation: its bytes, recognised by content, and origin."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    field: str  # the request field it came in: "image", "image_ids", "mask_id", ...
+    label: str  # how messages name it, e.g. "image 2 ('cat.png')"
+    origin: Mapping[str, Any]  # what metadata records of its origin, e.g. {"image_id": ...}
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, field: str, label: str, origin: Mapping[str, Any] | None = None
+    ) -> InputImage:
+        """Recognise the bytes as PNG, JPEG or WebP whatever the file is called; 400 if not."""
+        info = identify(data)
+        if info is None:
+            raise ValidationError(
+                f"{_capital(label)} is not a PNG, JPEG or WebP image (checked by its content, not "
+                "its name).",
+                details={"field": field},
+            )
+        return cls(data, info.format, info.width, info.height, field, label, origin or {})
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def has_alpha(self) -> bool:
+        """Whether the image is a PNG with an alpha channel (or a transparent colour)."""
+        return self.format == "png" and png_has_alpha(self.data)
+
+    def record(self) -> dict[str, Any]:
+        """What a job's metadata records about this input: never its bytes."""
+        return {
+            **self.origin,
+            "format": self.format,
+            "width": self.width,
+            "height": self.height,
+            "bytes": len(self.data),
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """The images (and optional mask) an edit or variation starts from."""
+
+    images: tuple[InputImage, ...]
+    mask: InputImage | None = None
+
+    def source(self) -> dict[str, Any]:
+        """The job's `source` metadata: where each input came from and its digest."""
+        return {
+            "images": [image.record() for image in self.images],
+            "mask": self.mask.record() if self.mask else None,
+        }
+
+
+def parse_edit_request(
+    body: Any,
+    inputs: ImageInputs,
+    *,
+    operation: str,
+    default_model: str,
+    form: bool = False,
+    today: dt.date | None = None,
+) -> ImageRequest:
+    """Check an edit's or variation's fields and input images against the model's catalog entry.
+
+    `operation` is "edit" or "variation". With `form`, the fields came as multipart text, so
+    integer fields are read from their digits.
+    """
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.")
+    today = today or clock.today()
+    model = _model(body.get("model"), default_model, today)
+    spec = input_spec(model, operation, today)
+    if form:
+        body = _from_form(body, spec)
+    image_request = _checked(
+        body,
+        model,
+        spec.options,
+        default_size=spec.default_size or model.default_size,
+        needs_prompt=spec.prompt,
+        endpoint=f" {OPERATIONS[operation]}",
+    )
+    check_inputs(model, spec, inputs)
+    return image_request
+
+
+def input_spec(model: ModelSpec, operation: str, today: dt.date | None = None) -> InputSpec:
+    """What `model` takes for this operation; a 400 naming the models that can do it if none."""
+    spec = getattr(model, OPERATIONS[operation])
+    if spec is not None:
+        return spec
+    today = today or clock.today()
+    able = [
+        m.id
+        for m in CATALOG.values()
+        if getattr(m, OPERATIONS[operation]) is not None and m.status(today) != SHUT_DOWN
+    ]
+    verb = "edit images" if operation == "edit" else "make variations"
+    raise ValidationError(
+        f"Model {model.id} cannot {verb}. Models that can: {', '.join(able)}.",
+        details={"field": "model"},
+    )
+
+
+def default_model_for(operation: str, preferred: str, today: dt.date | None = None) -> str:
+    """The model an edit or variation uses when none is named: the service's default model if
+    it can, else the first usable catalog model that can (dall-e-2 for variations)."""
+    today = today or clock.today()
+    model = CATALOG.get(preferred)
+    if model is not None and getattr(model, OPERATIONS[operation]) is not None:
+        return preferred
+    for model in CATALOG.values():
+        if getattr(model, OPERATIONS[operation]) is not None and model.status(today) != SHUT_DOWN:
+            return model.id
+    return preferred
+
+
+MAX_INPUT_IMAGES = max(
+    spec.max_images
+    for model in CATALOG.values()
+    for spec in (model.edits, model.variations)
+    if spec is not None
+)
+
+
+def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None:
+    """The input images and mask against the model's documented limits, before any upstream call."""
+    images, mask = inputs.images, inputs.mask
+    if not images:
+        raise ValidationError("An input image is required ('image').", details={"field": "image"})
+    if len(images) > spec.max_images:
+        raise ValidationError(
+            f"{model.id} takes at most {spec.max_images} input image(s); {len(images)} were sent.",
+            details={"field": images[-1].field},
+        )
+    for image in images:
+        if image.format not in spec.formats:
+            raise ValidationError(
+                f"{_capital(image.label)} is a {image.format.upper()} image; {model.id} takes "
+                f"{_listed(spec.formats)} only.",
+                details={"field": image.field},
+            )
+        if len(image.data) >= spec.max_image_bytes:
+            raise ValidationError(
+                f"{_capital(image.label)} is {len(image.data):,} bytes; {model.id} takes "
+                f"images under {_megabytes(spec.max_image_bytes)}.",
+                details={"field": image.field},
+            )
+        if spec.square and image.width != image.height:
+            raise ValidationError(
+                f"{_capital(image.label)} is {image.width}x{image.height}; {model.id} takes square "
+                "images only.",
+                details={"field": image.field},
+            )
+    first = images[0]
+    if mask is None:
+        if spec.transparent_without_mask and not first.has_alpha():
+            raise ValidationError(
+                f"{model.id} edits the transparent areas of the image: send a PNG with an "
+                "alpha channel, or a mask.",
+                details={"field": first.field},
+            )
+        return
+    if not spec.mask:
+        raise ValidationError(f"{model.id} takes no mask.", details={"field": mask.field})
+    if mask.format != "png" or not mask.has_alpha():
+        raise ValidationError(
+            f"The mask must be a PNG with an alpha channel (fully transparent where the image "
+            f"should change); {mask.label} is a {mask.format.upper()} image"
+            + (" without one." if mask.format == "png" else "."),
+            details={"field": mask.field},
+        )
+    if len(mask.data) >= spec.max_mask_bytes:
+        raise ValidationError(
+            f"The mask is {len(mask.data):,} bytes; {model.id} takes masks under "
+            f"{_megabytes(spec.max_mask_bytes)}.",
+            details={"field": mask.field},
+        )
+    if (mask.width, mask.height) != (first.width, first.height):
+        raise ValidationError(
+            f"The mask is {mask.width}x{mask.height}; it must have the dimensions of the "
+            f"{'first ' if len(images) > 1 else ''}image, {first.width}x{first.height}.",
+            details={"field": mask.field},
+        )
+
+
+def png_has_alpha(data: bytes) -> bool:
+    """Whether PNG bytes carry transparency: an alpha channel, or a tRNS chunk before IDAT."""
+    try:
+        if data[25] in (4, 6):  # IHDR colour type: grey + alpha, RGB + alpha
+            return True
+        pos = 8
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
+            if kind == b"tRNS":
+                return True
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            pos += 12 + length
+    except (IndexError, struct.error):
+        return False
+    return False
+
+
+def _from_form(body: dict[str, Any], spec: InputSpec) -> dict[str, Any]:
+    """Multipart text fields as JSON would carry them: integer fields from their digits."""
+    integers = {"count"} | {n for n, o in spec.options.items() if isinstance(o, IntRange)}
+    return {
+        key: int(value)
+        if key in integers and isinstance(value, str) and value.isascii() and value.isdigit()
+        else value
+        for key, value in body.items()
+    }
+
+
+def _capital(label: str) -> str:
+    return label[:1].upper() + label[1:]
+
+
+def _listed(formats: tuple[str, ...]) -> str:
+    names = [name.upper() for name in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _megabytes(limit: int) -> str:
+    return f"{limit // MIB} MB" if limit % MIB == 0 else f"{limit:,} bytes"
