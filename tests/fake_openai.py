@@ -3,10 +3,17 @@
 The server listens on a real socket and speaks OpenAI's wire format for
 ``POST /v1/images/{generations,edits,variations}`` and ``GET /v1/models``.
 Image URLs handed out for DALL-E models point at ``GET /files/<token>.png``
-on the same server.  Every request is recorded before any behaviour is
-applied, and the answers to image calls can be scripted with
-:meth:`FakeOpenAI.enqueue` / :meth:`FakeOpenAI.set_default` using the
-``FakeResponse`` factories defined here (errors, faults, odd payloads).
+on the same server.  A request with ``stream: true`` is answered as OpenAI
+streams: Server-Sent Events (``image_generation.partial_image`` x
+``partial_images``, then ``image_generation.completed``, per image; ``image_edit.*``
+for edits) over chunked transfer, the latency spread over the events.
+Multipart edits and variations have their image parts checked like OpenAI
+does (formats by content, counts, sizes, squareness, the mask's format, alpha
+and dimensions) and answer OpenAI's error bodies.  Every
+request is recorded before any behaviour is applied, and the answers to image
+calls can be scripted with :meth:`FakeOpenAI.enqueue` /
+:meth:`FakeOpenAI.set_default` using the ``FakeResponse`` factories defined
+here (errors, faults, odd payloads).
 
 Stdlib only.  Also runnable as a script::
 
@@ -400,6 +407,11 @@ class UploadedFile:
     content_type: str
     data: bytes
 
+    @property
+    def size(self) -> int:
+        """The file's length in bytes."""
+        return len(self.data)
+
 
 @dataclass
 class RecordedRequest:
@@ -628,12 +640,81 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         plan = self._auth_failure(record)
         if plan is None and not record.is_multipart and not isinstance(record.json, dict):
             plan = error(400, INVALID_JSON_MESSAGE, "invalid_request_error")
+        if plan is None and record.is_multipart and endpoint in ("edits", "variations"):
+            plan = _upload_failure(record, endpoint)
         if plan is None:
             plan = fake._next_behaviour()
+        if plan.kind == "success" and _wants_stream(record.params):
+            self._stream(plan, record.params, endpoint, fake.latency + plan.delay)
+            return
         if not fake._sleep(fake.latency + plan.delay):
             self.close_connection = True
             return
         self._play(plan, record.params, endpoint)
+
+    def _stream(
+        self, plan: FakeResponse, params: Mapping[str, Any], endpoint: str, latency: float
+    ) -> None:
+        """Answer ``stream: true`` as OpenAI does: Server-Sent Events over chunked transfer.
+
+        For each image, ``partial_images`` (0-3) ``*.partial_image`` events, then one
+        ``*.completed`` event with its usage; the latency is spread evenly over the events.
+        """
+        fake = self.server.fake
+        try:
+            payload = fake._success_payload(params, endpoint, plan, self._origin())
+            partials = _parse_partial_images(params.get("partial_images"))
+        except _RequestError as exc:
+            if fake._sleep(latency):
+                self._play(exc.response)
+            return
+        prefix = "image_edit" if endpoint == "edits" else "image_generation"
+        shared = {key: payload.get(key, "auto") for key in ("size", "quality", "background")}
+        shared["output_format"] = payload.get("output_format", "png")
+        events: list[dict[str, Any]] = []
+        for item in payload["data"]:
+            final = base64.b64decode(item.get("b64_json") or "") or make_png()
+            width, height = _png_dims(final)
+            for index in range(partials):
+                rough = make_png(width, height, _colour(1000 + index))
+                events.append(
+                    {
+                        "type": f"{prefix}.partial_image",
+                        "b64_json": _b64(rough),
+                        "created_at": int(time.time()),
+                        "partial_image_index": index,
+                        **shared,
+                    }
+                )
+            events.append(
+                {
+                    "type": f"{prefix}.completed",
+                    "b64_json": item.get("b64_json"),
+                    "created_at": int(time.time()),
+                    **shared,
+                    "usage": {
+                        "input_tokens": 50,
+                        "input_tokens_details": {"image_tokens": 0, "text_tokens": 50},
+                        "output_tokens": 1056,
+                        "total_tokens": 1106,
+                    },
+                }
+            )
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("x-request-id", _request_id())
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        step = latency / len(events)
+        for event in events:
+            if not fake._sleep(step):
+                return
+            chunk = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _play(
         self,
@@ -932,6 +1013,125 @@ class FakeOpenAI:
         }
 
 
+# ---------------------------------------------------------------------------
+# Uploads (multipart edits and variations)
+# ---------------------------------------------------------------------------
+
+_MIB = 1024 * 1024
+_GPT_MAX_IMAGES = 16
+_GPT_MAX_IMAGE_BYTES = 50 * _MIB
+_DALL_E_2_MAX_BYTES = 4 * _MIB
+
+
+@dataclass(frozen=True)
+class _Sniffed:
+    """What the magic bytes say; PNG dimensions and alpha when its IHDR is readable."""
+
+    format: str
+    width: int | None = None
+    height: int | None = None
+    alpha: bool | None = None
+
+
+def _sniff(data: bytes) -> _Sniffed | None:
+    """Recognise PNG, JPEG or WebP by content (not by name or declared type)."""
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) >= 26 and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return _Sniffed("png", width, height, data[25] in (4, 6) or b"tRNS" in data)
+        return _Sniffed("png")
+    if data.startswith(b"\xff\xd8\xff"):
+        return _Sniffed("jpeg")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _Sniffed("webp")
+    return None
+
+
+def _upload_failure(record: RecordedRequest, endpoint: str) -> FakeResponse | None:
+    """OpenAI's answer to a bad multipart edit or variation, or None if the files are fine."""
+    model = record.form.get("model")
+    family = _family(model, endpoint)
+    if endpoint == "variations" and family != "dall-e-2":
+        return bad_request(
+            f"Invalid value: '{model}'. Value must be 'dall-e-2'.", "model", "invalid_value"
+        )
+    if endpoint == "edits" and family == "dall-e-3":
+        return bad_request(
+            f"Invalid value: '{model}'. DALL-E 3 does not support image edits.",
+            "model",
+            "invalid_value",
+        )
+    images = [f for f in record.files if f.name in ("image", "image[]")]
+    masks = [f for f in record.files if f.name == "mask"]
+    if not images:
+        return bad_request(
+            "Missing required parameter: 'image'.", "image", "missing_required_parameter"
+        )
+    limit = 1 if family == "dall-e-2" else _GPT_MAX_IMAGES
+    if len(images) > limit:
+        return bad_request(
+            f"Invalid 'image': array too long. Expected an array with maximum length {limit}, "
+            f"but got an array with length {len(images)} instead.",
+            "image",
+            "array_above_max_length",
+        )
+    sniffed = []
+    for upload in images:
+        kind = _sniff(upload.data)
+        if kind is None:
+            return bad_request(
+                f"Invalid file '{upload.name}': unsupported mimetype "
+                f"('{upload.content_type}'). Supported file formats are 'image/jpeg', "
+                "'image/png', and 'image/webp'.",
+                "image",
+                "invalid_image_format",
+            )
+        if family == "dall-e-2":
+            if kind.format != "png" or upload.size >= _DALL_E_2_MAX_BYTES:
+                return bad_request(
+                    "Uploaded image must be a PNG and less than 4 MB.", "image", "invalid_image"
+                )
+            if kind.width is not None and kind.width != kind.height:
+                return bad_request("Uploaded image must be square.", "image", "invalid_image")
+        elif upload.size >= _GPT_MAX_IMAGE_BYTES:
+            return bad_request(
+                "Uploaded image must be less than 50 MB.", "image", "image_too_large"
+            )
+        sniffed.append(kind)
+    first = sniffed[0]
+    if not masks:
+        if family == "dall-e-2" and endpoint == "edits" and first.alpha is False:
+            return bad_request(
+                "Invalid input image - format must be in ['RGBA', 'LA', 'L'], got RGB.",
+                "image",
+                "invalid_image",
+            )
+        return None
+    if endpoint == "variations" or len(masks) > 1:
+        return bad_request("Unexpected file 'mask'.", "mask", "invalid_value")
+    mask = _sniff(masks[0].data)
+    if mask is None or mask.format != "png" or masks[0].size >= _DALL_E_2_MAX_BYTES:
+        return bad_request(
+            "Invalid mask image format - mask image must be a PNG less than 4 MB.",
+            "mask",
+            "invalid_image_format",
+        )
+    if mask.alpha is False:
+        return bad_request(
+            "Invalid mask image format - mask image missing alpha channel.",
+            "mask",
+            "invalid_image_format",
+        )
+    if None not in (mask.width, first.width) and (mask.width, mask.height) != (
+        first.width,
+        first.height,
+    ):
+        return bad_request(
+            "Invalid mask image - mask size does not match image size.", "mask", "invalid_image"
+        )
+    return None
+
+
 def _family(model: Any, endpoint: str) -> Literal["gpt", "dall-e-2", "dall-e-3"]:
     """Which response shape a model gets (missing model: GPT Image; variations: dall-e-2)."""
     if not model:
@@ -967,6 +1167,32 @@ def _parse_n(value: Any) -> int:
         )
         raise _RequestError(bad_request(message, "n", "integer_above_max_value"))
     return value
+
+
+def _wants_stream(params: Mapping[str, Any]) -> bool:
+    """Whether a request asked for ``stream`` (JSON true, or "true" in a multipart form)."""
+    value = params.get("stream")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _parse_partial_images(value: Any) -> int:
+    """Validate ``partial_images`` like OpenAI (0..3; multipart sends strings)."""
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+        message = f"Invalid 'partial_images': expected an integer from 0 to 3, got {value!r}."
+        raise _RequestError(bad_request(message, "partial_images", "invalid_value"))
+    return value
+
+
+def _png_dims(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR (8x8 for anything else)."""
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    return DEFAULT_SIDE, DEFAULT_SIDE
 
 
 def _resolved(value: Any, fallback: str) -> Any:

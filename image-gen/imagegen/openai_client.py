@@ -14,6 +14,7 @@ import ipaddress
 import json
 import random
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -21,11 +22,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, metrics
 
 _CHUNK = 1024 * 1024
 _MAX_RETRY_AFTER = 86_400.0  # a day: anything longer from an upstream is not believed
@@ -176,6 +177,47 @@ class _Response:
     body: bytes
 
 
+@dataclass(frozen=True)
+class FormFile:
+    """One file part of a multipart/form-data upload."""
+
+    field: str  # e.g. "image", "image[]", "mask"
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def encode_multipart(
+    fields: Sequence[tuple[str, str]], files: Sequence[FormFile]
+) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578) and its Content-Type, with a fresh boundary.
+
+    Field names and file names are the service's own (ASCII, no quotes); values are UTF-8.
+    """
+    parts: list[bytes] = []
+    for name, value in fields:
+        parts.append(f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        parts.append(value.encode("utf-8"))
+    for upload in files:
+        parts.append(
+            f'Content-Disposition: form-data; name="{upload.field}"; '
+            f'filename="{upload.filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n'.encode()
+        )
+        parts.append(upload.data)
+    for _ in range(8):  # a 128-bit random boundary inside the data is all but impossible
+        boundary = f"image-gen-{secrets.token_hex(16)}"
+        marker = f"--{boundary}".encode()
+        if not any(marker in part for part in parts):
+            break
+    else:
+        raise ValueError("could not choose a multipart boundary")
+    chunks = []
+    for head, value in zip(parts[::2], parts[1::2], strict=True):
+        chunks += [marker, b"\r\n", head, value, b"\r\n"]
+    chunks += [marker, b"--\r\n"]
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
 class OpenAIClient:
     """Calls `POST {base_url}/images/generations` and downloads the images it points to."""
 
@@ -222,13 +264,7 @@ class OpenAIClient:
             ),
             deadline,
         )
-        try:
-            data = json.loads(response.body)
-        except ValueError:
-            raise InvalidResponseError("the upstream answered with invalid JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise InvalidResponseError("the upstream's answer has no 'data' list")
-        return data
+        return _images_answer(response.body)
 
     def download(self, url: str, deadline: Deadline, max_redirects: int = 3) -> bytes:
         """GET an image URL from an upstream answer, following only safe redirects."""
@@ -253,6 +289,41 @@ class OpenAIClient:
             return self._with_retries(attempt, deadline).body
         except APIStatusError as exc:
             raise InvalidResponseError(f"the image URL answered HTTP {exc.status}") from None
+
+    def edit_images(
+        self, fields: Sequence[tuple[str, str]], files: Sequence[FormFile], deadline: Deadline
+    ) -> dict[str, Any]:
+        """POST a multipart form to /images/edits; return the parsed success body."""
+        return self._post_form("images/edits", fields, files, deadline)
+
+    def create_variation(
+        self, fields: Sequence[tuple[str, str]], files: Sequence[FormFile], deadline: Deadline
+    ) -> dict[str, Any]:
+        """POST a multipart form to /images/variations; return the parsed success body."""
+        return self._post_form("images/variations", fields, files, deadline)
+
+    def _post_form(
+        self,
+        path: str,
+        fields: Sequence[tuple[str, str]],
+        files: Sequence[FormFile],
+        deadline: Deadline,
+    ) -> dict[str, Any]:
+        """One multipart POST with the same retries, deadline and error redaction as JSON."""
+        body, content_type = encode_multipart(fields, files)
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": content_type,
+            "Accept": "application/json",
+        }
+        url = f"{self.base_url}/{path}"
+        response = self._with_retries(
+            lambda: self._checked(
+                self._send("POST", url, body, headers, deadline, self.max_response_bytes)
+            ),
+            deadline,
+        )
+        return _images_answer(response.body)
 
     # --- machinery ------------------------------------------------------------------------
 
@@ -319,6 +390,7 @@ class OpenAIClient:
             f"refusing to download an image from a {parts.scheme or 'schemeless'}: URL"
         )
 
+    @metrics.upstream_attempt
     def _send(
         self,
         method: str,
@@ -382,6 +454,217 @@ class OpenAIClient:
         """The socket timeout for one exchange: each wait is bounded by the read timeout and
         the whole exchange by the deadline (the watchdog enforces the latter)."""
         return min(self.read_timeout, deadline.check())
+
+    # --- streaming: partial images as Server-Sent Events ---------------------------------
+
+    def stream_images(
+        self,
+        payload: Mapping[str, Any],
+        deadline: Deadline,
+        on_event: Callable[[dict[str, Any]], None],
+        *,
+        path: str = "images/generations",
+    ) -> dict[str, Any]:
+        """POST `payload` with `stream: true` and follow the upstream's Server-Sent Events.
+
+        Every `*.partial_image` and `*.completed` event (`image_generation.` or `image_edit.`)
+        goes to `on_event` as it arrives. The answer has the non-streaming shape, built from
+        the completed events: `data` (one `b64_json` item each), `usage`, and the echoed
+        `size`, `quality`, `background` and `output_format`. Failures before the first event
+        are retried like any call; after it they are not, since the image is being paid for.
+        """
+        body = json.dumps({**payload, "stream": True}).encode()
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        url = f"{self.base_url}/{path}"
+        attempt = 0
+        while True:
+            started: list[bool] = []
+            try:
+                return self._stream_once(url, body, headers, deadline, on_event, started)
+            except OpenAIError as error:
+                if started or not self.retry.should_retry(error, attempt):
+                    raise
+                wait = self.retry.delay(attempt, getattr(error, "retry_after", None))
+                if wait >= deadline.remaining():
+                    raise
+                self._sleep(wait)
+                attempt += 1
+
+    def _stream_once(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        on_event: Callable[[dict[str, Any]], None],
+        started: list[bool],
+    ) -> dict[str, Any]:
+        """One streamed exchange; `started` gets an entry once an event has been passed on."""
+        watchdog = _Watchdog(deadline)
+        opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler(),
+            _HTTPHandler(self.connect_timeout, watchdog),
+            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
+        ):
+            opener.add_handler(handler)
+        headers = {"User-Agent": f"image-gen/{__version__}", **headers}
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
+        completed: list[dict[str, Any]] = []
+        try:
+            with watchdog, opener.open(request, timeout=self._timeout(deadline)) as raw:
+                response_headers = {k.lower(): v for k, v in raw.headers.items()}
+                if not 200 <= raw.status < 300 or "event-stream" not in response_headers.get(
+                    "content-type", ""
+                ):
+                    # An error, or an upstream that answers in one piece: read it whole.
+                    answer = _Response(
+                        raw.status, response_headers, _read_capped(raw, self.max_response_bytes)
+                    )
+                    if watchdog.fired:
+                        raise APITimeoutError("the upstream did not answer before the deadline")
+                    return _images_answer(self._checked(answer).body)
+                events = _sse_events(
+                    raw,
+                    max_event=self.max_image_bytes * 4 // 3 + _CHUNK,
+                    max_total=self.max_response_bytes,
+                )
+                for name, data in events:
+                    if data.strip() == "[DONE]":
+                        break
+                    event = self._stream_event(name, data)
+                    if event is None:
+                        continue
+                    started.append(True)
+                    if event["type"].endswith(".completed"):
+                        completed.append(event)
+                    on_event(event)
+                if watchdog.fired:
+                    raise APITimeoutError("the upstream did not answer before the deadline")
+        except TimeoutError:
+            raise APITimeoutError("the upstream did not answer in time") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, OpenAIError) as exc:
+            if watchdog.fired:
+                raise APITimeoutError("the upstream did not answer before the deadline") from None
+            if isinstance(exc, OpenAIError):
+                raise
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, TimeoutError):
+                raise APITimeoutError("the upstream did not answer in time") from None
+            raise APIConnectionError(
+                f"the connection to the upstream failed: {_reason(reason)}"
+            ) from None
+        if not completed:
+            raise APIConnectionError("the upstream's event stream ended before the image")
+        last = completed[-1]
+        answer: dict[str, Any] = {
+            "data": [{"b64_json": event.get("b64_json")} for event in completed],
+            "usage": _add_usage([event.get("usage") for event in completed]),
+        }
+        for key in ("size", "quality", "background", "output_format"):
+            if isinstance(last.get(key), str):
+                answer[key] = last[key]
+        return answer
+
+    def _stream_event(self, name: str, data: str) -> dict[str, Any] | None:
+        """One upstream event as a dict with a `type`; None for events we do not use."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise InvalidResponseError("the upstream sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            raise InvalidResponseError("the upstream sent an event that is not an object")
+        kind = event.get("type") if isinstance(event.get("type"), str) else name
+        error = event.get("error")
+        if kind == "error" or isinstance(error, dict):
+            details = error if isinstance(error, dict) else event
+            message = str(details.get("message") or "the upstream failed mid-stream")
+            type_ = self._field(details.get("type"))
+            user_error = type_ in ("invalid_request_error", "image_generation_user_error")
+            status = 400 if user_error else 500
+            raise APIStatusError(
+                status,
+                self.redact(message)[:500],
+                type_=type_,
+                code=self._field(details.get("code")),
+                param=self._field(details.get("param")),
+                should_retry=False,
+            )
+        if not kind.endswith((".partial_image", ".completed")):
+            return None
+        if not isinstance(event.get("b64_json"), str):
+            raise InvalidResponseError(f"the upstream's {kind} event has no image")
+        return {**event, "type": kind}
+
+
+def _images_answer(body: bytes) -> dict[str, Any]:
+    """An Images API success body: a JSON object with a `data` list.
+
+    The JSON parser never scans the megabytes of base64 in `b64_json` (see
+    `_parse_cutting_base64`; figure (c) in bench/README.md).
+    """
+    try:
+        data = _parse_cutting_base64(body)
+    except ValueError:
+        raise InvalidResponseError("the upstream answered with invalid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise InvalidResponseError("the upstream's answer has no 'data' list")
+    return data
+
+
+_B64_KEY = b'"b64_json"'
+_B64_VALUE = re.compile(rb'[ \t\n\r]*:[ \t\n\r]*"')
+
+
+def _parse_cutting_base64(body: bytes) -> Any:
+    """json.loads(body), without the JSON parser scanning each `b64_json` text.
+
+    Each `"b64_json": "<text>"` whose text is ASCII without a backslash is swapped for a
+    random token before parsing and put back (as the same str) only if every token comes
+    back as exactly one `data` item's `b64_json`. Anything else (the key inside another
+    string, a duplicate key, an odd shape) is parsed whole, the ordinary way. A control
+    character in the text, which the JSON parser would refuse, is left for the caller's
+    strict base64 decode to refuse.
+    """
+    nonce = secrets.token_hex(8)
+    view = memoryview(body)
+    pieces: list[bytes | memoryview] = []
+    cut: dict[str, str] = {}
+    copied = pos = 0
+    while (key := body.find(_B64_KEY, pos)) >= 0:
+        value = _B64_VALUE.match(body, key + len(_B64_KEY))
+        if value is None:
+            pos = key + len(_B64_KEY)
+            continue
+        start = value.end()
+        end = body.find(b'"', start)
+        if end < 0:
+            break
+        pos = end + 1
+        if body.find(b"\\", start, end) >= 0:
+            continue
+        try:
+            text = str(view[start:end], "ascii")
+        except UnicodeDecodeError:
+            continue
+        token = f"{nonce}-{len(cut)}"
+        pieces += [view[copied:start], token.encode()]
+        cut[token] = text
+        copied = end
+    if not cut:
+        return json.loads(body)
+    pieces.append(view[copied:])
+    data = json.loads(b"".join(pieces))
+    items = data.get("data") if isinstance(data, dict) else None
+    for item in items if isinstance(items, list) else ():
+        value = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(value, str) and value in cut:
+            item["b64_json"] = cut.pop(value)
+    return json.loads(body) if cut else data
 
 
 class _Watchdog:
@@ -469,3 +752,74 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self._class, req, context=self._ctx)
+
+
+def _read_capped(raw: http.client.HTTPResponse, max_bytes: int) -> bytes:
+    """A whole (non-streamed) body, refused beyond `max_bytes`."""
+    chunks, total = [], 0
+    while chunk := raw.read(_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise InvalidResponseError("the upstream's answer is larger than allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _sse_events(
+    raw: http.client.HTTPResponse, *, max_event: int, max_total: int
+) -> Iterator[tuple[str, str]]:
+    """(event name, data) of each Server-Sent Event on `raw`, as the bytes arrive.
+
+    Lines end in LF or CRLF; `data:` lines are joined with newlines; comments and other
+    fields are skipped. A line longer than `max_event` or a stream longer than `max_total`
+    is refused.
+    """
+    buffer = bytearray()
+    scanned = total = 0
+    name, data = "", []
+    while True:
+        end = buffer.find(b"\n", scanned)
+        if end < 0:
+            if len(buffer) > max_event:
+                raise InvalidResponseError("an upstream event is larger than allowed")
+            scanned = len(buffer)
+            chunk = raw.read1(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_total:
+                raise InvalidResponseError("the upstream's answer is larger than allowed")
+            buffer += chunk
+            continue
+        line = bytes(buffer[:end]).rstrip(b"\r")
+        del buffer[: end + 1]
+        scanned = 0
+        if not line:
+            if data:
+                yield name or "message", "\n".join(data)
+            name, data = "", []
+            continue
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"event":
+            name = value.decode("utf-8", "replace")
+        elif field == b"data":
+            data.append(value.decode("utf-8", "replace"))
+    if data:
+        yield name or "message", "\n".join(data)
+
+
+def _add_usage(usages: list[Any]) -> dict[str, Any] | None:
+    """Token usage over several completed events (numbers added, nested details too)."""
+    present = [u for u in usages if isinstance(u, dict)]
+    if len(present) <= 1:
+        return present[0] if present else None
+    total: dict[str, Any] = {}
+    for usage in present:
+        for key, value in usage.items():
+            if isinstance(value, dict):
+                total[key] = _add_usage([total.get(key), value])
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,18 +19,19 @@ from .errors import (
     UpstreamTimeout,
     ValidationError,
 )
-from .imagefmt import identify
+from .imagefmt import EXTENSIONS, identify
 from .openai_client import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
     Deadline,
+    FormFile,
     InvalidResponseError,
     OpenAIClient,
     OpenAIError,
 )
 from .placeholder import placeholder_png
-from .validation import COMMON_FIELDS, ImageRequest
+from .validation import COMMON_FIELDS, ImageInputs, ImageRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,6 +39,8 @@ T = TypeVar("T")
 _SAFETY_CODES = {"moderation_blocked", "content_policy_violation", "content_filter"}
 _ECHOED = ("quality", "size", "background", "output_format")
 _MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
+_INPUT_FIELDS = ("image", "image[]", "mask")
+_PLACEHOLDER_MAX_EDGE = 2048  # placeholder edits at size "auto" follow the input, up to this
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,24 @@ class Provider(Protocol):
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation: ...
 
+    def edit(
+        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
+    ) -> Generation: ...
+
+    def vary(
+        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
+    ) -> Generation: ...
+
+
+class Progress(Protocol):
+    """Told how a generation goes, as it goes (asynchronous jobs show it to their callers)."""
+
+    def partial(self, image: int, index: int, data: bytes, fmt: str) -> None:
+        """Partial preview `index` of image `image` (0-based in the request) arrived."""
+
+    def image(self, image: int, generated: GeneratedImage) -> None:
+        """Image `image` is finished (the job is stored once all are)."""
+
 
 class PlaceholderProvider:
     """No key, no upstream call: deterministic PNGs of the requested size."""
@@ -81,6 +103,41 @@ class PlaceholderProvider:
         ]
         return Generation(images, placeholder=True)
 
+    def generate_with_progress(
+        self, request: ImageRequest, deadline: Deadline, progress: Progress, partial_images: int = 0
+    ) -> Generation:
+        """`generate`, reporting each image as it is drawn (there are no partial previews)."""
+        generation = self.generate(request, deadline)
+        for index, image in enumerate(generation.images):
+            progress.image(index, image)
+        return generation
+
+    def edit(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        """Deterministic PNGs seeded by the prompt and the inputs' digests."""
+        return self._derived(request, inputs, f"edit\x00{request.prompt}")
+
+    def vary(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        """Deterministic PNGs seeded by the input's digest."""
+        return self._derived(request, inputs, "variation")
+
+    def _derived(self, request: ImageRequest, inputs: ImageInputs, seed: str) -> Generation:
+        digest = hashlib.sha256()
+        for image in (*inputs.images, *([inputs.mask] if inputs.mask else [])):
+            digest.update(image.sha256.encode())
+        if request.size == "auto":  # like the upstream: the output follows the first input
+            first = inputs.images[0]
+            scale = min(1.0, _PLACEHOLDER_MAX_EDGE / max(first.width, first.height))
+            width = max(1, round(first.width * scale))
+            height = max(1, round(first.height * scale))
+        else:
+            width, height = _dimensions(request.size)
+        key = f"{seed}\x00{digest.hexdigest()}"
+        images = [
+            GeneratedImage(placeholder_png(key, width, height, index), "png", width, height)
+            for index in range(request.count)
+        ]
+        return Generation(images, placeholder=True)
+
 
 class MissingKeyProvider:
     """Stands in for OpenAI when no key is configured, so /generate explains what to do."""
@@ -88,11 +145,21 @@ class MissingKeyProvider:
     name = "openai"
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
-        raise ServiceError(
-            "No OpenAI API key is configured. Mount it as the Docker secret openai_api_key "
-            "(see OPENAI_API_KEY_FILE), or run with IMAGE_GEN_PROVIDER=placeholder to try the "
-            "service without one."
-        )
+        raise _no_key()
+
+    def edit(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        raise _no_key()
+
+    def vary(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        raise _no_key()
+
+
+def _no_key() -> ServiceError:
+    return ServiceError(
+        "No OpenAI API key is configured. Mount it as the Docker secret openai_api_key "
+        "(see OPENAI_API_KEY_FILE), or run with IMAGE_GEN_PROVIDER=placeholder to try the "
+        "service without one."
+    )
 
 
 class OpenAIProvider:
@@ -106,12 +173,48 @@ class OpenAIProvider:
         self.current_model = current_model
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
-        per_call = request.model.per_call
+        return self._fan_out(
+            request,
+            lambda n: self.client.generate_images(self.payload(request, n), deadline),
+            deadline,
+        )
+
+    def generate_with_progress(
+        self, request: ImageRequest, deadline: Deadline, progress: Progress, partial_images: int = 0
+    ) -> Generation:
+        """`generate`, telling `progress` about each partial preview and each finished image.
+
+        With `partial_images` (1-3) a GPT Image model streams (`stream`, `partial_images`),
+        one upstream call per image so each preview belongs to one image, the calls in
+        parallel. Otherwise the calls are `generate`'s, each reporting its images as it ends.
+        """
+        streaming = partial_images > 0 and request.model.family == "gpt-image"
+        per_call = 1 if streaming else request.model.per_call
         batches = [
-            min(per_call, request.count - start) for start in range(0, request.count, per_call)
+            (start, min(per_call, request.count - start))
+            for start in range(0, request.count, per_call)
         ]
+
+        def call(
+            start: int, n: int
+        ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
+            def send(n: int) -> dict[str, Any]:
+                payload = self.payload(request, n)
+                if not streaming:
+                    return self.client.generate_images(payload, deadline)
+                return self.client.stream_images(
+                    {**payload, "partial_images": partial_images},
+                    deadline,
+                    lambda event: self._relay(event, start, progress),
+                )
+
+            result = self._collect(send, n, deadline)
+            for offset, image in enumerate(result[0]):
+                progress.image(start + offset, image)
+            return result
+
         try:
-            results = self._parallel(self._call, [(request, n, deadline) for n in batches])
+            results = self._parallel(call, batches)
         except OpenAIError as exc:
             raise self._service_error(exc, request) from None
         images = [image for batch, _, _ in results for image in batch]
@@ -120,6 +223,21 @@ class OpenAIProvider:
             usage=_sum_usage([usage for _, usage, _ in results]),
             upstream=results[0][2] or None,
         )
+
+    def _relay(self, event: dict[str, Any], image: int, progress: Progress) -> None:
+        """Pass a partial preview on; one that is not a usable image is skipped, not fatal."""
+        if not event["type"].endswith(".partial_image"):
+            return
+        index = event.get("partial_image_index")
+        try:
+            data = base64.b64decode(event["b64_json"], validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        info = identify(data) if len(data) <= self.client.max_image_bytes else None
+        if info is None or not isinstance(index, int) or not 0 <= index <= 9:
+            log.warning("skipping an unusable partial image from the upstream")
+            return
+        progress.partial(image, index, data, info.format)
 
     def _parallel(self, fn: Callable[..., T], calls: list[tuple[Any, ...]]) -> list[T]:
         """Run fn over calls, at most `max_parallel` at once; results in order.
@@ -150,26 +268,13 @@ class OpenAIProvider:
             **request.options,
         }
 
-    def _call(
-        self, request: ImageRequest, n: int, deadline: Deadline
-    ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
-        answer = self.client.generate_images(self.payload(request, n), deadline)
-        items = answer["data"]
-        if len(items) != n:
-            raise InvalidResponseError(
-                f"asked for {n} image(s), the upstream returned {len(items)}"
-            )
-        images = self._parallel(self._image, [(item, deadline) for item in items])
-        usage = answer.get("usage")
-        echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
-        return images, usage if isinstance(usage, dict) else None, echoed
-
     def _image(self, item: Any, deadline: Deadline) -> GeneratedImage:
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
-        if isinstance(item.get("b64_json"), str):
-            try:
-                data = base64.b64decode(item["b64_json"], validate=True)
+        encoded = item.get("b64_json")
+        if isinstance(encoded, str):
+            try:  # b64decode(validate=True) without its copy of the text to bytes
+                data = binascii.a2b_base64(encoded, strict_mode=True)
             except (binascii.Error, ValueError):
                 raise InvalidResponseError("the upstream sent invalid base64 image data") from None
         elif isinstance(item.get("url"), str):
@@ -191,6 +296,83 @@ class OpenAIProvider:
             info.height,
             revised if isinstance(revised, str) else None,
         )
+
+    def edit(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        """Edit through POST /images/edits (multipart), fanning out like `generate`."""
+        files = self.form_files(inputs)
+        return self._fan_out(
+            request,
+            lambda n: self.client.edit_images(self.form_fields(request, n), files, deadline),
+            deadline,
+        )
+
+    def vary(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
+        """Variations through POST /images/variations (multipart)."""
+        files = self.form_files(inputs)
+        return self._fan_out(
+            request,
+            lambda n: self.client.create_variation(self.form_fields(request, n), files, deadline),
+            deadline,
+        )
+
+    def form_fields(self, request: ImageRequest, n: int) -> list[tuple[str, str]]:
+        """The multipart text fields: always `model`; the prompt if any; the model's options."""
+        fields = [("model", request.model.id)]
+        if request.prompt:
+            fields.append(("prompt", request.prompt))
+        fields += [("n", str(n)), ("size", request.size)]
+        fields += [(name, str(value)) for name, value in request.options.items()]
+        return fields
+
+    def form_files(self, inputs: ImageInputs) -> list[FormFile]:
+        """The image parts: `image` for one image, `image[]` for several (as OpenAI's API
+        reference sends them), then `mask`. File names are ours, never the client's."""
+        field = "image" if len(inputs.images) == 1 else "image[]"
+        files = [
+            FormFile(
+                field,
+                f"image-{number}.{EXTENSIONS[image.format]}",
+                image.content_type,
+                image.data,
+            )
+            for number, image in enumerate(inputs.images, start=1)
+        ]
+        if inputs.mask is not None:
+            files.append(FormFile("mask", "mask.png", "image/png", inputs.mask.data))
+        return files
+
+    def _fan_out(
+        self, request: ImageRequest, send: Callable[[int], dict[str, Any]], deadline: Deadline
+    ) -> Generation:
+        per_call = request.model.per_call
+        batches = [
+            min(per_call, request.count - start) for start in range(0, request.count, per_call)
+        ]
+        try:
+            results = self._parallel(self._collect, [(send, n, deadline) for n in batches])
+        except OpenAIError as exc:
+            raise self._service_error(exc, request) from None
+        images = [image for batch, _, _ in results for image in batch]
+        return Generation(
+            images,
+            usage=_sum_usage([usage for _, usage, _ in results]),
+            upstream=results[0][2] or None,
+        )
+
+    def _collect(
+        self, send: Callable[[int], dict[str, Any]], n: int, deadline: Deadline
+    ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
+        """One upstream call for `n` images: the checked images, usage and echoed settings."""
+        answer = send(n)
+        items = answer["data"]
+        if len(items) != n:
+            raise InvalidResponseError(
+                f"asked for {n} image(s), the upstream returned {len(items)}"
+            )
+        images = self._parallel(self._image, [(item, deadline) for item in items])
+        usage = answer.get("usage")
+        echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
+        return images, usage if isinstance(usage, dict) else None, echoed
 
     def _service_error(self, exc: OpenAIError, request: ImageRequest) -> ServiceError:
         """Translate an upstream failure into the error the client should act on."""
@@ -246,7 +428,7 @@ class OpenAIProvider:
                 details={"field": "model", "replacement": self.current_model},
             )
         if 400 <= exc.status < 500:
-            known = exc.param in (*COMMON_FIELDS, *request.model.options)
+            known = exc.param in (*COMMON_FIELDS, *request.model.options, *_INPUT_FIELDS)
             return ValidationError(
                 f"The upstream rejected the request: {exc.message}",
                 details={"field": exc.param} if known else None,

@@ -3,6 +3,7 @@
     <root>/<job-uuid>/metadata.json
     <root>/<job-uuid>/NNN-<image-uuid>.<ext>
     <root>/.index/<image-uuid>  -> ../<job-uuid>/NNN-<image-uuid>.<ext>   (symlink)
+    <root>/<job-uuid>/thumbs/<image-uuid>-w<width>.<ext>   (cached thumbnails)
 
 A job is written into a hidden temporary directory and renamed into place, so readers and
 crashes never see half a job. The index makes an image lookup one `readlink`, however many
@@ -39,6 +40,8 @@ METADATA = "metadata.json"
 _INDEX = ".index"
 _TMP_PREFIX = ".tmp-"
 _LOCK = ".lock"
+_THUMBS = "thumbs"
+_THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LINK_TARGET = re.compile(
     r"^\.\./(?P<job>[0-9a-f-]{36})/(?P<file>[0-9]{3}-(?P<image>[0-9a-f-]{36})\.(?:png|jpg|webp))$"
@@ -95,20 +98,26 @@ class ImageStore:
         generation: Generation,
         *,
         extra: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> dict[str, Any]:
-        """Write a whole job atomically and return its metadata."""
-        job_id = str(uuid.uuid4())
+        """Write a whole job atomically and return its metadata.
+
+        `job_id` is an asynchronous job's id, given when it was accepted; new by default.
+        """
+        job_id = job_id or str(uuid.uuid4())
         created = utc_now()
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
         links: list[Path] = []
         images = []
+        written: list[Path] = []
         published = False
         try:
             staging.mkdir()
             for number, image in enumerate(generation.images, start=1):
                 image_id = str(uuid.uuid4())
                 name = f"{number:03d}-{image_id}.{EXTENSIONS[image.format]}"
-                self._write(staging / name, image.data)
+                written.append(staging / name)
+                self._write(written[-1], image.data, sync=False)
                 images.append(
                     {
                         "id": image_id,
@@ -139,8 +148,14 @@ class ImageStore:
                 **(extra or {}),
                 "images": images,
             }
-            self._write(staging / METADATA, _dump(metadata))
-            (staging / _LOCK).touch()
+            written.append(staging / METADATA)
+            self._write(written[-1], _dump(metadata), sync=False)
+            self._write(staging / _LOCK, b"", sync=False)
+            # Every file's data, then the names in the staging directory, reach the disk
+            # before the rename publishes them. Syncing after all the writes lets the
+            # filesystem commit them together instead of once per file.
+            for path in written:
+                self._sync_file(path)
             self._sync_dir(staging)
             for image in images:
                 link = self._index / image["id"]
@@ -163,12 +178,24 @@ class ImageStore:
             raise
         return metadata
 
-    def _write(self, path: Path, data: bytes) -> None:
-        with open(path, "xb") as handle:
-            handle.write(data)
-            if self.fsync:
-                handle.flush()
+    def _write(self, path: Path, data: bytes, *, sync: bool = True) -> None:
+        """Create `path` (it must not exist) holding `data`; fsync it if `sync` and fsync is on."""
+        with open(path, "xb", buffering=0) as handle:  # unbuffered: no copy into a buffer
+            view = memoryview(data)
+            while view:  # one write, looping only if the kernel takes less
+                view = view[handle.write(view) :]
+            if sync and self.fsync:
                 os.fsync(handle.fileno())
+
+    def _sync_file(self, path: Path) -> None:
+        """fsync a file written earlier with sync=False (when fsync is on)."""
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _sync_dir(self, path: Path) -> None:
         if not self.fsync:
@@ -209,6 +236,63 @@ class ImageStore:
         except (OSError, ValueError):
             return None
 
+    # --- thumbnails -----------------------------------------------------------------------
+    # A cache beside the job's images, never in metadata.json, the index or a listing. A
+    # thumbnail is written under a temporary name and renamed into place, so threads and
+    # workers making the same one at once all succeed and readers never see half a file.
+
+    def find_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Path | None:
+        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made."""
+        path = self._thumbnail_path(image, suffix, fmt)
+        return path if path.is_file() else None
+
+    def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> Path | None:
+        """Cache a thumbnail atomically and return its path.
+
+        None when it cannot be written (a full or read-only disk): the caller serves the bytes
+        it has, since a cache must not turn a read into a failure. ImageNotFound if the image
+        or its job was deleted meanwhile; then nothing is left behind.
+        """
+        path = self._thumbnail_path(image, suffix, fmt)
+        temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(temp, "xb") as handle:
+                handle.write(data)
+                if self.fsync:  # a crash must not leave an empty file to be served later
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except FileNotFoundError:  # the whole job was deleted meanwhile
+            _unlink(temp)
+            raise ImageNotFound(f"Image {image.image_id} not found.") from None
+        except OSError as exc:
+            _unlink(temp)
+            log.warning("thumbnail of image %s not cached: %s", image.image_id, exc.strerror)
+            return None
+        # delete_image unlinks the index entry before it drops thumbnails: if the entry is
+        # still here, any delete comes later and removes this file too.
+        if not os.path.lexists(self._index / image.image_id):
+            _unlink(path)
+            raise ImageNotFound(f"Image {image.image_id} not found.")
+        return path
+
+    def _thumbnail_path(self, image: StoredImage, suffix: str, fmt: str) -> Path:
+        if not _THUMB_SUFFIX.match(suffix) or fmt not in EXTENSIONS:
+            raise ValueError(f"not a thumbnail variant: {suffix!r} {fmt!r}")
+        name = f"{image.image_id}-{suffix}.{EXTENSIONS[fmt]}"
+        return self.root / image.job_id / _THUMBS / name
+
+    def _drop_thumbnails(self, image: StoredImage) -> None:
+        """Remove every cached thumbnail of one image (and any half-written one)."""
+        try:
+            entries = list(os.scandir(self.root / image.job_id / _THUMBS))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if image.image_id in entry.name:
+                _unlink(Path(entry.path))
+
     # --- deleting -------------------------------------------------------------------------
 
     def delete_image(self, image_id: str) -> StoredImage:
@@ -230,6 +314,7 @@ class ImageStore:
                 self._replace(job_dir / METADATA, _dump(metadata))
                 _unlink(link)
                 _unlink(image.path)
+                self._drop_thumbnails(image)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             raise ImageNotFound(f"Image {image.image_id} not found.") from None
         return image
