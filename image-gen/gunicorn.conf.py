@@ -5,6 +5,8 @@ quality), so each worker process runs many threads. Sync workers would serve onl
 `workers` callers at a time. Override with the GUNICORN_* variables below.
 """
 
+import contextlib
+import glob
 import os
 
 
@@ -45,3 +47,48 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(server: object) -> None:
+    """Start the counters of /metrics at zero: remove the last run's count files.
+
+    Done here without importing the app, so workers still load its code afresh. The
+    directory and file names are imagegen/metrics.py's; only those files are removed.
+    """
+    directory = os.environ.get("IMAGE_GEN_METRICS_DIR", "").strip() or os.path.join(
+        os.environ.get("IMAGE_GEN_IMAGES_DIR", "images"), ".metrics"
+    )
+    for pattern in ("process-*.metrics", ".tmp-process-*", "archive.json", ".tmp-archive.json"):
+        for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def post_worker_init(worker: object) -> None:
+    """Run asynchronous jobs in every worker: adopt any left unfinished, and on SIGTERM start
+    no new ones while in-flight requests drain (queued ones wait for the next process).
+    Also: Gunicorn's own refusals (414, 431, malformed HTTP) answer in the JSON error shape."""
+    import signal
+
+    from imagegen import asyncjobs
+    from imagegen.gunicorn_errors import install
+
+    install()
+
+    asyncjobs.start_runners()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        asyncjobs.stop_claiming()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """Give this worker's running jobs the graceful timeout to finish; the rest are adopted
+    by the next process (Gunicorn kills the worker at the graceful timeout in any case)."""
+    from imagegen import asyncjobs
+
+    asyncjobs.shutdown_runners(timeout=graceful_timeout)

@@ -14,8 +14,24 @@ from .settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application: settings, store, provider, blueprints and error handlers."""
-    from . import compat, generate, health, images, jobs, models, openapi, web
+    from . import (
+        compat,
+        edits,
+        generate,
+        health,
+        images,
+        jobs,
+        mcp,
+        metrics,
+        models,
+        openapi,
+        usage,
+        web,
+    )
+    from .auth import register_auth
     from .errors import register_error_handlers
+    from .idempotency import register_idempotency
+    from .ledger import Ledger
     from .logs import configure_logging, register_request_logging
     from .openai_client import OpenAIClient, RetryPolicy
     from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
@@ -61,10 +77,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     else:
         provider = MissingKeyProvider()
-    app.extensions["imagegen"] = {"store": store, "provider": provider}
+    ledger = Ledger(store.root / ".ledger" / "ledger.sqlite3")
+    ledger.prepare()
+    app.extensions["imagegen"] = {"store": store, "provider": provider, "ledger": ledger}
 
     register_error_handlers(app)
     register_request_logging(app)
-    for module in (generate, images, health, models, compat, openapi, jobs, web):
+    metrics.init_app(app, metrics.directory(settings.images_dir, settings.metrics_dir))
+    register_auth(app)  # after the request id is set; before idempotency, which is per token
+    register_idempotency(app)
+    for module in (generate, edits, images, health, models, compat, openapi, jobs, usage, web, mcp):
         app.register_blueprint(module.bp)
     return app

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: POST /v1/images/generations, GET /v1/models[/<id>].
+"""OpenAI-compatible routes: POST /v1/images/{generations,edits,variations}, GET /v1/models.
 
 Point the official `openai` SDK at `http://<host>/v1` with any api_key: the request is checked
 against the catalog and stored as a job exactly like POST /generate's, and answers and errors
@@ -14,14 +14,21 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
-from . import clock
+from . import clock, metrics
 from .catalog import MODELS, SHUT_DOWN, ModelSpec, get_model
+from .edits import is_multipart, read_uploads, run_job
 from .errors import HTTP_CODES, ServiceError, ValidationError
 from .generate import create_job
 from .models import ModelNotFound
-from .validation import ImageRequest, parse_generate_request, read_json
+from .validation import (
+    ImageRequest,
+    default_model_for,
+    parse_edit_request,
+    parse_generate_request,
+    read_json,
+)
 
 bp = Blueprint("compat", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -51,6 +58,44 @@ def create_image() -> ResponseReturnValue:
         raise in_openai_terms(exc) from None
     metadata = create_job(image_request)
     return jsonify(images_response(metadata, image_request, response_format))
+
+
+@bp.post("/images/edits")
+def create_edit() -> ResponseReturnValue:
+    """OpenAI's multipart image edit (`image` or `image[]`, `mask`), stored like POST /edit."""
+    return jsonify(_from_images("edit"))
+
+
+@bp.post("/images/variations")
+def create_variation() -> ResponseReturnValue:
+    """OpenAI's multipart image variation (dall-e-2), stored like POST /variations."""
+    return jsonify(_from_images("variation"))
+
+
+def _from_images(operation: str) -> dict[str, Any]:
+    """Read an OpenAI multipart edit or variation, run it as a job, answer ImagesResponse."""
+    settings = current_app.config["SETTINGS"]
+    if not is_multipart(request):
+        raise UnsupportedMediaType(
+            "Send the request as multipart/form-data with the image file(s), as OpenAI's API "
+            "takes it."
+        )
+    form, inputs = read_uploads(request, settings)
+    if form.get("stream", "").strip().lower() == "false":  # multipart sends booleans as text
+        del form["stream"]
+    fields, response_format = translate_request(form)
+    try:
+        image_request = parse_edit_request(
+            fields,
+            inputs,
+            operation=operation,
+            default_model=default_model_for(operation, settings.default_model),
+            form=True,
+        )
+    except ValidationError as exc:
+        raise in_openai_terms(exc) from None
+    metadata = run_job(image_request, inputs, operation)
+    return images_response(metadata, image_request, response_format)
 
 
 @bp.get("/models")
@@ -181,6 +226,7 @@ def openai_error(
     `code` is the service's error code in lower case (`rate_limit_exceeded`,
     `content_policy_violation`, `validation_error`, ...), so both vocabularies agree.
     """
+    metrics.error_returned(code)
     if type_ is None:
         type_ = "server_error" if status >= 500 else "invalid_request_error"
     response = jsonify(
@@ -197,6 +243,7 @@ _ERROR_TYPES = {
 # Failures a retry cannot fix (no key, rejected key, no quota, full disk): the SDK retries
 # every 5xx unless told otherwise by this header.
 _NO_RETRY = frozenset({"SERVICE_ERROR", "INSUFFICIENT_STORAGE"})
+_SDK_MAX_RETRY_AFTER = 60  # the openai SDK waits for a Retry-After only up to this
 
 
 @bp.errorhandler(ServiceError)
@@ -210,7 +257,10 @@ def _service_error(exc: ServiceError) -> Response:
         type_=_ERROR_TYPES.get(exc.code),
     )
     response.headers.update(exc.headers())
-    if exc.code in _NO_RETRY:
+    if exc.code in _NO_RETRY or (
+        # A cap that frees up in minutes or hours: the SDK's quick retries cannot help.
+        exc.code == "QUOTA_EXCEEDED" and getattr(exc, "retry_after", 0) > _SDK_MAX_RETRY_AFTER
+    ):
         response.headers["x-should-retry"] = "false"
     return response
 
@@ -254,6 +304,7 @@ def _openai_routing_errors() -> Response | None:
     if exc.code == 404:
         message = (
             f"Invalid URL ({request.method} {request.path[:200]}): this service implements "
-            "POST /v1/images/generations, GET /v1/models and GET /v1/models/{model_id}."
+            "POST /v1/images/generations, /v1/images/edits and /v1/images/variations, "
+            "GET /v1/models and GET /v1/models/{model_id}."
         )
     return _http_error_response(exc, message)

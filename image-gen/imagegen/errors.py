@@ -9,6 +9,8 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -44,18 +46,76 @@ class ImageNotFound(ServiceError):
     code = "IMAGE_NOT_FOUND"
 
 
-class RateLimited(ServiceError):
+class RetryLater(ServiceError):
+    """An error that says when to try again: the Retry-After header and `retry_after`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.retry_after = max(1, math.ceil(retry_after)) if retry_after else 10
+        super().__init__(message, details={**(details or {}), "retry_after": self.retry_after})
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(RetryLater):
     """OpenAI's own rate limit; Retry-After says when to come back."""
 
     status = 429
     code = "RATE_LIMIT_EXCEEDED"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        self.retry_after = max(1, math.ceil(retry_after)) if retry_after else 10
-        super().__init__(message, details={"retry_after": self.retry_after})
+
+class AuthenticationRequired(ServiceError):
+    """Client tokens are configured and the request carries none."""
+
+    status = 401
+    code = "AUTHENTICATION_REQUIRED"
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        return {"WWW-Authenticate": 'Bearer realm="image-gen"'}
+
+
+class InvalidToken(ServiceError):
+    """The bearer token is not one the service knows (or the header is malformed)."""
+
+    status = 401
+    code = "INVALID_TOKEN"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="image-gen", error="invalid_token"'}
+
+
+class PermissionDenied(ServiceError):
+    """The token is valid but may not do this (admin generating, a model it is not allowed)."""
+
+    status = 403
+    code = "PERMISSION_DENIED"
+
+
+class QuotaExceeded(RetryLater):
+    """The request would cross a spending cap set by the key holder (not OpenAI's limit)."""
+
+    status = 429
+    code = "QUOTA_EXCEEDED"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    status = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyKeyInUse(RetryLater):
+    """The first request with this Idempotency-Key is still running after our wait."""
+
+    status = 409
+    code = "IDEMPOTENCY_KEY_IN_USE"
 
 
 class UpstreamError(ServiceError):
@@ -78,6 +138,8 @@ class InsufficientStorage(ServiceError):
 # Werkzeug's HTTP errors keep their status and get a code of their own.
 HTTP_CODES = {
     400: "VALIDATION_ERROR",
+    401: "AUTHENTICATION_REQUIRED",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     406: "NOT_ACCEPTABLE",
@@ -94,6 +156,7 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
     """The JSON error shape every failure shares: {"error", "status": "failed", "code"}."""
     response = jsonify({"error": message, "status": "failed", "code": code, **extra})
     response.status_code = status
+    metrics.error_returned(code)
     return response
 
 

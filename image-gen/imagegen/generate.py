@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import clock
+from . import asyncjobs, clock, metrics
+from .auth import current_caller
 from .catalog import DEPRECATED
+from .errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
+from .ledger import GLOBAL, CapExceeded, Reservation, retry_after_seconds
 from .logs import shorten
 from .openai_client import Deadline
+from .pricing import Pricing, pricing_for
 from .providers import Generation
+from .tokens import Caller
 from .validation import ImageRequest, parse_generate_request, read_json
 
 bp = Blueprint("generate", __name__)
@@ -26,6 +33,8 @@ def generate() -> ResponseReturnValue:
     """Generate `count` images; answer the job id and a URL for each stored image."""
     settings = current_app.config["SETTINGS"]
     image_request = parse_generate_request(read_json(request), default_model=settings.default_model)
+    if (accepted := asyncjobs.respond_async(image_request)) is not None:
+        return accepted
     metadata = create_job(image_request)
     body = job_response(metadata)
     if image_request.model.status(clock.today()) == DEPRECATED:
@@ -36,14 +45,112 @@ def generate() -> ResponseReturnValue:
     return jsonify(body)
 
 
-def admit(image_request: ImageRequest, caller: Any = None) -> Any:
+@dataclass(frozen=True)
+class Admission:
+    """A request the caps let through: who asked, what was reserved and how it is priced."""
+
+    caller: Caller
+    reservation: Reservation
+    estimated_usd: float
+    pricing: Pricing
+
+
+def admit(
+    image_request: ImageRequest, caller: Caller | None = None, *, input_images: int = 0
+) -> Admission:
     """Check the caller may make these images and reserve them against the caps.
 
     Raises the error to answer (before any upstream call); returns the admission that
     `create_job` settles. Routes that answer before generating (asynchronous jobs) call it
     first, so a refusal is the answer instead of a failed job.
     """
-    return None
+    caller = caller or current_caller()
+    settings = current_app.config["SETTINGS"]
+    parts = current_app.extensions["imagegen"]
+    if caller.admin:
+        raise PermissionDenied(
+            "An admin token manages the service and reads usage; it cannot generate. "
+            "Use a client token."
+        )
+    _check_allowed(image_request, caller)
+    pricing = pricing_for(image_request.model.id)
+    estimate = 0.0
+    if parts["provider"].name != "placeholder":
+        estimate = pricing.estimate(
+            quality=image_request.options.get("quality"),
+            size=image_request.size,
+            count=image_request.count,
+            input_images=input_images,
+        )
+    try:
+        reservation = parts["ledger"].reserve(
+            caller.name,
+            token_limits=caller.limits,
+            global_limits=settings.global_limits,
+            images=image_request.count,
+            usd=estimate,
+            model=image_request.model.id,
+        )
+    except CapExceeded as exc:
+        raise _refusal(exc, caller, image_request.count, estimate) from None
+    return Admission(caller, reservation, estimate, pricing)
+
+
+def _check_allowed(image_request: ImageRequest, caller: Caller) -> None:
+    """A token limited to some models, sizes, qualities or counts asks only for those."""
+    limits = caller.limits
+    asked = {
+        "model": (image_request.model.id, limits.models),
+        "size": (image_request.size, limits.sizes),
+        "quality": (image_request.options.get("quality", "auto"), limits.qualities),
+    }
+    for field_name, (value, allowed) in asked.items():
+        if allowed is not None and value not in allowed:
+            raise PermissionDenied(
+                f"This token may not use {field_name} {value!r}; it may use: "
+                f"{', '.join(sorted(allowed))}.",
+                details={"field": field_name, "allowed": sorted(allowed)},
+            )
+    if limits.max_count is not None and image_request.count > limits.max_count:
+        raise PermissionDenied(
+            f"This token may ask for at most {limits.max_count} image(s) per request.",
+            details={"field": "count", "allowed_max": limits.max_count},
+        )
+
+
+def _refusal(exc: CapExceeded, caller: Caller, count: int, estimate: float) -> ServiceError:
+    """The answer to a request over a cap: 429 with when to retry, or 400 if it never fits."""
+    whose = "the service's" if exc.scope == GLOBAL else "this token's"
+    unit = "US dollars" if exc.cap == "usd_per_day" else "images"
+    asked = f"${estimate:.4f} (estimated)" if exc.cap == "usd_per_day" else f"{count} image(s)"
+    details = {
+        "scope": "global" if exc.scope == GLOBAL else "token",
+        "cap": exc.cap,
+        "limit": exc.limit,
+        "used": round(exc.used, 6),
+    }
+    log.info(
+        "cap refused request_id=%s client=%s scope=%s cap=%s",
+        g.get("request_id"),
+        caller.name,
+        details["scope"],
+        exc.cap,
+    )
+    metrics.cap_refused(details["scope"], exc.cap)
+    if exc.retry_after is None:
+        return ValidationError(
+            f"This request ({asked}) is larger than {whose} whole {exc.cap} cap of "
+            f"{exc.limit:g} {unit}; ask for less.",
+            details={**details, "field": "count"},
+        )
+    wait = retry_after_seconds(exc.retry_after)
+    return QuotaExceeded(
+        f"This request ({asked}) would cross {whose} {exc.cap} cap of {exc.limit:g} {unit} "
+        f"({round(exc.used, 4):g} used). Room frees up in {wait} s: retry after Retry-After. "
+        "This is the key holder's cap, not OpenAI's rate limit.",
+        retry_after=wait,
+        details=details,
+    )
 
 
 def create_job(
@@ -52,47 +159,99 @@ def create_job(
     produce: Callable[[Deadline], Generation] | None = None,
     operation: str = "generate",
     source: dict[str, Any] | None = None,
-    caller: Any = None,
-    admission: Any = None,
+    caller: Caller | None = None,
+    admission: Admission | None = None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Make images and store them as one job; return its metadata.
 
-    Shared by every route that makes images (generations, edits, variations), so they log,
-    time, account and store alike. `produce` makes the images (by default the provider's
-    `generate`); `source` records what an edit or variation started from. `caller` is the
-    client token's identity (from the request when not given); `admission` is what `admit`
-    returned when the route admitted the request itself.
+    Shared by every route that makes images (generations, edits, variations), so they
+    admit, log, time, account and store alike. `produce` makes the images (by default the
+    provider's `generate`); `source` records what an edit or variation started from.
+    `caller` is the client token's identity (from the request when not given); `admission`
+    is what `admit` returned when the route admitted the request itself. `job_id` stores
+    the job under the id an asynchronous job was given when it was accepted.
     """
     settings = current_app.config["SETTINGS"]
     parts = current_app.extensions["imagegen"]
-    provider, store = parts["provider"], parts["store"]
+    provider, store, ledger = parts["provider"], parts["store"], parts["ledger"]
     if produce is None:
         produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
+    if admission is None:
+        inputs = len(source.get("images", ())) if source else 0
+        admission = admit(image_request, caller, input_images=inputs)
+    caller = admission.caller
     started = time.perf_counter()
     log.info(
-        "generating request_id=%s operation=%s model=%s count=%d size=%s provider=%s prompt=%s",
+        "generating request_id=%s operation=%s client=%s model=%s count=%d size=%s provider=%s "
+        "prompt=%s",
         g.get("request_id"),
         operation,
+        caller.name,
         image_request.model.id,
         image_request.count,
         image_request.size,
         provider.name,
         shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
     )
-    generation = produce(Deadline(settings.request_deadline))
-    extra: dict[str, Any] = {"provider": provider.name, "operation": operation}
+    try:
+        generation = produce(Deadline(settings.request_deadline))
+    except BaseException:
+        _book(ledger.release, admission.reservation)
+        raise
+    cost = _cost(admission, generation)
+    extra: dict[str, Any] = {
+        "provider": provider.name,
+        "operation": operation,
+        "client": caller.name,
+        "cost": cost,
+    }
     if source is not None:
         extra["source"] = source
-    metadata = store.save_job(image_request.as_dict(), generation, extra=extra)
+    try:
+        metadata = store.save_job(image_request.as_dict(), generation, extra=extra, job_id=job_id)
+    except BaseException:
+        # The upstream made (and billed) the images even though they could not be stored.
+        _book(ledger.settle, admission.reservation, usd=cost["usd"], job_id=None)
+        raise
+    metrics.images_generated(image_request.model.id, operation, len(metadata["images"]))
+    _book(ledger.settle, admission.reservation, usd=cost["usd"], job_id=metadata["job_id"])
     log.info(
-        "generated request_id=%s job_id=%s model=%s count=%d seconds=%.2f",
+        "generated request_id=%s job_id=%s client=%s model=%s count=%d cost_usd=%.4f seconds=%.2f",
         g.get("request_id"),
         metadata["job_id"],
+        caller.name,
         image_request.model.id,
         len(metadata["images"]),
+        cost["usd"],
         time.perf_counter() - started,
     )
     return metadata
+
+
+def _book(update: Callable[..., None], reservation: Reservation, **figures: Any) -> None:
+    """Settle or release a reservation; if the books cannot be written (a full disk), the
+    reservation keeps counting at its estimate, and the answer is not lost over it."""
+    try:
+        update(reservation, **figures)
+    except (ServiceError, sqlite3.Error) as exc:
+        log.error(
+            "cannot update the ledger (%s); reservation %d stays at its estimate",
+            exc,
+            reservation.id,
+        )
+
+
+def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
+    """The job's cost: from the upstream's token usage when it reports it, else the table."""
+    if generation.placeholder:
+        return {"estimated_usd": 0.0, "usd": 0.0, "basis": "placeholder"}
+    real = admission.pricing.cost(generation.usage)
+    return {
+        "estimated_usd": admission.estimated_usd,
+        "usd": real if real is not None else admission.estimated_usd,
+        "basis": "usage" if real is not None else "price_table",
+    }
 
 
 def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +261,10 @@ def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
         {
             "id": image["id"],
             "url": f"/images/{image['id']}",
+            # A small copy for an agent to look at cheaply; None once the image is deleted.
+            "thumbnail_url": f"/images/{image['id']}?width=256"
+            if image.get("status", "available") == "available"
+            else None,
             "prompt": requested["prompt"],
             "model": requested["model"],
             "size": image["size"],
@@ -123,4 +286,8 @@ def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
     }
     if metadata.get("usage"):
         body["usage"] = metadata["usage"]
+    if metadata.get("client"):
+        body["client"] = metadata["client"]
+    if metadata.get("cost"):
+        body["cost"] = metadata["cost"]
     return body

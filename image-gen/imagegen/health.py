@@ -24,6 +24,8 @@ def health() -> ResponseReturnValue:
         "api_key_configured": settings.api_key_configured,
         "api_key_source": settings.api_key_source,
         "provider": settings.provider,
+        # Whether callers need a client token (False: open to anyone who can reach it).
+        "auth_required": settings.auth_required,
         "default_model": settings.default_model,
         "storage_writable": storage_ok,
         "version": __version__,

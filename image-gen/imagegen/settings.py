@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import clock
 from .catalog import SHUT_DOWN, get_model
+from .tokens import Limits, Token, TokenFileError, load_tokens
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,38 @@ class Settings:
     max_upstream_bytes: int = 256 * 1024 * 1024
     max_image_bytes: int = 64 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    # Image uploads (POST /edit, /variations and their /v1 forms): each file, and the whole
+    # multipart body. JSON bodies keep max_request_bytes.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_total_bytes: int = 100 * 1024 * 1024
     log_prompts: bool = True
     fsync: bool = True
+    metrics_dir: Path | None = None  # None: <images_dir>/.metrics (see metrics.py)
+    # Client tokens (None: the service is open, as the original was) and the caps that hold
+    # for the whole service whatever the token.
+    tokens_file: Path | None = None
+    tokens: tuple[Token, ...] | None = field(default=None, repr=False)
+    cap_images_per_hour: int | None = None
+    cap_images_per_day: int | None = None
+    cap_usd_per_day: float | None = None
+    idempotency_ttl: float = 86400.0
+    # Asynchronous jobs (Prefer: respond-async): how many run at once across every worker and
+    # replica sharing the images directory, how many may wait, how many times a job is
+    # started (again after its process died), how long finished jobs' records are kept, how
+    # often each worker looks for jobs to adopt, and the previews GPT Image models stream.
+    max_running_jobs: int = 8
+    max_queued_jobs: int = 100
+    job_attempts: int = 2
+    job_retention: float = 86400.0
+    job_poll_interval: float = 1.0
+    partial_images: int = 2
+    # Completion webhooks: the operator's signing secret (a caller may send its own), the
+    # hosts they may go to (empty: any host with only public addresses; "*": any), attempts.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_hosts: tuple[str, ...] = ()
+    webhook_attempts: int = 6
+    webhook_backoff: float = 2.0
+    webhook_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -57,6 +88,17 @@ class Settings:
             raise SettingsError("OPENAI_BASE_URL must be an http(s) URL")
         if self.max_retries < 0 or self.max_parallel_upstream < 1:
             raise SettingsError("retry and parallelism settings must be positive")
+        if not 0 <= self.partial_images <= 3:
+            raise SettingsError("IMAGE_GEN_PARTIAL_IMAGES must be 0, 1, 2 or 3")
+        if min(self.max_running_jobs, self.job_attempts, self.webhook_attempts) < 1:
+            raise SettingsError(
+                "IMAGE_GEN_MAX_RUNNING_JOBS, IMAGE_GEN_JOB_ATTEMPTS and "
+                "IMAGE_GEN_WEBHOOK_ATTEMPTS must be at least 1"
+            )
+        if min(self.job_poll_interval, self.webhook_timeout, self.job_retention) <= 0:
+            raise SettingsError("job and webhook intervals and timeouts must be more than zero")
+        if self.idempotency_ttl <= 0:
+            raise SettingsError("IMAGE_GEN_IDEMPOTENCY_TTL must be more than zero seconds")
         if min(self.connect_timeout, self.read_timeout, self.request_deadline) <= 0:
             raise SettingsError("timeouts and the request deadline must be more than zero")
         model = get_model(self.default_model)
@@ -69,6 +111,18 @@ class Settings:
     @property
     def api_key_configured(self) -> bool:
         return bool(self.api_key)
+
+    @property
+    def auth_required(self) -> bool:
+        return self.tokens is not None
+
+    @property
+    def global_limits(self) -> Limits:
+        return Limits(
+            images_per_hour=self.cap_images_per_hour,
+            images_per_day=self.cap_images_per_day,
+            usd_per_day=self.cap_usd_per_day,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,7 +137,28 @@ class Settings:
             "base_url": env.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL,
             "log_prompts": _bool(env, "IMAGE_GEN_LOG_PROMPTS", True),
             "fsync": _bool(env, "IMAGE_GEN_FSYNC", True),
+            "metrics_dir": Path(env["IMAGE_GEN_METRICS_DIR"].strip())
+            if env.get("IMAGE_GEN_METRICS_DIR", "").strip()
+            else None,
         }
+        hosts = env.get("IMAGE_GEN_WEBHOOK_HOSTS", "")
+        kwargs["webhook_hosts"] = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
+        secret_file = env.get("IMAGE_GEN_WEBHOOK_SECRET_FILE", "").strip()
+        if secret_file:
+            try:
+                kwargs["webhook_secret"] = Path(secret_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SettingsError(
+                    f"IMAGE_GEN_WEBHOOK_SECRET_FILE {secret_file} cannot be read: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                ) from None
+        tokens_file = env.get("IMAGE_GEN_TOKENS_FILE", "").strip()
+        if tokens_file:
+            try:
+                kwargs["tokens"] = load_tokens(Path(tokens_file))
+            except TokenFileError as exc:
+                raise SettingsError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
+            kwargs["tokens_file"] = Path(tokens_file)
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
         for name, key, kind in _NUMERIC:
@@ -102,6 +177,21 @@ _NUMERIC = (
     ("IMAGE_GEN_MAX_PARALLEL_UPSTREAM", "max_parallel_upstream", int),
     ("IMAGE_GEN_MAX_IMAGE_BYTES", "max_image_bytes", int),
     ("IMAGE_GEN_MAX_UPSTREAM_BYTES", "max_upstream_bytes", int),
+    ("IMAGE_GEN_MAX_UPLOAD_BYTES", "max_upload_bytes", int),
+    ("IMAGE_GEN_CAP_IMAGES_PER_HOUR", "cap_images_per_hour", int),
+    ("IMAGE_GEN_CAP_IMAGES_PER_DAY", "cap_images_per_day", int),
+    ("IMAGE_GEN_CAP_USD_PER_DAY", "cap_usd_per_day", float),
+    ("IMAGE_GEN_IDEMPOTENCY_TTL", "idempotency_ttl", float),
+    ("IMAGE_GEN_MAX_UPLOAD_TOTAL_BYTES", "max_upload_total_bytes", int),
+    ("IMAGE_GEN_MAX_RUNNING_JOBS", "max_running_jobs", int),
+    ("IMAGE_GEN_MAX_QUEUED_JOBS", "max_queued_jobs", int),
+    ("IMAGE_GEN_JOB_ATTEMPTS", "job_attempts", int),
+    ("IMAGE_GEN_JOB_RETENTION", "job_retention", float),
+    ("IMAGE_GEN_JOB_POLL_INTERVAL", "job_poll_interval", float),
+    ("IMAGE_GEN_PARTIAL_IMAGES", "partial_images", int),
+    ("IMAGE_GEN_WEBHOOK_ATTEMPTS", "webhook_attempts", int),
+    ("IMAGE_GEN_WEBHOOK_BACKOFF", "webhook_backoff", float),
+    ("IMAGE_GEN_WEBHOOK_TIMEOUT", "webhook_timeout", float),
 )
 
 
