@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from imagegen import create_app
 from imagegen.settings import Settings
+from imagegen.tokens import digest_of, parse_tokens
 from tests.fake_openai import FakeOpenAI
 
 # A key shaped like a real one, so a leak of any part of it is easy to find.
@@ -86,12 +87,48 @@ def placeholder_client(settings: Settings, make_app: Callable[..., Flask]) -> Fl
     ).test_client()
 
 
+# The service's own books under the images directory: not images, jobs or the index.
+SERVICE_STATE = frozenset({".ledger", ".metrics"})
+
+
 def job_files(images_dir: Path) -> list[str]:
-    """Every path under the images directory, relative and sorted (the index included)."""
+    """Every path under the images directory, relative and sorted (the index included),
+    except the service's own state (the ledger, metrics)."""
     if not images_dir.exists():
         return []
-    return sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*"))
+    return sorted(
+        str(p.relative_to(images_dir))
+        for p in images_dir.rglob("*")
+        if p.relative_to(images_dir).parts[0] not in SERVICE_STATE
+    )
 
 
 def read_metadata(images_dir: Path, job_id: str) -> dict[str, Any]:
     return json.loads((images_dir / job_id / "metadata.json").read_text())
+
+
+# --- client tokens ----------------------------------------------------------------------------
+ALICE = "igt_alice-0123456789abcdefghijklmnop"
+BOB = "igt_bob-0123456789abcdefghijklmnopqr"
+OPS = "igt_ops-0123456789abcdefghijklmnopqrs"
+
+
+def line(name: str, secret: str, *options: str) -> str:
+    """A tokens-file line for this token (stored hashed, as in production)."""
+    return " ".join([name, "sha256:" + digest_of(secret).hex(), *options])
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def with_tokens(settings: Settings, make_app: Callable[..., Flask]) -> Callable[..., FlaskClient]:
+    """A client of an app whose tokens file has these lines (plus setting overrides)."""
+
+    def build(*lines: str, **overrides: Any) -> FlaskClient:
+        return make_app(
+            settings, tokens=parse_tokens(lines), tokens_file=Path("tokens"), **overrides
+        ).test_client()
+
+    return build

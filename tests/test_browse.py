@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from imagegen.placeholder import placeholder_png
 from imagegen.providers import GeneratedImage, Generation
 from imagegen.store import ImageStore
-from tests.conftest import job_files, read_metadata
+from tests.conftest import SERVICE_STATE, job_files, read_metadata
 
 
 def generate(client: FlaskClient, prompt: str, count: int = 1) -> dict[str, Any]:
@@ -357,7 +357,7 @@ def test_a_job_with_damaged_metadata_can_still_be_deleted(placeholder_client, im
 
     assert response.status_code == 200
     assert not job_dir.exists()
-    assert [p for p in images_dir.iterdir() if p.name != ".index"] == []
+    assert [p for p in images_dir.iterdir() if p.name not in {".index", *SERVICE_STATE}] == []
 
 
 def test_concurrent_deletes_of_one_job_succeed_exactly_once(placeholder_client, images_dir):
@@ -381,7 +381,7 @@ def test_concurrent_deletes_of_one_job_succeed_exactly_once(placeholder_client, 
 
     assert sum(result is not None for result in results) == 1
     assert len(results) == len(stores)
-    assert sorted(os.listdir(images_dir)) == sorted([".index", kept["job_id"]])
+    assert sorted(set(os.listdir(images_dir)) - SERVICE_STATE) == sorted([".index", kept["job_id"]])
     assert os.listdir(images_dir / ".index") == [kept["images"][0]["id"]]
 
 
@@ -418,7 +418,7 @@ def test_readers_see_a_whole_job_or_none_while_it_is_deleted(placeholder_client)
             per_job[job_id] = per_job.get(job_id, 0) + 1
         assert set(per_job.values()) <= {4}
     assert store.list_images(limit=10) == ([], None)
-    assert [name for name in os.listdir(store.root) if name != ".index"] == []
+    assert [name for name in os.listdir(store.root) if name not in {".index", *SERVICE_STATE}] == []
 
 
 # --- many jobs ----------------------------------------------------------------------------------

@@ -167,13 +167,13 @@ def test_sdk_does_not_retry_a_failure_a_retry_cannot_fix(upstream_service, fake_
 def test_sdk_gets_not_found_for_routes_the_service_does_not_implement(upstream_service):
     client = sdk(upstream_service)
 
-    with pytest.raises(openai.NotFoundError) as edits:
-        client.images.edit(model="gpt-image-2", prompt="x", image=("in.png", fake.make_png()))
+    with pytest.raises(openai.NotFoundError) as embeddings:
+        client.embeddings.create(model="text-embedding-3-small", input="x")
     with pytest.raises(openai.NotFoundError) as shut_down:
         client.models.retrieve("gpt-image-1")
 
-    assert edits.value.code == "not_found"
-    assert "POST /v1/images/edits" in edits.value.message
+    assert embeddings.value.code == "not_found"
+    assert "POST /v1/embeddings" in embeddings.value.message
     assert shut_down.value.code == "model_not_found"
 
 

@@ -76,10 +76,10 @@ _ABSENT = object()
 def field_accepts(model: ModelSpec, name: str, value: Any) -> bool:
     """Whether the catalog entry accepts `value` for field `name`.
 
-    An absent field takes its default (prompt has none); JSON null means absent too, except
-    for `count`, where only absence means 1.
+    An absent field takes its default (prompt has none); JSON null means absent too (as
+    tests/test_catalog.py's test_null_count_means_the_default_like_every_other_field says).
     """
-    if value is _ABSENT or (value is None and name != "count"):
+    if value is _ABSENT or value is None:
         return name != "prompt"
     if name == "prompt":
         return (
@@ -414,7 +414,7 @@ def test_every_field_accepts_exactly_what_the_catalog_says(
         before = snapshot(images_dir)
         response = client.post("/generate", json=body)
         if field_accepts(model, field, value):
-            expected = upstream_calls(model, body.get("count", 1))
+            expected = upstream_calls(model, body.get("count") or 1)
             if response.status_code != 200 or len(fake_openai.image_requests) != expected:
                 failures.append((value, response.status_code, response.get_json()))
             continue
@@ -753,7 +753,7 @@ def _check_answer(client, fake, root, model: ModelSpec, body: dict[str, Any], fi
     assert response.status_code < 500, (body, response.get_json())
     if body_accepted(model, body):
         assert response.status_code == 200, (body, response.get_json())
-        assert len(fake.image_requests) == upstream_calls(model, body.get("count", 1))
+        assert len(fake.image_requests) == upstream_calls(model, body.get("count") or 1)
     else:
         payload = assert_client_error(response, 400, "VALIDATION_ERROR")
         if field is not None:
@@ -876,12 +876,14 @@ def test_property_any_id_string_that_is_not_a_stored_image_is_a_json_404(
 
 
 def _gunicorn_or_app_4xx(answer) -> str:
-    """'app' for a JSON 4xx from the app, 'gunicorn' for Gunicorn's own 4xx."""
+    """Who refused: 'app' (its answers carry X-Request-ID) or 'gunicorn' (before the app).
+    Either way the answer is the JSON error shape."""
     assert 400 <= answer.status < 500, (answer.status, answer.body[:200])
-    if answer.content_type.startswith("application/json"):
-        assert not answer.body or json.loads(answer.body)["status"] == "failed"
-        return "app"
-    return "gunicorn"
+    assert answer.content_type.startswith("application/json"), answer.body[:200]
+    if answer.body:  # a HEAD answer has none
+        body = json.loads(answer.body)
+        assert body["status"] == "failed" and body["code"], body
+    return "app" if "x-request-id" in answer.headers else "gunicorn"
 
 
 def _request(line: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
@@ -1029,8 +1031,8 @@ RAW_CASES: dict[str, tuple[Callable[[str], bytes], tuple[int, ...], str]] = {
 def test_raw_http_abuse_against_gunicorn_is_4xx_and_never_reaches_a_5xx(
     start_gunicorn, fake_openai
 ):
-    """Header floods and oversized request lines are refused by Gunicorn itself (plain-text
-    400/414/431); everything that reaches the app is its JSON 4xx. Workers survive it all."""
+    """Header floods and oversized request lines are refused by Gunicorn itself (400/414/431,
+    in the JSON error shape too); the rest reaches the app. Workers survive it all."""
     service = start_gunicorn(workers=1, threads=4, env={"IMAGE_GEN_PROVIDER": "placeholder"})
     created = service.request("POST", "/generate", {"prompt": "keep me", "count": 2}).json()
     image_id = created["images"][0]["id"]
