@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from . import clock
-from .catalog import MODELS, get_model
+from .catalog import MODELS, ModelSpec, get_model
 from .errors import ServiceError
+from .pricing import pricing_for
 
 bp = Blueprint("models", __name__)
 
@@ -25,7 +29,7 @@ def list_models() -> ResponseReturnValue:
     return jsonify(
         {
             "default_model": default,
-            "models": [model.describe(today) for model in MODELS],
+            "models": [_entry(model, today) for model in MODELS],
         }
     )
 
@@ -36,4 +40,9 @@ def show_model(model_id: str) -> ResponseReturnValue:
     model = get_model(model_id)
     if model is None:
         raise ModelNotFound(f"Unknown model {model_id[:64]!r}; GET /models lists them.")
-    return jsonify(model.describe(clock.today()))
+    return jsonify(_entry(model, clock.today()))
+
+
+def _entry(model: ModelSpec, today: dt.date) -> dict[str, Any]:
+    """A model's catalog entry with its prices (what caps reserve and how costs settle)."""
+    return {**model.describe(today), "pricing": pricing_for(model.id).as_dict()}

@@ -1340,6 +1340,13 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
             "type": "object",
             "required": ["id", "family", "status", "count", "sizes", "default_size", "options"],
             "properties": {
+                "pricing": {
+                    "type": "object",
+                    "description": "US dollars: `per_image` (by quality and size, the estimate "
+                    "reserved against spending caps) and `per_token` (per 1M tokens, the rates "
+                    "that settle the real cost from the upstream's usage), with sources and "
+                    "the date they were read.",
+                },
                 "id": string,
                 "family": string,
                 "status": {
