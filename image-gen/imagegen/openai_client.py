@@ -12,6 +12,7 @@ import email.utils
 import http.client
 import ipaddress
 import json
+import os
 import random
 import re
 import secrets
@@ -243,6 +244,7 @@ class OpenAIClient:
         self.max_image_bytes = max_image_bytes
         self._sleep = sleep
         self._ssl = ssl.create_default_context()
+        self._proxies = urllib.request.getproxies()  # the environment's, read once
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self.base_url!r})"
@@ -390,6 +392,18 @@ class OpenAIClient:
             f"refusing to download an image from a {parts.scheme or 'schemeless'}: URL"
         )
 
+    def _opener(self, watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+        """An opener with only http(s) handlers (no file:, ftp:, data:), the environment's
+        proxies, and sockets the watchdog can shut at the deadline."""
+        opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler(self._proxies),
+            _HTTPHandler(self.connect_timeout, watchdog),
+            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
+        ):
+            opener.add_handler(handler)
+        return opener
+
     @metrics.upstream_attempt
     def _send(
         self,
@@ -402,13 +416,7 @@ class OpenAIClient:
     ) -> _Response:
         """One HTTP exchange; the body is read in chunks within the deadline and byte cap."""
         watchdog = _Watchdog(deadline)
-        opener = urllib.request.OpenerDirector()
-        for handler in (
-            urllib.request.ProxyHandler(),  # only http(s) handlers: no file:, ftp:, data:
-            _HTTPHandler(self.connect_timeout, watchdog),
-            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
-        ):
-            opener.add_handler(handler)
+        opener = self._opener(watchdog)
         headers = {"User-Agent": f"image-gen/{__version__}", **headers}
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
         try:
@@ -505,13 +513,7 @@ class OpenAIClient:
     ) -> dict[str, Any]:
         """One streamed exchange; `started` gets an entry once an event has been passed on."""
         watchdog = _Watchdog(deadline)
-        opener = urllib.request.OpenerDirector()
-        for handler in (
-            urllib.request.ProxyHandler(),
-            _HTTPHandler(self.connect_timeout, watchdog),
-            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
-        ):
-            opener.add_handler(handler)
+        opener = self._opener(watchdog)
         headers = {"User-Agent": f"image-gen/{__version__}", **headers}
         request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
         completed: list[dict[str, Any]] = []
@@ -671,22 +673,22 @@ class _Watchdog:
     """Shuts an exchange's sockets down when the deadline passes.
 
     Socket timeouts bound each wait, not the total: an upstream that sends a byte now and
-    then would otherwise hold a request for hours.
+    then would otherwise hold a request for hours. One alarm thread serves every exchange
+    of the process (see _Alarms), so an exchange starts no thread of its own.
     """
 
     def __init__(self, deadline: Deadline) -> None:
         self.fired = False
+        self.when = time.monotonic() + max(0.0, deadline.remaining())
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline.remaining()), self._fire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Watchdog:
-        self._timer.start()
+        _ALARMS.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        _ALARMS.discard(self)
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -695,12 +697,55 @@ class _Watchdog:
         if fired:
             _shutdown(sock)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
             self.fired = True
             sockets = list(self._sockets)
         for sock in sockets:
             _shutdown(sock)
+
+
+class _Alarms:
+    """The watchdogs of the exchanges in flight, and one thread that fires each at its time.
+
+    The thread starts on first use in each process (Gunicorn workers are forks).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: set[_Watchdog] = set()
+        self._wake = float("inf")  # when the thread will next look
+        self._pid = 0
+
+    def add(self, watchdog: _Watchdog) -> None:
+        with self._cond:
+            self._armed.add(watchdog)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._wake = float("inf")
+                threading.Thread(target=self._run, name="upstream-watchdog", daemon=True).start()
+            if watchdog.when < self._wake:
+                self._cond.notify()
+
+    def discard(self, watchdog: _Watchdog) -> None:
+        with self._cond:
+            self._armed.discard(watchdog)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [w for w in self._armed if w.when <= now]
+                self._armed.difference_update(due)
+                self._wake = min((w.when for w in self._armed), default=float("inf"))
+                if not due:
+                    self._cond.wait(None if self._wake == float("inf") else self._wake - now)
+                    continue
+            for watchdog in due:
+                watchdog.fire()
+
+
+_ALARMS = _Alarms()
 
 
 def _shutdown(sock: socket.socket) -> None:
