@@ -412,7 +412,7 @@ def test_a_job_can_be_deleted_once_it_has_finished(client, fake_openai):
 
 def test_running_jobs_are_bounded_and_the_rest_wait_in_order(make_jobs_app, fake_openai):
     client = make_jobs_app(max_running_jobs=1, max_queued_jobs=2).test_client()
-    fake_openai.latency = 0.8
+    fake_openai.latency = 2.5  # long enough that the checks below run while job 0 does
     ids = [
         client.post("/generate", json={"prompt": f"job {n}"}, headers=ASYNC).get_json()["job_id"]
         for n in range(3)
