@@ -339,3 +339,13 @@ def test_the_ledger_forgets_entries_every_window_has_left_behind(tmp_path):
     )
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM spend").fetchone()[0] == 1
+
+
+def test_every_request_log_line_names_the_token_never_its_secret(team, fake_openai, caplog):
+    caplog.set_level("INFO", logger="imagegen")
+    team.get("/usage", headers=bearer(BOB))
+    team.get("/usage", headers=bearer("igt_wrong-0123456789abcdefghijkl"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "imagegen.request"]
+    assert any("path=/usage status=200" in m and m.endswith("client=bob") for m in lines)
+    assert any("path=/usage status=401" in m and m.endswith("client=-") for m in lines)
+    assert not any(BOB in m or "igt_wrong" in m for m in caplog.messages)

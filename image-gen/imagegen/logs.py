@@ -42,13 +42,15 @@ def register_request_logging(app: Flask) -> None:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        caller = g.get("caller")
         log.info(
-            "request_id=%s method=%s path=%s status=%s duration_ms=%.1f",
+            "request_id=%s method=%s path=%s status=%s duration_ms=%.1f client=%s",
             request_id,
             request.method,
             _printable(request.path),
             response.status_code,
             elapsed,
+            caller.name if caller is not None else "-",
         )
         return response
 
