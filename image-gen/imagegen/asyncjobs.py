@@ -41,7 +41,6 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from . import clock, webhooks
-from .catalog import DEPRECATED
 from .clock import utc_now
 from .errors import RetryLater, ServiceError, ValidationError, error_response
 from .jobrecords import FINAL, JobRecords, Ownership, new_marker, preview_name
@@ -147,10 +146,7 @@ def respond_async(
     webhook = _webhook_from_headers(runner.settings)
     runner.check_capacity()
     caller = g.get("caller")
-    if input_images:
-        admission = admit(image_request, caller, input_images=input_images)
-    else:
-        admission = admit(image_request, caller)
+    admission = admit(image_request, caller, input_images=input_images)
     record = runner.submit(
         image_request,
         operation=operation,
@@ -184,11 +180,9 @@ def accepted(record: dict[str, Any], runner: JobRunner) -> Response:
 
 def _sync_answer(image_request: ImageRequest) -> Callable[[dict[str, Any]], Response]:
     def answer(metadata: dict[str, Any]) -> Response:
-        from .generate import job_response
+        from .generate import answer_body
 
-        body = job_response(metadata)
-        body.update(_warnings(image_request))
-        return jsonify(body)
+        return jsonify(answer_body(image_request, metadata))
 
     return answer
 
@@ -202,14 +196,8 @@ def _error_answer(error: dict[str, Any]) -> Response:
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
-    model = image_request.model
-    if model.status(clock.today()) != DEPRECATED:
-        return {}
-    return {
-        "warnings": [
-            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
-        ]
-    }
+    warnings = image_request.model.warnings(clock.today())
+    return {"warnings": warnings} if warnings else {}
 
 
 def _webhook_from_headers(settings: Settings) -> tuple[str, str | None] | None:

@@ -177,6 +177,12 @@ class ModelSpec:
             return DEPRECATED
         return ACTIVE
 
+    def warnings(self, today: dt.date) -> list[str]:
+        """What an answer made with this model tells the caller: its shutdown date, if near."""
+        if self.status(today) != DEPRECATED:
+            return []
+        return [f"Model {self.id} shuts down on {self.shutdown_on}; move to {self.replacement}."]
+
     def allows_size(self, size: str) -> bool:
         return size in self.sizes or bool(self.size_rule and self.size_rule.allows(size))
 

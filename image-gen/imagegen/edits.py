@@ -15,10 +15,9 @@ from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from . import asyncjobs, clock
-from .catalog import DEPRECATED
+from . import asyncjobs
 from .errors import ImageNotFound, ValidationError
-from .generate import create_job, job_response
+from .generate import answer_body, create_job
 from .openai_client import Deadline
 from .providers import Generation
 from .settings import Settings
@@ -53,7 +52,8 @@ def variations() -> ResponseReturnValue:
 
 def _answer(operation: str) -> ResponseReturnValue:
     settings: Settings = current_app.config["SETTINGS"]
-    if is_multipart(request):
+    multipart = is_multipart(request)
+    if multipart:
         fields, inputs = read_uploads(request, settings)
     elif request.is_json:
         fields, inputs = read_stored(read_json(request), _store(), settings)
@@ -67,25 +67,21 @@ def _answer(operation: str) -> ResponseReturnValue:
         inputs,
         operation=operation,
         default_model=default_model_for(operation, settings.default_model),
-        form=is_multipart(request),
+        form=multipart,
     )
     produce = _producer(image_request, inputs, operation)
+    source = inputs.source()
     accepted = asyncjobs.respond_async(
         image_request,
         operation=operation,
         produce=produce,
-        source=inputs.source(),
+        source=source,
         input_images=len(inputs.images),
     )
     if accepted is not None:
         return accepted
-    body = job_response(run_job(image_request, inputs, operation))
-    model = image_request.model
-    if model.status(clock.today()) == DEPRECATED:
-        body["warnings"] = [
-            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
-        ]
-    return jsonify(body)
+    metadata = create_job(image_request, produce=produce, operation=operation, source=source)
+    return jsonify(answer_body(image_request, metadata))
 
 
 def run_job(image_request: ImageRequest, inputs: ImageInputs, operation: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from flask.typing import ResponseReturnValue
 
 from . import asyncjobs, clock, metrics
 from .auth import current_caller
-from .catalog import DEPRECATED
 from .errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
 from .ledger import GLOBAL, CapExceeded, Reservation, retry_after_seconds
 from .logs import shorten
@@ -35,14 +34,7 @@ def generate() -> ResponseReturnValue:
     image_request = parse_generate_request(read_json(request), default_model=settings.default_model)
     if (accepted := asyncjobs.respond_async(image_request)) is not None:
         return accepted
-    metadata = create_job(image_request)
-    body = job_response(metadata)
-    if image_request.model.status(clock.today()) == DEPRECATED:
-        model = image_request.model
-        body["warnings"] = [
-            f"Model {model.id} shuts down on {model.shutdown_on}; move to {model.replacement}."
-        ]
-    return jsonify(body)
+    return jsonify(answer_body(image_request, create_job(image_request)))
 
 
 @dataclass(frozen=True)
@@ -252,6 +244,14 @@ def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
         "usd": real if real is not None else admission.estimated_usd,
         "basis": "usage" if real is not None else "price_table",
     }
+
+
+def answer_body(image_request: ImageRequest, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The synchronous answer: the stored job, and a warning when its model is retiring."""
+    body = job_response(metadata)
+    if warnings := image_request.model.warnings(clock.today()):
+        body["warnings"] = warnings
+    return body
 
 
 def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
