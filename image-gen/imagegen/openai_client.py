@@ -25,10 +25,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, metrics
 
+T = TypeVar("T")
 _CHUNK = 1024 * 1024
 _MAX_RETRY_AFTER = 86_400.0  # a day: anything longer from an upstream is not believed
 _SECRET_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{3,}")
@@ -329,13 +330,20 @@ class OpenAIClient:
 
     # --- machinery ------------------------------------------------------------------------
 
-    def _with_retries(self, call: Callable[[], _Response], deadline: Deadline) -> _Response:
+    def _with_retries(
+        self,
+        call: Callable[[], T],
+        deadline: Deadline,
+        *,
+        retryable: Callable[[], bool] = lambda: True,
+    ) -> T:
+        """`call`, retried per the policy within the deadline while `retryable()` holds."""
         attempt = 0
         while True:
             try:
                 return call()
             except OpenAIError as error:
-                if not self.retry.should_retry(error, attempt):
+                if not retryable() or not self.retry.should_retry(error, attempt):
                     raise
                 wait = self.retry.delay(attempt, getattr(error, "retry_after", None))
                 if wait >= deadline.remaining():
@@ -414,35 +422,42 @@ class OpenAIClient:
         deadline: Deadline,
         max_bytes: int,
     ) -> _Response:
-        """One HTTP exchange; the body is read in chunks within the deadline and byte cap."""
+        """One HTTP exchange; the body is read within the deadline and byte cap."""
+        with self._exchange(method, url, body, headers, deadline) as raw:
+            status = raw.status
+            response_headers = {k.lower(): v for k, v in raw.headers.items()}
+            declared = response_headers.get("content-length", "")
+            length = int(declared) if declared.isdigit() else None
+            if length is not None and length > max_bytes:
+                raise InvalidResponseError("the upstream's answer is larger than allowed")
+            # A declared length is one read into one buffer: no chunks to join.
+            data = raw.read(length) if length is not None else _read_capped(raw, max_bytes)
+            if length is not None and len(data) != length:
+                # http.client's read(n) returns short data instead of raising.
+                raise APIConnectionError("the upstream closed the connection mid-answer")
+        return _Response(status, response_headers, data)
+
+    @contextlib.contextmanager
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        deadline: Deadline,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """One HTTP exchange within the deadline, the answer read inside the `with`; every
+        transport failure ends as APITimeoutError or APIConnectionError. A socket the
+        watchdog shut may have cut the read short, so that is a timeout whatever was read."""
         watchdog = _Watchdog(deadline)
         opener = self._opener(watchdog)
         headers = {"User-Agent": f"image-gen/{__version__}", **headers}
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
         try:
             with watchdog, opener.open(request, timeout=self._timeout(deadline)) as raw:
-                status = raw.status
-                response_headers = {k.lower(): v for k, v in raw.headers.items()}
-                declared = response_headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise InvalidResponseError("the upstream's answer is larger than allowed")
-                if declared.isdigit():  # one read into one buffer: no chunks to join
-                    chunks = [raw.read(int(declared))]
-                    total = len(chunks[0])
-                else:
-                    chunks, total = [], 0
-                    while chunk := raw.read(_CHUNK):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise InvalidResponseError(
-                                "the upstream's answer is larger than allowed"
-                            )
-                        chunks.append(chunk)
-                if watchdog.fired:  # the socket was shut: what was read may be cut short
+                yield raw
+                if watchdog.fired:
                     raise APITimeoutError("the upstream did not answer before the deadline")
-                if declared.isdigit() and total != int(declared):
-                    # http.client's read(n) returns short data instead of raising.
-                    raise APIConnectionError("the upstream closed the connection mid-answer")
         except TimeoutError:
             raise APITimeoutError("the upstream did not answer in time") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, OpenAIError) as exc:
@@ -456,7 +471,6 @@ class OpenAIClient:
             raise APIConnectionError(
                 f"the connection to the upstream failed: {_reason(reason)}"
             ) from None
-        return _Response(status, response_headers, b"".join(chunks))
 
     def _timeout(self, deadline: Deadline) -> float:
         """The socket timeout for one exchange: each wait is bounded by the read timeout and
@@ -488,19 +502,12 @@ class OpenAIClient:
             "Accept": "text/event-stream",
         }
         url = f"{self.base_url}/{path}"
-        attempt = 0
-        while True:
-            started: list[bool] = []
-            try:
-                return self._stream_once(url, body, headers, deadline, on_event, started)
-            except OpenAIError as error:
-                if started or not self.retry.should_retry(error, attempt):
-                    raise
-                wait = self.retry.delay(attempt, getattr(error, "retry_after", None))
-                if wait >= deadline.remaining():
-                    raise
-                self._sleep(wait)
-                attempt += 1
+        started: list[bool] = []
+        return self._with_retries(
+            lambda: self._stream_once(url, body, headers, deadline, on_event, started),
+            deadline,
+            retryable=lambda: not started,
+        )
 
     def _stream_once(
         self,
@@ -512,54 +519,32 @@ class OpenAIClient:
         started: list[bool],
     ) -> dict[str, Any]:
         """One streamed exchange; `started` gets an entry once an event has been passed on."""
-        watchdog = _Watchdog(deadline)
-        opener = self._opener(watchdog)
-        headers = {"User-Agent": f"image-gen/{__version__}", **headers}
-        request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
         completed: list[dict[str, Any]] = []
-        try:
-            with watchdog, opener.open(request, timeout=self._timeout(deadline)) as raw:
-                response_headers = {k.lower(): v for k, v in raw.headers.items()}
-                if not 200 <= raw.status < 300 or "event-stream" not in response_headers.get(
-                    "content-type", ""
-                ):
-                    # An error, or an upstream that answers in one piece: read it whole.
-                    answer = _Response(
-                        raw.status, response_headers, _read_capped(raw, self.max_response_bytes)
-                    )
-                    if watchdog.fired:
-                        raise APITimeoutError("the upstream did not answer before the deadline")
-                    return _images_answer(self._checked(answer).body)
-                events = _sse_events(
-                    raw,
-                    max_event=self.max_image_bytes * 4 // 3 + _CHUNK,
-                    max_total=self.max_response_bytes,
+        with self._exchange("POST", url, body, headers, deadline) as raw:
+            response_headers = {k.lower(): v for k, v in raw.headers.items()}
+            if not 200 <= raw.status < 300 or "event-stream" not in response_headers.get(
+                "content-type", ""
+            ):
+                # An error, or an upstream that answers in one piece: read it whole.
+                whole = _Response(
+                    raw.status, response_headers, _read_capped(raw, self.max_response_bytes)
                 )
-                for name, data in events:
-                    if data.strip() == "[DONE]":
-                        break
-                    event = self._stream_event(name, data)
-                    if event is None:
-                        continue
-                    started.append(True)
-                    if event["type"].endswith(".completed"):
-                        completed.append(event)
-                    on_event(event)
-                if watchdog.fired:
-                    raise APITimeoutError("the upstream did not answer before the deadline")
-        except TimeoutError:
-            raise APITimeoutError("the upstream did not answer in time") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError, OpenAIError) as exc:
-            if watchdog.fired:
-                raise APITimeoutError("the upstream did not answer before the deadline") from None
-            if isinstance(exc, OpenAIError):
-                raise
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            if isinstance(reason, TimeoutError):
-                raise APITimeoutError("the upstream did not answer in time") from None
-            raise APIConnectionError(
-                f"the connection to the upstream failed: {_reason(reason)}"
-            ) from None
+                return _images_answer(self._checked(whole).body)
+            events = _sse_events(
+                raw,
+                max_event=self.max_image_bytes * 4 // 3 + _CHUNK,
+                max_total=self.max_response_bytes,
+            )
+            for name, data in events:
+                if data.strip() == "[DONE]":
+                    break
+                event = self._stream_event(name, data)
+                if event is None:
+                    continue
+                started.append(True)
+                if event["type"].endswith(".completed"):
+                    completed.append(event)
+                on_event(event)
         if not completed:
             raise APIConnectionError("the upstream's event stream ended before the image")
         last = completed[-1]
