@@ -175,7 +175,7 @@ class OpenAIProvider:
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
         return self._fan_out(
             request,
-            lambda n: self.client.generate_images(self.payload(request, n), deadline),
+            lambda _, n: self.client.generate_images(self.payload(request, n), deadline),
             deadline,
         )
 
@@ -189,39 +189,19 @@ class OpenAIProvider:
         parallel. Otherwise the calls are `generate`'s, each reporting its images as it ends.
         """
         streaming = partial_images > 0 and request.model.family == "gpt-image"
-        per_call = 1 if streaming else request.model.per_call
-        batches = [
-            (start, min(per_call, request.count - start))
-            for start in range(0, request.count, per_call)
-        ]
 
-        def call(
-            start: int, n: int
-        ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
-            def send(n: int) -> dict[str, Any]:
-                payload = self.payload(request, n)
-                if not streaming:
-                    return self.client.generate_images(payload, deadline)
-                return self.client.stream_images(
-                    {**payload, "partial_images": partial_images},
-                    deadline,
-                    lambda event: self._relay(event, start, progress),
-                )
+        def send(start: int, n: int) -> dict[str, Any]:
+            payload = self.payload(request, n)
+            if not streaming:
+                return self.client.generate_images(payload, deadline)
+            return self.client.stream_images(
+                {**payload, "partial_images": partial_images},
+                deadline,
+                lambda event: self._relay(event, start, progress),
+            )
 
-            result = self._collect(send, n, deadline)
-            for offset, image in enumerate(result[0]):
-                progress.image(start + offset, image)
-            return result
-
-        try:
-            results = self._parallel(call, batches)
-        except OpenAIError as exc:
-            raise self._service_error(exc, request) from None
-        images = [image for batch, _, _ in results for image in batch]
-        return Generation(
-            images,
-            usage=_sum_usage([usage for _, usage, _ in results]),
-            upstream=results[0][2] or None,
+        return self._fan_out(
+            request, send, deadline, per_call=1 if streaming else None, progress=progress
         )
 
     def _relay(self, event: dict[str, Any], image: int, progress: Progress) -> None:
@@ -302,7 +282,7 @@ class OpenAIProvider:
         files = self.form_files(inputs)
         return self._fan_out(
             request,
-            lambda n: self.client.edit_images(self.form_fields(request, n), files, deadline),
+            lambda _, n: self.client.edit_images(self.form_fields(request, n), files, deadline),
             deadline,
         )
 
@@ -311,7 +291,9 @@ class OpenAIProvider:
         files = self.form_files(inputs)
         return self._fan_out(
             request,
-            lambda n: self.client.create_variation(self.form_fields(request, n), files, deadline),
+            lambda _, n: self.client.create_variation(
+                self.form_fields(request, n), files, deadline
+            ),
             deadline,
         )
 
@@ -342,14 +324,34 @@ class OpenAIProvider:
         return files
 
     def _fan_out(
-        self, request: ImageRequest, send: Callable[[int], dict[str, Any]], deadline: Deadline
+        self,
+        request: ImageRequest,
+        send: Callable[[int, int], dict[str, Any]],
+        deadline: Deadline,
+        *,
+        per_call: int | None = None,
+        progress: Progress | None = None,
     ) -> Generation:
-        per_call = request.model.per_call
+        """`request.count` images in upstream calls of at most `per_call` (the model's by
+        default), in parallel; `send(start, n)` makes the call for images start..start+n.
+        Each finished image is reported to `progress`, if given, as its call ends."""
+        per_call = per_call or request.model.per_call
+
+        def call(
+            start: int, n: int
+        ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
+            result = self._collect(lambda n: send(start, n), n, deadline)
+            if progress is not None:
+                for offset, image in enumerate(result[0]):
+                    progress.image(start + offset, image)
+            return result
+
         batches = [
-            min(per_call, request.count - start) for start in range(0, request.count, per_call)
+            (start, min(per_call, request.count - start))
+            for start in range(0, request.count, per_call)
         ]
         try:
-            results = self._parallel(self._collect, [(send, n, deadline) for n in batches])
+            results = self._parallel(call, batches)
         except OpenAIError as exc:
             raise self._service_error(exc, request) from None
         images = [image for batch, _, _ in results for image in batch]
