@@ -19,7 +19,6 @@ KEEPALIVE_SECONDS = 15.0  # a comment line when nothing else was sent, so proxie
 NOTICE_SECONDS = 2.0  # how often a stream checks that someone still runs its job
 MAX_STREAM_SECONDS = 900.0  # then the stream ends; EventSource reconnects by itself
 RECONNECT_MS = 2000
-ENDINGS = ("completed", "failed")
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -44,20 +43,26 @@ def follow(
     """
     yield f"retry: {RECONNECT_MS}\n\n"
     started = sent_at = noticed = time.monotonic()
+    record: dict[str, Any] = {}
+    seen: tuple[int, int] | None = None
     while True:
-        record = records.read(job_id)
-        if record is None:  # deleted meanwhile
+        version = records.version(job_id)
+        if version is None:  # deleted meanwhile
             return
-        events = record.get("events", [])
-        for event in events:
-            if event["id"] > last_id:
-                yield format_event(event)
-                last_id = event["id"]
-                sent_at = time.monotonic()
-                if event["event"] in ENDINGS:
-                    return
-        if record.get("status") in FINAL and (not events or last_id >= events[-1]["id"]):
-            return
+        if version != seen:  # read the record only when it was rewritten
+            record = records.read(job_id) or {}
+            seen = version
+            if not record:
+                return
+            for event in record.get("events", []):
+                if event["id"] > last_id:
+                    yield format_event(event)
+                    last_id = event["id"]
+                    sent_at = time.monotonic()
+                    if event["event"] in FINAL:
+                        return
+            if record.get("status") in FINAL:
+                return
         now = time.monotonic()
         if now - noticed >= NOTICE_SECONDS:
             notice(record)

@@ -159,6 +159,15 @@ class JobRecords:
             return None
         return record if isinstance(record, dict) else None
 
+    def version(self, job_id: str) -> tuple[int, int] | None:
+        """Changes whenever the record is rewritten (inode and mtime: each write is a rename),
+        so a follower reads it only when there is something new; None once it is gone."""
+        try:
+            stat = os.stat(self.root / job_id / _RECORD)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
     def changed_at(self, job_id: str) -> int | None:
         """The record's mtime in ns: a cheap "has it changed" for readers that follow it."""
         try:
