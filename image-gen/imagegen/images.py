@@ -14,8 +14,8 @@ from flask.typing import ResponseReturnValue
 
 from . import thumbnails
 from .errors import ImageNotFound
-from .imagefmt import CONTENT_TYPES, EXTENSIONS
-from .store import ImageStore, StoredImage
+from .imagefmt import CONTENT_TYPES
+from .store import ImageStore, StoredImage, thumbnail_name
 
 bp = Blueprint("images", __name__)
 
@@ -54,7 +54,7 @@ def _thumbnail(store: ImageStore, image: StoredImage, variant: thumbnails.Varian
     on its own; the bytes behind one ETag never change, as the image itself never does.
     """
     fmt = variant.format or image.format
-    name = f"{image.image_id}-{variant.suffix}.{EXTENSIONS[fmt]}"
+    name = thumbnail_name(image, variant.suffix, fmt)
     cached = store.find_thumbnail(image, variant.suffix, fmt)
     if cached is not None:
         return _send(image, cached, CONTENT_TYPES[fmt], name, name)

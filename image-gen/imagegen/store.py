@@ -257,11 +257,7 @@ class ImageStore:
         temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         try:
             path.parent.mkdir(exist_ok=True)
-            with open(temp, "xb") as handle:
-                handle.write(data)
-                if self.fsync:  # a crash must not leave an empty file to be served later
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            self._write(temp, data)  # synced: a crash must not leave an empty file to serve
             os.replace(temp, path)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             _unlink(temp)
@@ -278,10 +274,7 @@ class ImageStore:
         return path
 
     def _thumbnail_path(self, image: StoredImage, suffix: str, fmt: str) -> Path:
-        if not _THUMB_SUFFIX.match(suffix) or fmt not in EXTENSIONS:
-            raise ValueError(f"not a thumbnail variant: {suffix!r} {fmt!r}")
-        name = f"{image.image_id}-{suffix}.{EXTENSIONS[fmt]}"
-        return self.root / image.job_id / _THUMBS / name
+        return self.root / image.job_id / _THUMBS / thumbnail_name(image, suffix, fmt)
 
     def _drop_thumbnails(self, image: StoredImage) -> None:
         """Remove every cached thumbnail of one image (and any half-written one)."""
@@ -515,6 +508,13 @@ class ImageStore:
         """This process's memory for listing: lock mtimes and created_at (which never change
         for a job) and the last scan's order. Shared by the worker's threads."""
         return self._browse
+
+
+def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
+    """A thumbnail's file name, which its ETag also uses: `<image-id>-<suffix>.<ext>`."""
+    if not _THUMB_SUFFIX.match(suffix) or fmt not in EXTENSIONS:
+        raise ValueError(f"not a thumbnail variant: {suffix!r} {fmt!r}")
+    return f"{image.image_id}-{suffix}.{EXTENSIONS[fmt]}"
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:
