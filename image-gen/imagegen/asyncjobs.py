@@ -323,7 +323,6 @@ class _Job:
     produce: Callable[[Deadline], Generation] | None = None
     caller: Any = None
     admission: Any = None
-    adopted: bool = False
     ended: threading.Event = field(default_factory=threading.Event)  # completed or failed
     done: threading.Event = field(default_factory=threading.Event)  # and let go of
     mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -504,7 +503,7 @@ class JobRunner:
                 if record is None:
                     self.records.drop_marker(marker)
                 continue
-            self._adopt(_Job(record, ownership, adopted=True))
+            self._adopt(_Job(record, ownership))
 
     def _adopt(self, job: _Job) -> None:
         record = job.record

@@ -64,10 +64,6 @@ class Ownership:
         if fd is not None:
             os.close(fd)  # closing the only descriptor drops the flock
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
 
 def _try_flock(path: Path, *, create: bool) -> Ownership | None:
     """The lock on `path` if no other open file holds it; None if held (or missing)."""
@@ -228,8 +224,7 @@ class JobRecords:
 
     def finish(self, record: dict[str, Any]) -> None:
         """Take a job off the active list: it is finished and its webhook is done with."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._active / record["marker"])
+        self.drop_marker(record["marker"])
 
     def marker_age(self, marker: str) -> float:
         """Seconds since the marker was listed (its name holds the submission time)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import http.client
@@ -179,6 +180,12 @@ def deliver(
     return Delivery(False, attempts, error)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The default TLS context, built once: loading the CA store on every attempt is slow."""
+    return ssl.create_default_context()
+
+
 def _post(
     url: str, secret: str, message_id: str, body: bytes, hosts: tuple[str, ...], timeout: float
 ) -> int:
@@ -196,7 +203,7 @@ def _post(
     }
     opener = urllib.request.OpenerDirector()  # http(s) only; no proxies, no redirects
     opener.add_handler(urllib.request.HTTPHandler())
-    opener.add_handler(urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+    opener.add_handler(urllib.request.HTTPSHandler(context=_tls_context()))
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
     with opener.open(request, timeout=timeout) as answer:
         answer.read(_MAX_ANSWER_BYTES)
