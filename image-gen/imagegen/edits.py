@@ -27,6 +27,7 @@ from .validation import (
     ImageInputs,
     ImageRequest,
     InputImage,
+    capital,
     default_model_for,
     parse_edit_request,
     read_json,
@@ -177,7 +178,7 @@ def _upload(item: FileStorage, field: str, label: str, limit: int) -> InputImage
         label = f"{label} ({item.filename[:64]!r})"
     if len(data) > limit:
         raise RequestEntityTooLarge(
-            f"{_sentence(label)} is larger than {limit:,} bytes, the most this service takes "
+            f"{capital(label)} is larger than {limit:,} bytes, the most this service takes "
             "per file (IMAGE_GEN_MAX_UPLOAD_BYTES)."
         )
     return InputImage.from_bytes(data, field=field, label=label, origin={"origin": "upload"})
@@ -245,7 +246,7 @@ def _stored(store: ImageStore, image_id: str, field: str, label: str, limit: int
     try:
         if stored.path.stat().st_size > limit:
             raise ValidationError(
-                f"{_sentence(label)} is larger than {limit:,} bytes, the most this service "
+                f"{capital(label)} is larger than {limit:,} bytes, the most this service "
                 "takes as an input image (IMAGE_GEN_MAX_UPLOAD_BYTES).",
                 details={"field": field},
             )
@@ -254,10 +255,6 @@ def _stored(store: ImageStore, image_id: str, field: str, label: str, limit: int
         raise ImageNotFound(f"Image {stored.image_id} not found.") from None
     origin = {"origin": "stored", "image_id": stored.image_id, "job_id": stored.job_id}
     return InputImage.from_bytes(data, field=field, label=label, origin=origin)
-
-
-def _sentence(label: str) -> str:
-    return label[:1].upper() + label[1:]
 
 
 def _store() -> ImageStore:

@@ -327,9 +327,7 @@ def _image_description(image: dict[str, Any]) -> str:
     ]
     if image.get("revised_prompt"):
         parts.append(f"revised prompt: {_shorten(image['revised_prompt'], 300)}")
-    parts.append(
-        f"a {THUMBNAIL_WIDTH}-pixel copy: {absolute(image['url'])}?width={THUMBNAIL_WIDTH}"
-    )
+    parts.append(f"a {THUMBNAIL_WIDTH}-pixel copy: {_thumbnail_url(image['url'])}")
     return "; ".join(parts)
 
 

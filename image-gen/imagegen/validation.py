@@ -230,7 +230,7 @@ class InputImage:
         info = identify(data)
         if info is None:
             raise ValidationError(
-                f"{_capital(label)} is not a PNG, JPEG or WebP image (checked by its content, not "
+                f"{capital(label)} is not a PNG, JPEG or WebP image (checked by its content, not "
                 "its name).",
                 details={"field": field},
             )
@@ -313,12 +313,7 @@ def input_spec(model: ModelSpec, operation: str, today: dt.date | None = None) -
     spec = getattr(model, OPERATIONS[operation])
     if spec is not None:
         return spec
-    today = today or clock.today()
-    able = [
-        m.id
-        for m in CATALOG.values()
-        if getattr(m, OPERATIONS[operation]) is not None and m.status(today) != SHUT_DOWN
-    ]
+    able = [m.id for m in _able(operation, today or clock.today())]
     verb = "edit images" if operation == "edit" else "make variations"
     raise ValidationError(
         f"Model {model.id} cannot {verb}. Models that can: {', '.join(able)}.",
@@ -329,14 +324,19 @@ def input_spec(model: ModelSpec, operation: str, today: dt.date | None = None) -
 def default_model_for(operation: str, preferred: str, today: dt.date | None = None) -> str:
     """The model an edit or variation uses when none is named: the service's default model if
     it can, else the first usable catalog model that can (dall-e-2 for variations)."""
-    today = today or clock.today()
     model = CATALOG.get(preferred)
     if model is not None and getattr(model, OPERATIONS[operation]) is not None:
         return preferred
-    for model in CATALOG.values():
-        if getattr(model, OPERATIONS[operation]) is not None and model.status(today) != SHUT_DOWN:
-            return model.id
-    return preferred
+    return next((m.id for m in _able(operation, today or clock.today())), preferred)
+
+
+def _able(operation: str, today: dt.date) -> list[ModelSpec]:
+    """The usable catalog models that can do this operation, in catalog order."""
+    return [
+        m
+        for m in CATALOG.values()
+        if getattr(m, OPERATIONS[operation]) is not None and m.status(today) != SHUT_DOWN
+    ]
 
 
 MAX_INPUT_IMAGES = max(
@@ -360,19 +360,19 @@ def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None
     for image in images:
         if image.format not in spec.formats:
             raise ValidationError(
-                f"{_capital(image.label)} is a {image.format.upper()} image; {model.id} takes "
+                f"{capital(image.label)} is a {image.format.upper()} image; {model.id} takes "
                 f"{_listed(spec.formats)} only.",
                 details={"field": image.field},
             )
         if len(image.data) >= spec.max_image_bytes:
             raise ValidationError(
-                f"{_capital(image.label)} is {len(image.data):,} bytes; {model.id} takes "
+                f"{capital(image.label)} is {len(image.data):,} bytes; {model.id} takes "
                 f"images under {_megabytes(spec.max_image_bytes)}.",
                 details={"field": image.field},
             )
         if spec.square and image.width != image.height:
             raise ValidationError(
-                f"{_capital(image.label)} is {image.width}x{image.height}; {model.id} takes square "
+                f"{capital(image.label)} is {image.width}x{image.height}; {model.id} takes square "
                 "images only.",
                 details={"field": image.field},
             )
@@ -438,7 +438,8 @@ def _from_form(body: dict[str, Any], spec: InputSpec) -> dict[str, Any]:
     }
 
 
-def _capital(label: str) -> str:
+def capital(label: str) -> str:
+    """A label such as "the mask" at the start of a sentence."""
     return label[:1].upper() + label[1:]
 
 
