@@ -1096,6 +1096,15 @@ _CATALOG = {
 
 _COSTS = "Errors are results with isError: the text starts with the error code."
 
+# Tool annotations (hints to the host; tools/list copies them).
+_READ_ONLY = {"readOnlyHint": True, "openWorldHint": False}
+_MAKES_IMAGES = {
+    "readOnlyHint": False,
+    "destructiveHint": False,
+    "idempotentHint": False,
+    "openWorldHint": True,
+}
+
 TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
@@ -1109,7 +1118,7 @@ TOOLS: dict[str, Tool] = {
             "or option you are not sure of.",
             input_schema=_fixed({"type": "object", "additionalProperties": False}),
             output_schema=_CATALOG,
-            hints={"readOnlyHint": True, "openWorldHint": False},
+            hints=_READ_ONLY,
             adapter=_list_models,
         ),
         Tool(
@@ -1128,12 +1137,7 @@ TOOLS: dict[str, Tool] = {
             "(the message lists what it may); CONTENT_POLICY_VIOLATION: rephrase the prompt.",
             input_schema=_generate_schema,
             output_schema=_JOB_OUTPUT,
-            hints={
-                "readOnlyHint": False,
-                "destructiveHint": False,
-                "idempotentHint": False,
-                "openWorldHint": True,
-            },
+            hints=_MAKES_IMAGES,
             adapter=_generate,
         ),
         Tool(
@@ -1146,12 +1150,7 @@ TOOLS: dict[str, Tool] = {
             "are kept). Only models whose list_models entry has edits take it. " + _COSTS,
             input_schema=_edit_schema,
             output_schema=_JOB_OUTPUT,
-            hints={
-                "readOnlyHint": False,
-                "destructiveHint": False,
-                "idempotentHint": False,
-                "openWorldHint": True,
-            },
+            hints=_MAKES_IMAGES,
             adapter=_edit,
         ),
         Tool(
@@ -1173,7 +1172,7 @@ TOOLS: dict[str, Tool] = {
                 }
             ),
             output_schema=_JOB_OUTPUT,
-            hints={"readOnlyHint": True, "openWorldHint": False},
+            hints=_READ_ONLY,
             adapter=_get_job,
         ),
         Tool(
@@ -1203,7 +1202,7 @@ TOOLS: dict[str, Tool] = {
                 }
             ),
             output_schema=_IMAGE_PAGE,
-            hints={"readOnlyHint": True, "openWorldHint": False},
+            hints=_READ_ONLY,
             adapter=_list_images,
         ),
         Tool(
