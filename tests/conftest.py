@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -16,6 +17,7 @@ from imagegen import create_app
 from imagegen.settings import Settings
 from imagegen.tokens import digest_of, parse_tokens
 from tests.fake_openai import FakeOpenAI
+from tests.gunicorn_server import Service, run_gunicorn
 
 # A key shaped like a real one, so a leak of any part of it is easy to find.
 TEST_KEY = "sk-proj-TESTKEY-imagegen-0123456789abcdefABCDEF"
@@ -132,3 +134,42 @@ def with_tokens(settings: Settings, make_app: Callable[..., Flask]) -> Callable[
         ).test_client()
 
     return build
+
+
+# --- the OpenAI-compatible routes through the official SDK, against a real Gunicorn ---------
+# What the SDK sends as its api_key: a client token, never the service's OpenAI key.
+CLIENT_TOKEN = "client-token-not-the-openai-key"
+
+
+def sdk(service: Service, **options) -> openai.OpenAI:
+    """The official SDK pointed at this service; no retries unless asked."""
+    options.setdefault("max_retries", 0)
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=CLIENT_TOKEN, timeout=30, **options)
+
+
+@pytest.fixture(scope="module")
+def _upstream_gunicorn(tmp_path_factory, _fake_server) -> Iterator[Service]:
+    tmp_path = tmp_path_factory.mktemp("compat-upstream")
+    key_file = tmp_path / "openai_api_key"
+    key_file.write_text(TEST_KEY + "\n")
+    env = {
+        "OPENAI_API_KEY_FILE": str(key_file),
+        "OPENAI_BASE_URL": _fake_server.base_url,
+        "OPENAI_MAX_RETRIES": "0",
+    }
+    with run_gunicorn(tmp_path, env) as service:
+        yield service
+
+
+@pytest.fixture
+def upstream_service(_upstream_gunicorn, fake_openai) -> Service:
+    """Gunicorn (shared by this module) with the OpenAI provider against the fake upstream,
+    which is reset for each test; the service's own upstream retries are off."""
+    return _upstream_gunicorn
+
+
+@pytest.fixture(scope="module")
+def placeholder_service(tmp_path_factory) -> Iterator[Service]:
+    tmp_path = tmp_path_factory.mktemp("compat-placeholder")
+    with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
+        yield service

@@ -5,55 +5,13 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import openai
 import pytest
 
 from imagegen.imagefmt import identify
 from tests import fake_openai as fake
-from tests.conftest import TEST_KEY, read_metadata
-from tests.gunicorn_server import Service, run_gunicorn
-
-# What the SDK sends as its api_key: a client token, never the service's OpenAI key.
-CLIENT_TOKEN = "client-token-not-the-openai-key"
-
-
-# --- a real Gunicorn ----------------------------------------------------------------------
-
-
-def sdk(service: Service, **options) -> openai.OpenAI:
-    """The official SDK pointed at this service; no retries unless asked."""
-    options.setdefault("max_retries", 0)
-    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=CLIENT_TOKEN, timeout=30, **options)
-
-
-@pytest.fixture(scope="module")
-def _upstream_gunicorn(tmp_path_factory, _fake_server) -> Iterator[Service]:
-    tmp_path = tmp_path_factory.mktemp("compat-upstream")
-    key_file = tmp_path / "openai_api_key"
-    key_file.write_text(TEST_KEY + "\n")
-    env = {
-        "OPENAI_API_KEY_FILE": str(key_file),
-        "OPENAI_BASE_URL": _fake_server.base_url,
-        "OPENAI_MAX_RETRIES": "0",
-    }
-    with run_gunicorn(tmp_path, env) as service:
-        yield service
-
-
-@pytest.fixture
-def upstream_service(_upstream_gunicorn, fake_openai) -> Service:
-    """Gunicorn (shared by this module) with the OpenAI provider against the fake upstream,
-    which is reset for each test; the service's own upstream retries are off."""
-    return _upstream_gunicorn
-
-
-@pytest.fixture(scope="module")
-def placeholder_service(tmp_path_factory) -> Iterator[Service]:
-    tmp_path = tmp_path_factory.mktemp("compat-placeholder")
-    with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
-        yield service
+from tests.conftest import CLIENT_TOKEN, TEST_KEY, read_metadata, sdk
 
 
 def png_size(data: bytes) -> tuple[int, int]:
