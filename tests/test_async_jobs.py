@@ -413,12 +413,14 @@ def test_a_job_can_be_deleted_once_it_has_finished(client, fake_openai):
 def test_running_jobs_are_bounded_and_the_rest_wait_in_order(make_jobs_app, fake_openai):
     client = make_jobs_app(max_running_jobs=1, max_queued_jobs=2).test_client()
     fake_openai.latency = 2.5  # long enough that the checks below run while job 0 does
-    ids = [
-        client.post("/generate", json={"prompt": f"job {n}"}, headers=ASYNC).get_json()["job_id"]
-        for n in range(3)
-    ]
 
+    def submit(prompt: str) -> str:
+        return client.post("/generate", json={"prompt": prompt}, headers=ASYNC).get_json()["job_id"]
+
+    # Job 0 must have left the queue before the queue is filled, or job 2 finds it full.
+    ids = [submit("job 0")]
     wait_for(lambda: job(client, ids[0])["status"] == "running", what="the first job running")
+    ids += [submit("job 1"), submit("job 2")]
     second, third = job(client, ids[1]), job(client, ids[2])
     assert second["status"] == third["status"] == "queued"
     assert second["queue"] == {"ahead": 0, "running": 1, "max_running": 1}
