@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass
+
+try:  # SIMD base64: 1.4 MB in 0.1 ms where binascii's byte loop takes 3-7 ms (bench/README.md)
+    from pybase64 import b64decode as _simd_b64decode
+except ImportError:  # pragma: no cover - pybase64 is a pinned runtime dependency
+    _simd_b64decode = None
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -20,6 +26,21 @@ class ImageInfo:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """Strict standard base64 to bytes: no whitespace, no other characters, exact padding.
+
+    Raises ValueError (binascii.Error is one) for anything else, non-ASCII text included.
+    """
+    if _simd_b64decode is not None:
+        return _simd_b64decode(text, validate=True)
+    return decode_base64_stdlib(text)
+
+
+def decode_base64_stdlib(text: str | bytes) -> bytes:
+    """`decode_base64` with the standard library only: what runs without pybase64."""
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def identify(data: bytes) -> ImageInfo | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from .errors import (
     UpstreamTimeout,
     ValidationError,
 )
-from .imagefmt import EXTENSIONS, identify
+from .imagefmt import EXTENSIONS, decode_base64, identify
 from .openai_client import (
     APIConnectionError,
     APIStatusError,
@@ -210,8 +208,8 @@ class OpenAIProvider:
             return
         index = event.get("partial_image_index")
         try:
-            data = base64.b64decode(event["b64_json"], validate=True)
-        except (binascii.Error, ValueError):
+            data = decode_base64(event["b64_json"])
+        except (ValueError, TypeError):
             data = b""
         info = identify(data) if len(data) <= self.client.max_image_bytes else None
         if info is None or not isinstance(index, int) or not 0 <= index <= 9:
@@ -253,9 +251,9 @@ class OpenAIProvider:
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
         encoded = item.get("b64_json")
         if isinstance(encoded, str):
-            try:  # b64decode(validate=True) without its copy of the text to bytes
-                data = binascii.a2b_base64(encoded, strict_mode=True)
-            except (binascii.Error, ValueError):
+            try:
+                data = decode_base64(encoded)
+            except ValueError:
                 raise InvalidResponseError("the upstream sent invalid base64 image data") from None
         elif isinstance(item.get("url"), str):
             data = self.client.download(item["url"], deadline)
