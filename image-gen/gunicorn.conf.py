@@ -68,6 +68,7 @@ def post_worker_init(worker: object) -> None:
     """Run asynchronous jobs in every worker: adopt any left unfinished, and on SIGTERM start
     no new ones while in-flight requests drain (queued ones wait for the next process).
     Also: Gunicorn's own refusals (414, 431, malformed HTTP) answer in the JSON error shape."""
+    import gc
     import signal
 
     from imagegen import asyncjobs
@@ -84,6 +85,11 @@ def post_worker_init(worker: object) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+    # The app's ~36,000 long-lived objects (Flask, Jinja, the catalog...) leave the cyclic
+    # collector's view: a full collection took 8.6 ms over them, and ran every few requests.
+    gc.collect()
+    gc.freeze()
 
 
 def worker_exit(server: object, worker: object) -> None:
