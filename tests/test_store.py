@@ -207,10 +207,23 @@ class Injected:
         self.monkeypatch.setattr(os, "rename", recording_rename)
         self.monkeypatch.setattr(os, "fsync", failing_fsync)
 
+    def on_fsync_of(self, matches: Callable[[str], bool]) -> None:
+        """fsync fails for a file whose name matches (it runs on the store's fsync threads)."""
+        real_fsync = os.fsync
+
+        def failing_fsync(fd: int) -> None:
+            if matches(os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))):
+                raise self.fail()
+            real_fsync(fd)
+
+        self.monkeypatch.setattr(os, "fsync", failing_fsync)
+
 
 _FAILURE_POINTS: dict[str, Callable[[Injected], None]] = {
     "second-image": lambda inject: inject.on_open(lambda name: name.startswith("002-")),
     "metadata": lambda inject: inject.on_open(lambda name: name == "metadata.json"),
+    "second-image-fsync": lambda inject: inject.on_fsync_of(lambda name: name.startswith("002-")),
+    "metadata-fsync": lambda inject: inject.on_fsync_of(lambda name: name == "metadata.json"),
     "second-index-link": lambda inject: inject.on_nth_symlink(2),
     "rename-into-place": lambda inject: inject.on_rename(),
     "directory-fsync-after-rename": lambda inject: inject.on_fsync_after_rename(),
@@ -230,6 +243,8 @@ def populated(tmp_path: Path) -> Iterator[tuple[ImageStore, dict[str, Any]]]:
     [
         "second-image",
         "metadata",
+        "second-image-fsync",
+        "metadata-fsync",
         "second-index-link",
         "rename-into-place",
         "directory-fsync-after-rename",
@@ -267,12 +282,14 @@ def test_quota_exceeded_while_saving_is_also_insufficient_storage(
     assert snapshot(image_store.root) == before
 
 
+@pytest.mark.parametrize("step", ["open", "fsync"])
 def test_other_write_errors_propagate_and_still_change_nothing(
-    populated: tuple[ImageStore, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    populated: tuple[ImageStore, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     image_store, _ = populated
     before = snapshot(image_store.root)
-    Injected(monkeypatch, errno.EIO).on_open(lambda name: name.startswith("002-"))
+    inject = Injected(monkeypatch, errno.EIO)
+    (inject.on_open if step == "open" else inject.on_fsync_of)(lambda name: name.startswith("001-"))
 
     with pytest.raises(OSError) as raised:
         image_store.save_job(dict(REQUEST), generation(2))

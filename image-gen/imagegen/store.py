@@ -21,9 +21,11 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +111,17 @@ class ImageStore:
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
         links: list[Path] = []
         images = []
-        written: list[Path] = []
+        syncs: list[Future[None]] = []
         published = False
         try:
             staging.mkdir()
             for number, image in enumerate(generation.images, start=1):
                 image_id = str(uuid.uuid4())
                 name = f"{number:03d}-{image_id}.{EXTENSIONS[image.format]}"
-                written.append(staging / name)
-                self._write(written[-1], image.data, sync=False)
+                self._write(staging / name, image.data, sync=False)
+                # The disk write runs while the image is hashed and the metadata written
+                # (fsync and sha256 both let go of the GIL).
+                syncs += self._sync_soon(staging / name)
                 images.append(
                     {
                         "id": image_id,
@@ -148,15 +152,13 @@ class ImageStore:
                 **(extra or {}),
                 "images": images,
             }
-            written.append(staging / METADATA)
-            self._write(written[-1], _dump(metadata), sync=False)
+            self._write(staging / METADATA, _dump(metadata), sync=False)
+            syncs += self._sync_soon(staging / METADATA)
             self._write(staging / _LOCK, b"", sync=False)
-            # Every file's data, then the names in the staging directory, reach the disk
-            # before the rename publishes them. Syncing after all the writes lets the
-            # filesystem commit them together instead of once per file.
-            for path in written:
-                self._sync_file(path)
+            # Every file's data and the names in the staging directory reach the disk
+            # before the rename publishes them; the three fsyncs run at once.
             self._sync_dir(staging)
+            _wait(syncs)
             for image in images:
                 link = self._index / image["id"]
                 os.symlink(f"../{job_id}/{image['file']}", link)
@@ -165,6 +167,7 @@ class ImageStore:
             published = True
             self._sync_dir(self.root)
         except BaseException as exc:
+            _wait(syncs, quietly=True)  # they must not outlive the files they sync
             for link in links:
                 _unlink(link)
             if published:  # take it back: the caller is told nothing was saved
@@ -187,15 +190,10 @@ class ImageStore:
             if sync and self.fsync:
                 os.fsync(handle.fileno())
 
-    def _sync_file(self, path: Path) -> None:
-        """fsync a file written earlier with sync=False (when fsync is on)."""
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _sync_soon(self, path: Path) -> list[Future[None]]:
+        """Start the fsync of a file written with sync=False on a helper thread (when fsync
+        is on); the caller waits for what this returns before it relies on the file."""
+        return [_sync_threads().submit(_fsync_file, path)] if self.fsync else []
 
     def _sync_dir(self, path: Path) -> None:
         if not self.fsync:
@@ -519,6 +517,41 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 def _dump(metadata: dict[str, Any]) -> bytes:
     return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wait(futures: list[Future[None]], *, quietly: bool = False) -> None:
+    """Wait for every future; then raise the first one's failure unless `quietly`."""
+    failure = None
+    for future in futures:
+        try:
+            future.result()
+        except Exception as exc:  # kept, and raised once the others are done
+            failure = failure or exc
+    if failure is not None and not quietly:
+        raise failure
+
+
+_sync_pool: tuple[int, ThreadPoolExecutor] | None = None
+_sync_pool_lock = threading.Lock()
+
+
+def _sync_threads() -> ThreadPoolExecutor:
+    """This process's fsync threads, started on first use (a Gunicorn worker is a fork, and
+    threads do not survive a fork). 64, so that under load a job's fsyncs seldom queue
+    behind other jobs' (a worker has 100 request threads by default)."""
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None or _sync_pool[0] != os.getpid():
+            _sync_pool = (os.getpid(), ThreadPoolExecutor(64, thread_name_prefix="fsync"))
+        return _sync_pool[1]
 
 
 def _unlink(path: Path) -> None:
