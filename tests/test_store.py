@@ -225,6 +225,7 @@ _FAILURE_POINTS: dict[str, Callable[[Injected], None]] = {
     "second-image-fsync": lambda inject: inject.on_fsync_of(lambda name: name.startswith("002-")),
     "metadata-fsync": lambda inject: inject.on_fsync_of(lambda name: name == "metadata.json"),
     "second-index-link": lambda inject: inject.on_nth_symlink(2),
+    "index-fsync": lambda inject: inject.on_fsync_of(lambda name: name == ".index"),
     "rename-into-place": lambda inject: inject.on_rename(),
     "directory-fsync-after-rename": lambda inject: inject.on_fsync_after_rename(),
 }
@@ -246,6 +247,7 @@ def populated(tmp_path: Path) -> Iterator[tuple[ImageStore, dict[str, Any]]]:
         "second-image-fsync",
         "metadata-fsync",
         "second-index-link",
+        "index-fsync",
         "rename-into-place",
         "directory-fsync-after-rename",
     ],

@@ -8,6 +8,7 @@ Every call has explicit timeouts and runs inside a `Deadline`; retries follow a
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.utils
 import http.client
 import ipaddress
@@ -244,8 +245,7 @@ class OpenAIClient:
         self.max_response_bytes = max_response_bytes
         self.max_image_bytes = max_image_bytes
         self._sleep = sleep
-        self._ssl = ssl.create_default_context()
-        self._proxies = urllib.request.getproxies()  # the environment's, read once
+        self._opener = _opener(urllib.request.getproxies(), connect_timeout)
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self.base_url!r})"
@@ -400,18 +400,6 @@ class OpenAIClient:
             f"refusing to download an image from a {parts.scheme or 'schemeless'}: URL"
         )
 
-    def _opener(self, watchdog: _Watchdog) -> urllib.request.OpenerDirector:
-        """An opener with only http(s) handlers (no file:, ftp:, data:), the environment's
-        proxies, and sockets the watchdog can shut at the deadline."""
-        opener = urllib.request.OpenerDirector()
-        for handler in (
-            urllib.request.ProxyHandler(self._proxies),
-            _HTTPHandler(self.connect_timeout, watchdog),
-            _HTTPSHandler(self.connect_timeout, watchdog, self._ssl),
-        ):
-            opener.add_handler(handler)
-        return opener
-
     @metrics.upstream_attempt
     def _send(
         self,
@@ -450,11 +438,11 @@ class OpenAIClient:
         transport failure ends as APITimeoutError or APIConnectionError. A socket the
         watchdog shut may have cut the read short, so that is a timeout whatever was read."""
         watchdog = _Watchdog(deadline)
-        opener = self._opener(watchdog)
         headers = {"User-Agent": f"image-gen/{__version__}", **headers}
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
+        watching = _WATCHDOG.set(watchdog)  # for the connection the opener makes
         try:
-            with watchdog, opener.open(request, timeout=self._timeout(deadline)) as raw:
+            with watchdog, self._opener.open(request, timeout=self._timeout(deadline)) as raw:
                 yield raw
                 if watchdog.fired:
                     raise APITimeoutError("the upstream did not answer before the deadline")
@@ -471,6 +459,8 @@ class OpenAIClient:
             raise APIConnectionError(
                 f"the connection to the upstream failed: {_reason(reason)}"
             ) from None
+        finally:
+            _WATCHDOG.reset(watching)
 
     def _timeout(self, deadline: Deadline) -> float:
         """The socket timeout for one exchange: each wait is bounded by the read timeout and
@@ -744,10 +734,30 @@ def _reason(reason: object) -> str:
     return type(reason).__name__ if isinstance(reason, BaseException) else str(reason)
 
 
+# The watchdog of the exchange this thread is making: the shared opener's connections
+# report their sockets to it.
+_WATCHDOG: contextvars.ContextVar[_Watchdog] = contextvars.ContextVar("upstream_watchdog")
+
+
+def _opener(proxies: dict[str, str], connect_timeout: float) -> urllib.request.OpenerDirector:
+    """An opener with only http(s) handlers (no file:, ftp:, data:, and no redirects), the
+    environment's proxies, and sockets the current exchange's watchdog can shut at its
+    deadline. Built once per client: openers are safe to share between threads."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(proxies),
+        _HTTPHandler(connect_timeout),
+        _HTTPSHandler(connect_timeout, ssl.create_default_context()),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
 def _connection_class(
-    base: type[http.client.HTTPConnection], connect_timeout: float, watchdog: _Watchdog
+    base: type[http.client.HTTPConnection], connect_timeout: float
 ) -> type[http.client.HTTPConnection]:
-    """A connection that connects within `connect_timeout`, then reads with its own timeout."""
+    """A connection that connects within `connect_timeout`, then reads with its own timeout,
+    its socket watched by the current exchange's watchdog."""
 
     class Connection(base):  # type: ignore[valid-type, misc]
         def connect(self) -> None:
@@ -758,26 +768,24 @@ def _connection_class(
             finally:
                 self.timeout = read_timeout
             self.sock.settimeout(read_timeout)
-            watchdog.watch(self.sock)
+            _WATCHDOG.get().watch(self.sock)
 
     return Connection
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, connect_timeout: float, watchdog: _Watchdog) -> None:
+    def __init__(self, connect_timeout: float) -> None:
         super().__init__()
-        self._class = _connection_class(http.client.HTTPConnection, connect_timeout, watchdog)
+        self._class = _connection_class(http.client.HTTPConnection, connect_timeout)
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self._class, req)
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(
-        self, connect_timeout: float, watchdog: _Watchdog, context: ssl.SSLContext
-    ) -> None:
+    def __init__(self, connect_timeout: float, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
-        self._class = _connection_class(http.client.HTTPSConnection, connect_timeout, watchdog)
+        self._class = _connection_class(http.client.HTTPSConnection, connect_timeout)
         self._ctx = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:

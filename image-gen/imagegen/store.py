@@ -163,9 +163,11 @@ class ImageStore:
                 link = self._index / image["id"]
                 os.symlink(f"../{job_id}/{image['file']}", link)
                 links.append(link)
+            syncs = self._sync_soon(self._index)  # so that a power cut cannot lose the links
             os.rename(staging, self.root / job_id)
             published = True
             self._sync_dir(self.root)
+            _wait(syncs)
         except BaseException as exc:
             _wait(syncs, quietly=True)  # they must not outlive the files they sync
             for link in links:
@@ -191,9 +193,10 @@ class ImageStore:
                 os.fsync(handle.fileno())
 
     def _sync_soon(self, path: Path) -> list[Future[None]]:
-        """Start the fsync of a file written with sync=False on a helper thread (when fsync
-        is on); the caller waits for what this returns before it relies on the file."""
-        return [_sync_threads().submit(_fsync_file, path)] if self.fsync else []
+        """Start the fsync of a file written with sync=False, or of a directory, on a helper
+        thread (when fsync is on); the caller waits for what this returns before it relies
+        on the file."""
+        return [_sync_threads().submit(_fsync_path, path)] if self.fsync else []
 
     def _sync_dir(self, path: Path) -> None:
         if not self.fsync:
@@ -519,8 +522,8 @@ def _dump(metadata: dict[str, Any]) -> bytes:
     return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a file or a directory
     try:
         os.fsync(fd)
     finally:
