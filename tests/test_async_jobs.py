@@ -465,6 +465,38 @@ def test_a_queued_job_of_a_dead_process_is_run_by_another(make_jobs_app, setting
     assert job(client, job_id)["images"][0]["prompt"] == "adopt me"
 
 
+def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back(
+    make_jobs_app, fake_openai
+):
+    app = make_jobs_app(max_running_jobs=1)
+    runner = app.extensions["imagegen"]["jobs"]
+    holder = records_of(app.config["SETTINGS"]).take_slot()  # the job waits for this slot
+    job_id = (
+        app.test_client()
+        .post("/generate", json={"prompt": "x"}, headers=ASYNC)
+        .get_json()["job_id"]
+    )
+    took, go_on = threading.Event(), threading.Event()
+    take_slot = runner.records.take_slot
+
+    def slow_take_slot():
+        slot = take_slot()
+        if slot is not None:
+            took.set()
+            go_on.wait(10)
+        return slot
+
+    runner.records.take_slot = slow_take_slot
+    holder.release()
+    assert took.wait(10), "the dispatcher never took the freed slot"
+    runner.shutdown(0)  # lets go of the queued job while the dispatcher holds its slot
+    go_on.set()
+
+    other = make_jobs_app(max_running_jobs=1).test_client()
+    assert finished(other, job_id)["status"] == "completed"
+    assert len(fake_openai.image_requests) == 1
+
+
 def test_an_interrupted_running_job_is_started_again(make_jobs_app, settings, fake_openai):
     job_id = orphan(
         make_jobs_app(max_running_jobs=1),

@@ -476,7 +476,12 @@ class JobRunner:
             if slot is None:
                 return
             with self._lock:
-                self._queue.remove(job)
+                queued = job in self._queue  # shutdown() may have let go of it meanwhile
+                if queued:
+                    self._queue.remove(job)
+            if not queued:
+                slot.release()
+                continue
             threading.Thread(
                 target=self._run,
                 args=(job, slot),
