@@ -27,6 +27,7 @@ from imagegen.store import ImageStore
 from imagegen.webhooks import sign
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY
+from tests.test_metrics import scrape, value
 
 ASYNC = {"Prefer": "respond-async"}
 SECRET = "a-webhook-secret-for-tests-0123456789"
@@ -665,3 +666,17 @@ def test_previews_and_records_stay_out_of_the_image_listing(client, fake_openai)
     assert [image["job_id"] for image in listed] == [job_id]
     assert client.get(f"/jobs/{job_id}/previews/..%2Fjob.json").status_code == 404
     assert client.get(f"/jobs/{job_id}/previews/job.json").status_code == 404
+
+
+def test_streamed_upstream_calls_are_timed_and_counted_in_metrics(client, fake_openai):
+    fake_openai.enqueue(fake.server_error(503))  # before any event: retried
+    job_id = client.post("/generate", json={"prompt": "x"}, headers=ASYNC).get_json()["job_id"]
+
+    assert finished(client, job_id)["status"] == "completed"
+    samples = scrape(client)
+    attempts = "imagegen_upstream_attempts_total"
+    assert value(samples, attempts, endpoint="generations", status="503") == 1
+    assert value(samples, attempts, endpoint="generations", status="200") == 1
+    latency = "imagegen_upstream_request_duration_seconds_count"
+    assert value(samples, latency, endpoint="generations", outcome="success") == 1
+    assert [request.json["stream"] for request in fake_openai.image_requests] == [True, True]

@@ -578,16 +578,31 @@ def upstream_attempt(send: F) -> F:
     def timed(client: Any, *args: Any, **kwargs: Any) -> Any:
         method = kwargs["method"] if "method" in kwargs else args[0]
         url = kwargs["url"] if "url" in kwargs else args[1]
-        started = time.perf_counter()
-        try:
-            response = send(client, *args, **kwargs)
-        except Exception as exc:
-            _upstream_done(method, url, _failure(exc), time.perf_counter() - started)
-            raise
-        _upstream_done(method, url, str(response.status), time.perf_counter() - started)
-        return response
+        return _timed(method, url, lambda: send(client, *args, **kwargs))
 
     return timed  # type: ignore[return-value]
+
+
+def upstream_stream(stream: F) -> F:
+    """Decorate the client's streamed exchange (a POST, url first): time each attempt to its
+    last event and count it, as `upstream_attempt` does for the others."""
+
+    @functools.wraps(stream)
+    def timed(client: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+        return _timed("POST", url, lambda: stream(client, url, *args, **kwargs))
+
+    return timed  # type: ignore[return-value]
+
+
+def _timed(method: str, url: str, call: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    try:
+        result = call()
+    except Exception as exc:
+        _upstream_done(method, url, _failure(exc), time.perf_counter() - started)
+        raise
+    _upstream_done(method, url, str(getattr(result, "status", 200)), time.perf_counter() - started)
+    return result
 
 
 def _upstream_done(method: str, url: str, status: str, seconds: float) -> None:
@@ -608,8 +623,15 @@ def _endpoint(method: str, url: str) -> str:
 
 
 def _failure(exc: Exception) -> str:
-    from .openai_client import APIConnectionError, APITimeoutError, InvalidResponseError
+    from .openai_client import (
+        APIConnectionError,
+        APIStatusError,
+        APITimeoutError,
+        InvalidResponseError,
+    )
 
+    if isinstance(exc, APIStatusError):  # a streamed exchange's error status or error event
+        return str(exc.status)
     if isinstance(exc, APITimeoutError):
         return "timeout"
     if isinstance(exc, APIConnectionError):

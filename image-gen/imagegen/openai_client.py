@@ -499,6 +499,7 @@ class OpenAIClient:
             retryable=lambda: not started,
         )
 
+    @metrics.upstream_stream
     def _stream_once(
         self,
         url: str,
