@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagegen import store as store_module
+from imagegen import durable
 from imagegen.errors import ImageNotFound, InsufficientStorage
 from imagegen.imagefmt import ImageInfo, identify
 from imagegen.placeholder import placeholder_png
@@ -171,7 +171,7 @@ class Injected:
                 raise self.fail()
             return real_open(file, *args, **kwargs)
 
-        self.monkeypatch.setattr(store_module, "open", failing_open, raising=False)
+        self.monkeypatch.setattr(durable, "open", failing_open, raising=False)
 
     def on_nth_symlink(self, n: int) -> None:
         real_symlink = os.symlink

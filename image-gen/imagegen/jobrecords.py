@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .durable import Disk
 from .errors import InsufficientStorage
 from .imagefmt import EXTENSIONS
 from .store import normalize_id
@@ -88,7 +89,7 @@ class JobRecords:
 
     def __init__(self, root: Path, *, fsync: bool = True, max_running: int = 4) -> None:
         self.root = Path(root) / JOBS
-        self.fsync = fsync
+        self._disk = Disk(fsync=fsync)
         self.max_running = max_running
         self._active = self.root / _ACTIVE
         self._slots = self.root / _SLOTS
@@ -119,16 +120,16 @@ class JobRecords:
             staging.mkdir()
             ownership = _try_flock(staging / _LOCK, create=True)
             assert ownership is not None  # a new file nobody else has opened
-            self._write(staging / _RECORD, _dump(record))
+            self._disk.write_new(staging / _RECORD, _dump(record))
             if webhook_secret is not None:
                 fd = os.open(staging / _SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with open(fd, "w", encoding="utf-8") as handle:
                     handle.write(webhook_secret)
-            self._sync_dir(staging)
+            self._disk.sync(staging)
             os.rename(staging, self.root / job_id)
-            self._sync_dir(self.root)
-            self._write(self._active / record["marker"], b"")
-            self._sync_dir(self._active)
+            self._disk.sync(self.root)
+            self._disk.write_new(self._active / record["marker"], b"")
+            self._disk.sync(self._active)
         except BaseException as exc:
             if ownership is not None:
                 ownership.release()
@@ -176,10 +177,10 @@ class JobRecords:
         path = self.root / record["job_id"] / _RECORD
         temp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
         try:
-            self._write(temp, _dump(record), sync=durable)
+            self._disk.write_new(temp, _dump(record), sync=durable)
             os.replace(temp, path)
             if durable:
-                self._sync_dir(path.parent)
+                self._disk.sync(path.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -268,7 +269,7 @@ class JobRecords:
         path = self.root / job_id / name
         temp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
         try:
-            self._write(temp, data, sync=False)
+            self._disk.write_new(temp, data, sync=False)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -338,22 +339,6 @@ class JobRecords:
         return removed
 
     # --- files ----------------------------------------------------------------------------
-
-    def _write(self, path: Path, data: bytes, *, sync: bool = True) -> None:
-        with open(path, "xb") as handle:
-            handle.write(data)
-            if self.fsync and sync:
-                handle.flush()
-                os.fsync(handle.fileno())
-
-    def _sync_dir(self, path: Path) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def new_marker(job_id: str) -> str:

@@ -21,17 +21,18 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import durable
 from .clock import utc_now
+from .durable import Disk
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
 from .providers import Generation
@@ -73,7 +74,7 @@ class ImageStore:
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
-        self.fsync = fsync
+        self._disk = Disk(fsync=fsync)
         self._index = self.root / _INDEX
         # This process's memory for listing (see _job_stamps), shared by a worker's threads.
         self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
@@ -118,10 +119,10 @@ class ImageStore:
             for number, image in enumerate(generation.images, start=1):
                 image_id = str(uuid.uuid4())
                 name = f"{number:03d}-{image_id}.{EXTENSIONS[image.format]}"
-                self._write(staging / name, image.data, sync=False)
+                self._disk.write_new(staging / name, image.data, sync=False)
                 # The disk write runs while the image is hashed and the metadata written
                 # (fsync and sha256 both let go of the GIL).
-                syncs += self._sync_soon(staging / name)
+                syncs += self._disk.sync_soon(staging / name)
                 images.append(
                     {
                         "id": image_id,
@@ -152,24 +153,24 @@ class ImageStore:
                 **(extra or {}),
                 "images": images,
             }
-            self._write(staging / METADATA, _dump(metadata), sync=False)
-            syncs += self._sync_soon(staging / METADATA)
-            self._write(staging / _LOCK, b"", sync=False)
+            self._disk.write_new(staging / METADATA, _dump(metadata), sync=False)
+            syncs += self._disk.sync_soon(staging / METADATA)
+            self._disk.write_new(staging / _LOCK, b"", sync=False)
             # Every file's data and the names in the staging directory reach the disk
             # before the rename publishes them; the three fsyncs run at once.
-            self._sync_dir(staging)
-            _wait(syncs)
+            self._disk.sync(staging)
+            durable.wait(syncs)
             for image in images:
                 link = self._index / image["id"]
                 os.symlink(f"../{job_id}/{image['file']}", link)
                 links.append(link)
-            syncs = self._sync_soon(self._index)  # so that a power cut cannot lose the links
+            syncs = self._disk.sync_soon(self._index)  # so that a power cut cannot lose the links
             os.rename(staging, self.root / job_id)
             published = True
-            self._sync_dir(self.root)
-            _wait(syncs)
+            self._disk.sync(self.root)
+            durable.wait(syncs)
         except BaseException as exc:
-            _wait(syncs, quietly=True)  # they must not outlive the files they sync
+            durable.wait(syncs, quietly=True)  # they must not outlive the files they sync
             for link in links:
                 _unlink(link)
             if published:  # take it back: the caller is told nothing was saved
@@ -182,30 +183,6 @@ class ImageStore:
                 ) from None
             raise
         return metadata
-
-    def _write(self, path: Path, data: bytes, *, sync: bool = True) -> None:
-        """Create `path` (it must not exist) holding `data`; fsync it if `sync` and fsync is on."""
-        with open(path, "xb", buffering=0) as handle:  # unbuffered: no copy into a buffer
-            view = memoryview(data)
-            while view:  # one write, looping only if the kernel takes less
-                view = view[handle.write(view) :]
-            if sync and self.fsync:
-                os.fsync(handle.fileno())
-
-    def _sync_soon(self, path: Path) -> list[Future[None]]:
-        """Start the fsync of a file written with sync=False, or of a directory, on a helper
-        thread (when fsync is on); the caller waits for what this returns before it relies
-        on the file."""
-        return [_sync_threads().submit(_fsync_path, path)] if self.fsync else []
-
-    def _sync_dir(self, path: Path) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -258,7 +235,7 @@ class ImageStore:
         temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         try:
             path.parent.mkdir(exist_ok=True)
-            self._write(temp, data)  # synced: a crash must not leave an empty file to serve
+            self._disk.write_new(temp, data)  # synced: never an empty file to serve
             os.replace(temp, path)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             _unlink(temp)
@@ -317,9 +294,9 @@ class ImageStore:
         """Atomically replace a file: write a temporary sibling, fsync, rename over."""
         temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         try:
-            self._write(temp, data)
+            self._disk.write_new(temp, data)
             os.replace(temp, path)
-            self._sync_dir(path.parent)
+            self._disk.sync(path.parent)
         except OSError as exc:
             _unlink(temp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -414,7 +391,7 @@ class ImageStore:
                     if image_id is not None:
                         _unlink(self._index / image_id)
                 os.rename(self.root / canonical, trash)
-                self._sync_dir(self.root)
+                self._disk.sync(self.root)
         except FileNotFoundError:  # another process deleted it before we held the lock
             return None
         shutil.rmtree(trash, ignore_errors=True)
@@ -520,41 +497,6 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 def _dump(metadata: dict[str, Any]) -> bytes:
     return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # a file or a directory
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _wait(futures: list[Future[None]], *, quietly: bool = False) -> None:
-    """Wait for every future; then raise the first one's failure unless `quietly`."""
-    failure = None
-    for future in futures:
-        try:
-            future.result()
-        except Exception as exc:  # kept, and raised once the others are done
-            failure = failure or exc
-    if failure is not None and not quietly:
-        raise failure
-
-
-_sync_pool: tuple[int, ThreadPoolExecutor] | None = None
-_sync_pool_lock = threading.Lock()
-
-
-def _sync_threads() -> ThreadPoolExecutor:
-    """This process's fsync threads, started on first use (a Gunicorn worker is a fork, and
-    threads do not survive a fork). 64, so that under load a job's fsyncs seldom queue
-    behind other jobs' (a worker has 100 request threads by default)."""
-    global _sync_pool
-    with _sync_pool_lock:
-        if _sync_pool is None or _sync_pool[0] != os.getpid():
-            _sync_pool = (os.getpid(), ThreadPoolExecutor(64, thread_name_prefix="fsync"))
-        return _sync_pool[1]
 
 
 def _unlink(path: Path) -> None:
