@@ -57,6 +57,25 @@ def identify(data: bytes) -> ImageInfo | None:
     return None
 
 
+def png_has_alpha(data: bytes) -> bool:
+    """Whether PNG bytes carry transparency: an alpha channel, or a tRNS chunk before IDAT."""
+    try:
+        if data[25] in (4, 6):  # IHDR colour type: grey + alpha, RGB + alpha
+            return True
+        pos = 8
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
+            if kind == b"tRNS":
+                return True
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            pos += 12 + length
+    except (IndexError, struct.error):
+        return False
+    return False
+
+
 def _png(data: bytes) -> ImageInfo | None:
     if data[12:16] != b"IHDR" or not data.endswith(b"IEND\xaeB`\x82"):
         return None  # a PNG cut short has no IEND chunk at its end

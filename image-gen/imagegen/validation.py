@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from . import clock
 from .catalog import CATALOG, MIB, SHUT_DOWN, Choice, InputSpec, IntRange, ModelSpec
 from .errors import ValidationError
-from .imagefmt import CONTENT_TYPES, identify
+from .imagefmt import CONTENT_TYPES, identify, png_has_alpha
 
 COMMON_FIELDS = ("prompt", "count", "model", "size")
 
@@ -406,25 +405,6 @@ def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None
             f"{'first ' if len(images) > 1 else ''}image, {first.width}x{first.height}.",
             details={"field": mask.field},
         )
-
-
-def png_has_alpha(data: bytes) -> bool:
-    """Whether PNG bytes carry transparency: an alpha channel, or a tRNS chunk before IDAT."""
-    try:
-        if data[25] in (4, 6):  # IHDR colour type: grey + alpha, RGB + alpha
-            return True
-        pos = 8
-        while pos + 8 <= len(data):
-            (length,) = struct.unpack(">I", data[pos : pos + 4])
-            kind = data[pos + 4 : pos + 8]
-            if kind == b"tRNS":
-                return True
-            if kind in (b"IDAT", b"IEND"):
-                return False
-            pos += 12 + length
-    except (IndexError, struct.error):
-        return False
-    return False
 
 
 def _from_form(body: dict[str, Any], spec: InputSpec) -> dict[str, Any]:
