@@ -7,6 +7,7 @@
     <root>/.jobs/<job-uuid>/i<i>.<ext>       image i, finished before the whole job is stored
     <root>/.jobs/.active/<ns>-<job-uuid>     one empty file per unfinished job, in submission order
     <root>/.jobs/.slots/<n>                  flock()ed while a job runs: at most N run at once
+    <root>/.jobs/.sweep                      flock()ed by the one process clearing out old records
 
 Everything lives under the images directory, so every Gunicorn worker (and every replica
 sharing the directory) sees the same jobs, and they survive restarts. A finished job's
@@ -45,6 +46,7 @@ _ACTIVE = ".active"
 _SLOTS = ".slots"
 _RECORD = "job.json"
 _LOCK = "lock"
+_SWEEP_LOCK = ".sweep"  # flock()ed by the process sweeping
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
 _TMP_PREFIX = ".tmp-"
 _MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
@@ -304,7 +306,17 @@ class JobRecords:
 
         Leftovers: staging directories and markers without a record (a submission that died
         half-way, never answered), and records of unfinished jobs that are on no list.
+        One process sweeps at a time; the others skip it (and return 0).
         """
+        sweeping = _try_flock(self.root / _SWEEP_LOCK, create=True)
+        if sweeping is None:  # another process is sweeping, or there are no records yet
+            return 0
+        try:
+            return self._sweep(retention, stale)
+        finally:
+            sweeping.release()
+
+    def _sweep(self, retention: float, stale: float) -> int:
         removed = 0
         now = time.time()
         listed = {job for _, job in self.active()}
