@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import io
 import json
 import threading
 import time
@@ -27,6 +28,7 @@ from imagegen.store import ImageStore
 from imagegen.webhooks import sign
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY
+from tests.test_edits import rgba_png
 from tests.test_metrics import scrape, value
 
 ASYNC = {"Prefer": "respond-async"}
@@ -440,13 +442,20 @@ def test_running_jobs_are_bounded_and_the_rest_wait_in_order(make_jobs_app, fake
 # --- jobs whose process died --------------------------------------------------------------
 
 
-def orphan(app: Flask, settings: Settings, body: dict[str, Any], **record: Any) -> str:
+def orphan(
+    app: Flask,
+    settings: Settings,
+    body: dict[str, Any] | Callable[[FlaskClient], Any],
+    **record: Any,
+) -> str:
     """A job accepted by `app` whose process then "dies": queued, unowned, optionally
-    rewritten as if it had been running."""
+    rewritten as if it had been running. `body` is /generate's, or a function that submits
+    the job with the client it is given."""
     holder = records_of(app.config["SETTINGS"]).take_slot()  # keep the job from starting
     assert holder is not None
     client = app.test_client()
-    job_id = client.post("/generate", json=body, headers=ASYNC).get_json()["job_id"]
+    submit = body if callable(body) else lambda c: c.post("/generate", json=body, headers=ASYNC)
+    job_id = submit(client).get_json()["job_id"]
     app.extensions["imagegen"]["jobs"].shutdown(0)  # lets go of it, as a dead process would
     holder.release()
     if record:
@@ -539,6 +548,59 @@ def test_images_stored_just_before_the_process_died_are_not_made_again(
 
     done = finished(client, job_id)
     assert done["status"] == "completed" and done["attempts"] == 2
+    assert fake_openai.image_requests == []
+
+
+def async_edit(files: list[tuple[str, str, bytes]], **fields: Any) -> Callable[[FlaskClient], Any]:
+    """Submits an asynchronous multipart /edit: `files` are (field, filename, bytes)."""
+    data: dict[str, Any] = {"prompt": "a hat", **fields}
+    for field, name, content in files:
+        data.setdefault(field, []).append((io.BytesIO(content), name))
+    return lambda client: client.post(
+        "/edit", data=data, content_type="multipart/form-data", headers=ASYNC
+    )
+
+
+def test_an_edit_whose_process_died_is_run_again_from_the_inputs_it_kept(
+    make_jobs_app, settings, fake_openai
+):
+    image, mask = fake.make_png(16, 16, (200, 10, 10)), rgba_png(16, 16)
+    files = [("image", "cat.png", image), ("mask", "mask.png", mask)]
+    job_id = orphan(
+        make_jobs_app(max_running_jobs=1),
+        settings,
+        async_edit(files, quality="low"),
+        status="running",
+        attempts=1,
+    )
+    kept = settings.images_dir / ".jobs" / job_id / "inputs"
+    assert sorted(path.name for path in kept.iterdir()) == ["image-1.png", "mask.png"]
+
+    client = make_jobs_app(max_running_jobs=1).test_client()
+
+    done = finished(client, job_id)
+    assert done["status"] == "completed" and done["attempts"] == 2
+    (call,) = fake_openai.image_requests
+    assert call.path == "/v1/images/edits"
+    assert [(f.name, f.data) for f in call.files] == [("image", image), ("mask", mask)]
+    assert call.form["prompt"] == "a hat" and call.form["quality"] == "low"
+    assert job(client, job_id)["images"][0]["prompt"] == "a hat"
+    assert not kept.exists()  # dropped once the job ended
+
+
+def test_an_edit_whose_kept_inputs_are_gone_fails_with_a_clear_error(
+    make_jobs_app, settings, fake_openai
+):
+    files = [("image", "cat.png", fake.make_png(16, 16, (200, 10, 10)))]
+    job_id = orphan(make_jobs_app(max_running_jobs=1), settings, async_edit(files))
+    for path in (settings.images_dir / ".jobs" / job_id / "inputs").iterdir():
+        path.write_bytes(fake.make_png(16, 16, (0, 0, 0)))  # not what was uploaded
+
+    client = make_jobs_app(max_running_jobs=1).test_client()
+
+    done = finished(client, job_id)
+    assert done["status"] == "failed" and done["code"] == "JOB_INTERRUPTED"
+    assert "input images are no longer on disk" in done["error"]
     assert fake_openai.image_requests == []
 
 

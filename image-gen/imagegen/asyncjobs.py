@@ -18,8 +18,8 @@ Every dispatcher also looks, every `IMAGE_GEN_JOB_POLL_INTERVAL` seconds and at 
 for unfinished jobs nobody holds: their process died (SIGKILL, a crash, a recycled worker, a
 restarted container). A queued one is simply run. A running one is started again if it has
 been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (the interrupted call may already have
-been billed), else failed with JOB_INTERRUPTED; a job that cannot be rebuilt from its record
-(an edit, whose uploads are not kept) is failed the same way.
+been billed), else failed with JOB_INTERRUPTED. An edit or variation keeps its input images
+with its record until it ends, so it is resumed the same way.
 """
 
 from __future__ import annotations
@@ -122,14 +122,16 @@ def respond_async(
     source: dict[str, Any] | None = None,
     respond: Callable[[dict[str, Any]], ResponseReturnValue] | None = None,
     input_images: int = 0,
+    inputs: dict[str, bytes] | None = None,
 ) -> ResponseReturnValue | None:
     """Queue the request as an asynchronous job if its Prefer header asks; None otherwise.
 
     `produce`, `operation` and `source` are as for `create_job`, `input_images` as for
     `admit`. With `Prefer: wait=N` and the job finished in time, the answer is what the
     synchronous call answers: `respond` (default: the /generate body) for the stored job,
-    or the job's error. A job with its own `produce` (an edit) cannot be resumed after its
-    process dies: it is then failed with JOB_INTERRUPTED.
+    or the job's error. A job with its own `produce` (an edit) is resumed after its process
+    dies only if its operation has a rebuilder (`resumable`) and it gave the `inputs` that
+    rebuilder reads; otherwise it is failed with JOB_INTERRUPTED.
     """
     preference = parse_prefer(request.headers.getlist("Prefer"))
     if not preference.asynchronous:
@@ -155,6 +157,7 @@ def respond_async(
         caller=caller,
         admission=admission,
         webhook=webhook,
+        inputs=inputs,
     )
     job_id = record["job_id"]
     if preference.wait and runner.wait(job_id, preference.wait):
@@ -298,14 +301,20 @@ def _status_data(record: dict[str, Any]) -> dict[str, Any]:
 
 # --- resuming: how to rebuild a job from its record --------------------------------------
 
-_REBUILDERS: dict[str, Callable[[dict[str, Any], Settings], ImageRequest]] = {
-    "generate": lambda record, settings: parse_generate_request(
-        record["request"], default_model=settings.default_model
+# A job's request, and what makes its images (None: the provider's generate), rebuilt from
+# its record, its settings and the inputs kept with it.
+Produce = Callable[[Deadline], Generation]
+Rebuild = Callable[[dict[str, Any], Settings, JobRecords], tuple[ImageRequest, Produce | None]]
+
+_REBUILDERS: dict[str, Rebuild] = {
+    "generate": lambda record, settings, _: (
+        parse_generate_request(record["request"], default_model=settings.default_model),
+        None,
     ),
 }
 
 
-def resumable(operation: str, rebuild: Callable[[dict[str, Any], Settings], ImageRequest]) -> None:
+def resumable(operation: str, rebuild: Rebuild) -> None:
     """Let jobs of `operation` be started again from their record after their process died."""
     _REBUILDERS[operation] = rebuild
 
@@ -375,8 +384,10 @@ class JobRunner:
         caller: Any,
         admission: Any,
         webhook: tuple[str, str | None] | None,
+        inputs: dict[str, bytes] | None = None,
     ) -> dict[str, Any]:
-        """Record and queue a job this process will run; return its record."""
+        """Record and queue a job this process will run; return its record. `inputs` are
+        kept with the record (see JobRecords.create) for the operation's rebuilder."""
         job_id = str(uuid.uuid4())
         now = utc_now()
         record: dict[str, Any] = {
@@ -390,7 +401,7 @@ class JobRunner:
             "source": source,
             "request_id": g.get("request_id"),
             "caller": getattr(caller, "name", None),
-            "resumable": produce is None and operation in _REBUILDERS,
+            "resumable": (produce is None or inputs is not None) and operation in _REBUILDERS,
             "attempts": 0,
             "runner": None,
             "progress": {"images_done": 0, "count": image_request.count, "partial_images": 0},
@@ -403,7 +414,9 @@ class JobRunner:
             else {"url": webhook[0], "status": "pending", "attempts": 0, "error": None},
         }
         _emit(record, "status", _status_data(record))
-        ownership = self.records.create(record, webhook_secret=webhook[1] if webhook else None)
+        ownership = self.records.create(
+            record, webhook_secret=webhook[1] if webhook else None, inputs=inputs
+        )
         job = _Job(record, ownership, image_request, produce, caller, admission)
         with self._lock:
             self._owned[job_id] = job
@@ -585,6 +598,7 @@ class JobRunner:
         if stored is not None:
             return stored
         image_request, caller, admission = job.image_request, job.caller, job.admission
+        produce = job.produce
         if image_request is None:
             rebuild = _REBUILDERS.get(record["operation"]) if record.get("resumable") else None
             if rebuild is None:
@@ -593,10 +607,10 @@ class JobRunner:
                     "it finished, and its inputs were not kept, so it cannot be resumed. "
                     "Submit it again."
                 )
-            image_request = rebuild(record, self.settings)
+            image_request, produce = rebuild(record, self.settings, self.records)
             caller = self._restore_caller(record.get("caller"))
             admission = admit(image_request, caller)
-        produce = job.produce or self._progressive(job, image_request)
+        produce = produce or self._progressive(job, image_request)
         return create_job(
             image_request,
             produce=produce,
@@ -672,6 +686,7 @@ class JobRunner:
             hook = job.record.get("webhook")
             if hook and hook["status"] == "pending" and not self._deliver(job):
                 return  # interrupted by shutdown: the next process delivers it
+            self.records.drop_inputs(job.job_id)
             self.records.finish(job.record)
         except Exception:
             log.exception("job %s: cannot finish", job.job_id)

@@ -7,6 +7,7 @@ it generated without downloading and uploading it again.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from . import asyncjobs
 from .errors import ImageNotFound, ValidationError
 from .generate import answer_body, create_job
+from .imagefmt import EXTENSIONS
+from .jobrecords import JobRecords
 from .openai_client import Deadline
 from .providers import Generation
 from .settings import Settings
@@ -78,6 +81,7 @@ def _answer(operation: str) -> ResponseReturnValue:
         produce=produce,
         source=source,
         input_images=len(inputs.images),
+        inputs=_kept_inputs(inputs),
     )
     if accepted is not None:
         return accepted
@@ -93,6 +97,57 @@ def run_job(image_request: ImageRequest, inputs: ImageInputs, operation: str) ->
         operation=operation,
         source=inputs.source(),
     )
+
+
+# --- asynchronous edits outlive their process: the inputs are kept with the job record --------
+
+_DESCRIBED = ("format", "width", "height", "bytes", "sha256")  # what InputImage.record adds
+
+
+def _kept_inputs(inputs: ImageInputs) -> dict[str, bytes]:
+    """The files an asynchronous edit keeps until it ends, named by position."""
+    kept = {
+        f"image-{n}.{EXTENSIONS[image.format]}": image.data
+        for n, image in enumerate(inputs.images, start=1)
+    }
+    if inputs.mask is not None:
+        kept[f"mask.{EXTENSIONS[inputs.mask.format]}"] = inputs.mask.data
+    return kept
+
+
+def _rebuild(
+    record: dict[str, Any], settings: Settings, records: JobRecords
+) -> tuple[ImageRequest, Callable[[Deadline], Generation]]:
+    """An edit or variation whose process died, from its record and the kept inputs."""
+
+    def kept(name: str, entry: dict[str, Any], field: str, label: str) -> InputImage:
+        data = records.read_input(record["job_id"], f"{name}.{EXTENSIONS[entry['format']]}")
+        if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise asyncjobs.JobInterrupted(
+                f"The process running this {record['operation']} stopped, and its input "
+                "images are no longer on disk, so it cannot be started again. Submit it again."
+            )
+        origin = {key: value for key, value in entry.items() if key not in _DESCRIBED}
+        return InputImage.from_bytes(data, field=field, label=label, origin=origin)
+
+    source, operation = record["source"], record["operation"]
+    images = tuple(
+        kept(f"image-{n}", entry, "image", f"image {n}")
+        for n, entry in enumerate(source["images"], start=1)
+    )
+    mask = kept("mask", source["mask"], MASK_FIELD, "the mask") if source.get("mask") else None
+    inputs = ImageInputs(images, mask)
+    image_request = parse_edit_request(
+        record["request"],
+        inputs,
+        operation=operation,
+        default_model=default_model_for(operation, settings.default_model),
+    )
+    return image_request, _producer(image_request, inputs, operation)
+
+
+asyncjobs.resumable("edit", _rebuild)
+asyncjobs.resumable("variation", _rebuild)
 
 
 def _producer(

@@ -3,6 +3,7 @@
     <root>/.jobs/<job-uuid>/job.json         the job as it goes: queued, running, completed, failed
     <root>/.jobs/<job-uuid>/lock             flock()ed by the process that owns the job
     <root>/.jobs/<job-uuid>/webhook-secret   the caller's webhook signing secret (never served)
+    <root>/.jobs/<job-uuid>/inputs/<name>    an edit's input images until the job ends (not served)
     <root>/.jobs/<job-uuid>/p<i>-<n>.<ext>   partial preview n of image i, as the upstream sent it
     <root>/.jobs/<job-uuid>/i<i>.<ext>       image i, finished before the whole job is stored
     <root>/.jobs/.active/<ns>-<job-uuid>     one empty file per unfinished job, in submission order
@@ -33,6 +34,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ _SLOTS = ".slots"
 _RECORD = "job.json"
 _LOCK = "lock"
 _SWEEP_LOCK = ".sweep"  # flock()ed by the process sweeping
+_INPUTS = "inputs"
+_INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
 _TMP_PREFIX = ".tmp-"
 _MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
@@ -107,12 +111,20 @@ class JobRecords:
 
     # --- records --------------------------------------------------------------------------
 
-    def create(self, record: dict[str, Any], *, webhook_secret: str | None = None) -> Ownership:
+    def create(
+        self,
+        record: dict[str, Any],
+        *,
+        webhook_secret: str | None = None,
+        inputs: Mapping[str, bytes] | None = None,
+    ) -> Ownership:
         """Write a new job's record and queue it; return the ownership, already held.
 
         The record is written into a staging directory with its lock taken, then renamed
         into place, then listed as active: no other process can take a job before its
-        submitter lets go of it, and nobody sees half a record.
+        submitter lets go of it, and nobody sees half a record. `inputs` (file name to
+        bytes: an edit's uploads) are kept with it until the job ends, so that another
+        process can run the job if this one dies.
         """
         job_id = record["job_id"]
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
@@ -123,6 +135,11 @@ class JobRecords:
             ownership = _try_flock(staging / _LOCK, create=True)
             assert ownership is not None  # a new file nobody else has opened
             self._disk.write_new(staging / _RECORD, _dump(record))
+            if inputs:
+                (staging / _INPUTS).mkdir()
+                for name, data in inputs.items():
+                    self._disk.write_new(staging / _INPUTS / _input_name(name), data)
+                self._disk.sync(staging / _INPUTS)
             if webhook_secret is not None:
                 fd = os.open(staging / _SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with open(fd, "w", encoding="utf-8") as handle:
@@ -187,6 +204,17 @@ class JobRecords:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
+
+    def read_input(self, job_id: str, name: str) -> bytes | None:
+        """One of the inputs kept with the job by `create`; None once they are dropped."""
+        try:
+            return (self.root / job_id / _INPUTS / _input_name(name)).read_bytes()
+        except OSError:
+            return None
+
+    def drop_inputs(self, job_id: str) -> None:
+        """Remove the job's inputs: it has ended, and they are no longer needed."""
+        shutil.rmtree(self.root / job_id / _INPUTS, ignore_errors=True)
 
     def webhook_secret(self, job_id: str) -> str | None:
         try:
@@ -356,6 +384,12 @@ class JobRecords:
 def new_marker(job_id: str) -> str:
     """An active-list name that sorts by submission time."""
     return f"{time.time_ns():020d}-{job_id}"
+
+
+def _input_name(name: str) -> str:
+    if not _INPUT_NAME.match(name):
+        raise ValueError(f"not an input name: {name!r}")
+    return name
 
 
 def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
