@@ -157,7 +157,7 @@ class ImageStore:
             syncs += self._disk.sync_soon(staging / METADATA)
             self._disk.write_new(staging / _LOCK, b"", sync=False)
             # Every file's data and the names in the staging directory reach the disk
-            # before the rename publishes them; the three fsyncs run at once.
+            # before the rename publishes them; these fsyncs run side by side.
             self._disk.sync(staging)
             durable.wait(syncs)
             for image in images:
