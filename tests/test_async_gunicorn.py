@@ -131,6 +131,31 @@ def test_submit_then_poll_and_follow_events_from_any_worker(service, fake_openai
     assert json.loads(body)["data"]["job_id"] == job_id
 
 
+def test_sigkill_of_the_worker_running_an_edit_runs_it_again_from_its_kept_input(
+    service, fake_openai
+):
+    made = service.request("POST", "/generate", {"prompt": "a cat"})
+    assert made.status == 200, made.body
+    image_id = made.json()["images"][0]["id"]
+    source = service.request("GET", f"/images/{image_id}").body
+    fake_openai.latency = 1.5
+    answer = service.request(
+        "POST", "/edit", {"prompt": "add a hat", "image_id": image_id}, headers=ASYNC
+    )
+    assert answer.status == 202, answer.body
+    job_id = answer.json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) == 2, what="the upstream edit call")
+
+    os.kill(runner_pid(service, job_id), signal.SIGKILL)
+
+    done = finished(service, job_id)
+    assert done["status"] == "completed" and done["attempts"] == 2
+    first_edit, second_edit = fake_openai.image_requests[1:]
+    assert first_edit.path == second_edit.path == "/v1/images/edits"
+    assert [f.data for f in second_edit.files] == [f.data for f in first_edit.files] == [source]
+    assert not (service.images / ".jobs" / job_id / "inputs").exists()
+
+
 def test_sigkill_of_the_worker_running_a_job_resumes_it_then_fails_it(service, fake_openai):
     fake_openai.latency = 1.5
     job_id = submit(service, {"prompt": "kill my worker"})["job_id"]
