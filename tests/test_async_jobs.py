@@ -586,6 +586,8 @@ def test_an_edit_whose_process_died_is_run_again_from_the_inputs_it_kept(
     assert call.form["prompt"] == "a hat" and call.form["quality"] == "low"
     assert job(client, job_id)["images"][0]["prompt"] == "a hat"
     assert not kept.exists()  # dropped once the job ended
+    fresh = async_edit(files, quality="low")(client).get_json()["job_id"]
+    assert done["cost"]["estimated_usd"] == finished(client, fresh)["cost"]["estimated_usd"] > 0
 
 
 def test_an_edit_whose_kept_inputs_are_gone_fails_with_a_clear_error(

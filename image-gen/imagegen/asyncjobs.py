@@ -301,15 +301,23 @@ def _status_data(record: dict[str, Any]) -> dict[str, Any]:
 
 # --- resuming: how to rebuild a job from its record --------------------------------------
 
-# A job's request, and what makes its images (None: the provider's generate), rebuilt from
-# its record, its settings and the inputs kept with it.
-Produce = Callable[[Deadline], Generation]
-Rebuild = Callable[[dict[str, Any], Settings, JobRecords], tuple[ImageRequest, Produce | None]]
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A job rebuilt from its record: the request, what makes its images (None: the
+    provider's generate) and how many input images it sends (for the cost estimate)."""
+
+    request: ImageRequest
+    produce: Callable[[Deadline], Generation] | None = None
+    input_images: int = 0
+
+
+# From the record, the settings, and the records (for inputs kept with the job).
+Rebuild = Callable[[dict[str, Any], Settings, JobRecords], Rebuilt]
 
 _REBUILDERS: dict[str, Rebuild] = {
-    "generate": lambda record, settings, _: (
-        parse_generate_request(record["request"], default_model=settings.default_model),
-        None,
+    "generate": lambda record, settings, _: Rebuilt(
+        parse_generate_request(record["request"], default_model=settings.default_model)
     ),
 }
 
@@ -607,9 +615,10 @@ class JobRunner:
                     "it finished, and its inputs were not kept, so it cannot be resumed. "
                     "Submit it again."
                 )
-            image_request, produce = rebuild(record, self.settings, self.records)
+            rebuilt = rebuild(record, self.settings, self.records)
+            image_request, produce = rebuilt.request, rebuilt.produce
             caller = self._restore_caller(record.get("caller"))
-            admission = admit(image_request, caller)
+            admission = admit(image_request, caller, input_images=rebuilt.input_images)
         produce = produce or self._progressive(job, image_request)
         return create_job(
             image_request,

@@ -115,9 +115,7 @@ def _kept_inputs(inputs: ImageInputs) -> dict[str, bytes]:
     return kept
 
 
-def _rebuild(
-    record: dict[str, Any], settings: Settings, records: JobRecords
-) -> tuple[ImageRequest, Callable[[Deadline], Generation]]:
+def _rebuild(record: dict[str, Any], settings: Settings, records: JobRecords) -> asyncjobs.Rebuilt:
     """An edit or variation whose process died, from its record and the kept inputs."""
 
     def kept(name: str, entry: dict[str, Any], field: str, label: str) -> InputImage:
@@ -143,7 +141,9 @@ def _rebuild(
         operation=operation,
         default_model=default_model_for(operation, settings.default_model),
     )
-    return image_request, _producer(image_request, inputs, operation)
+    return asyncjobs.Rebuilt(
+        image_request, _producer(image_request, inputs, operation), len(inputs.images)
+    )
 
 
 asyncjobs.resumable("edit", _rebuild)
