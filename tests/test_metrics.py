@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imagegen import __version__, metrics
 from tests import fake_openai as fake
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, mounted_tmpfs
 from tests.gunicorn_server import REPO, Service, run_gunicorn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -423,19 +423,7 @@ sys.stdout.write(metrics.render(metrics.collect(disk / "metrics")))
 
 
 def test_a_full_disk_pauses_counting_instead_of_killing_the_process(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=256k") as disk:
         result = subprocess.run(
             [sys.executable, "-c", FULL_DISK_SCRIPT, str(disk)],
             cwd=REPO,
@@ -444,8 +432,6 @@ def test_a_full_disk_pauses_counting_instead_of_killing_the_process(tmp_path):
             timeout=60,
             check=False,
         )
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     samples = parse(result.stdout)

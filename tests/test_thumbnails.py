@@ -6,7 +6,6 @@ import errno
 import io
 import os
 import struct
-import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import job_files
+from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
 
 SIZE = (300, 200)
@@ -407,23 +406,8 @@ def test_images_above_the_pixel_cap_are_refused(client, job, images_dir, monkeyp
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A fresh 2 MiB tmpfs (needs root; skipped, saying why, without it)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=2m") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_on_a_full_disk_the_thumbnail_is_still_answered_but_not_cached(

@@ -10,13 +10,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import fake_openai as fake
+from tests.conftest import mounted_tmpfs
 from tests.reliability.conftest import assert_client_error, snapshot, store_problems
 
 DISK_BYTES = 2 * 1024 * 1024
@@ -25,24 +25,8 @@ DISK_BYTES = 2 * 1024 * 1024
 @pytest.fixture
 def small_disk(tmp_path: Path, request) -> Iterator[Path]:
     """A fresh tmpfs of 2 MiB (options from the test's `disk_options` param, if any)."""
-    options = getattr(request, "param", f"size={DISK_BYTES}")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the disk-full tests cannot run here")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", getattr(request, "param", f"size={DISK_BYTES}")) as disk:
+        yield disk
 
 
 @pytest.fixture
