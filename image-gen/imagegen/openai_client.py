@@ -255,19 +255,7 @@ class OpenAIClient:
     def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
         """POST the payload to /images/generations; return the parsed success body."""
         body = json.dumps(payload).encode()
-        headers = {
-            "Authorization": f"Bearer {self._api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
-        url = f"{self.base_url}/images/generations"
-        response = self._with_retries(
-            lambda: self._checked(
-                self._send("POST", url, body, headers, deadline, self.max_response_bytes)
-            ),
-            deadline,
-        )
-        return _images_answer(response.body)
+        return self._post_images("images/generations", body, "application/json", deadline)
 
     def download(self, url: str, deadline: Deadline, max_redirects: int = 3) -> bytes:
         """GET an image URL from an upstream answer, following only safe redirects."""
@@ -314,6 +302,12 @@ class OpenAIClient:
     ) -> dict[str, Any]:
         """One multipart POST with the same retries, deadline and error redaction as JSON."""
         body, content_type = encode_multipart(fields, files)
+        return self._post_images(path, body, content_type, deadline)
+
+    def _post_images(
+        self, path: str, body: bytes, content_type: str, deadline: Deadline
+    ) -> dict[str, Any]:
+        """POST a body to an Images API path, retried within the deadline; the success body."""
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": content_type,
