@@ -7,6 +7,7 @@ With `fsync` off (IMAGE_GEN_FSYNC=false) the same calls make the same files, wit
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,11 @@ class Disk:
         """`sync`, started on a helper thread; wait for what this returns (`wait`) before
         relying on the file."""
         return [_sync_threads().submit(fsync_path, path)] if self.fsync else []
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space or quota."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_path(path: Path) -> None:

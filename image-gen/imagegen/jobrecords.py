@@ -26,7 +26,6 @@ all processes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -38,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .durable import Disk
+from .durable import Disk, is_disk_full
 from .errors import InsufficientStorage
 from .imagefmt import EXTENSIONS
 from .store import normalize_id
@@ -156,7 +155,7 @@ class JobRecords:
             with contextlib.suppress(OSError):
                 if (self.root / job_id).is_dir():
                     shutil.rmtree(self.root / job_id, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise InsufficientStorage(
                     "The image store is full; the job was not queued. Free space or delete "
                     "images, then try again."

@@ -13,7 +13,6 @@ several Gunicorn worker processes can update one job safely.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -32,7 +31,7 @@ from typing import Any
 
 from . import durable
 from .clock import utc_now
-from .durable import Disk
+from .durable import Disk, is_disk_full
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
 from .providers import Generation
@@ -176,7 +175,7 @@ class ImageStore:
             if published:  # take it back: the caller is told nothing was saved
                 os.rename(self.root / job_id, staging)
             shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise InsufficientStorage(
                     "The image store is full; nothing was saved. Free "
                     "space or delete images, then try again."
@@ -299,7 +298,7 @@ class ImageStore:
             self._disk.sync(path.parent)
         except OSError as exc:
             _unlink(temp)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise InsufficientStorage("The image store is full; nothing was changed.") from None
             raise
 
