@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, wait_for
 from tests.gunicorn_server import Service, launch_gunicorn, run_gunicorn
-from tests.test_async_jobs import SECRET, Receiver, verify, wait_for
+from tests.test_async_jobs import SECRET, Receiver, verify
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from imagegen.settings import Settings
 from imagegen.store import ImageStore
 from imagegen.webhooks import sign
 from tests import fake_openai as fake
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, wait_for
 from tests.test_edits import rgba_png
 from tests.test_metrics import scrape, value
 
@@ -61,16 +61,6 @@ def make_jobs_app(
 @pytest.fixture
 def client(make_jobs_app: Callable[..., Flask]) -> FlaskClient:
     return make_jobs_app().test_client()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def job(client: FlaskClient, job_id: str) -> dict[str, Any]:

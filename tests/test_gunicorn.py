@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests import fake_openai as fake
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, wait_for
 from tests.gunicorn_server import Service, run_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -33,14 +32,6 @@ def service(tmp_path, fake_openai) -> Iterator[Service]:
         yield svc
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def in_background(fn, *args):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(value=fn(*args)), daemon=True)
@@ -51,7 +42,7 @@ def in_background(fn, *args):
 def test_slow_generation_does_not_stall_other_callers(service, fake_openai):
     fake_openai.enqueue(fake.slow(4))
     slow, slow_result = in_background(service.request, "POST", "/generate", {"prompt": "slow"})
-    wait_for(lambda: len(fake_openai.image_requests) == 1)
+    wait_for(lambda: len(fake_openai.image_requests) == 1, 10.0, "the upstream call")
 
     health = service.request("GET", "/health")
     quick = service.request("POST", "/generate", {"prompt": "quick"})
@@ -80,7 +71,7 @@ def test_count_on_one_image_model_calls_upstream_in_parallel(service, fake_opena
 def test_sigterm_lets_an_in_flight_generation_finish(service, fake_openai):
     fake_openai.enqueue(fake.slow(2))
     call, result = in_background(service.request, "POST", "/generate", {"prompt": "finish me"})
-    wait_for(lambda: len(fake_openai.image_requests) == 1)
+    wait_for(lambda: len(fake_openai.image_requests) == 1, 10.0, "the upstream call")
 
     service.process.send_signal(signal.SIGTERM)
     call.join(timeout=30)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imagegen import __version__, metrics
 from tests import fake_openai as fake
-from tests.conftest import TEST_KEY, mounted_tmpfs
+from tests.conftest import TEST_KEY, mounted_tmpfs, wait_for
 from tests.gunicorn_server import REPO, Service, run_gunicorn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -216,7 +215,7 @@ def test_in_flight_counts_requests_being_served(client, fake_openai):
     )
     slow.start()
     try:
-        wait_for(lambda: len(fake_openai.image_requests) == 1)
+        wait_for(lambda: len(fake_openai.image_requests) == 1, 10.0, "the upstream call")
         during = scrape(client)
     finally:
         slow.join(timeout=30)
@@ -257,14 +256,6 @@ def test_a_file_left_half_written_by_a_killed_writer_is_read_up_to_its_last_entr
     # next scrape reads the dead copy from the archive it was folded into.
     assert requests_total(samples, "/models") == 8
     assert requests_total(scrape(client), "/models") == 8
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 # --- several processes, under real Gunicorn -------------------------------------------------
@@ -363,7 +354,7 @@ def test_in_flight_requests_of_a_killed_worker_are_not_counted(tmp_path, fake_op
             daemon=True,
         )
         caller.start()
-        wait_for(lambda: len(fake_openai.image_requests) == 1)
+        wait_for(lambda: len(fake_openai.image_requests) == 1, 10.0, "the upstream call")
         assert value(scrape_service(service), "imagegen_http_requests_in_flight") == 2
 
         old = set(service.worker_pids())
