@@ -153,7 +153,8 @@ def test_sigkill_of_the_worker_running_an_edit_runs_it_again_from_its_kept_input
     first_edit, second_edit = fake_openai.image_requests[1:]
     assert first_edit.path == second_edit.path == "/v1/images/edits"
     assert [f.data for f in second_edit.files] == [f.data for f in first_edit.files] == [source]
-    assert not (service.images / ".jobs" / job_id / "inputs").exists()
+    kept = service.images / ".jobs" / job_id / "inputs"
+    wait_for(lambda: not kept.exists(), what="the inputs dropped once the job ended")
 
 
 def test_sigkill_of_the_worker_running_a_job_resumes_it_then_fails_it(service, fake_openai):

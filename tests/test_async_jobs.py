@@ -575,7 +575,7 @@ def test_an_edit_whose_process_died_is_run_again_from_the_inputs_it_kept(
     assert [(f.name, f.data) for f in call.files] == [("image", image), ("mask", mask)]
     assert call.form["prompt"] == "a hat" and call.form["quality"] == "low"
     assert job(client, job_id)["images"][0]["prompt"] == "a hat"
-    assert not kept.exists()  # dropped once the job ended
+    wait_for(lambda: not kept.exists(), what="the inputs dropped once the job ended")
     fresh = async_edit(files, quality="low")(client).get_json()["job_id"]
     assert done["cost"]["estimated_usd"] == finished(client, fresh)["cost"]["estimated_usd"] > 0
 
