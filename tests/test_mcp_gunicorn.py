@@ -357,20 +357,31 @@ def test_stdio_at_a_cap_passes_the_tool_error_through(service, tmp_path):
     assert result.content[0].text.startswith("QUOTA_EXCEEDED: ")
 
 
+def run_stdio(
+    args: list[str], stdin: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The stdlib-only stdio command to the end of `stdin`, in an environment of only `env`."""
+    return subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), *args],
+        input=stdin,
+        env=env or {},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_stdio_answers_requests_not_notifications_and_exits_at_end_of_input(service):
     messages = [
         {"jsonrpc": "2.0", "id": 1, "method": "ping"},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": "two", "method": "no/such/method"},
     ]
-    finished = subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "--url", service.url],
-        input="".join(json.dumps(m) + "\n" for m in messages) + "\n",
-        env={"IMAGE_GEN_TOKEN": ALICE},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    finished = run_stdio(
+        ["--url", service.url],
+        "".join(json.dumps(m) + "\n" for m in messages) + "\n",
+        {"IMAGE_GEN_TOKEN": ALICE},
     )
 
     assert finished.returncode == 0, finished.stderr
@@ -390,26 +401,10 @@ def test_stdio_answers_requests_not_notifications_and_exits_at_end_of_input(serv
 def test_stdio_reports_an_unreachable_service_and_a_bad_configuration(tmp_path):
     ping = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "ping"}) + "\n"
     nobody = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
-    unreachable = subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "--url", nobody],
-        input=ping,
-        env={},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    unreachable = run_stdio(["--url", nobody], ping)
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    misconfigured = subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "--token-file", str(empty)],
-        input=ping,
-        env={},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    misconfigured = run_stdio(["--token-file", str(empty)], ping)
 
     assert unreachable.returncode == 0
     answer = json.loads(unreachable.stdout)
