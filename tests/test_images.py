@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import job_files, read_metadata
@@ -142,3 +144,26 @@ def test_partial_id_and_job_id_do_not_match_an_image(placeholder_client, job, im
     for probe in (image_id[:8], image_id[:-1], job["job_id"], f"001-{image_id}"):
         assert placeholder_client.delete(f"/images/{probe}").status_code == 404
     assert job_files(images_dir) == before
+
+
+def test_a_relative_images_dir_serves_images_as_the_readme_starts_the_service(
+    settings, make_app, tmp_path, monkeypatch
+):
+    """The README runs the service from the repository with the default `images` directory."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app(
+        settings,
+        images_dir=Path("images"),
+        provider="placeholder",
+        api_key=None,
+        api_key_source="none",
+    )
+    client = app.test_client()
+
+    image = client.post("/generate", json={"prompt": "relative"}).get_json()["images"][0]
+    response = client.get(image["url"])
+    thumbnail = client.get(image["thumbnail_url"])
+
+    assert response.status_code == 200 and response.data.startswith(b"\x89PNG")
+    assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/png"
+    assert job_files(tmp_path / "images")

@@ -80,6 +80,11 @@ class Settings:
     webhook_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        # Absolute, fixed at start-up: Flask's send_file reads a relative path against the
+        # package directory, not the working directory the service was started in.
+        object.__setattr__(self, "images_dir", Path(self.images_dir).absolute())
+        if self.metrics_dir is not None:
+            object.__setattr__(self, "metrics_dir", Path(self.metrics_dir).absolute())
         if self.provider not in PROVIDERS:
             raise SettingsError(
                 f"IMAGE_GEN_PROVIDER must be one of {', '.join(PROVIDERS)}, not {self.provider!r}"
