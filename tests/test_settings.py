@@ -187,7 +187,7 @@ def test_empty_environment_gives_documented_defaults(missing_key_file: str) -> N
     assert result.provider == "openai"
     assert result.base_url == DEFAULT_BASE_URL
     assert result.default_model == "gpt-image-2"
-    assert result.images_dir == Path("images")
+    assert result.images_dir == Path.cwd() / "images"  # the default, made absolute
 
 
 @pytest.mark.parametrize(
