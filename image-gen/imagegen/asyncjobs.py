@@ -121,17 +121,16 @@ def respond_async(
     produce: Callable[[Deadline], Generation] | None = None,
     source: dict[str, Any] | None = None,
     respond: Callable[[dict[str, Any]], ResponseReturnValue] | None = None,
-    input_images: int = 0,
     inputs: dict[str, bytes] | None = None,
 ) -> ResponseReturnValue | None:
     """Queue the request as an asynchronous job if its Prefer header asks; None otherwise.
 
-    `produce`, `operation` and `source` are as for `create_job`, `input_images` as for
-    `admit`. With `Prefer: wait=N` and the job finished in time, the answer is what the
-    synchronous call answers: `respond` (default: the /generate body) for the stored job,
-    or the job's error. A job with its own `produce` (an edit) is resumed after its process
-    dies only if its operation has a rebuilder (`resumable`) and it gave the `inputs` that
-    rebuilder reads; otherwise it is failed with JOB_INTERRUPTED.
+    `produce`, `operation` and `source` are as for `create_job`. With `Prefer: wait=N` and
+    the job finished in time, the answer is what the synchronous call answers: `respond`
+    (default: the /generate body) for the stored job, or the job's error. A job with its
+    own `produce` (an edit) is resumed after its process dies only if its operation has a
+    rebuilder (`resumable`) and it gave the `inputs` that rebuilder reads; otherwise it is
+    failed with JOB_INTERRUPTED.
     """
     preference = parse_prefer(request.headers.getlist("Prefer"))
     if not preference.asynchronous:
@@ -142,13 +141,13 @@ def respond_async(
                 details={"field": webhooks.URL_HEADER},
             )
         return None
-    from .generate import admit
+    from .generate import admit, input_count
 
     runner = runner_of(current_app)
     webhook = _webhook_from_headers(runner.settings)
     runner.check_capacity()
     caller = g.get("caller")
-    admission = admit(image_request, caller, input_images=input_images)
+    admission = admit(image_request, caller, input_images=input_count(source))
     record = runner.submit(
         image_request,
         operation=operation,
@@ -304,12 +303,11 @@ def _status_data(record: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Rebuilt:
-    """A job rebuilt from its record: the request, what makes its images (None: the
-    provider's generate) and how many input images it sends (for the cost estimate)."""
+    """A job rebuilt from its record: the request and what makes its images (None: the
+    provider's generate)."""
 
     request: ImageRequest
     produce: Callable[[Deadline], Generation] | None = None
-    input_images: int = 0
 
 
 # From the record, the settings, and the records (for inputs kept with the job).
@@ -599,7 +597,7 @@ class JobRunner:
 
     def _make(self, job: _Job) -> dict[str, Any]:
         """Make and store the job's images (or find them stored by a runner that died)."""
-        from .generate import admit, create_job
+        from .generate import create_job
 
         record = job.record
         stored = self.store.job_metadata(job.job_id)
@@ -617,8 +615,7 @@ class JobRunner:
                 )
             rebuilt = rebuild(record, self.settings, self.records)
             image_request, produce = rebuilt.request, rebuilt.produce
-            caller = self._restore_caller(record.get("caller"))
-            admission = admit(image_request, caller, input_images=rebuilt.input_images)
+            caller = self._restore_caller(record.get("caller"))  # create_job admits it again
         produce = produce or self._progressive(job, image_request)
         return create_job(
             image_request,

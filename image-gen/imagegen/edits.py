@@ -80,7 +80,6 @@ def _answer(operation: str) -> ResponseReturnValue:
         operation=operation,
         produce=produce,
         source=source,
-        input_images=len(inputs.images),
         inputs=_kept_inputs(inputs),
     )
     if accepted is not None:
@@ -141,9 +140,7 @@ def _rebuild(record: dict[str, Any], settings: Settings, records: JobRecords) ->
         operation=operation,
         default_model=default_model_for(operation, settings.default_model),
     )
-    return asyncjobs.Rebuilt(
-        image_request, _producer(image_request, inputs, operation), len(inputs.images)
-    )
+    return asyncjobs.Rebuilt(image_request, _producer(image_request, inputs, operation))
 
 
 asyncjobs.resumable("edit", _rebuild)

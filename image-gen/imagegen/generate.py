@@ -170,8 +170,7 @@ def create_job(
     if produce is None:
         produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
     if admission is None:
-        inputs = len(source.get("images", ())) if source else 0
-        admission = admit(image_request, caller, input_images=inputs)
+        admission = admit(image_request, caller, input_images=input_count(source))
     caller = admission.caller
     started = time.perf_counter()
     log.info(
@@ -219,6 +218,11 @@ def create_job(
         time.perf_counter() - started,
     )
     return metadata
+
+
+def input_count(source: dict[str, Any] | None) -> int:
+    """How many input images a job sends upstream, from its `source` (0 for a generation)."""
+    return len(source.get("images", ())) if source else 0
 
 
 def _book(update: Callable[..., None], reservation: Reservation, **figures: Any) -> None:
