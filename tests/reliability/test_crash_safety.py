@@ -8,6 +8,7 @@ directories and index links to jobs that never landed, and `ImageStore.sweep` re
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -39,8 +40,8 @@ def _generate_in_background(service, prompt: str) -> tuple[threading.Thread, dic
             result["answer"] = service.request(
                 "POST", "/generate", {"prompt": prompt, "count": COUNT}, timeout=30
             )
-        except OSError as exc:  # the worker died under us
-            result["error"] = exc
+        except (OSError, http.client.HTTPException) as exc:  # the worker died under us
+            result["error"] = exc  # (mid-answer it is an IncompleteRead, not an OSError)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
