@@ -237,6 +237,8 @@ def test_a_restart_of_the_whole_service_keeps_jobs_in_flight(tmp_path, fake_open
         running = submit(first, {"prompt": "in flight"})["job_id"]
         queued = submit(first, {"prompt": "waiting"})["job_id"]
         wait_for(lambda: job(first, running)["status"] == "running", what="the first job")
+        # Killed mid-call: "running" is recorded just before the upstream call is made.
+        wait_for(lambda: len(fake_openai.image_requests) == 1, what="the first upstream call")
         assert job(first, queued)["status"] == "queued"
         for pid in [*first.worker_pids(), first.process.pid]:  # the container is killed
             os.kill(pid, signal.SIGKILL)
