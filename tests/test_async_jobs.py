@@ -413,6 +413,8 @@ def test_running_jobs_are_bounded_and_the_rest_wait_in_order(make_jobs_app, fake
     # Job 0 must have left the queue before the queue is filled, or job 2 finds it full.
     ids = [submit("job 0")]
     wait_for(lambda: job(client, ids[0])["status"] == "running", what="the first job running")
+    # "running" is recorded just before the upstream call is made.
+    wait_for(lambda: len(fake_openai.image_requests) == 1, what="the first upstream call")
     ids += [submit("job 1"), submit("job 2")]
     second, third = job(client, ids[1]), job(client, ids[2])
     assert second["status"] == third["status"] == "queued"
