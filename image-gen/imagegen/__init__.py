@@ -5,15 +5,23 @@ The OpenAI key stays inside the service; agents and scripts only speak HTTP to i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "1.0.0"
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from .settings import Settings
+    from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the application: settings, store, provider, blueprints and error handlers."""
+    """Build the application: settings, store, provider, blueprints and error handlers.
+
+    Importing the package itself loads nothing else: Gunicorn's master reads the tokens file
+    with `imagegen.tokens` (gunicorn.conf.py) and leaves the app to each worker."""
+    from flask import Flask
+
     from . import (
         compat,
         edits,
@@ -35,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .logs import configure_logging, register_request_logging
     from .openai_client import OpenAIClient, RetryPolicy
     from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
+    from .settings import Settings
     from .store import ImageStore
 
     settings = settings or Settings.from_env()

@@ -1334,6 +1334,22 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                 },
                 "version": string,
                 "timestamp": {"type": "string", "format": "date-time"},
+                "tokens": {
+                    "type": "object",
+                    "description": "With a tokens file: when this worker's tokens were read "
+                    "and whether the latest reload (SIGHUP) failed, in which case the last "
+                    "good tokens are in use.",
+                    "required": ["loaded_at", "last_reload"],
+                    "properties": {
+                        "loaded_at": {"type": "string", "format": "date-time"},
+                        "last_reload": {"type": "string", "enum": ["ok", "failed"]},
+                        "reload_failed_at": {
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                        },
+                        "reload_failed_line": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                },
             },
         },
         "Model": {

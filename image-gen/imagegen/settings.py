@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import clock
 from .catalog import SHUT_DOWN, get_model
-from .tokens import Limits, Token, TokenFileError, load_tokens
+from .tokens import Limits, Token, TokenFileError, TokensLoad, tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Settings:
     # for the whole service whatever the token.
     tokens_file: Path | None = None
     tokens: tuple[Token, ...] | None = field(default=None, repr=False)
+    tokens_load: TokensLoad | None = None  # when and how the tokens were read (for /health)
     cap_images_per_hour: int | None = None
     cap_images_per_day: int | None = None
     cap_usd_per_day: float | None = None
@@ -160,10 +161,10 @@ class Settings:
         tokens_file = env.get("IMAGE_GEN_TOKENS_FILE", "").strip()
         if tokens_file:
             try:
-                kwargs["tokens"] = load_tokens(Path(tokens_file))
+                load = tokens_for(Path(tokens_file))
             except TokenFileError as exc:
                 raise SettingsError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
-            kwargs["tokens_file"] = Path(tokens_file)
+            kwargs.update(tokens=load.tokens, tokens_file=load.path, tokens_load=load)
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
         for name, key, kind in _NUMERIC:
