@@ -110,10 +110,17 @@ def denied(
             f"namespace, as rootless Docker makes), so it is that user's: with docker compose, "
             f"{_ENV_LINE.format(uid=0, gid=0)}."
         )
-    if owner == 0 or not owner_may:
+    if owner == 0 and owner_may:
         return (
             f"{said} The service does not run as root: with docker compose, run `{give}` "
-            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it."
+            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it. (Docker "
+            "Desktop for Linux shows your own files as root's: there, add the lines "
+            "IMAGE_GEN_USER=0:0 and IMAGE_GEN_ALLOW_ROOT=true to .env instead.)"
+        )
+    if owner == 0 or not owner_may:
+        return (
+            f"{said} With docker compose, run `{give}` beside docker-compose.yml; elsewhere, "
+            f"let uid {me.uid} {need.verb} it."
         )
     return (
         f"{said} With docker compose, {_ENV_LINE.format(uid=owner, gid=group)} "
