@@ -73,7 +73,9 @@ def on_starting(server: Any) -> None:
     )
     for pattern in ("process-*.metrics", ".tmp-process-*", "archive.json", ".tmp-archive.json"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
-            with contextlib.suppress(FileNotFoundError):
+            # A file another uid left is the workers' to report: their start-up check of
+            # the images directory names the owner and the fix.
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(path)
 
 

@@ -18,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from imagegen import create_app
+from imagegen.ownership import Process
 from imagegen.settings import Settings
 from imagegen.tokens import digest_of, parse_tokens
 from tests.fake_openai import FakeOpenAI
@@ -177,6 +178,24 @@ def placeholder_service(tmp_path_factory) -> Iterator[Service]:
     tmp_path = tmp_path_factory.mktemp("compat-placeholder")
     with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
         yield service
+
+
+@pytest.fixture
+def another_users(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], os.stat_result]:
+    """another_users(path): make `path` belong to a uid other than the one the start-up
+    messages say this process runs as (chowned away when the tests run as root, which
+    owns nothing foreign otherwise); returns the path's owner. The caller makes the kernel
+    refuse the access, which root would be granted."""
+
+    def hand_over(path: Path) -> os.stat_result:
+        if os.geteuid() == 0:
+            os.chown(path, 4321, 4322)
+        owner = path.stat()
+        stranger = Process(uid=owner.st_uid + 1, gid=owner.st_gid + 1, root_on_host=0)
+        monkeypatch.setattr(Process, "current", classmethod(lambda cls: stranger))
+        return owner
+
+    return hand_over
 
 
 @contextlib.contextmanager

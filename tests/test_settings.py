@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,6 +120,34 @@ def test_unreadable_key_file_is_logged_and_falls_back_without_crashing(
     assert result.api_key == ENV_KEY
     assert result.api_key_source == "env"
     assert any("cannot read the API key file" in r.getMessage() for r in caplog.records)
+
+
+def test_key_file_of_another_user_logs_its_owner_and_the_env_line_never_the_key(
+    key_file: Path,
+    another_users: Callable[[Path], os.stat_result],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    key_file.chmod(0o600)
+    owner = another_users(key_file)
+    read_text = Path.read_text
+
+    def refused(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path == key_file:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+
+    result = Settings.from_env({"OPENAI_API_KEY_FILE": str(key_file)})
+
+    assert result.api_key_configured is False
+    [warning] = [r.getMessage() for r in caplog.records if "API key file" in r.getMessage()]
+    assert warning.startswith(f"cannot read the API key file {key_file}: Permission denied.")
+    assert f"owned by uid {owner.st_uid}, gid {owner.st_gid} (mode 600)" in warning
+    assert f"add the line IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid} to the .env file" in warning
+    assert FILE_KEY not in caplog.text
 
 
 def test_unreadable_key_file_without_fallback_leaves_key_unconfigured(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagegen import durable
-from imagegen.errors import ImageNotFound, InsufficientStorage
+from imagegen.errors import ImageNotFound, InsufficientStorage, ServiceError
 from imagegen.imagefmt import ImageInfo, identify
 from imagegen.placeholder import placeholder_png
 from imagegen.providers import GeneratedImage, Generation
@@ -72,6 +72,32 @@ def store(tmp_path: Path) -> ImageStore:
     image_store = ImageStore(tmp_path / "images", fsync=False)
     image_store.prepare()
     return image_store
+
+
+def test_prepare_refused_names_the_env_line_of_the_directory_owner(
+    tmp_path: Path,
+    another_users: Callable[[Path], os.stat_result],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    owner = another_users(root)
+    make_directory = os.mkdir
+
+    def refused_in_root(path: Any, *args: Any) -> None:
+        if Path(path).parent == root:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        make_directory(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", refused_in_root)
+
+    with pytest.raises(ServiceError) as refused:
+        ImageStore(root, fsync=False).prepare()
+
+    message = str(refused.value)
+    assert message.startswith(f"The images directory {root} is not writable by this service.")
+    assert f"owned by uid {owner.st_uid}, gid {owner.st_gid}" in message
+    assert f"add the line IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid} to the .env file" in message
 
 
 # --- save_job -------------------------------------------------------------------------------

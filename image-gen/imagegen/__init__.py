@@ -33,11 +33,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics,
         models,
         openapi,
+        ownership,
         usage,
         web,
     )
     from .auth import register_auth
-    from .errors import register_error_handlers
+    from .errors import ServiceError, register_error_handlers
     from .idempotency import register_idempotency
     from .ledger import Ledger
     from .logs import configure_logging, register_request_logging
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
     app.url_map.merge_slashes = False
 
+    refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
+    if refusal:
+        raise ServiceError(refusal)
     store = ImageStore(settings.images_dir, fsync=settings.fsync)
     store.prepare()
     store.sweep()

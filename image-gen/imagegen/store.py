@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import durable
+from . import durable, ownership
 from .clock import utc_now
 from .durable import Disk, is_disk_full
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
@@ -79,17 +79,19 @@ class ImageStore:
         self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
 
     def prepare(self) -> None:
-        """Create the directories; fail with a message that says what to run if we cannot."""
+        """Create the directories; fail with a message that names the fix if we cannot."""
         try:
             self._index.mkdir(parents=True, exist_ok=True)
             probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}"
             probe.mkdir(exist_ok=True)
             probe.rmdir()
-        except PermissionError:
+        except PermissionError as exc:
+            # mkdir is refused by the directory it writes in: the parent of what it made.
+            refused = Path(exc.filename).parent if exc.filename else self.root
+            where = "" if refused == self.root else f" (it cannot be made in {refused})"
             raise ServiceError(
-                f"The images directory {self.root} is not writable by uid {os.getuid()}. "
-                f"Run on the host: sudo chown -R {os.getuid()}:{os.getgid()} <the directory "
-                "mounted there> (./images with docker-compose.yml)"
+                f"The images directory {self.root}{where} is not writable by this service. "
+                + ownership.denied(refused, ownership.WRITE_DIRECTORY, "images")
             ) from None
 
     # --- writing --------------------------------------------------------------------------
