@@ -12,7 +12,14 @@ import pytest
 from flask import Flask
 
 from imagegen.errors import ServiceError
-from imagegen.ownership import READ_FILE, WRITE_DIRECTORY, Process, denied, host_uid_of_root
+from imagegen.ownership import (
+    READ_FILE,
+    WRITE_DIRECTORY,
+    Process,
+    denied,
+    denied_within,
+    host_uid_of_root,
+)
 from imagegen.settings import Settings
 
 USER = Process(uid=1000, gid=1000, root_on_host=0)
@@ -90,6 +97,33 @@ def test_another_owner_who_may_not_write_either_gets_the_chown_not_their_uid() -
 
     assert "IMAGE_GEN_USER" not in message
     assert "`sudo chown -R 1000:1000 images`" in message
+
+
+def within_images_message(status: os.stat_result, outer: os.stat_result) -> str:
+    """What the start-up error says of /app/images/.ledger with those owners and modes."""
+    return denied_within(
+        Path("/app/images"),
+        Path("/app/images/.ledger"),
+        WRITE_DIRECTORY,
+        "images",
+        process=USER,
+        status=status,
+        outer=outer,
+    )
+
+
+def test_a_folder_left_half_another_uids_gets_the_recursive_chown_of_all_of_it() -> None:
+    message = within_images_message(owned(10001, 10001, 0o755), owned(1000, 1000, 0o755))
+
+    assert "owned by uid 10001, gid 10001 (mode 755), images itself by uid 1000" in message
+    assert "`sudo chown -R 1000:1000 images` beside docker-compose.yml" in message
+    assert "IMAGE_GEN_USER" not in message  # 10001 could not write images itself
+
+
+def test_a_directory_inside_of_the_same_owner_gets_that_owners_fix_with_its_own_path() -> None:
+    message = within_images_message(owned(1000, 1000, 0o555), owned(1000, 1000, 0o755))
+
+    assert "`chmod u+rwx images/.ledger` beside docker-compose.yml" in message
 
 
 @pytest.mark.parametrize(

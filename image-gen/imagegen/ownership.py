@@ -129,6 +129,37 @@ def denied(
     )
 
 
+def denied_within(
+    directory: Path,
+    path: Path,
+    need: Need,
+    compose_path: str,
+    *,
+    process: Process | None = None,
+    status: os.stat_result | None = None,
+    outer: os.stat_result | None = None,
+) -> str:
+    """Like `denied`, for `path` inside `directory` (`compose_path` in a checkout), which this
+    process may use: the fix named covers both, and a folder left half another uid's."""
+    me = process or Process.current()
+    try:
+        status = status or os.stat(path)
+        outer = outer or os.stat(directory)
+    except OSError:
+        return denied(path, need, compose_path, process=me)
+    inner = f"{compose_path}/{path.relative_to(directory)}"
+    if status.st_uid == outer.st_uid:
+        return denied(path, need, inner, process=me, status=status)
+    mode = stat.S_IMODE(status.st_mode)
+    return (
+        f"It is owned by uid {status.st_uid}, gid {status.st_gid} (mode {mode:o}), "
+        f"{compose_path} itself by uid {outer.st_uid}; this service runs as uid {me.uid}, "
+        f"gid {me.gid}. With docker compose, run `sudo {need.chown} {me.uid}:{me.gid} "
+        f"{compose_path}` beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} "
+        "all of it."
+    )
+
+
 def root_refusal(images_dir: Path, *, process: Process | None = None) -> str | None:
     """Why this process must not run, if it is the host's root; None otherwise.
 
