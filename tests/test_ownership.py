@@ -19,6 +19,7 @@ from imagegen.ownership import (
     denied,
     denied_within,
     host_uid_of_root,
+    root_refusal,
 )
 from imagegen.settings import Settings
 
@@ -157,6 +158,16 @@ def test_the_image_setting_refuses_host_root_naming_the_owner_of_the_images_dire
     if owner.st_uid != 0:
         assert f"IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid}" in str(refused.value)
     assert list(settings.images_dir.iterdir()) == [], "nothing is written before the refusal"
+
+
+def test_host_root_without_an_owned_images_folder_is_told_its_own_ids_and_docker_desktop(
+    tmp_path: Path,
+) -> None:
+    message = root_refusal(tmp_path / "missing", process=Process(uid=0, gid=0, root_on_host=0))
+
+    assert message is not None and message.startswith("image-gen does not run as root (uid 0).")
+    assert "set IMAGE_GEN_USER=<uid>:<gid> of your user (`id -u`, `id -g`)" in message
+    assert "if so, add the line IMAGE_GEN_ALLOW_ROOT=true to .env as well." in message
 
 
 def test_root_in_a_user_namespace_is_an_unprivileged_host_user_and_may_run(

@@ -17,6 +17,12 @@ from pathlib import Path
 
 _UID_MAP = Path("/proc/self/uid_map")
 _ENV_LINE = "add the line IMAGE_GEN_USER={uid}:{gid} to the .env file beside docker-compose.yml"
+# Docker Desktop for Linux (4.34 and earlier, by its FAQ) shows the user's own files as
+# root's, and its containers' root is that user, which nothing inside the container can tell.
+_DESKTOP_LINUX = (
+    "(Docker Desktop for Linux can show your own files as root's: if so, add {lines} "
+    "IMAGE_GEN_ALLOW_ROOT=true to .env {then}.)"
+)
 
 
 @dataclass(frozen=True)
@@ -113,9 +119,8 @@ def denied(
     if owner == 0 and owner_may:
         return (
             f"{said} The service does not run as root: with docker compose, run `{give}` "
-            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it. (Docker "
-            "Desktop for Linux shows your own files as root's: there, add the lines "
-            "IMAGE_GEN_USER=0:0 and IMAGE_GEN_ALLOW_ROOT=true to .env instead.)"
+            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it. "
+            f"{_DESKTOP_LINUX.format(lines='the lines IMAGE_GEN_USER=0:0 and', then='instead')}"
         )
     if owner == 0 or not owner_may:
         return (
@@ -183,5 +188,6 @@ def root_refusal(images_dir: Path, *, process: Process | None = None) -> str | N
         "image-gen does not run as root (uid 0). With docker compose, set "
         "IMAGE_GEN_USER=<uid>:<gid> of your user (`id -u`, `id -g`) in the .env file beside "
         "docker-compose.yml and give that user ./images (`sudo chown -R <uid>:<gid> images`). "
-        "Elsewhere, run it as any other uid."
+        "Elsewhere, run it as any other uid. "
+        + _DESKTOP_LINUX.format(lines="the line", then="as well")
     )
