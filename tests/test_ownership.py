@@ -12,7 +12,15 @@ import pytest
 from flask import Flask
 
 from imagegen.errors import ServiceError
-from imagegen.ownership import READ_FILE, WRITE_DIRECTORY, Process, denied, host_uid_of_root
+from imagegen.ownership import (
+    READ_FILE,
+    WRITE_DIRECTORY,
+    Process,
+    denied,
+    denied_within,
+    host_uid_of_root,
+    root_refusal,
+)
 from imagegen.settings import Settings
 
 USER = Process(uid=1000, gid=1000, root_on_host=0)
@@ -92,6 +100,33 @@ def test_another_owner_who_may_not_write_either_gets_the_chown_not_their_uid() -
     assert "`sudo chown -R 1000:1000 images`" in message
 
 
+def within_images_message(status: os.stat_result, outer: os.stat_result) -> str:
+    """What the start-up error says of /app/images/.ledger with those owners and modes."""
+    return denied_within(
+        Path("/app/images"),
+        Path("/app/images/.ledger"),
+        WRITE_DIRECTORY,
+        "images",
+        process=USER,
+        status=status,
+        outer=outer,
+    )
+
+
+def test_a_folder_left_half_another_uids_gets_the_recursive_chown_of_all_of_it() -> None:
+    message = within_images_message(owned(10001, 10001, 0o755), owned(1000, 1000, 0o755))
+
+    assert "owned by uid 10001, gid 10001 (mode 755), images itself by uid 1000" in message
+    assert "`sudo chown -R 1000:1000 images` beside docker-compose.yml" in message
+    assert "IMAGE_GEN_USER" not in message  # 10001 could not write images itself
+
+
+def test_a_directory_inside_of_the_same_owner_gets_that_owners_fix_with_its_own_path() -> None:
+    message = within_images_message(owned(1000, 1000, 0o555), owned(1000, 1000, 0o755))
+
+    assert "`chmod u+rwx images/.ledger` beside docker-compose.yml" in message
+
+
 @pytest.mark.parametrize(
     ("uid_map", "host_uid"),
     [
@@ -123,6 +158,16 @@ def test_the_image_setting_refuses_host_root_naming_the_owner_of_the_images_dire
     if owner.st_uid != 0:
         assert f"IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid}" in str(refused.value)
     assert list(settings.images_dir.iterdir()) == [], "nothing is written before the refusal"
+
+
+def test_host_root_without_an_owned_images_folder_is_told_its_own_ids_and_docker_desktop(
+    tmp_path: Path,
+) -> None:
+    message = root_refusal(tmp_path / "missing", process=Process(uid=0, gid=0, root_on_host=0))
+
+    assert message is not None and message.startswith("image-gen does not run as root (uid 0).")
+    assert "set IMAGE_GEN_USER=<uid>:<gid> of your user (`id -u`, `id -g`)" in message
+    assert "if so, add the line IMAGE_GEN_ALLOW_ROOT=true to .env as well." in message
 
 
 def test_root_in_a_user_namespace_is_an_unprivileged_host_user_and_may_run(

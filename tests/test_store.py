@@ -100,6 +100,46 @@ def test_prepare_refused_names_the_env_line_of_the_directory_owner(
     assert f"add the line IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid} to the .env file" in message
 
 
+def refusing_access(monkeypatch: pytest.MonkeyPatch, *refused: Path) -> None:
+    """os.access says no for `refused`, as the kernel does for a directory of another uid."""
+    access = os.access
+
+    def checked(path: Any, mode: int, **kwargs: Any) -> bool:
+        return Path(path) not in refused and access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", checked)
+
+
+def test_prepare_refuses_its_own_directories_left_by_another_uid_naming_them(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active = store.root / ".jobs" / ".active"
+    active.mkdir(parents=True)
+    (store.root / ".ledger").mkdir()
+    refusing_access(monkeypatch, active)
+
+    with pytest.raises(ServiceError) as refused:
+        store.prepare()
+
+    message = str(refused.value)
+    assert message.startswith(
+        f"The images directory {store.root} holds .jobs/.active, which this service cannot write."
+    )
+    assert "It is owned by uid" in message
+
+
+def test_prepare_starts_past_job_and_staging_directories_it_cannot_write(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = store.root / "9b2f7c1e-0000-4000-8000-000000000000"
+    staging = store.root / ".tmp-crashed"
+    job.mkdir()
+    staging.mkdir()
+    refusing_access(monkeypatch, job, staging)
+
+    store.prepare()
+
+
 # --- save_job -------------------------------------------------------------------------------
 
 

@@ -17,6 +17,12 @@ from pathlib import Path
 
 _UID_MAP = Path("/proc/self/uid_map")
 _ENV_LINE = "add the line IMAGE_GEN_USER={uid}:{gid} to the .env file beside docker-compose.yml"
+# Docker Desktop for Linux (4.34 and earlier, by its FAQ) shows the user's own files as
+# root's, and its containers' root is that user, which nothing inside the container can tell.
+_DESKTOP_LINUX = (
+    "(Docker Desktop for Linux can show your own files as root's: if so, add {lines} "
+    "IMAGE_GEN_ALLOW_ROOT=true to .env {then}.)"
+)
 
 
 @dataclass(frozen=True)
@@ -113,9 +119,8 @@ def denied(
     if owner == 0 and owner_may:
         return (
             f"{said} The service does not run as root: with docker compose, run `{give}` "
-            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it. (Docker "
-            "Desktop for Linux shows your own files as root's: there, add the lines "
-            "IMAGE_GEN_USER=0:0 and IMAGE_GEN_ALLOW_ROOT=true to .env instead.)"
+            f"beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} it. "
+            f"{_DESKTOP_LINUX.format(lines='the lines IMAGE_GEN_USER=0:0 and', then='instead')}"
         )
     if owner == 0 or not owner_may:
         return (
@@ -126,6 +131,37 @@ def denied(
         f"{said} With docker compose, {_ENV_LINE.format(uid=owner, gid=group)} "
         f"(or run `{give}` there). Elsewhere, run the service as uid {owner} or let uid "
         f"{me.uid} {need.verb} it."
+    )
+
+
+def denied_within(
+    directory: Path,
+    path: Path,
+    need: Need,
+    compose_path: str,
+    *,
+    process: Process | None = None,
+    status: os.stat_result | None = None,
+    outer: os.stat_result | None = None,
+) -> str:
+    """Like `denied`, for `path` inside `directory` (`compose_path` in a checkout), which this
+    process may use: the fix named covers both, and a folder left half another uid's."""
+    me = process or Process.current()
+    try:
+        status = status or os.stat(path)
+        outer = outer or os.stat(directory)
+    except OSError:
+        return denied(path, need, compose_path, process=me)
+    inner = f"{compose_path}/{path.relative_to(directory)}"
+    if status.st_uid == outer.st_uid:
+        return denied(path, need, inner, process=me, status=status)
+    mode = stat.S_IMODE(status.st_mode)
+    return (
+        f"It is owned by uid {status.st_uid}, gid {status.st_gid} (mode {mode:o}), "
+        f"{compose_path} itself by uid {outer.st_uid}; this service runs as uid {me.uid}, "
+        f"gid {me.gid}. With docker compose, run `sudo {need.chown} {me.uid}:{me.gid} "
+        f"{compose_path}` beside docker-compose.yml; elsewhere, let uid {me.uid} {need.verb} "
+        "all of it."
     )
 
 
@@ -152,5 +188,6 @@ def root_refusal(images_dir: Path, *, process: Process | None = None) -> str | N
         "image-gen does not run as root (uid 0). With docker compose, set "
         "IMAGE_GEN_USER=<uid>:<gid> of your user (`id -u`, `id -g`) in the .env file beside "
         "docker-compose.yml and give that user ./images (`sudo chown -R <uid>:<gid> images`). "
-        "Elsewhere, run it as any other uid."
+        "Elsewhere, run it as any other uid. "
+        + _DESKTOP_LINUX.format(lines="the line", then="as well")
     )

@@ -93,6 +93,30 @@ class ImageStore:
                 f"The images directory {self.root}{where} is not writable by this service. "
                 + ownership.denied(refused, ownership.WRITE_DIRECTORY, "images")
             ) from None
+        foreign = next(self._unwritable_own_directories(), None)
+        if foreign is not None:
+            raise ServiceError(
+                f"The images directory {self.root} holds {foreign.relative_to(self.root)}, "
+                "which this service cannot write. "
+                + ownership.denied_within(self.root, foreign, ownership.WRITE_DIRECTORY, "images")
+            )
+
+    def _unwritable_own_directories(self) -> Iterator[Path]:
+        """The service's own directories (hidden: .index, .jobs/.active, .ledger, ...) that
+        this process may not use, as a run under another uid leaves them. Job directories
+        and crashed writers' staging ones are not needed to start, and are not looked at."""
+        pending = [self.root]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") or entry.name.startswith(_TMP_PREFIX):
+                        continue
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    if os.access(entry.path, os.R_OK | os.W_OK | os.X_OK):
+                        pending.append(entry.path)
+                    else:
+                        yield Path(entry.path)
 
     # --- writing --------------------------------------------------------------------------
 

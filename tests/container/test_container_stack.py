@@ -305,19 +305,45 @@ def test_another_uid_fails_at_start_naming_the_env_line_and_starts_with_it(
     assert (stored.stat().st_uid, stored.stat().st_gid) == (images_owner, images_owner)
 
 
-def test_images_folder_docker_created_as_root_fails_at_start_naming_the_chown(
-    checkout: Callable[..., Stack], app_image: str
+@pytest.mark.parametrize(
+    ("leave", "says", "owned"),
+    [
+        # A missing ./images is created by Docker, owned by root.
+        pytest.param(
+            "rm -r /target/images",
+            "is not writable by this service",
+            "It is owned by uid 0, gid 0",
+            id="images-docker-created-as-root",
+        ),
+        # The uid-10001 release's folder, given back to its user without -R.
+        pytest.param(
+            "cd /target/images && mkdir .ledger .metrics"
+            " && touch .ledger/ledger.sqlite3 .metrics/process-7.metrics"
+            f" && chown -R {IMAGEGEN_UID}:{IMAGEGEN_UID} . && chown {HOST_UID}:{HOST_UID} .",
+            "which this service cannot write",
+            f"owned by uid {IMAGEGEN_UID}, gid {IMAGEGEN_UID} (mode 755), images itself by uid"
+            f" {HOST_UID}",
+            id="images-of-the-uid-10001-release-chowned-back-without-r",
+        ),
+    ],
+)
+def test_images_folder_of_root_or_half_anothers_fails_at_start_naming_the_chown_that_fixes_it(
+    checkout: Callable[..., Stack], app_image: str, leave: str, says: str, owned: str
 ) -> None:
-    """A missing ./images is created by Docker, owned by root: the message says the chown."""
     stack = checkout()
-    as_root(app_image, stack.directory, "rm", "-r", "/target/images")
+    as_root(app_image, stack.directory, "sh", "-c", leave)
 
-    logs = start_up_failure(stack, "is not writable by this service")
+    logs = start_up_failure(stack, says)
 
-    assert (stack.images_dir).is_dir() and stack.images_dir.stat().st_uid == 0
-    assert "It is owned by uid 0, gid 0" in logs
-    assert f"`sudo chown -R {HOST_UID}:{HOST_UID} images` beside docker-compose.yml" in logs
-    assert "add the line IMAGE_GEN_USER" not in logs  # never a root user as the fix here
+    chown = f"sudo chown -R {HOST_UID}:{HOST_UID} images"
+    assert owned in logs and f"`{chown}` beside docker-compose.yml" in logs
+    assert "add the line IMAGE_GEN_USER" not in logs  # neither root nor 10001 could take it
+
+    as_root(app_image, stack.directory, *chown.split()[1:-1], "/target/images")
+    stack.up()
+
+    health = stack.get("/health").json()
+    assert health["status"] == "healthy" and health["api_key_configured"] is True
 
 
 def test_image_gen_user_0_is_refused_at_start_naming_the_checkout_owner(
