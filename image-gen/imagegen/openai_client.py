@@ -13,6 +13,7 @@ import email.utils
 import http.client
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -129,20 +130,21 @@ class RetryPolicy:
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds, decimal or HTTP date).
 
-    Anything unparseable, negative or not finite is ignored rather than trusted.
+    Anything unparseable, negative or not finite is ignored rather than trusted; a wait
+    longer than a day is cut to a day (after milliseconds are turned into seconds).
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     raw_ms = lowered.get("retry-after-ms")
     if raw_ms:
         value = _finite(raw_ms)
         if value is not None:
-            return value / 1000
+            return min(value / 1000, _MAX_RETRY_AFTER)
     raw = lowered.get("retry-after")
     if not raw:
         return None
     value = _finite(raw)
     if value is not None:
-        return value
+        return min(value, _MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -153,13 +155,12 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
 
 def _finite(raw: str) -> float | None:
+    """A header's non-negative finite number, or None."""
     try:
         value = float(raw.strip())
     except ValueError:
         return None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        return None
-    return min(value, _MAX_RETRY_AFTER)
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def is_loopback(host: str | None) -> bool:
