@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .openai_client import OpenAIClient, RetryPolicy
     from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
     from .store import ImageStore
+    from .strictjson import StrictJSONProvider
 
     settings = settings or Settings.from_env()
     configure_logging()
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
+    app.json = StrictJSONProvider(app)  # no NaN or Infinity in answers or accepted bodies
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
     app.url_map.merge_slashes = False

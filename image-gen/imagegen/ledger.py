@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strictjson
 from .errors import InsufficientStorage
 from .tokens import Limits
 
@@ -305,7 +306,7 @@ class Ledger:
             db.execute(
                 "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ? "
                 "WHERE token = ? AND key = ? AND claim = ?",
-                (status, json.dumps(headers), body, token, key, claim),
+                (status, strictjson.dumps(headers), body, token, key, claim),
             )
 
     def abandon(self, token: str, key: str, claim: str) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import __version__, metrics
+from . import __version__, metrics, strictjson
 
 T = TypeVar("T")
 _CHUNK = 1024 * 1024
@@ -255,7 +255,7 @@ class OpenAIClient:
 
     def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
         """POST the payload to /images/generations; return the parsed success body."""
-        body = json.dumps(payload).encode()
+        body = strictjson.dumps(payload).encode()
         return self._post_images("images/generations", body, "application/json", deadline)
 
     def download(self, url: str, deadline: Deadline, max_redirects: int = 3) -> bytes:
@@ -480,7 +480,7 @@ class OpenAIClient:
         `size`, `quality`, `background` and `output_format`. Failures before the first event
         are retried like any call; after it they are not, since the image is being paid for.
         """
-        body = json.dumps({**payload, "stream": True}).encode()
+        body = strictjson.dumps({**payload, "stream": True}).encode()
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",

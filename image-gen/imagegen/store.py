@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import durable
+from . import durable, strictjson
 from .clock import utc_now
 from .durable import Disk, is_disk_full
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
@@ -495,7 +495,7 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:
-    return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
+    return strictjson.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
 def _unlink(path: Path) -> None:
