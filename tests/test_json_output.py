@@ -6,7 +6,6 @@ refuse them. Every writer goes through `imagegen.strictjson` (or the app's JSON 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,11 @@ from imagegen import events, webhooks
 from imagegen.jobrecords import JobRecords
 from imagegen.providers import GeneratedImage, Generation
 from imagegen.store import ImageStore
+from tests.conftest import strict_json
 from tests.fake_openai import make_png
 
 PACKAGE = Path(__file__).resolve().parents[1] / "image-gen" / "imagegen"
 NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
-
-
-def strict_loads(text: str | bytes) -> Any:
-    """json.loads as a strict parser reads JSON: NaN and Infinity are errors."""
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_every_json_writer_in_the_service_refuses_nan_and_infinity():
@@ -54,7 +45,7 @@ def test_an_answer_that_would_hold_a_non_finite_number_is_a_json_500(app, value)
     response = app.test_client().get("/test-not-finite")
 
     assert response.status_code == 500
-    body = strict_loads(response.data)
+    body = strict_json(response.data)
     assert body["code"] == "SERVICE_ERROR"
 
 
@@ -69,7 +60,7 @@ def test_a_request_body_with_a_non_finite_number_is_refused_as_bad_json(client, 
     malformed = client.post("/generate", data='{"prompt": ', content_type="application/json")
 
     assert response.status_code == 400
-    body = strict_loads(response.data)
+    body = strict_json(response.data)
     assert body["code"] == "VALIDATION_ERROR"
     assert body["error"] == malformed.get_json()["error"]  # refused as a body, not as a field
     assert fake_openai.image_requests == []

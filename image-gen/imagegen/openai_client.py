@@ -536,7 +536,7 @@ class OpenAIClient:
         last = completed[-1]
         answer: dict[str, Any] = {
             "data": [{"b64_json": event.get("b64_json")} for event in completed],
-            "usage": _add_usage([event.get("usage") for event in completed]),
+            "usage": add_usage([event.get("usage") for event in completed]),
         }
         for key in ("size", "quality", "background", "output_format"):
             if isinstance(last.get(key), str):
@@ -844,8 +844,10 @@ def _sse_events(
         yield name or "message", "\n".join(data)
 
 
-def _add_usage(usages: list[Any]) -> dict[str, Any] | None:
-    """Token usage over several completed events (numbers added, nested details too)."""
+def add_usage(usages: list[Any]) -> dict[str, Any] | None:
+    """Token usage over several reports (a stream's completed events, fan-out calls): numbers
+    added, nested details too; None when there is none. A count one report gives as a
+    number and another as details is not added (the details win)."""
     present = [u for u in usages if isinstance(u, dict)]
     if len(present) <= 1:
         return present[0] if present else None
@@ -853,7 +855,11 @@ def _add_usage(usages: list[Any]) -> dict[str, Any] | None:
     for usage in present:
         for key, value in usage.items():
             if isinstance(value, dict):
-                total[key] = _add_usage([total.get(key), value])
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = add_usage([total.get(key), value])
+            elif (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and not isinstance(total.get(key), dict)
+            ):
                 total[key] = total.get(key, 0) + value
     return total
