@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import math
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +365,74 @@ def test_a_usage_report_nested_too_deeply_is_not_believed(client, fake_openai):
     body = generate(client).get_json()
 
     assert body["cost"]["basis"] == "price_table_invalid_usage"
+
+
+# --- image dimensions ------------------------------------------------------------------------
+# An upstream image larger than the model can make is not the model's answer (and a header
+# declaring 50000x50000 pixels would be stored and reported as such).
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height: the service reads only the header
+    when it stores an image, so the pixel data need not match."""
+    png = fake.make_png(8, 8)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = b"IHDR" + header
+    return png[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+@pytest.mark.parametrize(
+    ("model", "width", "height"),
+    [
+        ("gpt-image-2", 50000, 50000),
+        ("gpt-image-2", 3856, 1024),  # an edge beyond 3840
+        ("gpt-image-2", 3840, 3840),  # edges allowed, but more pixels than 8,294,400
+        ("dall-e-3", 1792, 1792),
+        ("dall-e-2", 1024, 1040),
+    ],
+)
+def test_an_upstream_image_larger_than_the_model_makes_is_refused_and_nothing_is_booked(
+    capped, fake_openai, images_dir, model, width, height
+):
+    fake_openai.set_default(fake.FakeResponse(b64_json=b64(declared_png(width, height))))
+
+    response = capped.post("/generate", json={"prompt": "a lighthouse", "model": model})
+
+    assert_refused_as_unusable(response, images_dir, f"a {width}x{height} image, larger than")
+    assert model in response.get_json()["error"]
+    usage = strict_json(capped.get("/usage").data)["global"]
+    assert (usage["images_last_day"], usage["usd_last_day"]) == (0, 0)  # released
+
+
+@pytest.mark.parametrize(
+    ("model", "width", "height"),
+    [
+        ("gpt-image-2", 3840, 2160),
+        ("gpt-image-2", 2160, 3840),
+        ("gpt-image-2", 3840, 1280),  # a 3:1 panorama
+        ("dall-e-3", 1024, 1792),
+        ("dall-e-2", 1024, 1024),
+    ],
+)
+def test_the_largest_images_each_model_makes_are_stored(client, fake_openai, model, width, height):
+    fake_openai.set_default(fake.FakeResponse(b64_json=b64(declared_png(width, height))))
+
+    response = client.post("/generate", json={"prompt": "a lighthouse", "model": model})
+
+    assert response.status_code == 200, response.get_json()
+    [image] = response.get_json()["images"]
+    assert (image["width"], image["height"]) == (width, height)
+
+
+def test_an_edit_at_size_auto_may_come_back_at_any_size_the_model_makes(client, fake_openai):
+    fake_openai.set_default(fake.FakeResponse(b64_json=b64(declared_png(3840, 2160))))
+    upload = (io.BytesIO(fake.make_png(64, 36)), "in.png")
+
+    response = client.post(
+        "/edit",
+        data={"prompt": "make it night", "size": "auto", "image": upload},
+        content_type="multipart/form-data",
+    )
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["images"][0]["width"] == 3840

@@ -1374,6 +1374,14 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                 "max_prompt_chars": integer,
                 "sizes": {"type": "array", "items": string},
                 "size_rule": {"type": ["object", "null"]},
+                "largest_output": {
+                    "type": "object",
+                    "description": "The largest image the model makes (`max_edge` pixels on "
+                    "the longest side, `max_pixels` in all), at any size; an upstream image "
+                    "beyond it is refused as an unusable answer.",
+                    "required": ["max_edge", "max_pixels"],
+                    "properties": {"max_edge": integer, "max_pixels": integer},
+                },
                 "default_size": string,
                 "edits": {
                     "type": ["object", "null"],

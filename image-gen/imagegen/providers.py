@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from .catalog import ModelSpec
 from .errors import (
     ContentPolicyViolation,
     RateLimited,
@@ -256,7 +257,9 @@ class OpenAIProvider:
             **request.options,
         }
 
-    def _image(self, item: Any, deadline: Deadline) -> GeneratedImage:
+    def _image(self, item: Any, deadline: Deadline, model: ModelSpec) -> GeneratedImage:
+        """One `data` item's image: its bytes (decoded or downloaded), checked to be a PNG,
+        JPEG or WebP no larger than the model makes; InvalidResponseError otherwise."""
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
         encoded = item.get("b64_json")
@@ -275,6 +278,12 @@ class OpenAIProvider:
         if info is None:
             raise InvalidResponseError(
                 "the upstream sent bytes that are not a PNG, JPEG or WebP image"
+            )
+        bounds = model.largest_output
+        if not bounds.allows(info.width, info.height):
+            raise InvalidResponseError(
+                f"the upstream sent a {info.width}x{info.height} image, larger than {model.id} "
+                f"makes (at most {bounds.max_edge} pixels a side and {bounds.max_pixels:,} in all)"
             )
         revised = item.get("revised_prompt")
         return GeneratedImage(
@@ -346,7 +355,7 @@ class OpenAIProvider:
         per_call = per_call or request.model.per_call
 
         def call(start: int, n: int) -> Generation:
-            part = self._collect(lambda n: send(start, n), n, deadline)
+            part = self._collect(lambda n: send(start, n), n, deadline, request.model)
             if progress is not None:
                 for offset, image in enumerate(part.images):
                     progress.image(start + offset, image)
@@ -369,7 +378,11 @@ class OpenAIProvider:
         )
 
     def _collect(
-        self, send: Callable[[int], dict[str, Any]], n: int, deadline: Deadline
+        self,
+        send: Callable[[int], dict[str, Any]],
+        n: int,
+        deadline: Deadline,
+        model: ModelSpec,
     ) -> Generation:
         """One upstream call for `n` images: the checked images, usage and echoed settings.
 
@@ -380,7 +393,7 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 f"asked for {n} image(s), the upstream returned {len(items)}"
             )
-        images = self._parallel(self._image, [(item, deadline) for item in items])
+        images = self._parallel(self._image, [(item, deadline, model) for item in items])
         echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
         usage, invalid = answer.get("usage"), False
         if usage is not None:
