@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imagegen.providers import GeneratedImage, Generation
+from imagegen.store import MAX_THUMBNAILS, ImageStore
 from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
 
@@ -298,6 +300,95 @@ def test_concurrent_requests_for_one_thumbnail_all_get_it(app, job, images_dir):
     ]
 
 
+# --- the cache's bound ----------------------------------------------------------------------
+
+
+def cached_names(images_dir: Path, job: dict, image_id: str) -> list[str]:
+    folder = thumbs_dir(images_dir, job)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(image_id))
+
+
+def test_150_distinct_widths_leave_at_most_16_cached_files_and_every_answer_is_right(
+    client, job, images_dir
+):
+    first, second = (image["id"] for image in job["images"])
+    assert client.get(f"/images/{second}?width=50").status_code == 200
+
+    for width in range(16, 166):
+        response = client.get(f"/images/{first}?width={width}")
+        assert response.status_code == 200
+        assert decode(response.data).size == (width, round(200 * width / 300))
+
+    names = cached_names(images_dir, job, first)
+    assert names == sorted(f"{first}-w{width}.png" for width in range(150, 166))  # the newest
+    assert cached_names(images_dir, job, second) == [f"{second}-w50.png"]  # per image
+    assert MAX_THUMBNAILS == 16
+
+
+def test_the_thumbnail_served_most_recently_stays_cached_when_older_ones_go(
+    client, job, images_dir
+):
+    image_id = job["images"][0]["id"]
+    client.get(f"/images/{image_id}?width=256")
+    for width in range(100, 115):  # 15 more: the cache is full
+        client.get(f"/images/{image_id}?width={width}")
+    again = client.get(f"/images/{image_id}?width=256")  # a cache hit makes it the newest
+    for width in range(115, 117):
+        client.get(f"/images/{image_id}?width={width}")
+
+    names = cached_names(images_dir, job, image_id)
+    assert f"{image_id}-w256.png" in names
+    assert f"{image_id}-w100.png" not in names and f"{image_id}-w101.png" not in names
+    assert len(names) == 16
+    assert decode(again.data).size == (256, 171)
+
+
+def test_a_cached_thumbnail_dropped_before_it_is_sent_is_made_again(
+    client, job, images_dir, monkeypatch
+):
+    image_id = job["images"][0]["id"]
+    made = client.get(f"/images/{image_id}?width=120")
+    found = ImageStore.find_thumbnail
+
+    def dropped_meanwhile(self, *args):  # another worker trims the cache just then
+        path = found(self, *args)
+        if path is not None:
+            path.unlink()
+        return path
+
+    monkeypatch.setattr(ImageStore, "find_thumbnail", dropped_meanwhile)
+    response = client.get(f"/images/{image_id}?width=120")
+
+    assert response.status_code == 200
+    assert response.data == made.data
+    assert response.headers["ETag"] == made.headers["ETag"]
+
+
+def test_threads_making_many_variants_at_once_keep_the_bound(app, job, images_dir):
+    image_id = job["images"][0]["id"]
+    start = threading.Barrier(8, timeout=10)
+    wrong: list[tuple[int, int, tuple[int, int] | None]] = []
+
+    def fetch(offset: int) -> None:
+        with app.test_client() as own:
+            start.wait()
+            for width in range(16 + offset, 216, 8):
+                response = own.get(f"/images/{image_id}?width={width}")
+                size = decode(response.data).size if response.status_code == 200 else None
+                if size != (width, round(200 * width / 300)):
+                    wrong.append((width, response.status_code, size))
+
+    threads = [threading.Thread(target=fetch, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert wrong == []
+    assert len(cached_names(images_dir, job, image_id)) <= 16
+    assert [p.name for p in thumbs_dir(images_dir, job).iterdir() if p.name.startswith(".")] == []
+
+
 def test_deleting_an_image_removes_its_thumbnails_only(client, job, images_dir):
     deleted, kept = job["images"]
     for image in (deleted, kept):
@@ -364,7 +455,7 @@ def test_a_damaged_stored_file_is_a_clean_json_error(client, job, images_dir, ca
     assert client.get(image["url"]).status_code == 200  # the bytes as stored, as before
 
 
-def test_a_decompression_bomb_is_refused_without_decoding_it(client, fake_openai, images_dir):
+def test_a_decompression_bomb_is_refused_without_decoding_it(app, client, images_dir):
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
@@ -376,8 +467,11 @@ def test_a_decompression_bomb_is_refused_without_decoding_it(client, fake_openai
         + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
         + chunk(b"IEND", b"")
     )
-    job = stored(client, fake_openai, bomb)
-    image = job["images"][0]
+    # The upstream's answers are bounded by the model's largest image, so only an image
+    # stored before that (or by other means) can be one.
+    generation = Generation([GeneratedImage(bomb, "png", 100_000, 100_000)])
+    job = app.extensions["imagegen"]["store"].save_job({"prompt": "a bomb"}, generation)
+    image = {**job["images"][0], "url": f"/images/{job['images'][0]['id']}"}
 
     response = client.get(f"{image['url']}?width=64")
 
@@ -458,3 +552,31 @@ def test_workers_making_one_thumbnail_at_once_all_answer_it(tmp_path):
         assert decode(answers[0][1]).size == (200, 133)
         folder = service.images / job["job_id"] / "thumbs"
         assert [p.name for p in folder.iterdir()] == [f"{job['images'][0]['id']}-w200.webp"]
+
+
+@pytest.mark.slow
+def test_workers_making_many_variants_at_once_keep_the_bound_and_answer_each(tmp_path):
+    with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
+        job = service.request("POST", "/generate", {"prompt": "x", "size": "1536x1024"}).json()
+        image_id = job["images"][0]["id"]
+        start = threading.Barrier(8, timeout=10)
+        wrong: list[tuple[int, int, tuple[int, int] | None]] = []
+
+        def fetch(offset: int) -> None:
+            start.wait()
+            for width in range(100 + offset, 420, 8):  # 40 distinct widths over 8 callers
+                status, _, body = service.get(f"/images/{image_id}?width={width}", timeout=30)
+                size = decode(body).size if status == 200 else None
+                if size != (width, round(1024 * width / 1536)):
+                    wrong.append((width, status, size))
+
+        threads = [threading.Thread(target=fetch, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+
+        assert wrong == []
+        folder = service.images / job["job_id"] / "thumbs"
+        names = [p.name for p in folder.iterdir()]
+        assert len(names) <= 16 and all(name.startswith(image_id) for name in names), names
