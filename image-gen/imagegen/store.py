@@ -222,9 +222,10 @@ class ImageStore:
     # thumbnail is written under a temporary name and renamed into place, so threads and
     # workers making the same one at once all succeed and readers never see half a file.
     # At most MAX_THUMBNAILS are kept per image: a file's access time is when it was last
-    # served (set by find_thumbnail, whatever the mount's atime options), and whoever caches
-    # one more removes the least recently used beyond the bound. Removals race with no harm:
-    # a cached file that vanishes before it is opened is simply made again.
+    # made or served (set here from one clock, whatever the mount's atime options), and
+    # whoever caches one more removes the least recently used beyond the bound. Removals
+    # race with no harm: a cached file that vanishes before it is opened is made again, and
+    # the last to list the folder sees every file made before it, so the bound holds.
 
     def find_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Path | None:
         """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made;
@@ -250,6 +251,8 @@ class ImageStore:
         try:
             path.parent.mkdir(exist_ok=True)
             self._disk.write_new(temp, data)  # synced: never an empty file to serve
+            now = time.time_ns()  # the clock find_thumbnail uses, finer than the kernel's
+            os.utime(temp, ns=(now, now))
             os.replace(temp, path)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             _unlink(temp)
