@@ -6,6 +6,8 @@ import errno
 import io
 import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imagegen import thumbnails as thumbnails_module
 from imagegen.providers import GeneratedImage, Generation
 from imagegen.store import MAX_THUMBNAILS, ImageStore
 from tests.conftest import job_files, mounted_tmpfs
@@ -492,6 +495,95 @@ def test_images_above_the_pixel_cap_are_refused(client, job, images_dir, monkeyp
     assert response.status_code == 500
     assert "too large" in response.get_json()["error"]
     assert not thumbs_dir(images_dir, job).exists()
+
+
+def test_images_beyond_the_largest_any_model_makes_are_refused_from_their_header(
+    app, client, images_dir
+):
+    # 2881x2880 is one column more than 8,294,400 pixels (gpt-image-2's 3840x2160); the
+    # pixel data is a few bytes: only the header is read before the refusal.
+    header = struct.pack(">IIBBBBB", 2881, 2880, 8, 2, 0, 0, 0)
+    small = picture("png", (8, 8))
+    ihdr = b"IHDR" + header
+    png = small[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    png += small[33:]
+    generation = Generation([GeneratedImage(png, "png", 2881, 2880)])
+    job = app.extensions["imagegen"]["store"].save_job({"prompt": "wide"}, generation)
+
+    response = client.get(f"/images/{job['images'][0]['id']}?width=64")
+
+    assert response.status_code == 500
+    assert "2881x2880 pixels, too large" in response.get_json()["error"]
+
+
+def gradient_png(size: tuple[int, int]) -> bytes:
+    """A large RGB PNG, quickly (Pillow's own gradients, stretched)."""
+    red = Image.linear_gradient("L").resize(size)
+    out = io.BytesIO()
+    Image.merge("RGB", (red, red.transpose(Image.Transpose.FLIP_LEFT_RIGHT), red)).save(
+        out, format="PNG", compress_level=1
+    )
+    return out.getvalue()
+
+
+def test_the_largest_image_a_model_makes_gets_its_thumbnail(client, fake_openai):
+    job = stored(client, fake_openai, gradient_png((3840, 2160)))
+
+    response = client.get(f"{job['images'][0]['url']}?width=256")
+
+    assert response.status_code == 200
+    assert decode(response.data).size == (256, 144)
+
+
+_MEMORY_PROBE = """
+import sys, threading
+from pathlib import Path
+from imagegen import memory, thumbnails
+
+if not memory.keep_large_allocations_returnable():  # as create_app does in every worker
+    sys.exit("not glibc")
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+source = Path(sys.argv[1])
+before = rss_mb()
+for round in range(3):
+    threads = [
+        threading.Thread(
+            target=thumbnails.render,
+            args=(source, thumbnails.Variant(200 + 8 * round + n, None, None), "png", "x"),
+        )
+        for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_a_worker_gives_thumbnail_memory_back_after_eight_at_once(tmp_path):
+    source = tmp_path / "large.png"
+    source.write_bytes(gradient_png((3840, 2160)))
+
+    probe = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(thumbnails_module.__file__).parents[1])},
+    )
+
+    if probe.stderr.strip() == "not glibc":
+        pytest.skip("giving memory back uses glibc's malloc calls")
+    assert probe.returncode == 0, probe.stderr
+    # Three rounds of eight 33 MB decodes: without giving memory back, 29-70 MB stayed.
+    assert int(probe.stdout) < 10, probe.stdout
 
 
 # --- a full disk and real Gunicorn ---------------------------------------------------------

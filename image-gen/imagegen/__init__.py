@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         images,
         jobs,
         mcp,
+        memory,
         metrics,
         models,
         openapi,
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or Settings.from_env()
     configure_logging()
+    memory.keep_large_allocations_returnable()  # thumbnails' decoded images go back to the OS
     app = Flask(__name__)
     app.config.update(
         SETTINGS=settings,
