@@ -209,7 +209,8 @@ class FakeResponse:
     ``delay`` seconds are waited (interruptibly) before answering. ``usage``, when set,
     is the ``usage`` of a GPT Image success (each completed event's, when streamed),
     verbatim: ``json.dumps`` writes huge integers as digits and floats such as ``inf`` as
-    ``Infinity``, as a faulty upstream might.
+    ``Infinity``, as a faulty upstream might. ``partial_b64_json``, when set, is every
+    ``*.partial_image`` event's image when streamed (otherwise a PNG of the final's size).
     """
 
     kind: Literal["success", "raw", "drop_connection", "reset_mid_body"] = "success"
@@ -222,6 +223,7 @@ class FakeResponse:
     url: str | None = None
     file: FileSpec | None = None
     usage: Any = None
+    partial_b64_json: str | None = None
 
 
 def success() -> FakeResponse:
@@ -686,11 +688,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             final = base64.b64decode(item.get("b64_json") or "") or make_png()
             width, height = _png_dims(final)
             for index in range(partials):
-                rough = make_png(width, height, _colour(1000 + index))
+                rough = plan.partial_b64_json or _b64(
+                    make_png(width, height, _colour(1000 + index))
+                )
                 events.append(
                     {
                         "type": f"{prefix}.partial_image",
-                        "b64_json": _b64(rough),
+                        "b64_json": rough,
                         "created_at": int(time.time()),
                         "partial_image_index": index,
                         **shared,

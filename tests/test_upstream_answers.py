@@ -404,6 +404,20 @@ def test_an_upstream_image_larger_than_the_model_makes_is_refused_and_nothing_is
     assert (usage["images_last_day"], usage["usd_last_day"]) == (0, 0)  # released
 
 
+def test_a_streamed_partial_image_larger_than_the_model_makes_is_skipped(
+    capped_jobs, fake_openai, caplog
+):
+    fake_openai.set_default(fake.FakeResponse(partial_b64_json=b64(declared_png(50000, 50000))))
+
+    job_id = run_async_job(capped_jobs)
+
+    assert fake_openai.image_requests[0].json["partial_images"] > 0
+    assert len(capped_jobs.get(f"/jobs/{job_id}").get_json()["images"]) == 1
+    events = capped_jobs.get(f"/jobs/{job_id}/events").get_data(as_text=True)
+    assert "event: image\n" in events and "event: partial_image\n" not in events
+    assert "a 50000x50000 image, larger than gpt-image-2 makes" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("model", "width", "height"),
     [

@@ -206,15 +206,18 @@ class OpenAIProvider:
             return self.client.stream_images(
                 {**payload, "partial_images": partial_images},
                 deadline,
-                lambda event: self._relay(event, start, progress),
+                lambda event: self._relay(event, start, progress, request.model),
             )
 
         return self._fan_out(
             request, send, deadline, per_call=1 if streaming else None, progress=progress
         )
 
-    def _relay(self, event: dict[str, Any], image: int, progress: Progress) -> None:
-        """Pass a partial preview on; one that is not a usable image is skipped, not fatal."""
+    def _relay(
+        self, event: dict[str, Any], image: int, progress: Progress, model: ModelSpec
+    ) -> None:
+        """Pass a partial preview on; one that is not a usable image (larger than the model
+        makes, too) is skipped, not fatal."""
         if not event["type"].endswith(".partial_image"):
             return
         index = event.get("partial_image_index")
@@ -225,6 +228,10 @@ class OpenAIProvider:
         info = identify(data) if len(data) <= self.client.max_image_bytes else None
         if info is None or not isinstance(index, int) or not 0 <= index <= 9:
             log.warning("skipping an unusable partial image from the upstream")
+            return
+        too_large = _beyond_model(model, info.width, info.height)
+        if too_large:
+            log.warning("skipping a partial image from the upstream: %s", too_large)
             return
         progress.partial(image, index, data, info.format)
 
@@ -279,12 +286,9 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 "the upstream sent bytes that are not a PNG, JPEG or WebP image"
             )
-        bounds = model.largest_output
-        if not bounds.allows(info.width, info.height):
-            raise InvalidResponseError(
-                f"the upstream sent a {info.width}x{info.height} image, larger than {model.id} "
-                f"makes (at most {bounds.max_edge} pixels a side and {bounds.max_pixels:,} in all)"
-            )
+        too_large = _beyond_model(model, info.width, info.height)
+        if too_large:
+            raise InvalidResponseError(f"the upstream sent {too_large}")
         revised = item.get("revised_prompt")
         return GeneratedImage(
             data,
@@ -466,6 +470,18 @@ class OpenAIProvider:
         return UpstreamError(
             f"The image service upstream failed (HTTP {exc.status}); try again later."
         )
+
+
+def _beyond_model(model: ModelSpec, width: int, height: int) -> str | None:
+    """What is wrong with an upstream image of this size, if it is larger than `model` makes
+    (no model's answer can be: a header declaring 50000x50000 is a lie or a bomb)."""
+    bounds = model.largest_output
+    if bounds.allows(width, height):
+        return None
+    return (
+        f"a {width}x{height} image, larger than {model.id} makes "
+        f"(at most {bounds.max_edge} pixels a side and {bounds.max_pixels:,} in all)"
+    )
 
 
 def _dimensions(size: str) -> tuple[int, int]:
