@@ -111,7 +111,16 @@ def job_files(images_dir: Path) -> list[str]:
 
 
 def read_metadata(images_dir: Path, job_id: str) -> dict[str, Any]:
-    return json.loads((images_dir / job_id / "metadata.json").read_text())
+    return strict_json((images_dir / job_id / "metadata.json").read_text())
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads as strict parsers read JSON: NaN, Infinity and -Infinity are errors."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 # --- client tokens ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         images,
         jobs,
         mcp,
+        memory,
         metrics,
         models,
         openapi,
@@ -46,15 +47,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
     from .settings import Settings
     from .store import ImageStore
+    from .strictjson import StrictJSONProvider
 
     settings = settings or Settings.from_env()
     configure_logging()
+    memory.keep_large_allocations_returnable()  # thumbnails' decoded images go back to the OS
     app = Flask(__name__)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
+    app.json = StrictJSONProvider(app)  # no NaN or Infinity in answers or accepted bodies
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
     app.url_map.merge_slashes = False

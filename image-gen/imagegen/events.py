@@ -7,11 +7,11 @@ reconnects with `Last-Event-ID` gets only the events after it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import strictjson
 from .jobrecords import FINAL, JobRecords
 
 POLL_SECONDS = 0.25  # how often the record is read
@@ -23,7 +23,7 @@ RECONNECT_MS = 2000
 
 def format_event(event: dict[str, Any]) -> str:
     """One event on the wire: id, event name and its data as one line of JSON."""
-    data = json.dumps(event["data"], ensure_ascii=False, separators=(",", ":"))
+    data = strictjson.dumps(event["data"], ensure_ascii=False, separators=(",", ":"))
     return f"id: {event['id']}\nevent: {event['event']}\ndata: {data}\n\n"
 
 

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import strictjson
 from .durable import Disk, is_disk_full
 from .errors import InsufficientStorage
 from .imagefmt import EXTENSIONS
@@ -398,4 +399,4 @@ def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return strictjson.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -18,7 +18,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
-from . import asyncjobs, events
+from . import asyncjobs, events, strictjson
 from .asyncjobs import JobNotFinished, completed_body, pending_body, runner_of
 from .errors import ImageNotFound, ServiceError, ValidationError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
@@ -157,7 +157,7 @@ def delete_job(job_id: str) -> ResponseReturnValue:
 
 def encode_cursor(position: tuple[int, str, str, int]) -> str:
     """An opaque cursor for a store position: URL-safe base64 of a small JSON array."""
-    raw = json.dumps(list(position), separators=(",", ":")).encode()
+    raw = strictjson.dumps(list(position), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import durable, ownership
+from . import durable, ownership, strictjson
 from .clock import utc_now
 from .durable import Disk, is_disk_full
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
@@ -43,6 +43,10 @@ _INDEX = ".index"
 _TMP_PREFIX = ".tmp-"
 _LOCK = ".lock"
 _THUMBS = "thumbs"
+# Cached thumbnails kept per image: a caller may ask for any of some 12 million variants
+# (every width and height from 16 to 2048, three formats), and the disk must not fill up
+# with them. The least recently used go first.
+MAX_THUMBNAILS = 16
 _THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LINK_TARGET = re.compile(
@@ -243,11 +247,23 @@ class ImageStore:
     # A cache beside the job's images, never in metadata.json, the index or a listing. A
     # thumbnail is written under a temporary name and renamed into place, so threads and
     # workers making the same one at once all succeed and readers never see half a file.
+    # At most MAX_THUMBNAILS are kept per image: a file's access time is when it was last
+    # made or served (set here from one clock, whatever the mount's atime options), and
+    # whoever caches one more removes the least recently used beyond the bound. Removals
+    # race with no harm: a cached file that vanishes before it is opened is made again, and
+    # the last to list the folder sees every file made before it, so the bound holds.
 
     def find_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Path | None:
-        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made."""
+        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made;
+        marked as just used."""
         path = self._thumbnail_path(image, suffix, fmt)
-        return path if path.is_file() else None
+        try:
+            made = os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+        with suppress(OSError):  # a read-only disk still serves it
+            os.utime(path, ns=(time.time_ns(), made))
+        return path
 
     def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> Path | None:
         """Cache a thumbnail atomically and return its path.
@@ -261,6 +277,8 @@ class ImageStore:
         try:
             path.parent.mkdir(exist_ok=True)
             self._disk.write_new(temp, data)  # synced: never an empty file to serve
+            now = time.time_ns()  # the clock find_thumbnail uses, finer than the kernel's
+            os.utime(temp, ns=(now, now))
             os.replace(temp, path)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             _unlink(temp)
@@ -274,7 +292,21 @@ class ImageStore:
         if not os.path.lexists(self._index / image.image_id):
             _unlink(path)
             raise ImageNotFound(f"Image {image.image_id} not found.")
+        self._trim_thumbnails(image, keep=path.name)
         return path
+
+    def _trim_thumbnails(self, image: StoredImage, *, keep: str) -> None:
+        """Remove the least recently used cached thumbnails of `image` beyond MAX_THUMBNAILS
+        (never `keep`, the one just made)."""
+        used: list[tuple[int, str]] = []
+        with suppress(FileNotFoundError), os.scandir(self.root / image.job_id / _THUMBS) as it:
+            for entry in it:
+                if entry.name.startswith(f"{image.image_id}-") and entry.name != keep:
+                    with suppress(FileNotFoundError):
+                        used.append((entry.stat(follow_symlinks=False).st_atime_ns, entry.path))
+        used.sort()
+        for _, stale in used[: max(0, len(used) + 1 - MAX_THUMBNAILS)]:
+            _unlink(Path(stale))
 
     def _thumbnail_path(self, image: StoredImage, suffix: str, fmt: str) -> Path:
         return self.root / image.job_id / _THUMBS / thumbnail_name(image, suffix, fmt)
@@ -521,7 +553,7 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:
-    return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
+    return strictjson.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
 def _unlink(path: Path) -> None:
