@@ -17,15 +17,35 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from imagegen import create_app
+from imagegen import clock, create_app
 from imagegen.ownership import Process
 from imagegen.settings import Settings
 from imagegen.tokens import digest_of, parse_tokens
 from tests.fake_openai import FakeOpenAI
 from tests.gunicorn_server import Service, run_gunicorn
+from tests.support.clock import PinnedClock, run_day
 
 # A key shaped like a real one, so a leak of any part of it is easy to find.
 TEST_KEY = "sk-proj-TESTKEY-imagegen-0123456789abcdefABCDEF"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_clock() -> Iterator[PinnedClock]:
+    """The service's `clock.today` for the whole run, never the wall clock's day; set up
+    before any other fixture, so module-scoped services see it too."""
+    pinned = PinnedClock(run_day())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clock, "today", pinned)
+        yield pinned
+
+
+@pytest.fixture(autouse=True)
+def today(_pinned_clock: PinnedClock) -> Iterator[PinnedClock]:
+    """The service's today in this test: the run's day (tests/support/clock.py). A test
+    about another day calls `today.set(day)`; Gunicorn started after that gets it too."""
+    _pinned_clock.set(run_day())
+    yield _pinned_clock
+    _pinned_clock.set(run_day())
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,13 @@ import pytest
 
 from tests import fake_openai as fake
 from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, line, wait_for
-from tests.gunicorn_server import REPO, Service, run_gunicorn
+from tests.gunicorn_server import (
+    GUNICORN_COMMAND,
+    REPO,
+    Service,
+    run_gunicorn,
+    service_environment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,12 +91,7 @@ def test_idempotent_retries_racing_the_original_across_workers_make_one_job(tmp_
 def test_a_tokens_file_with_a_bad_line_stops_the_service_at_start(tmp_path):
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"{line('alice', ALICE)}\nbob {BOB} images_per_day=plenty\n")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "IMAGE_GEN_", "GUNICORN_"))
-    }
-    env.update(
+    env = service_environment(
         {
             "GUNICORN_BIND": "127.0.0.1:0",
             "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images"),
@@ -100,7 +100,7 @@ def test_a_tokens_file_with_a_bad_line_stops_the_service_at_start(tmp_path):
         }
     )
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
+        GUNICORN_COMMAND,
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagegen.jobrecords import JobRecords, new_marker
+from tests.support.scans import change_after_listing
 
 
 @pytest.fixture
@@ -59,3 +60,13 @@ def test_while_another_process_sweeps_this_one_skips_and_removes_nothing(records
 def test_a_service_that_never_queued_a_job_has_nothing_to_sweep(records):
     assert records.sweep(retention=0) == 0
     assert not records.root.exists()
+
+
+def test_sweep_skips_records_another_process_removes_after_the_listing(records, monkeypatch):
+    done, gone = a_job(records, "completed"), a_job(records, "completed")
+
+    listings = change_after_listing(monkeypatch, records.root, lambda e: records.remove(gone))
+
+    assert records.sweep(retention=0) == 1
+    assert listings == [1]
+    assert records.read(done) is None and records.read(gone) is None

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from imagegen import settings as settings_module
+from imagegen.catalog import CATALOG
 from imagegen.settings import DEFAULT_BASE_URL, Settings, SettingsError
+from tests.support.clock import PinnedClock
 
 FILE_KEY = "sk-proj-FROMFILE-0123456789abcdefXYZ"
 ENV_KEY = "sk-proj-FROMENV-9876543210fedcbaQRS"
@@ -321,8 +323,9 @@ def test_provider_name_is_case_and_space_insensitive(missing_key_file: str) -> N
 
 @pytest.mark.parametrize("model", ["gpt-5-image", "GPT-IMAGE-2", "gpt-image-1"])
 def test_default_model_that_is_unknown_or_shut_down_is_a_settings_error(
-    missing_key_file: str, model: str
+    missing_key_file: str, model: str, today: PinnedClock
 ) -> None:
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     with pytest.raises(SettingsError, match="IMAGE_GEN_DEFAULT_MODEL") as raised:
         Settings.from_env(env(missing_key_file, IMAGE_GEN_DEFAULT_MODEL=model))
 

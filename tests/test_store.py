@@ -30,6 +30,7 @@ from imagegen.placeholder import placeholder_png
 from imagegen.providers import GeneratedImage, Generation
 from imagegen.store import ImageStore
 from tests.fake_openai import make_png
+from tests.support.scans import change_after_listing
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 REQUEST = {"prompt": "a red fox", "model": "gpt-image-2", "count": 2, "size": "1024x1024"}
@@ -651,6 +652,84 @@ def test_sweep_of_a_clean_store_removes_nothing(store: ImageStore, saved: dict[s
 
     assert store.sweep(older_than=0) == 0
     assert snapshot(store.root) == before
+
+
+# Every worker sweeps as it boots, while the others write: what they create, publish and
+# remove between this worker's listing and its look at an entry must not fail the boot.
+
+
+def test_sweep_skips_staging_entries_that_others_remove_or_publish_after_the_listing(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = store.root / ".tmp-probe-4242"  # another worker's prepare()
+    probe.mkdir()
+    job_id = str(uuid.uuid4())
+    staging = store.root / f".tmp-{job_id}"  # another worker's save_job(), about to publish
+    staging.mkdir()
+    stale = store.root / f".tmp-{uuid.uuid4()}"
+    stale.mkdir()
+    _age(stale, 7200)
+
+    def others(entries: list[os.DirEntry[str]]) -> None:
+        probe.rmdir()
+        staging.rename(store.root / job_id)
+
+    listings = change_after_listing(monkeypatch, store.root, others)
+
+    assert store.sweep(older_than=3600) == 1
+    assert listings == [1]
+    assert not stale.exists() and not probe.exists()
+    assert (store.root / job_id).is_dir()
+
+
+def test_sweep_skips_index_links_that_others_remove_after_the_listing(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = store.root / ".index"
+    links = []
+    for _ in range(2):
+        link = index / str(uuid.uuid4())
+        os.symlink(f"../{uuid.uuid4()}/001-{link.name}.png", link)
+        _age(link, 7200)
+        links.append(link)
+    gone, left = links
+
+    listings = change_after_listing(monkeypatch, index, lambda entries: os.unlink(gone))
+
+    assert store.sweep(older_than=3600) == 1
+    assert listings == [1]
+    assert not os.path.lexists(left)
+
+
+def test_listing_skips_a_job_deleted_after_the_scan_and_shows_one_published_after_it(
+    store: ImageStore, saved: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doomed = store.save_job(dict(REQUEST), generation(1))
+    later: list[dict[str, Any]] = []
+
+    def others(entries: list[os.DirEntry[str]]) -> None:
+        if not later:
+            store.delete_job(doomed["job_id"])
+            later.append(store.save_job(dict(REQUEST), generation(1)))
+
+    change_after_listing(monkeypatch, store.root, others)
+
+    first, _ = store.list_images(limit=10)
+    second, _ = store.list_images(limit=10)
+
+    assert {m["job_id"] for m, _ in first} == {saved["job_id"]}
+    assert {m["job_id"] for m, _ in second} == {saved["job_id"], later[0]["job_id"]}
+
+
+def test_prepare_leaves_the_probe_of_a_process_with_the_same_pid_alone(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    theirs = root / f".tmp-probe-{os.getpid()}"  # a replica's worker in another container
+    theirs.mkdir()
+
+    ImageStore(root, fsync=False).prepare()
+
+    assert sorted(p.name for p in root.iterdir()) == [".index", theirs.name]
 
 
 # --- imagefmt.identify ----------------------------------------------------------------------

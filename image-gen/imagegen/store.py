@@ -86,8 +86,9 @@ class ImageStore:
         """Create the directories; fail with a message that names the fix if we cannot."""
         try:
             self._index.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}"
-            probe.mkdir(exist_ok=True)
+            # Unique: a replica in another container may have the same pid and be probing too.
+            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex}"
+            probe.mkdir()
             probe.rmdir()
         except PermissionError as exc:
             # mkdir is refused by the directory it writes in: the parent of what it made.
@@ -372,24 +373,27 @@ class ImageStore:
     # --- housekeeping ---------------------------------------------------------------------
 
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove what crashed writers left: stale staging dirs and dangling index links."""
+        """Remove what crashed writers left: stale staging dirs and dangling index links.
+
+        Other workers write, publish and remove entries meanwhile (every worker sweeps as
+        it boots): an entry that is gone by the time it is looked at is skipped.
+        """
         removed = 0
         cutoff = time.time() - older_than
-        for entry in os.scandir(self.root):
-            if (
-                entry.name.startswith(_TMP_PREFIX)
-                and entry.stat(follow_symlinks=False).st_mtime < cutoff
-            ):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
-        for entry in os.scandir(self._index):
-            if (
-                entry.is_symlink()
-                and not os.path.exists(entry.path)
-                and entry.stat(follow_symlinks=False).st_mtime < cutoff
-            ):
-                _unlink(Path(entry.path))
-                removed += 1
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.startswith(_TMP_PREFIX) and changed_before(entry, cutoff):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+        with os.scandir(self._index) as entries:
+            for entry in entries:
+                if (
+                    entry.is_symlink()
+                    and not os.path.exists(entry.path)
+                    and changed_before(entry, cutoff)
+                ):
+                    _unlink(Path(entry.path))
+                    removed += 1
         return removed
 
     # --- browsing and removing whole jobs ----------------------------------------------------
@@ -543,6 +547,20 @@ class ImageStore:
         """This process's memory for listing: lock mtimes and created_at (which never change
         for a job) and the last scan's order. Shared by the worker's threads."""
         return self._browse
+
+
+def mtime_of(entry: os.DirEntry[str]) -> float | None:
+    """The mtime of a listed entry (a link's own), or None if it vanished since the listing."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def changed_before(entry: os.DirEntry[str], cutoff: float) -> bool:
+    """Whether a listed entry last changed before `cutoff` (False if it has vanished)."""
+    mtime = mtime_of(entry)
+    return mtime is not None and mtime < cutoff
 
 
 def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
