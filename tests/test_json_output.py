@@ -62,7 +62,11 @@ def test_a_request_body_with_a_non_finite_number_is_refused_as_bad_json(client, 
     assert response.status_code == 400
     body = strict_json(response.data)
     assert body["code"] == "VALIDATION_ERROR"
-    assert body["error"] == malformed.get_json()["error"]  # refused as a body, not as a field
+    # Refused as a body, like any malformed JSON, not as a field, and saying why.
+    assert "field" not in body
+    assert body["error"].startswith("The body is not valid JSON: ")
+    assert malformed.get_json()["error"].startswith("The body is not valid JSON: ")
+    assert ("too large" if text == "1e400" else text.lstrip("-")) in body["error"]
     assert fake_openai.image_requests == []
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from . import clock
+from . import clock, strictjson
 from .catalog import CATALOG, MIB, SHUT_DOWN, Choice, InputSpec, IntRange, ModelSpec
 from .errors import ValidationError
 from .imagefmt import CONTENT_TYPES, identify, png_has_alpha
@@ -34,9 +34,11 @@ def read_json(request: Request) -> Any:
     ):
         raise RequestEntityTooLarge()
     try:
-        return request.get_json()
+        return strictjson.loads(request.get_data(cache=True))
     except RecursionError:
         raise ValidationError("The JSON body is nested too deeply.") from None
+    except ValueError as exc:  # json.JSONDecodeError, a non-finite number, bad UTF-8
+        raise ValidationError(f"The body is not valid JSON: {str(exc)[:200]}.") from None
 
 
 @dataclass(frozen=True)
