@@ -400,6 +400,29 @@ def test_a_job_can_be_deleted_once_it_has_finished(client, fake_openai):
     assert client.get(f"/jobs/{failed}").status_code == 404
 
 
+def test_a_job_reads_completed_only_once_it_can_be_deleted(client, fake_openai):
+    runner = client.application.extensions["imagegen"]["jobs"]
+    stored, go_on = threading.Event(), threading.Event()
+    complete = runner._complete
+
+    def slow_complete(job, metadata):  # the images are stored; the record is not updated yet
+        stored.set()
+        go_on.wait(10)
+        complete(job, metadata)
+
+    runner._complete = slow_complete
+    job_id = client.post("/generate", json={"prompt": "x"}, headers=ASYNC).get_json()["job_id"]
+    assert stored.wait(10), "the job never stored its images"
+    try:
+        assert job(client, job_id)["status"] == "running"
+        assert client.delete(f"/jobs/{job_id}").status_code == 409
+    finally:
+        go_on.set()
+
+    assert finished(client, job_id)["status"] == "completed"
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+
+
 # --- bounds -----------------------------------------------------------------------------------
 
 

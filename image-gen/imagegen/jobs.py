@@ -73,9 +73,14 @@ def list_images() -> ResponseReturnValue:
 @bp.get("/jobs/<path:job_id>")
 def show_job(job_id: str) -> ResponseReturnValue:
     """A stored job as /generate answered it, plus its request (deleted images have no URL);
-    a queued, running or failed one with its progress, previews or error."""
-    metadata = _store().job_metadata(job_id)
+    a queued, running or failed one with its progress, previews or error.
+
+    An asynchronous job reads completed once its record says so, not as soon as its images
+    are stored: from then on it can be deleted, and its `completed` event is out.
+    """
     record = _records().read(job_id)
+    unfinished = record is not None and record["status"] not in FINAL
+    metadata = None if unfinished else _store().job_metadata(job_id)
     if metadata is not None:
         body = completed_body(metadata, record)
         if record is not None and record.get("webhook"):
