@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,9 +65,14 @@ class Ownership:
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
+        self._mutex = threading.Lock()
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
+        """Drop the lock; releasing again does nothing. The descriptor is closed exactly
+        once even when threads race here: a second close could close an unrelated file
+        that reused the number (another holder's lock, say)."""
+        with self._mutex:
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the only descriptor drops the flock
 
