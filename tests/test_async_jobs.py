@@ -28,6 +28,7 @@ from imagegen.store import ImageStore
 from imagegen.webhooks import sign
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, wait_for
+from tests.gunicorn_server import free_port
 from tests.test_edits import rgba_png
 from tests.test_metrics import scrape, value
 
@@ -725,6 +726,57 @@ def test_the_webhook_reports_a_failed_job_with_the_operators_secret(make_jobs_ap
     delivered = json.loads(body)
     assert delivered["type"] == "job.failed"
     assert delivered["data"]["code"] == "CONTENT_POLICY_VIOLATION"
+
+
+def test_jobs_whose_webhook_is_still_being_delivered_hold_no_queue_place_or_slot(
+    make_jobs_app, fake_openai
+):
+    # Nothing listens on the port, and the next attempt is a minute away: every delivery
+    # stays pending for the whole test.
+    client = make_jobs_app(
+        max_running_jobs=1, max_queued_jobs=2, webhook_backoff=60.0
+    ).test_client()
+    unreachable = f"http://127.0.0.1:{free_port()}/hooks/image"
+    hooked = {**ASYNC, "Webhook-URL": unreachable, "Webhook-Secret": SECRET}
+    pending = []
+    for n in range(2):
+        answer = client.post("/generate", json={"prompt": f"hooked {n}"}, headers=hooked)
+        assert answer.status_code == 202, answer.get_json()
+        pending.append(answer.get_json()["job_id"])
+        assert finished(client, pending[-1])["status"] == "completed"
+
+    later = [client.post("/generate", json={"prompt": f"later {n}"}, headers=ASYNC) for n in (0, 1)]
+
+    assert [answer.status_code for answer in later] == [202, 202], later[-1].get_json()
+    for answer in later:  # one slot, and nothing else holds it
+        assert finished(client, answer.get_json()["job_id"])["status"] == "completed"
+    for job_id in pending:
+        assert job(client, job_id)["webhook"]["status"] == "pending"
+
+
+def test_a_webhook_its_process_did_not_deliver_is_delivered_by_another(make_jobs_app, fake_openai):
+    with Receiver(failures=1) as receiver:
+        first = make_jobs_app(webhook_backoff=60.0)  # the retry would wait a minute
+        answer = first.test_client().post(
+            "/generate",
+            json={"prompt": "call me later"},
+            headers={**ASYNC, "Webhook-URL": receiver.url, "Webhook-Secret": SECRET},
+        )
+        job_id = answer.get_json()["job_id"]
+        wait_for(lambda: receiver.received, what="the first delivery")
+        first.extensions["imagegen"]["jobs"].shutdown(5)  # its process stops before the retry
+
+        client = make_jobs_app().test_client()
+        done = wait_for(
+            lambda: (body := job(client, job_id))["webhook"]["status"] != "pending" and body,
+            what="the webhook delivered by the other process",
+        )
+
+    assert done["status"] == "completed"
+    assert done["webhook"] == {"status": "delivered", "attempts": 2}
+    (first_headers, _), (headers, body) = receiver.received
+    assert headers["webhook-id"] == first_headers["webhook-id"]
+    assert verify(headers, body, SECRET.encode())
 
 
 def test_signatures_match_the_standard_webhooks_test_vector():
