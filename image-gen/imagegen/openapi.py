@@ -742,7 +742,9 @@ def _add_access(paths: dict[str, dict[str, Any]]) -> None:
                     _header_param(
                         "Idempotency-Key",
                         "Makes a retry safe: the same key and body within 24 h returns the "
-                        "first answer without generating again (1-255 ASCII characters).",
+                        "first answer without generating again (1-255 ASCII characters). "
+                        "The retry's own Prefer, Webhook-URL and Webhook-Secret are not "
+                        "applied; the Idempotent-Replay-Ignored header names those it sent.",
                     )
                 )
             for status, response in _errors(*extra, schema=schema).items():
