@@ -497,11 +497,7 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     app = make_jobs_app(max_running_jobs=1)
     runner = app.extensions["imagegen"]["jobs"]
     holder = records_of(app.config["SETTINGS"]).take_slot()  # the job waits for this slot
-    job_id = (
-        app.test_client()
-        .post("/generate", json={"prompt": "x"}, headers=ASYNC)
-        .get_json()["job_id"]
-    )
+    assert holder is not None
     took, go_on = threading.Event(), threading.Event()
     take_slot = runner.records.take_slot
 
@@ -512,7 +508,14 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
             go_on.wait(10)
         return slot
 
+    # In place before the dispatcher starts: one already inside the real take_slot when
+    # the holder lets go would take the slot unseen and run the job.
     runner.records.take_slot = slow_take_slot
+    job_id = (
+        app.test_client()
+        .post("/generate", json={"prompt": "x"}, headers=ASYNC)
+        .get_json()["job_id"]
+    )
     holder.release()
     assert took.wait(10), "the dispatcher never took the freed slot"
     runner.shutdown(0)  # lets go of the queued job while the dispatcher holds its slot
