@@ -9,6 +9,7 @@ import pytest
 
 from tests import fake_openai as fake
 from tests.conftest import ALICE, BOB, bearer, job_files, line
+from tests.test_async_jobs import finished
 
 
 def key(value: str) -> dict[str, str]:
@@ -113,6 +114,7 @@ def test_a_replay_names_the_prefer_and_webhook_headers_it_did_not_apply(client, 
     assert plain.get_json()["job_id"] == job_id
     assert "Idempotent-Replay-Ignored" not in plain.headers
     assert "Idempotent-Replay-Ignored" not in first.headers
+    assert finished(client, job_id)["status"] == "completed"  # nothing waited for it
     assert len(fake_openai.image_requests) == 1
 
 
