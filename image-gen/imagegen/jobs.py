@@ -112,7 +112,13 @@ def job_events(job_id: str) -> ResponseReturnValue:
         done = {"id": 1, "event": "completed", "data": completed_body(metadata)}
         stream: Any = iter([events.format_event(done)] if last < 1 else [])
     else:
-        stream = events.follow(records, canonical, last, notice=runner_of(current_app).notice)
+        stream = events.follow(
+            records,
+            canonical,
+            last,
+            notice=runner_of(current_app).notice,
+            gone=events.client_gone(request.environ),
+        )
     return Response(
         stream,
         mimetype="text/event-stream",
