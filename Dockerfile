@@ -7,9 +7,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    IMAGE_GEN_IMAGES_DIR=/app/images
+    IMAGE_GEN_IMAGES_DIR=/app/images \
+    IMAGE_GEN_ALLOW_ROOT=false
 
-# A fixed uid/gid, so a bind-mounted ./images can be chowned to it on the host.
+# The image's own non-root user, for docker run, Swarm and Kubernetes. docker-compose.yml
+# runs the service as the owner of the checkout instead (IMAGE_GEN_USER): any numeric uid
+# works, with or without an entry here. The service refuses to start as root.
 RUN groupadd --system --gid 10001 imagegen \
     && useradd --system --uid 10001 --gid imagegen --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin imagegen

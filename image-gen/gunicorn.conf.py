@@ -8,6 +8,8 @@ quality), so each worker process runs many threads. Sync workers would serve onl
 import contextlib
 import glob
 import os
+from pathlib import Path
+from typing import Any
 
 
 def _int(name: str, default: int) -> int:
@@ -49,19 +51,50 @@ control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-def on_starting(server: object) -> None:
-    """Start the counters of /metrics at zero: remove the last run's count files.
+def on_starting(server: Any) -> None:
+    """Read the client tokens file, which every worker then serves with, and start the
+    counters of /metrics at zero: remove the last run's count files.
 
-    Done here without importing the app, so workers still load its code afresh. The
-    directory and file names are imagegen/metrics.py's; only those files are removed.
+    A bad tokens file stops the start here, naming its line. Neither step imports the app
+    (`imagegen.tokens` needs only the standard library), so workers load its code afresh.
+    The directory and file names are imagegen/metrics.py's; only those files are removed.
     """
+    tokens_file = os.environ.get("IMAGE_GEN_TOKENS_FILE", "").strip()
+    if tokens_file:
+        from imagegen import tokens
+
+        try:
+            held = tokens.hold(Path(tokens_file))
+        except tokens.TokenFileError as exc:
+            raise RuntimeError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
+        server.log.info("client tokens: %d read from %s", len(held.tokens), held.path)
     directory = os.environ.get("IMAGE_GEN_METRICS_DIR", "").strip() or os.path.join(
         os.environ.get("IMAGE_GEN_IMAGES_DIR", "images"), ".metrics"
     )
     for pattern in ("process-*.metrics", ".tmp-process-*", "archive.json", ".tmp-archive.json"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
-            with contextlib.suppress(FileNotFoundError):
+            # A file another uid left is the workers' to report: their start-up check of
+            # the images directory names the owner and the fix.
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(path)
+
+
+def on_reload(server: Any) -> None:
+    """SIGHUP (`docker compose kill -s HUP`): read the tokens file again before Gunicorn
+    replaces its workers, which then serve with it. A file that cannot be used is logged with
+    its line, and the last good tokens stay: the service never stops over it."""
+    from imagegen import tokens
+
+    reloaded = tokens.reload_held()
+    if reloaded is None:
+        return
+    held, error = reloaded
+    if error is None:
+        server.log.info("client tokens reloaded: %d read from %s", len(held.tokens), held.path)
+    else:
+        server.log.error(
+            "client tokens NOT reloaded, the last good %d stay in use: %s", len(held.tokens), error
+        )
 
 
 def post_worker_init(worker: object) -> None:

@@ -17,14 +17,35 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from imagegen import create_app
+from imagegen import clock, create_app
+from imagegen.ownership import Process
 from imagegen.settings import Settings
 from imagegen.tokens import digest_of, parse_tokens
 from tests.fake_openai import FakeOpenAI
 from tests.gunicorn_server import Service, run_gunicorn
+from tests.support.clock import PinnedClock, run_day
 
 # A key shaped like a real one, so a leak of any part of it is easy to find.
 TEST_KEY = "sk-proj-TESTKEY-imagegen-0123456789abcdefABCDEF"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_clock() -> Iterator[PinnedClock]:
+    """The service's `clock.today` for the whole run, never the wall clock's day; set up
+    before any other fixture, so module-scoped services see it too."""
+    pinned = PinnedClock(run_day())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clock, "today", pinned)
+        yield pinned
+
+
+@pytest.fixture(autouse=True)
+def today(_pinned_clock: PinnedClock) -> Iterator[PinnedClock]:
+    """The service's today in this test: the run's day (tests/support/clock.py). A test
+    about another day calls `today.set(day)`; Gunicorn started after that gets it too."""
+    _pinned_clock.set(run_day())
+    yield _pinned_clock
+    _pinned_clock.set(run_day())
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +154,16 @@ def job_files(images_dir: Path) -> list[str]:
 
 
 def read_metadata(images_dir: Path, job_id: str) -> dict[str, Any]:
-    return json.loads((images_dir / job_id / "metadata.json").read_text())
+    return strict_json((images_dir / job_id / "metadata.json").read_text())
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads as strict parsers read JSON: NaN, Infinity and -Infinity are errors."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 # --- client tokens ----------------------------------------------------------------------------
@@ -200,6 +230,24 @@ def placeholder_service(tmp_path_factory) -> Iterator[Service]:
     tmp_path = tmp_path_factory.mktemp("compat-placeholder")
     with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
         yield service
+
+
+@pytest.fixture
+def another_users(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], os.stat_result]:
+    """another_users(path): make `path` belong to a uid other than the one the start-up
+    messages say this process runs as (chowned away when the tests run as root, which
+    owns nothing foreign otherwise); returns the path's owner. The caller makes the kernel
+    refuse the access, which root would be granted."""
+
+    def hand_over(path: Path) -> os.stat_result:
+        if os.geteuid() == 0:
+            os.chown(path, 4321, 4322)
+        owner = path.stat()
+        stranger = Process(uid=owner.st_uid + 1, gid=owner.st_gid + 1, root_on_host=0)
+        monkeypatch.setattr(Process, "current", classmethod(lambda cls: stranger))
+        return owner
+
+    return hand_over
 
 
 @contextlib.contextmanager

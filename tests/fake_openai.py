@@ -73,6 +73,7 @@ __all__ = [
     "success",
     "truncated_b64",
     "url_to",
+    "usage_report",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,7 +206,11 @@ class FakeResponse:
     * ``"drop_connection"``: close the socket without answering;
     * ``"reset_mid_body"``: a success whose body is cut short.
 
-    ``delay`` seconds are waited (interruptibly) before answering.
+    ``delay`` seconds are waited (interruptibly) before answering. ``usage``, when set,
+    is the ``usage`` of a GPT Image success (each completed event's, when streamed),
+    verbatim: ``json.dumps`` writes huge integers as digits and floats such as ``inf`` as
+    ``Infinity``, as a faulty upstream might. ``partial_b64_json``, when set, is every
+    ``*.partial_image`` event's image when streamed (otherwise a PNG of the final's size).
     """
 
     kind: Literal["success", "raw", "drop_connection", "reset_mid_body"] = "success"
@@ -217,6 +222,8 @@ class FakeResponse:
     b64_json: str | None = None
     url: str | None = None
     file: FileSpec | None = None
+    usage: Any = None
+    partial_b64_json: str | None = None
 
 
 def success() -> FakeResponse:
@@ -355,6 +362,11 @@ def invalid_b64() -> FakeResponse:
 def not_an_image() -> FakeResponse:
     """Success whose ``b64_json`` decodes to bytes that are not an image."""
     return FakeResponse(b64_json=_b64(b"hello, not an image"))
+
+
+def usage_report(usage: Any) -> FakeResponse:
+    """Success whose ``usage`` (per call, or per completed event when streamed) is ``usage``."""
+    return FakeResponse(usage=usage)
 
 
 def url_to(url: str) -> FakeResponse:
@@ -676,11 +688,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             final = base64.b64decode(item.get("b64_json") or "") or make_png()
             width, height = _png_dims(final)
             for index in range(partials):
-                rough = make_png(width, height, _colour(1000 + index))
+                rough = plan.partial_b64_json or _b64(
+                    make_png(width, height, _colour(1000 + index))
+                )
                 events.append(
                     {
                         "type": f"{prefix}.partial_image",
-                        "b64_json": _b64(rough),
+                        "b64_json": rough,
                         "created_at": int(time.time()),
                         "partial_image_index": index,
                         **shared,
@@ -692,7 +706,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "b64_json": item.get("b64_json"),
                     "created_at": int(time.time()),
                     **shared,
-                    "usage": {
+                    "usage": plan.usage
+                    if plan.usage is not None
+                    else {
                         "input_tokens": 50,
                         "input_tokens_details": {"image_tokens": 0, "text_tokens": 50},
                         "output_tokens": 1056,
@@ -1004,7 +1020,9 @@ class FakeOpenAI:
             "output_format": params.get("output_format") or "png",
             "quality": _resolved(params.get("quality"), "medium"),
             "size": _resolved(params.get("size"), "1024x1024"),
-            "usage": {
+            "usage": plan.usage
+            if plan.usage is not None
+            else {
                 "input_tokens": 50,
                 "input_tokens_details": {"image_tokens": 0, "text_tokens": 50},
                 "output_tokens": 1056 * n,

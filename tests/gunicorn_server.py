@@ -2,8 +2,8 @@
 
 `run_gunicorn(directory, env)` (a context manager) or `launch_gunicorn(directory, env)` (the
 caller stops it) start `gunicorn -c image-gen/gunicorn.conf.py wsgi:app` with a clean
-environment, wait until every worker runs and `/health` answers, and give back a `Service`.
-Every wait has a deadline.
+environment and the test's pinned day (GUNICORN_COMMAND), wait until every worker runs and
+`/health` answers, and give back a `Service`. Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -24,8 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagegen import clock
+from tests.support.clock import TODAY_VARIABLE
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
+# Gunicorn's own command line, run with imagegen.clock.today pinned to IMAGE_GEN_TEST_TODAY.
+GUNICORN_COMMAND = [
+    sys.executable,
+    "-m",
+    "tests.support.pinned_gunicorn",
+    "-c",
+    "image-gen/gunicorn.conf.py",
+    "wsgi:app",
+]
 
 
 @dataclass
@@ -202,21 +214,30 @@ def parse_http(data: bytes) -> HTTPAnswer:
     return HTTPAnswer(status, headers, body)
 
 
-def launch_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Service:
-    """Start Gunicorn with `env` over the defaults and wait until it serves; caller stops it.
-
-    The process inherits no OPENAI_*, IMAGE_GEN_* or GUNICORN_* variable from the test run.
-    Defaults: 2 workers x 8 threads, 5 s graceful timeout, no fsync, no key (set
-    OPENAI_API_KEY_FILE), images in `directory/images`, log in `directory/gunicorn.log`.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+def service_environment(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its OPENAI_*, IMAGE_GEN_* or GUNICORN_* variables,
+    with the service's pinned today (what `clock.today()` answers here) and then `env`."""
     environment = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("OPENAI_", "IMAGE_GEN_", "GUNICORN_"))
     }
-    environment.update(
+    environment[TODAY_VARIABLE] = clock.today().isoformat()
+    environment.update(env)
+    return environment
+
+
+def launch_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Service:
+    """Start Gunicorn with `env` over the defaults and wait until it serves; caller stops it.
+
+    The process inherits no OPENAI_*, IMAGE_GEN_* or GUNICORN_* variable from the test run;
+    its today is the test's (see service_environment). Defaults: 2 workers x 8 threads, 5 s
+    graceful timeout, no fsync, no key (set OPENAI_API_KEY_FILE), images in
+    `directory/images`, log in `directory/gunicorn.log`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    environment = service_environment(
         {
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
@@ -231,7 +252,7 @@ def launch_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Servi
     log = directory / "gunicorn.log"
     with open(log, "wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
+            GUNICORN_COMMAND,
             cwd=REPO,
             env=environment,
             stdout=handle,

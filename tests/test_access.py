@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 
@@ -370,6 +371,29 @@ def test_the_sdk_is_told_not_to_retry_a_cap_that_frees_up_in_an_hour(with_tokens
     assert raised.value.body["code"] == "quota_exceeded"
     usage = client.get("/usage", headers=bearer(ALICE)).get_json()["token"]
     assert usage["images_last_hour"] == 1
+
+
+@pytest.mark.parametrize(
+    "usd",
+    [math.inf, math.nan, -math.inf, -0.5, 10**400],
+    ids=["inf", "nan", "-inf", "-0.5", "10**400"],
+)
+def test_the_ledger_never_books_an_amount_that_is_not_finite_dollars(tmp_path, caplog, usd):
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    ledger.prepare()
+    caps = {"token_limits": Limits(), "global_limits": Limits(usd_per_day=5.0), "model": "m"}
+    reservation = ledger.reserve("alice", images=1, usd=0.25, **caps)
+
+    ledger.settle(reservation, usd=usd, job_id="job")
+
+    assert ledger.usage(None)["usd_last_day"] == 0.25  # the estimate stays
+    assert "settled at its estimate" in caplog.text
+    with pytest.raises(ValueError, match="not an amount"):
+        ledger.reserve("alice", images=1, usd=usd, **caps)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT usd, state FROM spend").fetchall() == [(0.25, "settled")]
+    ledger.reserve("alice", images=1, usd=4.75, **caps)  # the cap still has its room
 
 
 def test_the_ledger_forgets_entries_every_window_has_left_behind(tmp_path):

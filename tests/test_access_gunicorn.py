@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests import fake_openai as fake
-from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, line
-from tests.gunicorn_server import REPO, run_gunicorn
+from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, line, wait_for
+from tests.gunicorn_server import (
+    GUNICORN_COMMAND,
+    REPO,
+    Service,
+    run_gunicorn,
+    service_environment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,12 +91,7 @@ def test_idempotent_retries_racing_the_original_across_workers_make_one_job(tmp_
 def test_a_tokens_file_with_a_bad_line_stops_the_service_at_start(tmp_path):
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"{line('alice', ALICE)}\nbob {BOB} images_per_day=plenty\n")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "IMAGE_GEN_", "GUNICORN_"))
-    }
-    env.update(
+    env = service_environment(
         {
             "GUNICORN_BIND": "127.0.0.1:0",
             "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images"),
@@ -99,7 +100,7 @@ def test_a_tokens_file_with_a_bad_line_stops_the_service_at_start(tmp_path):
         }
     )
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "image-gen/gunicorn.conf.py", "wsgi:app"],
+        GUNICORN_COMMAND,
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -111,6 +112,83 @@ def test_a_tokens_file_with_a_bad_line_stops_the_service_at_start(tmp_path):
     output = result.stdout + result.stderr
     assert "line 2: images_per_day must be a whole number" in output
     assert BOB not in output and ALICE not in output
+
+
+# --- reloading the tokens file: SIGHUP ------------------------------------------------------
+CAROL = "igt_carol-0123456789abcdefghijklmno"
+
+
+def hang_up(svc: Service) -> list[int]:
+    """SIGHUP the master, as `docker compose kill -s HUP` does; wait until every worker is a
+    new one that answers; return the new workers' pids."""
+    old = set(svc.worker_pids())
+    os.kill(svc.process.pid, signal.SIGHUP)
+    new = svc.wait_for_workers(len(old), exclude=old)
+    wait_for(lambda: not old & set(svc.worker_pids()), what="the old workers to exit")
+    return new
+
+
+def statuses(svc: Service, secret: str, times: int = 12) -> set[int]:
+    """The statuses of `times` GET /usage with this token, each on a new connection (so they
+    spread over the workers)."""
+    return {svc.request("GET", "/usage", headers=bearer(secret)).status for _ in range(times)}
+
+
+def test_sighup_reloads_the_tokens_file_on_every_worker(tmp_path, fake_openai):
+    with start(tmp_path, fake_openai, [line("alice", ALICE), line("bob", BOB)]) as svc:
+        assert statuses(svc, BOB) == {200}
+        # Revoke bob, add carol. Until the reload, every worker (a respawned one too) keeps
+        # serving the tokens it started with: they never disagree.
+        (tmp_path / "tokens").write_text(f"{line('alice', ALICE)}\n{line('carol', CAROL)}\n")
+        (victim, *_) = svc.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        svc.wait_for_workers(3, exclude={victim})
+        assert statuses(svc, BOB, 20) == {200}
+        assert statuses(svc, CAROL, 20) == {401}
+
+        hang_up(svc)
+
+        assert statuses(svc, BOB, 20) == {401}
+        assert statuses(svc, CAROL, 20) == {200}
+        assert statuses(svc, ALICE) == {200}
+        health = svc.request("GET", "/health").json()["tokens"]
+        assert health["last_reload"] == "ok" and health["reload_failed_line"] is None
+        assert "client tokens reloaded: 2 read from" in svc.log_text()
+
+
+def test_a_bad_tokens_file_on_reload_keeps_the_last_good_tokens_everywhere(tmp_path, fake_openai):
+    tokens = tmp_path / "tokens"
+    with start(tmp_path, fake_openai, [line("alice", ALICE), line("bob", BOB)]) as svc:
+        with tokens.open("a") as handle:  # an operator's typo, appended
+            handle.write(f"carol {CAROL} images_per_day=plenty\n")
+
+        hang_up(svc)
+
+        assert statuses(svc, ALICE) == {200} and statuses(svc, BOB) == {200}
+        assert statuses(svc, CAROL) == {401}
+        for _ in range(6):  # every worker says the reload failed, and where
+            body = svc.request("GET", "/health").json()
+            assert body["status"] == "healthy"
+            assert body["tokens"]["last_reload"] == "failed"
+            assert body["tokens"]["reload_failed_line"] == 3
+        log_text = svc.log_text()
+        assert "client tokens NOT reloaded, the last good 2 stay in use" in log_text
+        assert "line 3: images_per_day must be a whole number" in log_text
+        # A worker respawned now serves the last good tokens too: the service stays up.
+        (victim, *_) = svc.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        svc.wait_for_workers(3, exclude={victim})
+        assert statuses(svc, BOB, 20) == {200}
+        assert svc.process.poll() is None
+        assert "Worker failed to boot" not in svc.log_text()
+
+        tokens.write_text(f"{line('alice', ALICE)}\n{line('carol', CAROL)}\n")  # mended
+        hang_up(svc)
+
+        assert statuses(svc, CAROL) == {200} and statuses(svc, BOB) == {401}
+        assert svc.request("GET", "/health").json()["tokens"]["last_reload"] == "ok"
+    for secret in (ALICE, BOB, CAROL):
+        assert secret not in svc.log_text()
 
 
 def test_no_token_or_key_appears_in_logs_metadata_or_the_ledger(tmp_path, fake_openai):

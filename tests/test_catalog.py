@@ -638,6 +638,34 @@ def test_every_models_default_and_listed_sizes_are_accepted_by_it(model: Any) ->
             assert rule_allows(width, height), size
 
 
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+def test_every_model_says_the_largest_image_it_makes_and_it_holds_every_size_it_takes(
+    model: Any,
+) -> None:
+    largest = model.largest_output
+    described = model.describe(TODAY)["largest_output"]
+
+    assert described == {"max_edge": largest.max_edge, "max_pixels": largest.max_pixels}
+    for size in model.sizes:
+        if size != "auto":
+            width, height = (int(v) for v in size.split("x"))
+            assert largest.allows(width, height) and largest.allows(height, width), size
+    if model.size_rule:
+        assert largest.max_edge == model.size_rule.max_edge
+        assert largest.max_pixels == model.size_rule.max_pixels
+    assert not largest.allows(largest.max_edge + 1, 1)
+    assert not largest.allows(largest.max_edge, largest.max_pixels // largest.max_edge + 1)
+
+
+def test_the_largest_outputs_are_those_of_the_sizes_openai_lists() -> None:
+    largest = {m.id: m.largest_output.as_dict() for m in MODELS}
+
+    assert largest["gpt-image-2"] == {"max_edge": 3840, "max_pixels": 3840 * 2160}
+    assert largest["gpt-image-1.5"] == {"max_edge": 1536, "max_pixels": 1536 * 1024}
+    assert largest["dall-e-3"] == {"max_edge": 1792, "max_pixels": 1792 * 1024}
+    assert largest["dall-e-2"] == {"max_edge": 1024, "max_pixels": 1024 * 1024}
+
+
 @pytest.mark.parametrize(
     ("model", "day", "status"),
     [

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import time
 
 import openai
 import pytest
 
+from imagegen.catalog import CATALOG, MODELS, SHUT_DOWN
 from imagegen.imagefmt import identify
 from tests import fake_openai as fake
 from tests.conftest import CLIENT_TOKEN, TEST_KEY, read_metadata, sdk
@@ -127,12 +129,12 @@ def test_sdk_gets_not_found_for_routes_the_service_does_not_implement(upstream_s
 
     with pytest.raises(openai.NotFoundError) as embeddings:
         client.embeddings.create(model="text-embedding-3-small", input="x")
-    with pytest.raises(openai.NotFoundError) as shut_down:
-        client.models.retrieve("gpt-image-1")
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.models.retrieve("gpt-5-image")
 
     assert embeddings.value.code == "not_found"
     assert "POST /v1/embeddings" in embeddings.value.message
-    assert shut_down.value.code == "model_not_found"
+    assert unknown.value.code == "model_not_found"
 
 
 @pytest.mark.slow
@@ -162,7 +164,7 @@ def test_key_never_reaches_sdk_answers_errors_or_logs(upstream_service, fake_ope
 
 
 @pytest.mark.slow
-def test_sdk_works_in_placeholder_mode(placeholder_service):
+def test_sdk_works_in_placeholder_mode(placeholder_service, today):
     client = sdk(placeholder_service)
 
     made = client.images.generate(model="gpt-image-2", prompt="a tree", size="1024x1536")
@@ -172,8 +174,7 @@ def test_sdk_works_in_placeholder_mode(placeholder_service):
     assert png_size(base64.b64decode(made.data[0].b64_json)) == (1024, 1536)
     status, _, body = placeholder_service.get(urls.data[0].url[len(placeholder_service.url) :])
     assert status == 200 and png_size(body) == (1024, 1024)
-    assert "gpt-image-2" in models and "dall-e-3" in models
-    assert "gpt-image-1" not in models  # shut down
+    assert models == [m.id for m in MODELS if m.status(today()) != SHUT_DOWN]
 
 
 # --- request and response details, through the test client ----------------------------------
@@ -227,7 +228,8 @@ def test_invalid_requests_are_openai_shaped_400s(placeholder_client, body, param
     openai_error(response, 400, "validation_error", param)
 
 
-def test_a_shut_down_model_names_its_replacement(placeholder_client):
+def test_a_shut_down_model_names_its_replacement(placeholder_client, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     response = placeholder_client.post(
         "/v1/images/generations", json={"prompt": "x", "model": "gpt-image-1"}
     )
@@ -322,12 +324,14 @@ def test_upstream_failures_map_to_openai_statuses(client, fake_openai):
     assert "x-should-retry" not in failed.headers  # a later try may work
 
 
-def test_models_list_has_openai_shape_and_only_usable_models(placeholder_client):
+def test_models_list_has_openai_shape_and_only_usable_models(placeholder_client, today):
+    # The last day of gpt-image-1.5 (deprecated), after gpt-image-1's shutdown.
+    today.set(CATALOG["gpt-image-1.5"].shutdown_on - dt.timedelta(days=1))
     body = placeholder_client.get("/v1/models").get_json()
 
     assert body["object"] == "list"
     ids = [model["id"] for model in body["data"]]
-    assert "gpt-image-2" in ids and "gpt-image-1" not in ids
+    assert "gpt-image-2" in ids and "gpt-image-1.5" in ids and "gpt-image-1" not in ids
     for model in body["data"]:
         assert model["object"] == "model"
         assert isinstance(model["created"], int) and model["owned_by"] == "openai"

@@ -4,7 +4,6 @@ multipart calls to the fake OpenAI on a real socket, jobs on disk out."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import io
 import json
@@ -15,7 +14,7 @@ import zlib
 
 import pytest
 
-from imagegen import clock
+from imagegen.catalog import CATALOG
 from imagegen.imagefmt import identify
 from imagegen.openai_client import (
     APIStatusError,
@@ -27,10 +26,6 @@ from imagegen.openai_client import (
 )
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, job_files, read_metadata
-
-# gpt-image-1.5 is deprecated and shuts down on 2026-12-01: pin the day its tests run on.
-BEFORE_SHUTDOWN = dt.date(2026, 11, 25)
-
 
 # --- test images ------------------------------------------------------------------------------
 
@@ -89,11 +84,6 @@ def edit(client, *images: bytes, **fields):
 
 def on_disk(images_dir) -> list[str]:
     return job_files(images_dir)
-
-
-@pytest.fixture
-def pinned_today(monkeypatch):
-    monkeypatch.setattr(clock, "today", lambda: BEFORE_SHUTDOWN)
 
 
 # --- uploads to GPT Image models --------------------------------------------------------------
@@ -218,7 +208,8 @@ def test_size_defaults_to_auto_for_gpt_image_edits(client, fake_openai):
     assert fake_openai.image_requests[0].form["size"] == "auto"
 
 
-def test_input_fidelity_is_taken_by_gpt_image_1_5_only(client, fake_openai, pinned_today):
+def test_input_fidelity_is_taken_by_gpt_image_1_5_only(client, fake_openai, today):
+    today.set(CATALOG["gpt-image-1.5"].deprecated_on)  # still served, with a warning
     accepted = edit(client, PNG, model="gpt-image-1.5", input_fidelity="high")
     refused = edit(client, PNG, model="gpt-image-2", input_fidelity="high")
 
@@ -522,7 +513,8 @@ def test_body_neither_multipart_nor_json_is_415(client, fake_openai):
     assert "multipart/form-data" in response.get_json()["error"]
 
 
-def test_model_that_cannot_edit_is_refused_naming_those_that_can(client, fake_openai):
+def test_model_that_cannot_edit_is_refused_naming_those_that_can(client, fake_openai, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     response = edit(client, PNG, model="dall-e-3")
 
     assert response.status_code == 400
@@ -534,7 +526,8 @@ def test_model_that_cannot_edit_is_refused_naming_those_that_can(client, fake_op
     assert fake_openai.image_requests == []
 
 
-def test_shut_down_model_is_refused_naming_its_replacement(client, fake_openai):
+def test_shut_down_model_is_refused_naming_its_replacement(client, fake_openai, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     response = edit(client, PNG, model="gpt-image-1")
 
     assert response.status_code == 400

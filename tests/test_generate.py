@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from imagegen.catalog import CATALOG
 from imagegen.imagefmt import identify
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, job_files, read_metadata
@@ -170,7 +172,8 @@ def test_without_a_key_generate_explains_how_to_configure_one(settings, make_app
 # --- models and lifecycle ------------------------------------------------------------------
 
 
-def test_shut_down_model_is_refused_locally_naming_its_replacement(client, fake_openai):
+def test_shut_down_model_is_refused_locally_naming_its_replacement(client, fake_openai, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     response = generate(client, model="gpt-image-1")
 
     assert response.status_code == 400
@@ -192,7 +195,8 @@ def test_upstream_model_not_found_becomes_client_error_naming_a_current_model(cl
     assert len(fake_openai.image_requests) == 1  # a 4xx is never retried
 
 
-def test_models_endpoint_lists_the_catalog_with_lifecycle(client):
+def test_models_endpoint_lists_the_catalog_with_lifecycle(client, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     body = client.get("/models").get_json()
 
     by_id = {m["id"]: m for m in body["models"]}
@@ -449,12 +453,9 @@ def test_stored_files_live_in_documented_layout(client, images_dir: Path):
     )
 
 
-def test_deprecated_model_still_works_and_warns_of_its_shutdown(client, fake_openai, monkeypatch):
-    import datetime as dt
-
-    from imagegen import clock
-
-    monkeypatch.setattr(clock, "today", lambda: dt.date(2026, 11, 25))
+def test_deprecated_model_still_works_and_warns_of_its_shutdown(client, fake_openai, today):
+    model = CATALOG["gpt-image-1.5"]
+    today.set(model.shutdown_on - dt.timedelta(days=1))
     response = generate(client, model="gpt-image-1.5")
 
     body = response.get_json()
@@ -462,7 +463,7 @@ def test_deprecated_model_still_works_and_warns_of_its_shutdown(client, fake_ope
     assert "2026-12-01" in body["warnings"][0]
     assert fake_openai.image_requests[0].json["model"] == "gpt-image-1.5"
 
-    monkeypatch.setattr(clock, "today", lambda: dt.date(2026, 12, 1))
+    today.set(model.shutdown_on)
     refused = generate(client, model="gpt-image-1.5")
     assert refused.status_code == 400
     assert "gpt-image-2.6-sunburst" in refused.get_json()["error"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagegen.jobrecords import JobRecords, new_marker
+from tests.support.scans import change_after_listing
 
 
 @pytest.fixture
@@ -75,3 +76,13 @@ def test_an_ended_job_waiting_for_its_webhook_is_off_the_queue_and_kept(records)
     records.finish(record)
     assert records.delivering() == []
     assert records.sweep(retention=0) == 1
+
+
+def test_sweep_skips_records_another_process_removes_after_the_listing(records, monkeypatch):
+    done, gone = a_job(records, "completed"), a_job(records, "completed")
+
+    listings = change_after_listing(monkeypatch, records.root, lambda e: records.remove(gone))
+
+    assert records.sweep(retention=0) == 1
+    assert listings == [1]
+    assert records.read(done) is None and records.read(gone) is None

@@ -13,8 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from imagegen import mcp
-from imagegen.catalog import MODELS, SHUT_DOWN
-from imagegen.clock import today
+from imagegen.catalog import CATALOG, MODELS, SHUT_DOWN
 from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, job_files, line
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -243,7 +242,8 @@ def test_tools_list_has_each_tool_with_a_strict_object_schema_and_an_output_sche
     assert tools["list_models"]["annotations"]["readOnlyHint"] is True
 
 
-def test_generate_image_schema_comes_from_the_catalog(placeholder_client):
+def test_generate_image_schema_comes_from_the_catalog(placeholder_client, today):
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     schema = tools_by_name(placeholder_client)["generate_image"]["inputSchema"]
     props = schema["properties"]
     usable = [m for m in MODELS if m.status(today()) != SHUT_DOWN]

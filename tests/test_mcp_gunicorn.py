@@ -414,6 +414,18 @@ def test_stdio_reports_an_unreachable_service_and_a_bad_configuration(tmp_path):
     assert "is empty" in misconfigured.stderr
 
 
+def test_stdio_never_writes_nan_or_infinity_even_for_a_request_id_that_is_one():
+    line = '{"jsonrpc": "2.0", "id": NaN, "method": "ping"}\n'
+    nobody = f"http://127.0.0.1:{free_port()}"
+
+    finished = run_stdio(["--url", nobody], line + json.dumps({"id": 8, "method": "ping"}) + "\n")
+
+    assert finished.returncode == 0, finished.stderr
+    rows = finished.stdout.splitlines()
+    assert "NaN" not in finished.stdout
+    assert [json.loads(row)["id"] for row in rows] == [8]  # the NaN line is not JSON-RPC
+
+
 # --- the fake upstream: real costs, revised prompts, and the result size bound --------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from imagegen import __version__, metrics
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, mounted_tmpfs, wait_for
 from tests.gunicorn_server import REPO, Service, run_gunicorn
+from tests.support.scans import change_after_listing
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Samples = dict[tuple[str, frozenset], float]
@@ -256,6 +258,43 @@ def test_a_file_left_half_written_by_a_killed_writer_is_read_up_to_its_last_entr
     # next scrape reads the dead copy from the archive it was folded into.
     assert requests_total(samples, "/models") == 8
     assert requests_total(scrape(client), "/models") == 8
+
+
+def test_a_scrape_skips_a_dead_processes_file_removed_after_the_listing(
+    client, images_dir, monkeypatch
+):
+    for _ in range(4):
+        client.get("/models")
+    directory = images_dir / ".metrics"
+    (live,) = [p for p in directory.iterdir() if p.name.startswith("process-")]
+    dead = directory / "process-1-deadbeef.metrics"
+    dead.write_bytes(live.read_bytes())
+
+    # Another Gunicorn starting on this directory clears it between listing and reading.
+    listings = change_after_listing(monkeypatch, directory, lambda entries: dead.unlink())
+
+    assert requests_total(scrape(client), "/models") == 4
+    assert listings == [1]
+
+
+def test_gunicorn_start_clears_count_files_even_as_others_remove_them(tmp_path, monkeypatch):
+    conf = runpy.run_path(str(REPO / "image-gen" / "gunicorn.conf.py"))
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    names = ["process-1-aa.metrics", "process-2-bb.metrics", ".tmp-process-3-cc.metrics"]
+    for name in [*names, "archive.json", ".lock"]:
+        (directory / name).write_bytes(b"")
+    monkeypatch.setenv("IMAGE_GEN_METRICS_DIR", str(directory))
+
+    def another_start(entries):
+        for name in names[:2]:
+            (directory / name).unlink(missing_ok=True)
+
+    listings = change_after_listing(monkeypatch, directory, another_start)
+    conf["on_starting"](None)
+
+    assert listings[0] >= 1
+    assert sorted(p.name for p in directory.iterdir()) == [".lock"]
 
 
 # --- several processes, under real Gunicorn -------------------------------------------------

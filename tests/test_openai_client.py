@@ -123,6 +123,23 @@ def test_huge_retry_after_in_seconds_is_capped_at_one_day(value: str) -> None:
     assert parse_retry_after({"retry-after": value}) == 86_400.0
 
 
+@pytest.mark.parametrize("value", ["1e20", "86400001", "1" + "0" * 30, "1.7e308"])
+def test_huge_retry_after_ms_is_capped_at_one_day_after_turning_it_into_seconds(
+    value: str,
+) -> None:
+    assert parse_retry_after({"retry-after-ms": value}) == 86_400.0
+
+
+def test_retry_after_ms_just_under_a_day_is_kept_to_the_millisecond() -> None:
+    assert parse_retry_after({"retry-after-ms": "86399999"}) == 86_399.999
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1e20", "-1", "1" + "0" * 400, "1e400"])
+def test_non_finite_or_negative_retry_after_ms_is_ignored(value: str) -> None:
+    assert parse_retry_after({"retry-after-ms": value}) is None
+    assert parse_retry_after({"retry-after-ms": value, "retry-after": "7"}) == 7.0
+
+
 def test_huge_retry_after_http_date_is_capped_like_seconds() -> None:
     value = parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"})
 

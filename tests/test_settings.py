@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imagegen import settings as settings_module
+from imagegen.catalog import CATALOG
 from imagegen.settings import DEFAULT_BASE_URL, Settings, SettingsError
+from tests.support.clock import PinnedClock
 
 FILE_KEY = "sk-proj-FROMFILE-0123456789abcdefXYZ"
 ENV_KEY = "sk-proj-FROMENV-9876543210fedcbaQRS"
@@ -116,6 +122,34 @@ def test_unreadable_key_file_is_logged_and_falls_back_without_crashing(
     assert result.api_key == ENV_KEY
     assert result.api_key_source == "env"
     assert any("cannot read the API key file" in r.getMessage() for r in caplog.records)
+
+
+def test_key_file_of_another_user_logs_its_owner_and_the_env_line_never_the_key(
+    key_file: Path,
+    another_users: Callable[[Path], os.stat_result],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    key_file.chmod(0o600)
+    owner = another_users(key_file)
+    read_text = Path.read_text
+
+    def refused(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path == key_file:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+
+    result = Settings.from_env({"OPENAI_API_KEY_FILE": str(key_file)})
+
+    assert result.api_key_configured is False
+    [warning] = [r.getMessage() for r in caplog.records if "API key file" in r.getMessage()]
+    assert warning.startswith(f"cannot read the API key file {key_file}: Permission denied.")
+    assert f"owned by uid {owner.st_uid}, gid {owner.st_gid} (mode 600)" in warning
+    assert f"add the line IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid} to the .env file" in warning
+    assert FILE_KEY not in caplog.text
 
 
 def test_unreadable_key_file_without_fallback_leaves_key_unconfigured(tmp_path: Path) -> None:
@@ -303,8 +337,9 @@ def test_provider_name_is_case_and_space_insensitive(missing_key_file: str) -> N
 
 @pytest.mark.parametrize("model", ["gpt-5-image", "GPT-IMAGE-2", "gpt-image-1"])
 def test_default_model_that_is_unknown_or_shut_down_is_a_settings_error(
-    missing_key_file: str, model: str
+    missing_key_file: str, model: str, today: PinnedClock
 ) -> None:
+    today.set(CATALOG["gpt-image-1"].shutdown_on)
     with pytest.raises(SettingsError, match="IMAGE_GEN_DEFAULT_MODEL") as raised:
         Settings.from_env(env(missing_key_file, IMAGE_GEN_DEFAULT_MODEL=model))
 

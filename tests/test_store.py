@@ -24,12 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagegen import durable
-from imagegen.errors import ImageNotFound, InsufficientStorage
+from imagegen.errors import ImageNotFound, InsufficientStorage, ServiceError
 from imagegen.imagefmt import ImageInfo, identify
 from imagegen.placeholder import placeholder_png
 from imagegen.providers import GeneratedImage, Generation
 from imagegen.store import ImageStore
 from tests.fake_openai import make_png
+from tests.support.scans import change_after_listing
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 REQUEST = {"prompt": "a red fox", "model": "gpt-image-2", "count": 2, "size": "1024x1024"}
@@ -72,6 +73,72 @@ def store(tmp_path: Path) -> ImageStore:
     image_store = ImageStore(tmp_path / "images", fsync=False)
     image_store.prepare()
     return image_store
+
+
+def test_prepare_refused_names_the_env_line_of_the_directory_owner(
+    tmp_path: Path,
+    another_users: Callable[[Path], os.stat_result],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    owner = another_users(root)
+    make_directory = os.mkdir
+
+    def refused_in_root(path: Any, *args: Any) -> None:
+        if Path(path).parent == root:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        make_directory(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", refused_in_root)
+
+    with pytest.raises(ServiceError) as refused:
+        ImageStore(root, fsync=False).prepare()
+
+    message = str(refused.value)
+    assert message.startswith(f"The images directory {root} is not writable by this service.")
+    assert f"owned by uid {owner.st_uid}, gid {owner.st_gid}" in message
+    assert f"add the line IMAGE_GEN_USER={owner.st_uid}:{owner.st_gid} to the .env file" in message
+
+
+def refusing_access(monkeypatch: pytest.MonkeyPatch, *refused: Path) -> None:
+    """os.access says no for `refused`, as the kernel does for a directory of another uid."""
+    access = os.access
+
+    def checked(path: Any, mode: int, **kwargs: Any) -> bool:
+        return Path(path) not in refused and access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", checked)
+
+
+def test_prepare_refuses_its_own_directories_left_by_another_uid_naming_them(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active = store.root / ".jobs" / ".active"
+    active.mkdir(parents=True)
+    (store.root / ".ledger").mkdir()
+    refusing_access(monkeypatch, active)
+
+    with pytest.raises(ServiceError) as refused:
+        store.prepare()
+
+    message = str(refused.value)
+    assert message.startswith(
+        f"The images directory {store.root} holds .jobs/.active, which this service cannot write."
+    )
+    assert "It is owned by uid" in message
+
+
+def test_prepare_starts_past_job_and_staging_directories_it_cannot_write(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = store.root / "9b2f7c1e-0000-4000-8000-000000000000"
+    staging = store.root / ".tmp-crashed"
+    job.mkdir()
+    staging.mkdir()
+    refusing_access(monkeypatch, job, staging)
+
+    store.prepare()
 
 
 # --- save_job -------------------------------------------------------------------------------
@@ -585,6 +652,84 @@ def test_sweep_of_a_clean_store_removes_nothing(store: ImageStore, saved: dict[s
 
     assert store.sweep(older_than=0) == 0
     assert snapshot(store.root) == before
+
+
+# Every worker sweeps as it boots, while the others write: what they create, publish and
+# remove between this worker's listing and its look at an entry must not fail the boot.
+
+
+def test_sweep_skips_staging_entries_that_others_remove_or_publish_after_the_listing(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = store.root / ".tmp-probe-4242"  # another worker's prepare()
+    probe.mkdir()
+    job_id = str(uuid.uuid4())
+    staging = store.root / f".tmp-{job_id}"  # another worker's save_job(), about to publish
+    staging.mkdir()
+    stale = store.root / f".tmp-{uuid.uuid4()}"
+    stale.mkdir()
+    _age(stale, 7200)
+
+    def others(entries: list[os.DirEntry[str]]) -> None:
+        probe.rmdir()
+        staging.rename(store.root / job_id)
+
+    listings = change_after_listing(monkeypatch, store.root, others)
+
+    assert store.sweep(older_than=3600) == 1
+    assert listings == [1]
+    assert not stale.exists() and not probe.exists()
+    assert (store.root / job_id).is_dir()
+
+
+def test_sweep_skips_index_links_that_others_remove_after_the_listing(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = store.root / ".index"
+    links = []
+    for _ in range(2):
+        link = index / str(uuid.uuid4())
+        os.symlink(f"../{uuid.uuid4()}/001-{link.name}.png", link)
+        _age(link, 7200)
+        links.append(link)
+    gone, left = links
+
+    listings = change_after_listing(monkeypatch, index, lambda entries: os.unlink(gone))
+
+    assert store.sweep(older_than=3600) == 1
+    assert listings == [1]
+    assert not os.path.lexists(left)
+
+
+def test_listing_skips_a_job_deleted_after_the_scan_and_shows_one_published_after_it(
+    store: ImageStore, saved: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doomed = store.save_job(dict(REQUEST), generation(1))
+    later: list[dict[str, Any]] = []
+
+    def others(entries: list[os.DirEntry[str]]) -> None:
+        if not later:
+            store.delete_job(doomed["job_id"])
+            later.append(store.save_job(dict(REQUEST), generation(1)))
+
+    change_after_listing(monkeypatch, store.root, others)
+
+    first, _ = store.list_images(limit=10)
+    second, _ = store.list_images(limit=10)
+
+    assert {m["job_id"] for m, _ in first} == {saved["job_id"]}
+    assert {m["job_id"] for m, _ in second} == {saved["job_id"], later[0]["job_id"]}
+
+
+def test_prepare_leaves_the_probe_of_a_process_with_the_same_pid_alone(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    theirs = root / f".tmp-probe-{os.getpid()}"  # a replica's worker in another container
+    theirs.mkdir()
+
+    ImageStore(root, fsync=False).prepare()
+
+    assert sorted(p.name for p in root.iterdir()) == [".index", theirs.name]
 
 
 # --- imagefmt.identify ----------------------------------------------------------------------

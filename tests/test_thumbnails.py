@@ -6,6 +6,8 @@ import errno
 import io
 import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -13,6 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imagegen import thumbnails as thumbnails_module
+from imagegen.providers import GeneratedImage, Generation
+from imagegen.store import MAX_THUMBNAILS, ImageStore
 from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
 
@@ -298,6 +303,95 @@ def test_concurrent_requests_for_one_thumbnail_all_get_it(app, job, images_dir):
     ]
 
 
+# --- the cache's bound ----------------------------------------------------------------------
+
+
+def cached_names(images_dir: Path, job: dict, image_id: str) -> list[str]:
+    folder = thumbs_dir(images_dir, job)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(image_id))
+
+
+def test_150_distinct_widths_leave_at_most_16_cached_files_and_every_answer_is_right(
+    client, job, images_dir
+):
+    first, second = (image["id"] for image in job["images"])
+    assert client.get(f"/images/{second}?width=50").status_code == 200
+
+    for width in range(16, 166):
+        response = client.get(f"/images/{first}?width={width}")
+        assert response.status_code == 200
+        assert decode(response.data).size == (width, round(200 * width / 300))
+
+    names = cached_names(images_dir, job, first)
+    assert names == sorted(f"{first}-w{width}.png" for width in range(150, 166))  # the newest
+    assert cached_names(images_dir, job, second) == [f"{second}-w50.png"]  # per image
+    assert MAX_THUMBNAILS == 16
+
+
+def test_the_thumbnail_served_most_recently_stays_cached_when_older_ones_go(
+    client, job, images_dir
+):
+    image_id = job["images"][0]["id"]
+    client.get(f"/images/{image_id}?width=256")
+    for width in range(100, 115):  # 15 more: the cache is full
+        client.get(f"/images/{image_id}?width={width}")
+    again = client.get(f"/images/{image_id}?width=256")  # a cache hit makes it the newest
+    for width in range(115, 117):
+        client.get(f"/images/{image_id}?width={width}")
+
+    names = cached_names(images_dir, job, image_id)
+    assert f"{image_id}-w256.png" in names
+    assert f"{image_id}-w100.png" not in names and f"{image_id}-w101.png" not in names
+    assert len(names) == 16
+    assert decode(again.data).size == (256, 171)
+
+
+def test_a_cached_thumbnail_dropped_before_it_is_sent_is_made_again(
+    client, job, images_dir, monkeypatch
+):
+    image_id = job["images"][0]["id"]
+    made = client.get(f"/images/{image_id}?width=120")
+    found = ImageStore.find_thumbnail
+
+    def dropped_meanwhile(self, *args):  # another worker trims the cache just then
+        path = found(self, *args)
+        if path is not None:
+            path.unlink()
+        return path
+
+    monkeypatch.setattr(ImageStore, "find_thumbnail", dropped_meanwhile)
+    response = client.get(f"/images/{image_id}?width=120")
+
+    assert response.status_code == 200
+    assert response.data == made.data
+    assert response.headers["ETag"] == made.headers["ETag"]
+
+
+def test_threads_making_many_variants_at_once_keep_the_bound(app, job, images_dir):
+    image_id = job["images"][0]["id"]
+    start = threading.Barrier(8, timeout=10)
+    wrong: list[tuple[int, int, tuple[int, int] | None]] = []
+
+    def fetch(offset: int) -> None:
+        with app.test_client() as own:
+            start.wait()
+            for width in range(16 + offset, 216, 8):
+                response = own.get(f"/images/{image_id}?width={width}")
+                size = decode(response.data).size if response.status_code == 200 else None
+                if size != (width, round(200 * width / 300)):
+                    wrong.append((width, response.status_code, size))
+
+    threads = [threading.Thread(target=fetch, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert wrong == []
+    assert len(cached_names(images_dir, job, image_id)) <= 16
+    assert [p.name for p in thumbs_dir(images_dir, job).iterdir() if p.name.startswith(".")] == []
+
+
 def test_deleting_an_image_removes_its_thumbnails_only(client, job, images_dir):
     deleted, kept = job["images"]
     for image in (deleted, kept):
@@ -364,7 +458,7 @@ def test_a_damaged_stored_file_is_a_clean_json_error(client, job, images_dir, ca
     assert client.get(image["url"]).status_code == 200  # the bytes as stored, as before
 
 
-def test_a_decompression_bomb_is_refused_without_decoding_it(client, fake_openai, images_dir):
+def test_a_decompression_bomb_is_refused_without_decoding_it(app, client, images_dir):
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
@@ -376,8 +470,11 @@ def test_a_decompression_bomb_is_refused_without_decoding_it(client, fake_openai
         + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
         + chunk(b"IEND", b"")
     )
-    job = stored(client, fake_openai, bomb)
-    image = job["images"][0]
+    # The upstream's answers are bounded by the model's largest image, so only an image
+    # stored before that (or by other means) can be one.
+    generation = Generation([GeneratedImage(bomb, "png", 100_000, 100_000)])
+    job = app.extensions["imagegen"]["store"].save_job({"prompt": "a bomb"}, generation)
+    image = {**job["images"][0], "url": f"/images/{job['images'][0]['id']}"}
 
     response = client.get(f"{image['url']}?width=64")
 
@@ -398,6 +495,95 @@ def test_images_above_the_pixel_cap_are_refused(client, job, images_dir, monkeyp
     assert response.status_code == 500
     assert "too large" in response.get_json()["error"]
     assert not thumbs_dir(images_dir, job).exists()
+
+
+def test_images_beyond_the_largest_any_model_makes_are_refused_from_their_header(
+    app, client, images_dir
+):
+    # 2881x2880 is one column more than 8,294,400 pixels (gpt-image-2's 3840x2160); the
+    # pixel data is a few bytes: only the header is read before the refusal.
+    header = struct.pack(">IIBBBBB", 2881, 2880, 8, 2, 0, 0, 0)
+    small = picture("png", (8, 8))
+    ihdr = b"IHDR" + header
+    png = small[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    png += small[33:]
+    generation = Generation([GeneratedImage(png, "png", 2881, 2880)])
+    job = app.extensions["imagegen"]["store"].save_job({"prompt": "wide"}, generation)
+
+    response = client.get(f"/images/{job['images'][0]['id']}?width=64")
+
+    assert response.status_code == 500
+    assert "2881x2880 pixels, too large" in response.get_json()["error"]
+
+
+def gradient_png(size: tuple[int, int]) -> bytes:
+    """A large RGB PNG, quickly (Pillow's own gradients, stretched)."""
+    red = Image.linear_gradient("L").resize(size)
+    out = io.BytesIO()
+    Image.merge("RGB", (red, red.transpose(Image.Transpose.FLIP_LEFT_RIGHT), red)).save(
+        out, format="PNG", compress_level=1
+    )
+    return out.getvalue()
+
+
+def test_the_largest_image_a_model_makes_gets_its_thumbnail(client, fake_openai):
+    job = stored(client, fake_openai, gradient_png((3840, 2160)))
+
+    response = client.get(f"{job['images'][0]['url']}?width=256")
+
+    assert response.status_code == 200
+    assert decode(response.data).size == (256, 144)
+
+
+_MEMORY_PROBE = """
+import sys, threading
+from pathlib import Path
+from imagegen import memory, thumbnails
+
+if not memory.keep_large_allocations_returnable():  # as create_app does in every worker
+    sys.exit("not glibc")
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+source = Path(sys.argv[1])
+before = rss_mb()
+for round in range(3):
+    threads = [
+        threading.Thread(
+            target=thumbnails.render,
+            args=(source, thumbnails.Variant(200 + 8 * round + n, None, None), "png", "x"),
+        )
+        for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_a_worker_gives_thumbnail_memory_back_after_eight_at_once(tmp_path):
+    source = tmp_path / "large.png"
+    source.write_bytes(gradient_png((3840, 2160)))
+
+    probe = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(thumbnails_module.__file__).parents[1])},
+    )
+
+    if probe.stderr.strip() == "not glibc":
+        pytest.skip("giving memory back uses glibc's malloc calls")
+    assert probe.returncode == 0, probe.stderr
+    # Three rounds of eight 33 MB decodes: without giving memory back, 29-70 MB stayed.
+    assert int(probe.stdout) < 10, probe.stdout
 
 
 # --- a full disk and real Gunicorn ---------------------------------------------------------
@@ -458,3 +644,31 @@ def test_workers_making_one_thumbnail_at_once_all_answer_it(tmp_path):
         assert decode(answers[0][1]).size == (200, 133)
         folder = service.images / job["job_id"] / "thumbs"
         assert [p.name for p in folder.iterdir()] == [f"{job['images'][0]['id']}-w200.webp"]
+
+
+@pytest.mark.slow
+def test_workers_making_many_variants_at_once_keep_the_bound_and_answer_each(tmp_path):
+    with run_gunicorn(tmp_path, {"IMAGE_GEN_PROVIDER": "placeholder"}) as service:
+        job = service.request("POST", "/generate", {"prompt": "x", "size": "1536x1024"}).json()
+        image_id = job["images"][0]["id"]
+        start = threading.Barrier(8, timeout=10)
+        wrong: list[tuple[int, int, tuple[int, int] | None]] = []
+
+        def fetch(offset: int) -> None:
+            start.wait()
+            for width in range(100 + offset, 420, 8):  # 40 distinct widths over 8 callers
+                status, _, body = service.get(f"/images/{image_id}?width={width}", timeout=30)
+                size = decode(body).size if status == 200 else None
+                if size != (width, round(1024 * width / 1536)):
+                    wrong.append((width, status, size))
+
+        threads = [threading.Thread(target=fetch, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+
+        assert wrong == []
+        folder = service.images / job["job_id"] / "thumbs"
+        names = [p.name for p in folder.iterdir()]
+        assert len(names) <= 16 and all(name.startswith(image_id) for name in names), names

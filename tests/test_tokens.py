@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from imagegen import tokens as tokens_module
 from imagegen.settings import Settings, SettingsError
 from imagegen.tokens import (
     Limits,
@@ -146,6 +147,7 @@ def _tokens_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 def test_the_tokens_command_makes_a_token_whose_line_the_service_accepts():
     result = _tokens_command("new", "ci-bot", "images_per_day=50", "max_count=2")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no RuntimeWarning about imagegen.tokens in sys.modules
     lines = result.stdout.splitlines()
     secret = lines[0].rsplit(" ", 1)[1]
     line = lines[-1]
@@ -161,3 +163,65 @@ def test_the_tokens_command_hashes_a_token_and_refuses_bad_limits():
     assert hashed_out.stdout.strip() == hashed(SECRET_A)
     refused = _tokens_command("new", "bob", "images_per_hour=lots")
     assert refused.returncode == 2 and "whole number" in refused.stderr
+
+
+# --- the tokens a process serves with (held by Gunicorn's master, reloaded on SIGHUP) --------
+
+
+@pytest.fixture
+def held_nothing(monkeypatch):
+    """No tokens held, as in a process that is not a Gunicorn worker; restored afterwards."""
+    monkeypatch.setattr(tokens_module, "_held", None)
+
+
+def test_a_held_tokens_file_is_what_every_later_reader_gets(tmp_path, held_nothing):
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {hashed(SECRET_A)}\n")
+    held = tokens_module.hold(path)
+    path.write_text(f"bob {hashed(SECRET_B)}\n")  # changed, but not reloaded yet
+
+    served = Settings.from_env({"IMAGE_GEN_TOKENS_FILE": str(path)})
+
+    assert [t.name for t in served.tokens] == ["alice"]
+    assert served.tokens_load is held and held.failed_at is None
+    # Another file is read as it is.
+    other = tmp_path / "other"
+    other.write_text(f"carol {hashed(SECRET_B)}\n")
+    assert [t.name for t in tokens_module.tokens_for(other).tokens] == ["carol"]
+
+
+def test_a_reload_reads_the_file_again(tmp_path, held_nothing):
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {hashed(SECRET_A)}\n")
+    tokens_module.hold(path)
+    path.write_text(f"bob {hashed(SECRET_B)}\n")
+
+    held, error = tokens_module.reload_held()
+
+    assert error is None
+    assert [t.name for t in held.tokens] == ["bob"]
+    assert [t.name for t in tokens_module.tokens_for(path).tokens] == ["bob"]
+
+
+def test_a_bad_file_on_reload_keeps_the_last_good_tokens_and_says_which_line(
+    tmp_path, held_nothing
+):
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {hashed(SECRET_A)}\nbob {hashed(SECRET_B)}\n")
+    first = tokens_module.hold(path)
+    path.write_text(f"alice {hashed(SECRET_A)}\n# a comment\ncarol not-a-token\n")
+
+    held, error = tokens_module.reload_held()
+
+    assert isinstance(error, TokenFileError) and error.line == 3
+    assert "line 3" in str(error)
+    assert held.tokens == first.tokens and held.loaded_at == first.loaded_at
+    assert held.failed_line == 3 and held.failed_at is not None
+    path.unlink()  # a file that is gone keeps them too
+    held, error = tokens_module.reload_held()
+    assert held.tokens == first.tokens and "does not exist" in str(error)
+    assert error.line is None and held.failed_line is None
+
+
+def test_nothing_is_reloaded_where_nothing_is_held(held_nothing):
+    assert tokens_module.reload_held() is None

@@ -5,15 +5,23 @@ The OpenAI key stays inside the service; agents and scripts only speak HTTP to i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "1.0.0"
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from .settings import Settings
+    from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the application: settings, store, provider, blueprints and error handlers."""
+    """Build the application: settings, store, provider, blueprints and error handlers.
+
+    Importing the package itself loads nothing else: Gunicorn's master reads the tokens file
+    with `imagegen.tokens` (gunicorn.conf.py) and leaves the app to each worker."""
+    from flask import Flask
+
     from . import (
         compat,
         edits,
@@ -22,33 +30,42 @@ def create_app(settings: Settings | None = None) -> Flask:
         images,
         jobs,
         mcp,
+        memory,
         metrics,
         models,
         openapi,
+        ownership,
         usage,
         web,
     )
     from .auth import register_auth
-    from .errors import register_error_handlers
+    from .errors import ServiceError, register_error_handlers
     from .idempotency import register_idempotency
     from .ledger import Ledger
     from .logs import configure_logging, register_request_logging
     from .openai_client import OpenAIClient, RetryPolicy
     from .providers import MissingKeyProvider, OpenAIProvider, PlaceholderProvider, Provider
+    from .settings import Settings
     from .store import ImageStore
+    from .strictjson import StrictJSONProvider
 
     settings = settings or Settings.from_env()
     configure_logging()
+    memory.keep_large_allocations_returnable()  # thumbnails' decoded images go back to the OS
     app = Flask(__name__)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
+    app.json = StrictJSONProvider(app)  # no NaN or Infinity in answers or accepted bodies
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
     app.url_map.merge_slashes = False
 
+    refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
+    if refusal:
+        raise ServiceError(refusal)
     store = ImageStore(settings.images_dir, fsync=settings.fsync)
     store.prepare()
     store.sweep()

@@ -105,6 +105,20 @@ class SizeRule:
         }
 
 
+@dataclass(frozen=True)
+class OutputBounds:
+    """The largest image a model makes: its longest edge and its pixel count."""
+
+    max_edge: int
+    max_pixels: int
+
+    def allows(self, width: int, height: int) -> bool:
+        return max(width, height) <= self.max_edge and width * height <= self.max_pixels
+
+    def as_dict(self) -> dict[str, int]:
+        return {"max_edge": self.max_edge, "max_pixels": self.max_pixels}
+
+
 MIB = 1024 * 1024
 
 
@@ -186,6 +200,18 @@ class ModelSpec:
     def allows_size(self, size: str) -> bool:
         return size in self.sizes or bool(self.size_rule and self.size_rule.allows(size))
 
+    @property
+    def largest_output(self) -> OutputBounds:
+        """The largest image the model makes, at any size it takes ("auto", edits and
+        variations included): the bounds of its listed sizes and of its size rule."""
+        listed = [(int(m[1]), int(m[2])) for s in self.sizes if (m := _SIZE.fullmatch(s))]
+        edges = [max(size) for size in listed]
+        pixels = [width * height for width, height in listed]
+        if self.size_rule is not None:
+            edges.append(self.size_rule.max_edge)
+            pixels.append(self.size_rule.max_pixels)
+        return OutputBounds(max(edges), max(pixels))
+
     def describe(self, today: dt.date) -> dict[str, Any]:
         """The model as `GET /models` shows it to an agent."""
         return {
@@ -200,6 +226,7 @@ class ModelSpec:
             "max_prompt_chars": self.max_prompt_chars,
             "sizes": list(self.sizes),
             "size_rule": self.size_rule.as_dict() if self.size_rule else None,
+            "largest_output": self.largest_output.as_dict(),
             "default_size": self.default_size,
             "options": {
                 name: {**spec.describe(), "default": self.option_defaults.get(name)}

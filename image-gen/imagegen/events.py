@@ -11,13 +11,13 @@ without waiting for the next keep-alive write to fail (up to 15 s later).
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from . import strictjson
 from .jobrecords import FINAL, JobRecords
 
 POLL_SECONDS = 0.25  # how often the record is read
@@ -32,7 +32,7 @@ _PEER_CLOSED = getattr(select, "POLLRDHUP", 0)
 
 def format_event(event: dict[str, Any]) -> str:
     """One event on the wire: id, event name and its data as one line of JSON."""
-    data = json.dumps(event["data"], ensure_ascii=False, separators=(",", ":"))
+    data = strictjson.dumps(event["data"], ensure_ascii=False, separators=(",", ":"))
     return f"id: {event['id']}\nevent: {event['event']}\ndata: {data}\n\n"
 
 

@@ -239,14 +239,19 @@ def _book(update: Callable[..., None], reservation: Reservation, **figures: Any)
 
 
 def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
-    """The job's cost: from the upstream's token usage when it reports it, else the table."""
+    """The job's cost: from the upstream's token usage when it reports it, else the table
+    (`price_table_invalid_usage` when the report could not be true)."""
     if generation.placeholder:
         return {"estimated_usd": 0.0, "usd": 0.0, "basis": "placeholder"}
     real = admission.pricing.cost(generation.usage)
+    if real is not None:
+        basis = "usage"
+    else:
+        basis = "price_table_invalid_usage" if generation.usage_invalid else "price_table"
     return {
         "estimated_usd": admission.estimated_usd,
         "usd": real if real is not None else admission.estimated_usd,
-        "basis": "usage" if real is not None else "price_table",
+        "basis": basis,
     }
 
 

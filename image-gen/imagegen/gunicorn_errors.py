@@ -8,11 +8,11 @@ writes them as `{"error", "status": "failed", "code"}` like every other error.
 
 from __future__ import annotations
 
-import json
 import socket
 
 from gunicorn import util
 
+from . import strictjson
 from .errors import HTTP_CODES
 
 _MAX_MESSAGE = 200
@@ -23,7 +23,7 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     code = HTTP_CODES.get(status_int, "SERVICE_ERROR" if status_int >= 500 else "HTTP_ERROR")
     detail = mesg if len(mesg) <= _MAX_MESSAGE else mesg[:_MAX_MESSAGE] + "..."
     message = f"{reason}: {detail}" if detail else reason
-    body = json.dumps({"error": message, "status": "failed", "code": code}).encode()
+    body = strictjson.dumps({"error": message, "status": "failed", "code": code}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from . import __version__
 from .clock import utc_now
+from .tokens import TokensLoad
 
 bp = Blueprint("health", __name__)
 
@@ -31,4 +33,17 @@ def health() -> ResponseReturnValue:
         "version": __version__,
         "timestamp": utc_now(),
     }
+    if settings.tokens_load is not None:
+        body["tokens"] = _tokens_state(settings.tokens_load)
     return jsonify(body), 200 if storage_ok else 503
+
+
+def _tokens_state(load: TokensLoad) -> dict[str, Any]:
+    """When this worker's tokens were read, and whether the latest reload (SIGHUP) failed, in
+    which case the last good tokens are served and the log says why. Never names a token."""
+    return {
+        "loaded_at": load.loaded_at,
+        "last_reload": "failed" if load.failed_at else "ok",
+        "reload_failed_at": load.failed_at,
+        "reload_failed_line": load.failed_line,
+    }

@@ -16,13 +16,13 @@ or a wait that a replay never applies.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from . import strictjson
 from .auth import current_caller
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationError
 from .ledger import Ledger
@@ -142,11 +142,13 @@ def _fingerprint() -> str:
                     content.update(chunk)
                 upload.stream.seek(0)
                 files.append([name, upload.filename, upload.mimetype, content.hexdigest()])
-        digest.update(json.dumps([form, files], sort_keys=True).encode())
+        digest.update(strictjson.dumps([form, files], sort_keys=True).encode())
     else:
         raw = request.get_data(cache=True)
         try:
-            canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"))
+            canonical = strictjson.dumps(
+                strictjson.loads(raw), sort_keys=True, separators=(",", ":")
+            )
             digest.update(b"json:" + canonical.encode())
         except (ValueError, RecursionError):
             digest.update(b"raw:" + raw)

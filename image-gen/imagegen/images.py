@@ -7,6 +7,7 @@ store beside the image, so an agent can look at an image without loading all of 
 from __future__ import annotations
 
 import io
+from contextlib import suppress
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
@@ -57,12 +58,13 @@ def _thumbnail(store: ImageStore, image: StoredImage, variant: thumbnails.Varian
     name = thumbnail_name(image, variant.suffix, fmt)
     cached = store.find_thumbnail(image, variant.suffix, fmt)
     if cached is not None:
-        return _send(image, cached, CONTENT_TYPES[fmt], name, name)
+        with suppress(ImageNotFound):  # dropped from the cache meanwhile: made again below
+            return _send(image, cached, CONTENT_TYPES[fmt], name, name)
     data = thumbnails.render(image.path, variant, fmt, image.image_id)
     if data is None:  # already small enough and in that format: the stored file is the answer
         return _send(image, image.path, CONTENT_TYPES[fmt], name, name)
-    saved = store.save_thumbnail(image, variant.suffix, fmt, data)
-    return _send(image, saved or io.BytesIO(data), CONTENT_TYPES[fmt], name, name)
+    store.save_thumbnail(image, variant.suffix, fmt, data)
+    return _send(image, io.BytesIO(data), CONTENT_TYPES[fmt], name, name)
 
 
 def _send(

@@ -46,10 +46,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import strictjson
 from .durable import Disk, is_disk_full
 from .errors import InsufficientStorage
 from .imagefmt import EXTENSIONS
-from .store import normalize_id
+from .store import mtime_of, normalize_id
 
 JOBS = ".jobs"
 _ACTIVE = ".active"
@@ -376,10 +377,10 @@ class JobRecords:
             return 0
         for entry in entries:
             name = entry.name
-            try:
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-            except OSError:
+            mtime = mtime_of(entry)
+            if mtime is None:  # removed by another process since the listing
                 continue
+            age = now - mtime
             if name.startswith(_TMP_PREFIX):
                 if age > stale:
                     shutil.rmtree(entry.path, ignore_errors=True)
@@ -389,7 +390,7 @@ class JobRecords:
                 continue
             record = self.read(name)
             changed = self.changed_at(name)
-            quiet = now - (changed / 1e9 if changed else entry.stat().st_mtime)
+            quiet = now - (changed / 1e9 if changed else mtime)
             finished = record is not None and record.get("status") in FINAL
             expired = quiet > retention if finished else quiet > stale
             if expired and not self.is_owned(name) and self.remove(name):
@@ -436,4 +437,4 @@ def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return strictjson.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

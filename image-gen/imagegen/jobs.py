@@ -19,7 +19,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
-from . import asyncjobs, events, streams
+from . import asyncjobs, events, streams, strictjson
 from .asyncjobs import JobNotFinished, completed_body, pending_body, runner_of
 from .errors import ImageNotFound, ServiceError, ValidationError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
@@ -197,7 +197,7 @@ def delete_job(job_id: str) -> ResponseReturnValue:
 
 def encode_cursor(position: tuple[int, str, str, int]) -> str:
     """An opaque cursor for a store position: URL-safe base64 of a small JSON array."""
-    raw = json.dumps(list(position), separators=(",", ":")).encode()
+    raw = strictjson.dumps(list(position), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

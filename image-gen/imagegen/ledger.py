@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strictjson
 from .errors import InsufficientStorage
 from .tokens import Limits
 
@@ -184,7 +185,11 @@ class Ledger:
         usd: float,
         model: str,
     ) -> Reservation:
-        """Check every cap and record the reservation, atomically; raise CapExceeded."""
+        """Check every cap and record the reservation, atomically; raise CapExceeded.
+
+        ValueError for an amount that is not a finite number of dollars from 0: it would
+        count against every cap for a day (see `_amount`)."""
+        usd = _amount(usd)
         with self._transaction() as db:
             now = self.clock()
             for scope, limits in ((token, token_limits), (GLOBAL, global_limits)):
@@ -224,7 +229,15 @@ class Ledger:
         )
 
     def settle(self, reservation: Reservation, *, usd: float, job_id: str | None) -> None:
-        """Replace the estimate with the real cost once the upstream has answered."""
+        """Replace the estimate with the real cost once the upstream has answered.
+
+        A cost that is not a finite number of dollars from 0 is not booked: the estimate
+        stays, and the error is logged."""
+        try:
+            usd = _amount(usd)
+        except ValueError as exc:
+            log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
+            usd = reservation.usd
         with self._transaction() as db:
             db.execute(
                 "UPDATE spend SET usd = ?, state = 'settled', job_id = ? WHERE id = ?",
@@ -305,7 +318,7 @@ class Ledger:
             db.execute(
                 "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ? "
                 "WHERE token = ? AND key = ? AND claim = ?",
-                (status, json.dumps(headers), body, token, key, claim),
+                (status, strictjson.dumps(headers), body, token, key, claim),
             )
 
     def abandon(self, token: str, key: str, claim: str) -> None:
@@ -315,6 +328,18 @@ class Ledger:
                 "DELETE FROM idempotency WHERE token = ? AND key = ? AND claim = ?",
                 (token, key, claim),
             )
+
+
+def _amount(usd: float) -> float:
+    """The dollars to write; ValueError unless finite and from 0. An infinite or NaN amount
+    in the books would make every later request cross every dollar cap."""
+    try:
+        value = math.nan if isinstance(usd, bool) else float(usd)
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{str(usd)[:40]} is not an amount of US dollars")
+    return value
 
 
 def retry_after_seconds(value: float) -> int:

@@ -34,7 +34,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import NotAcceptable, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.test import Client
 
-from . import __version__, clock, openapi
+from . import __version__, clock, openapi, strictjson
 from .catalog import MODELS, SHUT_DOWN, Choice, IntRange, ModelSpec
 from .errors import PermissionDenied, ValidationError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
@@ -112,7 +112,7 @@ def handle() -> ResponseReturnValue:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise RequestEntityTooLarge()
     try:
-        message = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        message = strictjson.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return jsonify(_error(None, PARSE_ERROR, "Parse error: the body is not UTF-8 JSON."))
     effective = version or LEGACY_VERSION
@@ -153,10 +153,6 @@ def _header_version() -> str | None:
             details={"field": "MCP-Protocol-Version"},
         )
     return version
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _accepted() -> Response:
@@ -509,7 +505,7 @@ class ToolResult:
         """The CallToolResult for `version` (2025-03-26 knows no links or structured output)."""
         content: list[dict[str, Any]] = [
             {"type": "text", "text": self.summary},
-            {"type": "text", "text": json.dumps(self.structured, ensure_ascii=False)},
+            {"type": "text", "text": strictjson.dumps(self.structured, ensure_ascii=False)},
         ]
         if _structured(version):
             content += [{"type": "resource_link", **link} for link in self.links]
@@ -524,7 +520,7 @@ def _failure(code: str, message: str, details: Mapping[str, Any] | None = None) 
     """A tool error the agent can act on: its code, message and details, in text."""
     text = f"{code}: {message}"
     if details:
-        text += "\n" + json.dumps(dict(details), ensure_ascii=False)
+        text += "\n" + strictjson.dumps(dict(details), ensure_ascii=False)
     return {"content": [{"type": "text", "text": text}], "isError": True}
 
 

@@ -115,7 +115,7 @@ class Bridge:
             self._fail(ids, f"image-gen answered {kind} ({len(body):,} bytes), not JSON.")
             return
         try:
-            answer = json.loads(body)
+            answer = _loads(body)
         except ValueError:
             self._fail(ids, "image-gen answered malformed JSON.")
             return
@@ -128,7 +128,7 @@ class Bridge:
     def _refused(self, ids: list[Any], status: int, body: bytes, location: str | None) -> None:
         """An HTTP error status: the JSON-RPC error it carries, or one describing it."""
         try:
-            answer = json.loads(body)
+            answer = _loads(body)
         except ValueError:
             answer = None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict) and len(ids) == 1:
@@ -161,8 +161,10 @@ class Bridge:
             self._write(errors[0] if len(errors) == 1 else errors)
 
     def _write(self, answer: Any) -> None:
-        """One message per line on stdout (json.dumps never writes a raw newline)."""
-        data = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        """One message per line on stdout (json.dumps never writes a raw newline).
+
+        Every answer was read by `_loads`, so it holds no NaN or Infinity to refuse."""
+        data = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode() + b"\n"
         with self._write_lock:
             try:
                 self.output.write(data)
@@ -173,9 +175,18 @@ class Bridge:
 
 def _parse(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        return _loads(line)
     except ValueError:
         return None  # forwarded anyway: the service answers the parse error
+
+
+def _loads(text: bytes) -> Any:
+    """JSON without NaN or Infinity (imagegen.strictjson's rule; this file is stdlib only)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _request_ids(message: Any) -> list[Any]:

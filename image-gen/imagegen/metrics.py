@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, g, request
 
-from . import __version__
+from . import __version__, strictjson
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "unmatched"  # the route label of a request that matched no route
@@ -274,7 +274,7 @@ class _Recorder:
     def _append(self, key: Key) -> int:
         """Add a key with the value 0; return where its value is."""
         assert self._fd is not None and self._map is not None
-        encoded = json.dumps([key[0], *key[1]], separators=(",", ":")).encode()
+        encoded = strictjson.dumps([key[0], *key[1]], separators=(",", ":")).encode()
         padded = (len(encoded) + 7) & ~7
         start, end = self._used, self._used + _KEY_LENGTH.size + padded + _VALUE.size
         if end > len(self._map):
@@ -486,7 +486,7 @@ def _absorb(path: Path, archive: dict[str, Any], dead: list[tuple[str, dict[Key,
         "samples": [[name, list(labels), value] for (name, labels), value in samples.items()],
     }
     staging = path / f".tmp-{_ARCHIVE}"
-    staging.write_text(json.dumps(document), encoding="utf-8")
+    staging.write_text(strictjson.dumps(document), encoding="utf-8")
     os.replace(staging, path / _ARCHIVE)
     for name, _ in dead:
         with contextlib.suppress(FileNotFoundError):

@@ -13,6 +13,7 @@ import email.utils
 import http.client
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import __version__, metrics
+from . import __version__, metrics, strictjson
 
 T = TypeVar("T")
 _CHUNK = 1024 * 1024
@@ -129,20 +130,21 @@ class RetryPolicy:
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds, decimal or HTTP date).
 
-    Anything unparseable, negative or not finite is ignored rather than trusted.
+    Anything unparseable, negative or not finite is ignored rather than trusted; a wait
+    longer than a day is cut to a day (after milliseconds are turned into seconds).
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     raw_ms = lowered.get("retry-after-ms")
     if raw_ms:
         value = _finite(raw_ms)
         if value is not None:
-            return value / 1000
+            return min(value / 1000, _MAX_RETRY_AFTER)
     raw = lowered.get("retry-after")
     if not raw:
         return None
     value = _finite(raw)
     if value is not None:
-        return value
+        return min(value, _MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -153,13 +155,12 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
 
 def _finite(raw: str) -> float | None:
+    """A header's non-negative finite number, or None."""
     try:
         value = float(raw.strip())
     except ValueError:
         return None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        return None
-    return min(value, _MAX_RETRY_AFTER)
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -254,7 +255,7 @@ class OpenAIClient:
 
     def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
         """POST the payload to /images/generations; return the parsed success body."""
-        body = json.dumps(payload).encode()
+        body = strictjson.dumps(payload).encode()
         return self._post_images("images/generations", body, "application/json", deadline)
 
     def download(self, url: str, deadline: Deadline, max_redirects: int = 3) -> bytes:
@@ -479,7 +480,7 @@ class OpenAIClient:
         `size`, `quality`, `background` and `output_format`. Failures before the first event
         are retried like any call; after it they are not, since the image is being paid for.
         """
-        body = json.dumps({**payload, "stream": True}).encode()
+        body = strictjson.dumps({**payload, "stream": True}).encode()
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
@@ -535,7 +536,7 @@ class OpenAIClient:
         last = completed[-1]
         answer: dict[str, Any] = {
             "data": [{"b64_json": event.get("b64_json")} for event in completed],
-            "usage": _add_usage([event.get("usage") for event in completed]),
+            "usage": add_usage([event.get("usage") for event in completed]),
         }
         for key in ("size", "quality", "background", "output_format"):
             if isinstance(last.get(key), str):
@@ -843,8 +844,10 @@ def _sse_events(
         yield name or "message", "\n".join(data)
 
 
-def _add_usage(usages: list[Any]) -> dict[str, Any] | None:
-    """Token usage over several completed events (numbers added, nested details too)."""
+def add_usage(usages: list[Any]) -> dict[str, Any] | None:
+    """Token usage over several reports (a stream's completed events, fan-out calls): numbers
+    added, nested details too; None when there is none. A count one report gives as a
+    number and another as details is not added (the details win)."""
     present = [u for u in usages if isinstance(u, dict)]
     if len(present) <= 1:
         return present[0] if present else None
@@ -852,7 +855,11 @@ def _add_usage(usages: list[Any]) -> dict[str, Any] | None:
     for usage in present:
         for key, value in usage.items():
             if isinstance(value, dict):
-                total[key] = _add_usage([total.get(key), value])
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = add_usage([total.get(key), value])
+            elif (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and not isinstance(total.get(key), dict)
+            ):
                 total[key] = total.get(key, 0) + value
     return total

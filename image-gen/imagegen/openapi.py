@@ -1103,7 +1103,11 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                     "description": "True when the keyless placeholder provider drew them.",
                 },
                 "images": {"type": "array", "items": _ref("StoredImage")},
-                "usage": {"type": "object", "description": "The upstream's token usage."},
+                "usage": {
+                    "type": "object",
+                    "description": "The upstream's token counts (absent when it reported none, "
+                    "or a report that could not be true).",
+                },
                 "client": {
                     **string,
                     "description": "The name of the client token that made the job "
@@ -1289,12 +1293,17 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
             "type": "object",
             "description": "What the job cost in US dollars: `estimated_usd` was reserved "
             "against the caps before the upstream call; `usd` is the real cost, from the "
-            "upstream's token usage (`basis: usage`) or the per-image price table.",
+            "upstream's token usage (`basis: usage`) or the per-image price table "
+            "(`price_table`, or `price_table_invalid_usage` when the upstream's usage report "
+            "could not be true: a count that is not a whole number from 0 to 100,000,000).",
             "required": ["estimated_usd", "usd", "basis"],
             "properties": {
                 "estimated_usd": {"type": "number", "minimum": 0},
                 "usd": {"type": "number", "minimum": 0},
-                "basis": {"type": "string", "enum": ["usage", "price_table", "placeholder"]},
+                "basis": {
+                    "type": "string",
+                    "enum": ["usage", "price_table", "price_table_invalid_usage", "placeholder"],
+                },
             },
         },
         "UsageFigures": {
@@ -1354,6 +1363,22 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                 },
                 "version": string,
                 "timestamp": {"type": "string", "format": "date-time"},
+                "tokens": {
+                    "type": "object",
+                    "description": "With a tokens file: when this worker's tokens were read "
+                    "and whether the latest reload (SIGHUP) failed, in which case the last "
+                    "good tokens are in use.",
+                    "required": ["loaded_at", "last_reload"],
+                    "properties": {
+                        "loaded_at": {"type": "string", "format": "date-time"},
+                        "last_reload": {"type": "string", "enum": ["ok", "failed"]},
+                        "reload_failed_at": {
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                        },
+                        "reload_failed_line": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                },
             },
         },
         "Model": {
@@ -1385,6 +1410,14 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                 "max_prompt_chars": integer,
                 "sizes": {"type": "array", "items": string},
                 "size_rule": {"type": ["object", "null"]},
+                "largest_output": {
+                    "type": "object",
+                    "description": "The largest image the model makes (`max_edge` pixels on "
+                    "the longest side, `max_pixels` in all), at any size; an upstream image "
+                    "beyond it is refused as an unusable answer.",
+                    "required": ["max_edge", "max_pixels"],
+                    "properties": {"max_edge": integer, "max_pixels": integer},
+                },
                 "default_size": string,
                 "edits": {
                     "type": ["object", "null"],
@@ -1436,7 +1469,11 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
             "properties": {
                 "created": {**integer, "description": "Unix seconds."},
                 "data": {"type": "array", "items": _ref("OpenAIImage")},
-                "usage": {"type": "object", "description": "The upstream's token usage."},
+                "usage": {
+                    "type": "object",
+                    "description": "The upstream's token counts (absent when it reported none, "
+                    "or a report that could not be true).",
+                },
                 "output_format": {"type": "string", "enum": FORMATS},
                 "size": string,
                 "quality": {

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from .catalog import ModelSpec
 from .errors import (
     ContentPolicyViolation,
     RateLimited,
@@ -27,6 +28,7 @@ from .openai_client import (
     InvalidResponseError,
     OpenAIClient,
     OpenAIError,
+    add_usage,
 )
 from .placeholder import placeholder_png
 from .validation import COMMON_FIELDS, ImageInputs, ImageRequest
@@ -39,6 +41,12 @@ _ECHOED = ("quality", "size", "background", "output_format")
 _MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
 _INPUT_FIELDS = ("image", "image[]", "mask")
 _PLACEHOLDER_MAX_EDGE = 2048  # placeholder edits at size "auto" follow the input, up to this
+# A usage report is believed only if every count in it is a whole number from 0 to this. One
+# upstream call reports well under 1.5 million tokens (10 images of gpt-image-2 at its
+# largest size and dearest quality, or an edit with 16 inputs), so this is about 70 times
+# the most, and its cost (a few thousand dollars per count at most) stays an exact float.
+MAX_USAGE_TOKENS = 10**8
+_USAGE_DEPTH = 3  # the report, its *_details, and one level below those
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class Generation:
     images: list[GeneratedImage]
     usage: dict[str, Any] | None = None
     placeholder: bool = False
+    # The upstream reported a usage that cannot be true (see checked_usage): not trusted for
+    # the cost and not kept in `usage`.
+    usage_invalid: bool = False
     # What the upstream says it made (quality, size, background, output_format), e.g. when
     # "auto" was asked for.
     upstream: dict[str, Any] | None = None
@@ -195,15 +206,18 @@ class OpenAIProvider:
             return self.client.stream_images(
                 {**payload, "partial_images": partial_images},
                 deadline,
-                lambda event: self._relay(event, start, progress),
+                lambda event: self._relay(event, start, progress, request.model),
             )
 
         return self._fan_out(
             request, send, deadline, per_call=1 if streaming else None, progress=progress
         )
 
-    def _relay(self, event: dict[str, Any], image: int, progress: Progress) -> None:
-        """Pass a partial preview on; one that is not a usable image is skipped, not fatal."""
+    def _relay(
+        self, event: dict[str, Any], image: int, progress: Progress, model: ModelSpec
+    ) -> None:
+        """Pass a partial preview on; one that is not a usable image (larger than the model
+        makes, too) is skipped, not fatal."""
         if not event["type"].endswith(".partial_image"):
             return
         index = event.get("partial_image_index")
@@ -214,6 +228,10 @@ class OpenAIProvider:
         info = identify(data) if len(data) <= self.client.max_image_bytes else None
         if info is None or not isinstance(index, int) or not 0 <= index <= 9:
             log.warning("skipping an unusable partial image from the upstream")
+            return
+        too_large = _beyond_model(model, info.width, info.height)
+        if too_large:
+            log.warning("skipping a partial image from the upstream: %s", too_large)
             return
         progress.partial(image, index, data, info.format)
 
@@ -246,7 +264,9 @@ class OpenAIProvider:
             **request.options,
         }
 
-    def _image(self, item: Any, deadline: Deadline) -> GeneratedImage:
+    def _image(self, item: Any, deadline: Deadline, model: ModelSpec) -> GeneratedImage:
+        """One `data` item's image: its bytes (decoded or downloaded), checked to be a PNG,
+        JPEG or WebP no larger than the model makes; InvalidResponseError otherwise."""
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
         encoded = item.get("b64_json")
@@ -266,6 +286,9 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 "the upstream sent bytes that are not a PNG, JPEG or WebP image"
             )
+        too_large = _beyond_model(model, info.width, info.height)
+        if too_large:
+            raise InvalidResponseError(f"the upstream sent {too_large}")
         revised = item.get("revised_prompt")
         return GeneratedImage(
             data,
@@ -335,44 +358,55 @@ class OpenAIProvider:
         Each finished image is reported to `progress`, if given, as its call ends."""
         per_call = per_call or request.model.per_call
 
-        def call(
-            start: int, n: int
-        ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
-            result = self._collect(lambda n: send(start, n), n, deadline)
+        def call(start: int, n: int) -> Generation:
+            part = self._collect(lambda n: send(start, n), n, deadline, request.model)
             if progress is not None:
-                for offset, image in enumerate(result[0]):
+                for offset, image in enumerate(part.images):
                     progress.image(start + offset, image)
-            return result
+            return part
 
         batches = [
             (start, min(per_call, request.count - start))
             for start in range(0, request.count, per_call)
         ]
         try:
-            results = self._parallel(call, batches)
+            parts = self._parallel(call, batches)
         except OpenAIError as exc:
             raise self._service_error(exc, request) from None
-        images = [image for batch, _, _ in results for image in batch]
+        invalid = any(part.usage_invalid for part in parts)  # then the total is false too
         return Generation(
-            images,
-            usage=_sum_usage([usage for _, usage, _ in results]),
-            upstream=results[0][2] or None,
+            [image for part in parts for image in part.images],
+            usage=None if invalid else add_usage([part.usage for part in parts]),
+            usage_invalid=invalid,
+            upstream=parts[0].upstream,
         )
 
     def _collect(
-        self, send: Callable[[int], dict[str, Any]], n: int, deadline: Deadline
-    ) -> tuple[list[GeneratedImage], dict[str, Any] | None, dict[str, Any]]:
-        """One upstream call for `n` images: the checked images, usage and echoed settings."""
+        self,
+        send: Callable[[int], dict[str, Any]],
+        n: int,
+        deadline: Deadline,
+        model: ModelSpec,
+    ) -> Generation:
+        """One upstream call for `n` images: the checked images, usage and echoed settings.
+
+        A usage report that cannot be true is logged and left out (`usage_invalid`)."""
         answer = send(n)
         items = answer["data"]
         if len(items) != n:
             raise InvalidResponseError(
                 f"asked for {n} image(s), the upstream returned {len(items)}"
             )
-        images = self._parallel(self._image, [(item, deadline) for item in items])
-        usage = answer.get("usage")
+        images = self._parallel(self._image, [(item, deadline, model) for item in items])
         echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
-        return images, usage if isinstance(usage, dict) else None, echoed
+        usage, invalid = answer.get("usage"), False
+        if usage is not None:
+            try:
+                usage = checked_usage(usage)
+            except ValueError as exc:
+                log.warning("the upstream's usage report is not believed: %s", exc)
+                usage, invalid = None, True
+        return Generation(images, usage=usage, usage_invalid=invalid, upstream=echoed or None)
 
     def _service_error(self, exc: OpenAIError, request: ImageRequest) -> ServiceError:
         """Translate an upstream failure into the error the client should act on."""
@@ -438,6 +472,18 @@ class OpenAIProvider:
         )
 
 
+def _beyond_model(model: ModelSpec, width: int, height: int) -> str | None:
+    """What is wrong with an upstream image of this size, if it is larger than `model` makes
+    (no model's answer can be: a header declaring 50000x50000 is a lie or a bomb)."""
+    bounds = model.largest_output
+    if bounds.allows(width, height):
+        return None
+    return (
+        f"a {width}x{height} image, larger than {model.id} makes "
+        f"(at most {bounds.max_edge} pixels a side and {bounds.max_pixels:,} in all)"
+    )
+
+
 def _dimensions(size: str) -> tuple[int, int]:
     if "x" not in size:  # "auto"
         return 1024, 1024
@@ -445,18 +491,25 @@ def _dimensions(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _sum_usage(usages: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Add up numeric usage counters across fan-out calls (nested details included)."""
-    present = [u for u in usages if u]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-    total: dict[str, Any] = {}
-    for usage in present:
-        for key, value in usage.items():
-            if isinstance(value, dict):
-                total[key] = _sum_usage([total.get(key), value])
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                total[key] = total.get(key, 0) + value
-    return total
+def checked_usage(report: Any, depth: int = 1) -> dict[str, Any]:
+    """The counts of one upstream answer's usage report; ValueError saying what is wrong.
+
+    Every number in it, nested details included, must be a whole number from 0 to
+    MAX_USAGE_TOKENS: a report with a negative, fractional, non-finite or absurd count
+    (10**308 output tokens) is false as a whole. Values that are not numbers (text, null,
+    true) are not counts and are left out, so nothing but counts is kept or echoed.
+    """
+    if not isinstance(report, dict):
+        raise ValueError(f"it is a {type(report).__name__}, not an object")
+    counts: dict[str, Any] = {}
+    for key, value in report.items():
+        name = str(key)[:40]
+        if isinstance(value, dict):
+            if depth >= _USAGE_DEPTH:
+                raise ValueError(f"{name!r} is nested too deeply")
+            counts[key] = checked_usage(value, depth + 1)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not isinstance(value, int) or not 0 <= value <= MAX_USAGE_TOKENS:
+                raise ValueError(f"{name!r} is not a whole number from 0 to {MAX_USAGE_TOKENS:,}")
+            counts[key] = value
+    return counts

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import clock
+from . import clock, ownership
 from .catalog import SHUT_DOWN, get_model
-from .tokens import Limits, Token, TokenFileError, load_tokens
+from .tokens import Limits, Token, TokenFileError, TokensLoad, tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,14 @@ class Settings:
     max_upload_total_bytes: int = 100 * 1024 * 1024
     log_prompts: bool = True
     fsync: bool = True
+    # False in the Docker image: the service refuses to start as the host's root there.
+    allow_root: bool = True
     metrics_dir: Path | None = None  # None: <images_dir>/.metrics (see metrics.py)
     # Client tokens (None: the service is open, as the original was) and the caps that hold
     # for the whole service whatever the token.
     tokens_file: Path | None = None
     tokens: tuple[Token, ...] | None = field(default=None, repr=False)
+    tokens_load: TokensLoad | None = None  # when and how the tokens were read (for /health)
     cap_images_per_hour: int | None = None
     cap_images_per_day: int | None = None
     cap_usd_per_day: float | None = None
@@ -151,6 +154,7 @@ class Settings:
             "base_url": env.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL,
             "log_prompts": _bool(env, "IMAGE_GEN_LOG_PROMPTS", True),
             "fsync": _bool(env, "IMAGE_GEN_FSYNC", True),
+            "allow_root": _bool(env, "IMAGE_GEN_ALLOW_ROOT", True),
             "metrics_dir": Path(env["IMAGE_GEN_METRICS_DIR"].strip())
             if env.get("IMAGE_GEN_METRICS_DIR", "").strip()
             else None,
@@ -169,10 +173,10 @@ class Settings:
         tokens_file = env.get("IMAGE_GEN_TOKENS_FILE", "").strip()
         if tokens_file:
             try:
-                kwargs["tokens"] = load_tokens(Path(tokens_file))
+                load = tokens_for(Path(tokens_file))
             except TokenFileError as exc:
                 raise SettingsError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
-            kwargs["tokens_file"] = Path(tokens_file)
+            kwargs.update(tokens=load.tokens, tokens_file=load.path, tokens_load=load)
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
         threads = env.get("GUNICORN_THREADS", "").strip()
@@ -238,14 +242,17 @@ def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         key = ""
-    except OSError as exc:
-        # The path is operator-chosen, never secret; the contents are.
+    except PermissionError as exc:
+        # The path and its owner are operator-chosen, never secret; the contents are.
         log.warning(
-            "cannot read the API key file %s: %s (it must be readable by uid %d)",
+            "cannot read the API key file %s: %s. %s",
             path,
             exc.strerror,
-            os.getuid(),
+            ownership.denied(path, ownership.READ_FILE, "secrets/openai_api_key.txt"),
         )
+        key = ""
+    except OSError as exc:
+        log.warning("cannot read the API key file %s: %s", path, exc.strerror)
         key = ""
     except UnicodeDecodeError:
         log.warning("the API key file %s is not UTF-8 text; ignoring it", path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import durable
+from . import durable, ownership, strictjson
 from .clock import utc_now
 from .durable import Disk, is_disk_full
 from .errors import ImageNotFound, InsufficientStorage, ServiceError
@@ -43,6 +43,10 @@ _INDEX = ".index"
 _TMP_PREFIX = ".tmp-"
 _LOCK = ".lock"
 _THUMBS = "thumbs"
+# Cached thumbnails kept per image: a caller may ask for any of some 12 million variants
+# (every width and height from 16 to 2048, three formats), and the disk must not fill up
+# with them. The least recently used go first.
+MAX_THUMBNAILS = 16
 _THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LINK_TARGET = re.compile(
@@ -79,18 +83,45 @@ class ImageStore:
         self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
 
     def prepare(self) -> None:
-        """Create the directories; fail with a message that says what to run if we cannot."""
+        """Create the directories; fail with a message that names the fix if we cannot."""
         try:
             self._index.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}"
-            probe.mkdir(exist_ok=True)
+            # Unique: a replica in another container may have the same pid and be probing too.
+            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex}"
+            probe.mkdir()
             probe.rmdir()
-        except PermissionError:
+        except PermissionError as exc:
+            # mkdir is refused by the directory it writes in: the parent of what it made.
+            refused = Path(exc.filename).parent if exc.filename else self.root
+            where = "" if refused == self.root else f" (it cannot be made in {refused})"
             raise ServiceError(
-                f"The images directory {self.root} is not writable by uid {os.getuid()}. "
-                f"Run on the host: sudo chown -R {os.getuid()}:{os.getgid()} <the directory "
-                "mounted there> (./images with docker-compose.yml)"
+                f"The images directory {self.root}{where} is not writable by this service. "
+                + ownership.denied(refused, ownership.WRITE_DIRECTORY, "images")
             ) from None
+        foreign = next(self._unwritable_own_directories(), None)
+        if foreign is not None:
+            raise ServiceError(
+                f"The images directory {self.root} holds {foreign.relative_to(self.root)}, "
+                "which this service cannot write. "
+                + ownership.denied_within(self.root, foreign, ownership.WRITE_DIRECTORY, "images")
+            )
+
+    def _unwritable_own_directories(self) -> Iterator[Path]:
+        """The service's own directories (hidden: .index, .jobs/.active, .ledger, ...) that
+        this process may not use, as a run under another uid leaves them. Job directories
+        and crashed writers' staging ones are not needed to start, and are not looked at."""
+        pending = [self.root]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") or entry.name.startswith(_TMP_PREFIX):
+                        continue
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    if os.access(entry.path, os.R_OK | os.W_OK | os.X_OK):
+                        pending.append(entry.path)
+                    else:
+                        yield Path(entry.path)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -217,11 +248,23 @@ class ImageStore:
     # A cache beside the job's images, never in metadata.json, the index or a listing. A
     # thumbnail is written under a temporary name and renamed into place, so threads and
     # workers making the same one at once all succeed and readers never see half a file.
+    # At most MAX_THUMBNAILS are kept per image: a file's access time is when it was last
+    # made or served (set here from one clock, whatever the mount's atime options), and
+    # whoever caches one more removes the least recently used beyond the bound. Removals
+    # race with no harm: a cached file that vanishes before it is opened is made again, and
+    # the last to list the folder sees every file made before it, so the bound holds.
 
     def find_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Path | None:
-        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made."""
+        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made;
+        marked as just used."""
         path = self._thumbnail_path(image, suffix, fmt)
-        return path if path.is_file() else None
+        try:
+            made = os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+        with suppress(OSError):  # a read-only disk still serves it
+            os.utime(path, ns=(time.time_ns(), made))
+        return path
 
     def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> Path | None:
         """Cache a thumbnail atomically and return its path.
@@ -235,6 +278,8 @@ class ImageStore:
         try:
             path.parent.mkdir(exist_ok=True)
             self._disk.write_new(temp, data)  # synced: never an empty file to serve
+            now = time.time_ns()  # the clock find_thumbnail uses, finer than the kernel's
+            os.utime(temp, ns=(now, now))
             os.replace(temp, path)
         except FileNotFoundError:  # the whole job was deleted meanwhile
             _unlink(temp)
@@ -248,7 +293,21 @@ class ImageStore:
         if not os.path.lexists(self._index / image.image_id):
             _unlink(path)
             raise ImageNotFound(f"Image {image.image_id} not found.")
+        self._trim_thumbnails(image, keep=path.name)
         return path
+
+    def _trim_thumbnails(self, image: StoredImage, *, keep: str) -> None:
+        """Remove the least recently used cached thumbnails of `image` beyond MAX_THUMBNAILS
+        (never `keep`, the one just made)."""
+        used: list[tuple[int, str]] = []
+        with suppress(FileNotFoundError), os.scandir(self.root / image.job_id / _THUMBS) as it:
+            for entry in it:
+                if entry.name.startswith(f"{image.image_id}-") and entry.name != keep:
+                    with suppress(FileNotFoundError):
+                        used.append((entry.stat(follow_symlinks=False).st_atime_ns, entry.path))
+        used.sort()
+        for _, stale in used[: max(0, len(used) + 1 - MAX_THUMBNAILS)]:
+            _unlink(Path(stale))
 
     def _thumbnail_path(self, image: StoredImage, suffix: str, fmt: str) -> Path:
         return self.root / image.job_id / _THUMBS / thumbnail_name(image, suffix, fmt)
@@ -314,24 +373,27 @@ class ImageStore:
     # --- housekeeping ---------------------------------------------------------------------
 
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove what crashed writers left: stale staging dirs and dangling index links."""
+        """Remove what crashed writers left: stale staging dirs and dangling index links.
+
+        Other workers write, publish and remove entries meanwhile (every worker sweeps as
+        it boots): an entry that is gone by the time it is looked at is skipped.
+        """
         removed = 0
         cutoff = time.time() - older_than
-        for entry in os.scandir(self.root):
-            if (
-                entry.name.startswith(_TMP_PREFIX)
-                and entry.stat(follow_symlinks=False).st_mtime < cutoff
-            ):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
-        for entry in os.scandir(self._index):
-            if (
-                entry.is_symlink()
-                and not os.path.exists(entry.path)
-                and entry.stat(follow_symlinks=False).st_mtime < cutoff
-            ):
-                _unlink(Path(entry.path))
-                removed += 1
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.startswith(_TMP_PREFIX) and changed_before(entry, cutoff):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+        with os.scandir(self._index) as entries:
+            for entry in entries:
+                if (
+                    entry.is_symlink()
+                    and not os.path.exists(entry.path)
+                    and changed_before(entry, cutoff)
+                ):
+                    _unlink(Path(entry.path))
+                    removed += 1
         return removed
 
     # --- browsing and removing whole jobs ----------------------------------------------------
@@ -487,6 +549,20 @@ class ImageStore:
         return self._browse
 
 
+def mtime_of(entry: os.DirEntry[str]) -> float | None:
+    """The mtime of a listed entry (a link's own), or None if it vanished since the listing."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def changed_before(entry: os.DirEntry[str], cutoff: float) -> bool:
+    """Whether a listed entry last changed before `cutoff` (False if it has vanished)."""
+    mtime = mtime_of(entry)
+    return mtime is not None and mtime < cutoff
+
+
 def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
     """A thumbnail's file name, which its ETag also uses: `<image-id>-<suffix>.<ext>`."""
     if not _THUMB_SUFFIX.match(suffix) or fmt not in EXTENSIONS:
@@ -495,7 +571,7 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:
-    return json.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
+    return strictjson.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
 def _unlink(path: Path) -> None:

@@ -1,9 +1,18 @@
 """Thumbnails: the `width`/`height`/`format` query of GET /images/<id>, and the resizing.
 
 An agent looks at a 256-pixel copy instead of loading a multi-megabyte image into its
-context. The aspect ratio is kept and an image is never enlarged. Decoding happens in at most
-`MAX_CONCURRENT` threads per process and refuses images over `MAX_PIXELS`, so the memory a
-worker spends on thumbnails stays bounded whatever the callers ask for.
+context. The aspect ratio is kept and an image is never enlarged.
+
+The memory a worker spends on thumbnails stays bounded whatever the callers ask for: at most
+`MAX_CONCURRENT` decodes run at once per process, each of an image of at most `MAX_PIXELS`
+(the largest any model makes; larger ones are refused from their header, undecoded). Pillow
+holds a decoded image at 4 bytes a pixel, so one decode costs about 33 MB (twice that while
+a palette or 16-bit image is converted), and the image is reduced by a whole factor before
+it is resampled (JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself; Pillow cannot
+decode PNG or WebP reduced). After each thumbnail the memory goes back to the system (see
+memory.py): measured with bench/thumbnail_memory.py, a worker's peak for 3840x2160 PNGs is
+33 MB above its resting size for one and 68 MB for eight at once, and it returns to within
+2 MB of it.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from pathlib import Path
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 
+from . import memory
+from .catalog import MODELS
 from .errors import ImageNotFound, ServiceError, ValidationError
 from .imagefmt import CONTENT_TYPES
 
@@ -26,9 +37,9 @@ log = logging.getLogger(__name__)
 MIN_EDGE = 16
 MAX_EDGE = 2048
 FORMATS = tuple(CONTENT_TYPES)  # png, jpeg, webp
-# Above gpt-image-2's largest output (8,294,400 pixels) with room to spare; a 40 MP RGBA
-# image decodes to 160 MB, which is the most one thumbnail may cost.
-MAX_PIXELS = 40_000_000
+# The largest image any model makes (8,294,400 pixels: 3840x2160): no upstream image is
+# stored larger, and one of this size decodes to 33 MB.
+MAX_PIXELS = max(model.largest_output.max_pixels for model in MODELS)
 MAX_CONCURRENT = 2
 _INTEGER = re.compile(r"^[0-9]{1,6}$")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
@@ -120,21 +131,23 @@ def render(source: Path, variant: Variant, fmt: str, image_id: str) -> bytes | N
     ImageNotFound if the file vanished (deleted meanwhile), ServiceError if it cannot be
     decoded or is too large to decode.
     """
-    with _slots:
-        try:
+    try:
+        with _slots:
             return _render(source, variant, fmt, image_id)
-        except FileNotFoundError:
-            raise ImageNotFound(f"Image {image_id} not found.") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            # Pillow reports damaged files as OSError (truncated), SyntaxError (broken PNG
-            # chunks) or ValueError; the store checked the bytes when they were saved.
-            log.warning(
-                "cannot make a thumbnail of image %s: %s: %s", image_id, type(exc).__name__, exc
-            )
-            raise ServiceError(
-                f"Image {image_id} is stored but cannot be decoded to make a thumbnail; "
-                "fetch it without 'width'."
-            ) from None
+    except FileNotFoundError:
+        raise ImageNotFound(f"Image {image_id} not found.") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # Pillow reports damaged files as OSError (truncated), SyntaxError (broken PNG
+        # chunks) or ValueError; the store checked the bytes when they were saved.
+        log.warning(
+            "cannot make a thumbnail of image %s: %s: %s", image_id, type(exc).__name__, exc
+        )
+        raise ServiceError(
+            f"Image {image_id} is stored but cannot be decoded to make a thumbnail; "
+            "fetch it without 'width'."
+        ) from None
+    finally:
+        memory.trim()  # the decoded image is gone: give its pages back
 
 
 def _render(source: Path, variant: Variant, fmt: str, image_id: str) -> bytes | None:

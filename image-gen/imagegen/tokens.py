@@ -26,8 +26,10 @@ import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .clock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ ANONYMOUS = "anonymous"
 
 class TokenFileError(ValueError):
     """The tokens file cannot be used; the message names the line and what is wrong."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line  # the line at fault, when one is
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,60 @@ def load_tokens(path: Path) -> tuple[Token, ...]:
     return parse_tokens(text.splitlines(), source=str(path))
 
 
+# --- the tokens a process serves with --------------------------------------------------
+# Under Gunicorn the master reads the file (gunicorn.conf.py: at start-up and on SIGHUP) and
+# holds it; every worker forks from the master and serves with what it holds. So all workers
+# agree, a worker respawned after a crash or by GUNICORN_MAX_REQUESTS gets the same tokens as
+# its siblings, and a file broken on a reload changes nothing: the last good tokens stay.
+
+
+@dataclass(frozen=True)
+class TokensLoad:
+    """Tokens read from `path` at `loaded_at`; `failed_at` and `failed_line` say that a later
+    reload of the file failed (the tokens are then the last good ones)."""
+
+    path: Path
+    tokens: tuple[Token, ...] = field(repr=False)
+    loaded_at: str
+    failed_at: str | None = None
+    failed_line: int | None = None
+
+
+_held: TokensLoad | None = None
+
+
+def hold(path: Path) -> TokensLoad:
+    """Read the tokens file and hold it for the processes forked from this one (Gunicorn's
+    master, at start-up). Raises TokenFileError, so a bad file stops the start."""
+    global _held
+    path = Path(path).absolute()
+    _held = TokensLoad(path, load_tokens(path), utc_now())
+    return _held
+
+
+def reload_held() -> tuple[TokensLoad, TokenFileError | None] | None:
+    """Read the held file again (SIGHUP): the tokens now held, and the error if the file could
+    not be used, in which case the last good tokens stay held. None if nothing is held."""
+    global _held
+    if _held is None:
+        return None
+    try:
+        _held = TokensLoad(_held.path, load_tokens(_held.path), utc_now())
+    except TokenFileError as exc:
+        _held = replace(_held, failed_at=utc_now(), failed_line=exc.line)
+        return _held, exc
+    return _held, None
+
+
+def tokens_for(path: Path) -> TokensLoad:
+    """The tokens this process serves with: the ones its Gunicorn master holds for `path`,
+    else the file as it is now. Raises TokenFileError."""
+    path = Path(path).absolute()
+    if _held is not None and _held.path == path:
+        return _held
+    return TokensLoad(path, load_tokens(path), utc_now())
+
+
 def parse_tokens(lines: Iterable[str], *, source: str = "tokens file") -> tuple[Token, ...]:
     """Parse token lines. Errors name the line number, never the token's secret."""
     tokens: list[Token] = []
@@ -139,29 +199,15 @@ def parse_tokens(lines: Iterable[str], *, source: str = "tokens file") -> tuple[
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        where = f"{source} line {number}"
-        fields = line.split()
-        if len(fields) < 2:
-            raise TokenFileError(f"{where}: expected 'NAME TOKEN [LIMITS...]'")
-        name, secret, options = fields[0], fields[1], fields[2:]
-        if not _NAME.match(name):
-            raise TokenFileError(
-                f"{where}: the name must be 1-64 letters, digits, '.', '_' or '-' "
-                "and start with a letter or digit"
-            )
-        if name == ANONYMOUS:
-            raise TokenFileError(f"{where}: the name {ANONYMOUS!r} is reserved")
-        if name in names:
-            raise TokenFileError(f"{where}: the name {name!r} is used twice")
-        digest = _parse_secret(secret, where)
-        if _DIGEST.match(secret) is None:
-            plain.append(name)
-        if digest in digests:
-            raise TokenFileError(f"{where}: the same token is listed twice")
-        admin, limits = _parse_options(options, where)
-        names.add(name)
-        digests.add(digest)
-        tokens.append(Token(name, digest, admin, limits))
+        try:
+            token = _parse_line(line, f"{source} line {number}", names, digests)
+        except TokenFileError as exc:
+            raise TokenFileError(str(exc), line=number) from None
+        if _DIGEST.match(line.split()[1]) is None:
+            plain.append(token.name)
+        names.add(token.name)
+        digests.add(token.digest)
+        tokens.append(token)
     if not tokens:
         raise TokenFileError(f"{source} lists no tokens; remove IMAGE_GEN_TOKENS_FILE to run open")
     if plain:
@@ -171,6 +217,28 @@ def parse_tokens(lines: Iterable[str], *, source: str = "tokens file") -> tuple[
             ", ".join(plain),
         )
     return tuple(tokens)
+
+
+def _parse_line(line: str, where: str, names: set[str], digests: set[bytes]) -> Token:
+    """One token line (comments stripped), checked against the names and digests before it."""
+    fields = line.split()
+    if len(fields) < 2:
+        raise TokenFileError(f"{where}: expected 'NAME TOKEN [LIMITS...]'")
+    name, secret, options = fields[0], fields[1], fields[2:]
+    if not _NAME.match(name):
+        raise TokenFileError(
+            f"{where}: the name must be 1-64 letters, digits, '.', '_' or '-' "
+            "and start with a letter or digit"
+        )
+    if name == ANONYMOUS:
+        raise TokenFileError(f"{where}: the name {ANONYMOUS!r} is reserved")
+    if name in names:
+        raise TokenFileError(f"{where}: the name {name!r} is used twice")
+    digest = _parse_secret(secret, where)
+    if digest in digests:
+        raise TokenFileError(f"{where}: the same token is listed twice")
+    admin, limits = _parse_options(options, where)
+    return Token(name, digest, admin, limits)
 
 
 def _parse_secret(secret: str, where: str) -> bytes:

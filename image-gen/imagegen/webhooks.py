@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
-import json
 import logging
 import random
 import socket
@@ -30,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, strictjson
 from .errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 def payload(event: str, data: dict[str, Any], timestamp: str) -> bytes:
     """The body: `{"type": "job.completed" | "job.failed", "timestamp", "data": job}`."""
-    return json.dumps(
+    return strictjson.dumps(
         {"type": event, "timestamp": timestamp, "data": data}, separators=(",", ":")
     ).encode()
 

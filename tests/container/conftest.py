@@ -1,11 +1,12 @@
 """Fixtures for the container tests: the built image and a Compose stack around it.
 
-The stack is the repository's own docker-compose.yml, run with a unique project name and
-its project directory in a temporary folder, so `./images` and `./secrets` resolve there
-and never touch the checkout. An override adds a fake OpenAI upstream (tests/fake_openai.py
-in a stock python:3.13-slim container) on the Compose network and shortens the
-healthcheck interval. Every wait is bounded; teardown removes containers, networks,
-volumes, the image tag and the files the unprivileged container user left behind.
+The stack runs where a Linux user runs it: a checkout in a temporary folder (the
+repository's own docker-compose.yml, images/ and secrets/ with their READMEs, the key file
+mode 600), every file owned by uid 1000, `docker compose up` with no chown and no .env.
+An override adds a fake OpenAI upstream (tests/fake_openai.py in a stock python:3.13-slim
+container) on the Compose network and shortens the healthcheck interval. Every wait is
+bounded; teardown removes containers, networks, volumes, the image tag, and gives the
+folder back to the test runner.
 """
 
 from __future__ import annotations
@@ -20,17 +21,7 @@ from typing import NoReturn
 
 import pytest
 
-from .support import (
-    COMPOSE_FILE,
-    IMAGEGEN_UID,
-    REPO,
-    Stack,
-    as_root,
-    free_port,
-    run,
-    write_override,
-    write_secret,
-)
+from .support import HOST_UID, REPO, Stack, clone, hand_back, run
 
 
 def _no_engine(reason: str) -> NoReturn:
@@ -76,24 +67,14 @@ def app_image(docker_engine: None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(app_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack, up and healthy, with a test key and a host images folder owned by 10001."""
-    directory = tmp_path_factory.mktemp("compose-project")
-    directory.chmod(0o755)
+    """The stack, up and healthy, in a checkout owned by uid 1000 with its key file mode 600."""
+    directory = tmp_path_factory.mktemp("checkout")
     api_key = f"sk-container-test-{secrets.token_hex(16)}"
-    write_secret(directory, api_key)
-    (directory / "images").mkdir()
-    as_root(app_image, directory, "chown", f"{IMAGEGEN_UID}:{IMAGEGEN_UID}", "/target/images")
-    stack = Stack(
-        project=f"igtest-{uuid.uuid4().hex[:10]}",
-        directory=directory,
-        image=app_image,
-        port=free_port(),
-        api_key=api_key,
-        files=[COMPOSE_FILE, write_override(directory)],
-    )
+    clone(directory, app_image, owner=HOST_UID, api_key=api_key)
+    stack = Stack.in_checkout(directory, app_image, api_key)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
-        as_root(app_image, directory, "rm", "-rf", "/target/images")
+        hand_back(directory, app_image)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SWARM_FILE = REPO / "docker-compose.swarm.yml"
 SERVICE = "image-gen"
+# The image's own user (docker run, Swarm); Compose runs as the checkout's owner instead,
+# by default the first user of a Linux system.
 IMAGEGEN_UID = 10001
+HOST_UID = 1000
 # The fake upstream's answer time for every image call: long enough to stop the
 # service in the middle of a generation, short enough to keep the stage quick.
 FAKE_LATENCY_SECONDS = 3.0
 FAKE_BASE_IMAGE = "python:3.13-slim"
+OVERRIDE = "docker-compose.test.yml"
 UP_TIMEOUT_SECONDS = 90
 
 # Variables the compose file interpolates; the host's own values must not leak in.
@@ -108,7 +114,7 @@ def http(
 def as_root(image: str, host_dir: Path, *command: str) -> None:
     """Run a command as root in a throwaway container with host_dir at /target.
 
-    The host may be a CI runner without root, and the service writes as uid 10001:
+    The host may be a CI runner without root, and the checkouts belong to other uids:
     preparing and removing those files goes through Docker like everything else.
     """
     run(
@@ -116,6 +122,33 @@ def as_root(image: str, host_dir: Path, *command: str) -> None:
          "-v", f"{host_dir}:/target", image, *command],
         timeout=60,
     )  # fmt: skip
+
+
+def write_as_owner(image: str, host_dir: Path, name: str, text: str) -> None:
+    """Write host_dir/name owned by host_dir's owner, as a user edits their own checkout."""
+    script = 'printf "%s" "$1" > "/target/$2" && chown --reference=/target "/target/$2"'
+    as_root(image, host_dir, "sh", "-c", script, "sh", text, name)
+
+
+def clone(directory: Path, image: str, *, owner: int, api_key: str, key_mode: int = 0o600) -> None:
+    """A checkout as a Linux user has it after `git clone` and the README's key step: the
+    compose file, images/ and secrets/ with their READMEs, the key file (mode 600), all
+    owned by uid:gid `owner`. The test override is the only file a user would not have."""
+    directory.chmod(0o755)
+    shutil.copy(COMPOSE_FILE, directory / COMPOSE_FILE.name)
+    for folder in ("images", "secrets"):
+        (directory / folder).mkdir()
+        shutil.copy(REPO / folder / "README.md", directory / folder / "README.md")
+    key = directory / "secrets" / "openai_api_key.txt"
+    key.write_text(api_key, encoding="utf-8")
+    write_override(directory)
+    owned = f"chown -R {owner}:{owner} /target && chmod {key_mode:o} /target/secrets/{key.name}"
+    as_root(image, directory, "sh", "-c", owned)
+
+
+def hand_back(directory: Path, image: str) -> None:
+    """Give the checkout, and what the service wrote in it, back to the test runner."""
+    as_root(image, directory, "chown", "-R", f"{os.getuid()}:{os.getgid()}", "/target")
 
 
 @dataclass
@@ -128,6 +161,18 @@ class Stack:
     port: int
     api_key: str
     files: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def in_checkout(cls, directory: Path, image: str, api_key: str) -> Stack:
+        """The checkout's own docker-compose.yml plus the test override, on a free port."""
+        return cls(
+            project=f"igtest-{uuid.uuid4().hex[:10]}",
+            directory=directory,
+            image=image,
+            port=free_port(),
+            api_key=api_key,
+            files=[directory / COMPOSE_FILE.name, directory / OVERRIDE],
+        )
 
     @property
     def images_dir(self) -> Path:
@@ -152,6 +197,10 @@ class Stack:
         for path in self.files:
             command += ["--file", str(path)]
         return run([*command, *args], timeout=timeout, check=check, env=self.env())
+
+    def start(self) -> None:
+        """Start the stack without waiting for health: for services expected to fail."""
+        self.compose("up", "--detach", "--no-build", timeout=UP_TIMEOUT_SECONDS)
 
     def up(self) -> None:
         """Start (or keep) the stack and wait until every service is running and healthy."""
@@ -197,7 +246,7 @@ class Stack:
 def write_override(directory: Path) -> Path:
     """The test-only Compose override: the fake upstream and a quick healthcheck."""
     fake = REPO / "tests" / "fake_openai.py"
-    override = directory / "docker-compose.test.yml"
+    override = directory / OVERRIDE
     override.write_text(
         f"""\
 services:
@@ -219,15 +268,6 @@ services:
         encoding="utf-8",
     )
     return override
-
-
-def write_secret(directory: Path, key: str) -> None:
-    """secrets/openai_api_key.txt as the README says: folder closed, file readable by 10001."""
-    folder = directory / "secrets"
-    folder.mkdir(mode=0o700)
-    path = folder / "openai_api_key.txt"
-    path.write_text(key, encoding="utf-8")
-    path.chmod(0o644)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -103,7 +103,22 @@ def test_image_has_no_compilers_caches_or_tests(app_image: str) -> None:
         run(["docker", "image", "inspect", "--format", "{{json .Config}}", app_image]).stdout
     )
     assert config["User"] == "10001:10001"
+    assert "IMAGE_GEN_ALLOW_ROOT=false" in config["Env"]
     assert "5000/tcp" in config["ExposedPorts"]
     assert config["StopSignal"] == "SIGTERM"
     assert config["Cmd"][0] == "gunicorn" and not config.get("Entrypoint")
     assert {"PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"} <= set(config["Env"])
+
+
+def test_the_image_refuses_to_run_as_root_naming_the_owner_of_its_images(app_image: str) -> None:
+    result = run(
+        ["docker", "run", "--rm", "--user", "0:0", "--network", "none", "--read-only",
+         "--tmpfs", "/tmp", "--cap-drop", "ALL", "-e", "IMAGE_GEN_PROVIDER=placeholder",
+         app_image],
+        check=False,
+        timeout=60,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "image-gen does not run as root (uid 0)" in output
+    assert "docker run --user 10001:10001" in output  # /app/images in the image is 10001's

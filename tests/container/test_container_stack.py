@@ -1,29 +1,32 @@
-"""The image as users run it: docker-compose.yml up, proven through the published port."""
+"""The image as users run it: docker-compose.yml up in a checkout, proven through the port."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .support import (
-    COMPOSE_FILE,
+    HOST_UID,
     IMAGEGEN_UID,
     SERVICE,
     Response,
     Stack,
     as_root,
-    clean_env,
-    free_port,
+    clone,
+    hand_back,
     run,
     wait_for,
+    write_as_owner,
 )
 
 pytestmark = pytest.mark.container
@@ -52,23 +55,31 @@ def test_health_reports_the_key_configured_from_the_secret(stack: Stack) -> None
     assert body["api_key_source"] == "secret_file"
 
 
-def test_every_process_runs_as_imagegen_not_root(stack: Stack) -> None:
-    listing = stack.exec(
-        "python",
-        "-c",
-        "import os, pwd\n"
-        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-        "    try:\n"
-        "        uid = os.stat(f'/proc/{pid}').st_uid\n"
-        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ')\n"
-        "    except FileNotFoundError:\n"
-        "        continue\n"
-        "    print(uid, pwd.getpwuid(uid).pw_name, ' '.join(cmd.decode().split()))\n",
-    )
-    processes = [line.split(" ", 2) for line in listing.splitlines() if line.strip()]
-    gunicorn = [p for p in processes if "gunicorn" in p[2]]
-    assert len(gunicorn) >= 2, listing  # the arbiter and at least one worker
-    assert {(uid, name) for uid, name, _ in processes} == {(str(IMAGEGEN_UID), "imagegen")}
+# Each process's ids, capabilities and no_new_privs flag, read from /proc: names need no
+# /etc/passwd entry (uid 1000 has none in the image).
+PROCESSES = """\
+import json, os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        status = dict(line.split(':', 1) for line in open(f'/proc/{pid}/status'))
+        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()
+    except FileNotFoundError:
+        continue
+    fields = {k: status[k].split() for k in ('Uid', 'Gid', 'CapEff', 'NoNewPrivs')}
+    print(json.dumps({**fields, 'cmd': cmd}))
+"""
+
+
+def test_every_process_runs_as_the_checkout_owner_never_root(stack: Stack) -> None:
+    processes = [json.loads(line) for line in stack.exec("python", "-c", PROCESSES).splitlines()]
+    gunicorn = [p for p in processes if "gunicorn" in p["cmd"]]
+    assert len(gunicorn) >= 2, processes  # the arbiter and at least one worker
+    for process in processes:  # real, effective, saved and filesystem ids alike
+        assert process["Uid"] == [str(HOST_UID)] * 4, process
+        assert process["Gid"] == [str(HOST_UID)] * 4, process
+        assert process["CapEff"] == ["0000000000000000"], process
+        assert process["NoNewPrivs"] == ["1"], process
+    assert stack.inspect()["Config"]["User"] == f"{HOST_UID}:{HOST_UID}"
     pid1 = stack.exec("cat", "/proc/1/cmdline").replace("\0", " ")
     assert "gunicorn" in pid1, "Gunicorn must be PID 1 so docker stop's SIGTERM reaches it"
 
@@ -114,7 +125,9 @@ def test_generation_is_stored_under_host_images_in_the_documented_layout(
     assert stored.is_file(), sorted(p.name for p in stack.images_dir.iterdir())
     assert stored.read_bytes() == generated["bytes"]
     assert generated["bytes"].startswith(b"\x89PNG\r\n\x1a\n")
-    assert stored.stat().st_uid == IMAGEGEN_UID
+    # Everything the service wrote belongs to the checkout's owner: no chown, no sudo.
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in stack.images_dir.rglob("*")}
+    assert owners == {(HOST_UID, HOST_UID)}
 
     metadata = json.loads((job_dir / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["job_id"] == job["job_id"]
@@ -218,29 +231,130 @@ def test_docker_stop_lets_an_in_flight_generation_finish(stack: Stack) -> None:
     stack.up()
 
 
-def test_unwritable_images_folder_fails_at_start_with_the_command_to_run(
-    app_image: str, tmp_path: Path
+@pytest.fixture
+def checkout(app_image: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """checkout(owner=, key_mode=): a stack in a fresh checkout of that owner, not started."""
+    made: list[Stack] = []
+
+    def make(*, owner: int = HOST_UID, key_mode: int = 0o600) -> Stack:
+        directory = tmp_path / f"checkout-{len(made)}"
+        directory.mkdir()
+        api_key = f"sk-container-test-{secrets.token_hex(16)}"
+        clone(directory, app_image, owner=owner, api_key=api_key, key_mode=key_mode)
+        made.append(Stack.in_checkout(directory, app_image, api_key))
+        return made[-1]
+
+    yield make
+    for stack in made:
+        stack.down()
+        hand_back(stack.directory, app_image)
+
+
+def start_up_failure(stack: Stack, says: str) -> str:
+    """Start the stack and return its log once the service has said `says` (it must)."""
+
+    def said() -> str | None:
+        logs = stack.logs()
+        return logs if says in logs else None
+
+    stack.start()
+    logs = wait_for(said, 60, f"the start-up failure saying {says!r}", interval=0.5)
+    assert stack.inspect()["State"]["Health"]["Status"] != "healthy"
+    return logs
+
+
+@pytest.mark.parametrize(
+    ("owner", "images_owner", "key_mode"),
+    [
+        pytest.param(1001, 1001, 0o600, id="checkout-of-uid-1001"),
+        # What the README of the uid-10001 release had users run (chown 10001 images,
+        # chmod 644 the key), with the counts that service left in images/.metrics.
+        pytest.param(HOST_UID, IMAGEGEN_UID, 0o644, id="images-of-the-uid-10001-release"),
+    ],
+)
+def test_another_uid_fails_at_start_naming_the_env_line_and_starts_with_it(
+    checkout: Callable[..., Stack], app_image: str, owner: int, images_owner: int, key_mode: int
 ) -> None:
-    """./images created by Docker (root-owned) is not writable by uid 10001: say what to run."""
-    tmp_path.chmod(0o755)
-    secrets_dir = tmp_path / "secrets"
-    secrets_dir.mkdir()
-    (secrets_dir / "openai_api_key.txt").write_text("sk-unused", encoding="utf-8")
-    project = f"igtest-{uuid.uuid4().hex[:10]}"
-    command = ["docker", "compose", "--project-name", project,
-               "--project-directory", str(tmp_path), "--file", str(COMPOSE_FILE)]  # fmt: skip
-    env = clean_env(IMAGE_GEN_IMAGE=app_image, IMAGE_GEN_PORT=str(free_port()))
-    try:
-        run([*command, "up", "--detach", "--no-build"], env=env, timeout=120)
-        assert (tmp_path / "images").is_dir(), "Docker should have created ./images"
+    stack = checkout(owner=owner, key_mode=key_mode)
+    if images_owner != owner:
+        as_root(app_image, stack.directory, "sh", "-c",
+                "mkdir /target/images/.metrics && touch /target/images/.metrics/process-7.metrics"
+                f" && chown -R {images_owner}:{images_owner} /target/images")  # fmt: skip
+    line = f"IMAGE_GEN_USER={images_owner}:{images_owner}"
 
-        def failure_logged() -> str | None:
-            logs = run([*command, "logs", "--no-color", SERVICE], env=env).stdout
-            return logs if "sudo chown" in logs else None
+    logs = start_up_failure(stack, "is not writable by this service")
 
-        logs = wait_for(failure_logged, 60, "the start-up failure message", interval=0.5)
-        assert f"chown -R {IMAGEGEN_UID}:{IMAGEGEN_UID}" in logs
-        assert "not writable" in logs
-    finally:
-        run([*command, "down", "--volumes", "--timeout", "5"], env=env, check=False)
-        as_root(app_image, tmp_path, "rm", "-rf", "/target/images")
+    told = f"add the line {line} to the .env file beside docker-compose.yml"
+    refusal = next(entry for entry in logs.splitlines() if "The images directory" in entry)
+    assert f"owned by uid {images_owner}, gid {images_owner}" in refusal
+    assert f"runs as uid {HOST_UID}, gid {HOST_UID}" in refusal and told in refusal
+    if key_mode == 0o600:  # the key file is the other user's too, and says the same line
+        unread = next(entry for entry in logs.splitlines() if "cannot read the API key" in entry)
+        assert "/run/secrets/openai_api_key: Permission denied" in unread and told in unread
+    assert stack.api_key not in logs
+
+    write_as_owner(app_image, stack.directory, ".env", line + "\n")
+    stack.up()
+
+    health = stack.get("/health").json()
+    assert health["status"] == "healthy" and health["api_key_configured"] is True
+    answer = stack.post("/generate", {"prompt": "a lighthouse", "count": 1}, timeout=60)
+    assert answer.status == 200, answer.body
+    image = answer.json()["images"][0]
+    stored = stack.images_dir / answer.json()["job_id"] / f"001-{image['id']}.png"
+    assert (stored.stat().st_uid, stored.stat().st_gid) == (images_owner, images_owner)
+
+
+@pytest.mark.parametrize(
+    ("leave", "says", "owned"),
+    [
+        # A missing ./images is created by Docker, owned by root.
+        pytest.param(
+            "rm -r /target/images",
+            "is not writable by this service",
+            "It is owned by uid 0, gid 0",
+            id="images-docker-created-as-root",
+        ),
+        # The uid-10001 release's folder, given back to its user without -R.
+        pytest.param(
+            "cd /target/images && mkdir .ledger .metrics"
+            " && touch .ledger/ledger.sqlite3 .metrics/process-7.metrics"
+            f" && chown -R {IMAGEGEN_UID}:{IMAGEGEN_UID} . && chown {HOST_UID}:{HOST_UID} .",
+            "which this service cannot write",
+            f"owned by uid {IMAGEGEN_UID}, gid {IMAGEGEN_UID} (mode 755), images itself by uid"
+            f" {HOST_UID}",
+            id="images-of-the-uid-10001-release-chowned-back-without-r",
+        ),
+    ],
+)
+def test_images_folder_of_root_or_half_anothers_fails_at_start_naming_the_chown_that_fixes_it(
+    checkout: Callable[..., Stack], app_image: str, leave: str, says: str, owned: str
+) -> None:
+    stack = checkout()
+    as_root(app_image, stack.directory, "sh", "-c", leave)
+
+    logs = start_up_failure(stack, says)
+
+    chown = f"sudo chown -R {HOST_UID}:{HOST_UID} images"
+    assert owned in logs and f"`{chown}` beside docker-compose.yml" in logs
+    assert "add the line IMAGE_GEN_USER" not in logs  # neither root nor 10001 could take it
+
+    as_root(app_image, stack.directory, *chown.split()[1:-1], "/target/images")
+    stack.up()
+
+    health = stack.get("/health").json()
+    assert health["status"] == "healthy" and health["api_key_configured"] is True
+
+
+def test_image_gen_user_0_is_refused_at_start_naming_the_checkout_owner(
+    checkout: Callable[..., Stack], app_image: str
+) -> None:
+    stack = checkout()
+    write_as_owner(app_image, stack.directory, ".env", "IMAGE_GEN_USER=0:0\n")
+
+    logs = start_up_failure(stack, "does not run as root")
+
+    assert stack.inspect()["Config"]["User"] == "0:0"
+    assert f"set the line IMAGE_GEN_USER={HOST_UID}:{HOST_UID} (the owner of /app/images)" in logs
+    owners = {p.lstat().st_uid for p in stack.directory.rglob("*")}
+    assert owners == {HOST_UID}, "root wrote nothing in the checkout"

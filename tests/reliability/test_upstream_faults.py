@@ -291,6 +291,14 @@ FAULTS: dict[str, Fault] = {
         2,
         retry_after="1",
     ),
+    "429-retry-after-ms-1e20": Fault(
+        _default(fake.rate_limited(None, retry_after_ms="1e20")),
+        429,
+        "RATE_LIMIT_EXCEEDED",
+        (1, 1),
+        1.5,
+        retry_after="86400",
+    ),
     "429-retry-after-decimal": Fault(
         _default(fake.rate_limited("0.3")), 429, "RATE_LIMIT_EXCEEDED", (3, 3), 2, retry_after="1"
     ),
