@@ -97,6 +97,29 @@ def make_app() -> Callable[..., Flask]:
 
 
 @pytest.fixture
+def make_jobs_app(
+    settings: Settings, make_app: Callable[..., Flask]
+) -> Iterator[Callable[..., Flask]]:
+    """Apps with quick job polling and webhooks to 127.0.0.1; their runners stop afterwards."""
+    built: list[Flask] = []
+
+    def build(**overrides: Any) -> Flask:
+        options = {
+            "job_poll_interval": 0.1,
+            "webhook_hosts": ("127.0.0.1",),
+            "webhook_backoff": 0.05,
+            **overrides,
+        }
+        app = make_app(settings, **options)
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        app.extensions["imagegen"]["jobs"].shutdown(10)
+
+
+@pytest.fixture
 def app(settings: Settings, make_app: Callable[..., Flask]) -> Flask:
     return make_app(settings)
 

@@ -14,7 +14,17 @@ from werkzeug.serving import make_server
 from imagegen.ledger import CapExceeded, Ledger
 from imagegen.tokens import Limits
 from tests import fake_openai as fake
-from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, job_files, line, read_metadata
+from tests.conftest import (
+    ALICE,
+    BOB,
+    OPS,
+    TEST_KEY,
+    bearer,
+    job_files,
+    line,
+    read_metadata,
+    wait_for,
+)
 
 # The fake upstream reports 50 text input tokens and 1056 image output tokens per image:
 # at gpt-image-2's $5 and $30 per 1M tokens that is $0.00025 + $0.03168 per image.
@@ -302,6 +312,44 @@ def test_only_the_token_that_made_a_job_or_an_admin_may_delete_it(team, fake_ope
     assert team.delete(first, headers=bearer(ALICE)).status_code == 200
     assert team.delete(f"/jobs/{job['job_id']}", headers=bearer(OPS)).status_code == 200
     assert team.get(second, headers=bearer(ALICE)).status_code == 404
+
+
+def test_another_token_cannot_delete_an_asynchronous_job_that_was_never_stored(
+    with_tokens, fake_openai
+):
+    team = with_tokens(
+        line("alice", ALICE),
+        line("bob", BOB),
+        line("ops", OPS, "admin"),
+        max_running_jobs=1,
+        job_poll_interval=0.1,
+    )
+    runner = team.application.extensions["imagegen"]["jobs"]
+    alice_async = {**bearer(ALICE), "Prefer": "respond-async"}
+
+    def status(job_id: str) -> str:
+        return team.get(f"/jobs/{job_id}", headers=bearer(ALICE)).get_json()["status"]
+
+    try:
+        fake_openai.enqueue(fake.moderation_blocked())
+        failed = team.post("/generate", json={"prompt": "no"}, headers=alice_async)
+        failed_id = failed.get_json()["job_id"]
+        wait_for(lambda: status(failed_id) == "failed", what="the job failed")
+        holder = wait_for(runner.records.take_slot, what="the only slot")  # the next one waits
+        queued = team.post("/generate", json={"prompt": "later"}, headers=alice_async)
+        queued_id = queued.get_json()["job_id"]
+
+        for job_id in (failed_id, queued_id):
+            refused = team.delete(f"/jobs/{job_id}", headers=bearer(BOB))
+            assert refused.status_code == 403, refused.get_json()
+            assert refused.get_json()["code"] == "PERMISSION_DENIED"
+        assert status(failed_id) == "failed"  # still there
+        assert team.delete(f"/jobs/{failed_id}", headers=bearer(ALICE)).status_code == 200
+        holder.release()
+        wait_for(lambda: status(queued_id) == "completed", what="the queued job completed")
+        assert team.delete(f"/jobs/{queued_id}", headers=bearer(OPS)).status_code == 200
+    finally:
+        runner.shutdown(5)
 
 
 def test_the_sdk_is_told_not_to_retry_a_cap_that_frees_up_in_an_hour(with_tokens, fake_openai):

@@ -5,10 +5,13 @@ with jobs in flight. A job always ends completed or failed, never stuck."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from imagegen.jobrecords import JobRecords
 from tests.conftest import TEST_KEY, wait_for
-from tests.gunicorn_server import Service, launch_gunicorn, run_gunicorn
+from tests.gunicorn_server import HTTPAnswer, Service, launch_gunicorn, parse_http, run_gunicorn
 from tests.test_async_jobs import SECRET, Receiver, verify
+from tests.test_metrics import scrape_service, value
 
 pytestmark = pytest.mark.slow
 
@@ -270,3 +275,138 @@ def test_sigterm_lets_a_running_job_finish_before_the_worker_exits(tmp_path, fak
         done = job(second, job_id)
     assert done["status"] == "completed" and done["attempts"] == 1
     assert len(fake_openai.image_requests) == 1
+
+
+def open_event_stream(service: Service, job_id: str) -> tuple[socket.socket, HTTPAnswer]:
+    """A raw connection asking for the job's events, and the answer's head (a refusal's
+    whole JSON body); the connection stays open for the stream."""
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    sock.sendall(
+        f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    return sock, read_head(sock)
+
+
+def read_head(sock: socket.socket) -> HTTPAnswer:
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if sep and (length is None or len(body) >= int(length[1])):
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return parse_http(data)
+
+
+def follow_until(
+    service: Service, job_id: str, wanted: int, attempts: int
+) -> tuple[list[socket.socket], list[HTTPAnswer]]:
+    """Ask for the job's events `attempts` times at most, until `wanted` streams are open:
+    the open streams, and the refusals (whose connections are closed, as clients do)."""
+    following: list[socket.socket] = []
+    refused: list[HTTPAnswer] = []
+    for _ in range(attempts):
+        if len(following) == wanted:
+            break
+        sock, head = open_event_stream(service, job_id)
+        if head.status == 200:
+            assert head.content_type.startswith("text/event-stream")
+            following.append(sock)
+        else:
+            sock.close()
+            refused.append(head)
+    return following, refused
+
+
+def health_seconds(service: Service) -> float:
+    started = time.monotonic()
+    assert service.request("GET", "/health", timeout=5).status == 200
+    return time.monotonic() - started
+
+
+def streams_open(service: Service) -> float:
+    return value(scrape_service(service), "imagegen_event_streams_open")
+
+
+@contextlib.contextmanager
+def queued_job(service: Service) -> Iterator[str]:
+    """A job that stays queued (the test holds the only running slot): its streams stay open."""
+    holder = JobRecords(service.images, fsync=False, max_running=1).take_slot()
+    assert holder is not None
+    try:
+        yield submit(service, {"prompt": "watched by many"})["job_id"]
+    finally:
+        holder.release()
+
+
+def test_300_clients_following_a_job_leave_health_answering_and_the_excess_is_refused(tmp_path):
+    env = {
+        "IMAGE_GEN_PROVIDER": "placeholder",
+        "GUNICORN_THREADS": "100",  # the shipped default: 25 streams per worker
+        "IMAGE_GEN_MAX_RUNNING_JOBS": "1",
+    }
+    sockets: list[socket.socket] = []
+    with run_gunicorn(tmp_path / "service", env) as service, queued_job(service) as job_id:
+        try:
+            probes, refused = [], []
+            for _ in range(6):  # 300 in all, /health asked between each 50
+                following, refusals = follow_until(service, job_id, wanted=50, attempts=50)
+                sockets += following
+                refused += refusals
+                probes.append(health_seconds(service))
+
+            assert 0 < len(sockets) <= 2 * 25 and len(sockets) + len(refused) == 300
+            for answer in refused:
+                assert answer.status == 503, answer
+                assert answer.json()["code"] == "TOO_MANY_STREAMS"
+                assert answer.json()["scope"] == "worker"
+                assert answer.headers["retry-after"].isdigit()
+            assert streams_open(service) == len(sockets)
+            assert max(probes) < 1.0, probes
+            print(
+                f"{len(sockets)} of 300 streams open, {len(refused)} refused; "
+                f"/health {max(probes) * 1000:.0f} ms at most"
+            )
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_230_event_streams_closed_at_once_give_their_threads_back_within_seconds(tmp_path):
+    env = {
+        "IMAGE_GEN_PROVIDER": "placeholder",
+        "GUNICORN_THREADS": "150",
+        "IMAGE_GEN_MAX_STREAMS": "120",  # 240 streams over the two workers
+        "IMAGE_GEN_MAX_RUNNING_JOBS": "1",
+    }
+    sockets: list[socket.socket] = []
+    with run_gunicorn(tmp_path / "service", env) as service, queued_job(service) as job_id:
+        try:
+            sockets, _ = follow_until(service, job_id, wanted=230, attempts=400)
+            assert len(sockets) == 230
+            assert streams_open(service) == 230
+            busy = health_seconds(service)
+
+            closed_at = time.monotonic()
+            for sock in sockets:
+                sock.close()
+            wait_for(lambda: streams_open(service) == 0, timeout=5, what="the streams' end")
+            freed = time.monotonic() - closed_at
+            after = health_seconds(service)
+            sockets, _ = follow_until(service, job_id, wanted=230, attempts=400)
+            again = time.monotonic() - closed_at
+
+            assert len(sockets) == 230  # every thread came back
+            assert max(busy, after) < 1.0, (busy, after)
+            print(
+                f"230 streams: /health {busy * 1000:.0f} ms while open; closed at once, all "
+                f"ended {freed * 1000:.0f} ms later; 230 open again after {again * 1000:.0f} ms"
+            )
+        finally:
+            for sock in sockets:
+                sock.close()

@@ -13,7 +13,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,34 +28,12 @@ from imagegen.store import ImageStore
 from imagegen.webhooks import sign
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, wait_for
+from tests.gunicorn_server import free_port
 from tests.test_edits import rgba_png
 from tests.test_metrics import scrape, value
 
 ASYNC = {"Prefer": "respond-async"}
 SECRET = "a-webhook-secret-for-tests-0123456789"
-
-
-@pytest.fixture
-def make_jobs_app(
-    settings: Settings, make_app: Callable[..., Flask]
-) -> Iterator[Callable[..., Flask]]:
-    """Apps with quick job polling and webhooks to 127.0.0.1; their runners stop afterwards."""
-    built: list[Flask] = []
-
-    def build(**overrides: Any) -> Flask:
-        options = {
-            "job_poll_interval": 0.1,
-            "webhook_hosts": ("127.0.0.1",),
-            "webhook_backoff": 0.05,
-            **overrides,
-        }
-        app = make_app(settings, **options)
-        built.append(app)
-        return app
-
-    yield build
-    for app in built:
-        app.extensions["imagegen"]["jobs"].shutdown(10)
 
 
 @pytest.fixture
@@ -400,6 +378,29 @@ def test_a_job_can_be_deleted_once_it_has_finished(client, fake_openai):
     assert client.get(f"/jobs/{failed}").status_code == 404
 
 
+def test_a_job_reads_completed_only_once_it_can_be_deleted(client, fake_openai):
+    runner = client.application.extensions["imagegen"]["jobs"]
+    stored, go_on = threading.Event(), threading.Event()
+    complete = runner._complete
+
+    def slow_complete(job, metadata):  # the images are stored; the record is not updated yet
+        stored.set()
+        go_on.wait(10)
+        complete(job, metadata)
+
+    runner._complete = slow_complete
+    job_id = client.post("/generate", json={"prompt": "x"}, headers=ASYNC).get_json()["job_id"]
+    assert stored.wait(10), "the job never stored its images"
+    try:
+        assert job(client, job_id)["status"] == "running"
+        assert client.delete(f"/jobs/{job_id}").status_code == 409
+    finally:
+        go_on.set()
+
+    assert finished(client, job_id)["status"] == "completed"
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+
+
 # --- bounds -----------------------------------------------------------------------------------
 
 
@@ -473,11 +474,7 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     app = make_jobs_app(max_running_jobs=1)
     runner = app.extensions["imagegen"]["jobs"]
     holder = records_of(app.config["SETTINGS"]).take_slot()  # the job waits for this slot
-    job_id = (
-        app.test_client()
-        .post("/generate", json={"prompt": "x"}, headers=ASYNC)
-        .get_json()["job_id"]
-    )
+    assert holder is not None
     took, go_on = threading.Event(), threading.Event()
     take_slot = runner.records.take_slot
 
@@ -488,7 +485,14 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
             go_on.wait(10)
         return slot
 
+    # In place before the dispatcher starts: one already inside the real take_slot when
+    # the holder lets go would take the slot unseen and run the job.
     runner.records.take_slot = slow_take_slot
+    job_id = (
+        app.test_client()
+        .post("/generate", json={"prompt": "x"}, headers=ASYNC)
+        .get_json()["job_id"]
+    )
     holder.release()
     assert took.wait(10), "the dispatcher never took the freed slot"
     runner.shutdown(0)  # lets go of the queued job while the dispatcher holds its slot
@@ -702,6 +706,57 @@ def test_the_webhook_reports_a_failed_job_with_the_operators_secret(make_jobs_ap
     delivered = json.loads(body)
     assert delivered["type"] == "job.failed"
     assert delivered["data"]["code"] == "CONTENT_POLICY_VIOLATION"
+
+
+def test_jobs_whose_webhook_is_still_being_delivered_hold_no_queue_place_or_slot(
+    make_jobs_app, fake_openai
+):
+    # Nothing listens on the port, and the next attempt is a minute away: every delivery
+    # stays pending for the whole test.
+    client = make_jobs_app(
+        max_running_jobs=1, max_queued_jobs=2, webhook_backoff=60.0
+    ).test_client()
+    unreachable = f"http://127.0.0.1:{free_port()}/hooks/image"
+    hooked = {**ASYNC, "Webhook-URL": unreachable, "Webhook-Secret": SECRET}
+    pending = []
+    for n in range(2):
+        answer = client.post("/generate", json={"prompt": f"hooked {n}"}, headers=hooked)
+        assert answer.status_code == 202, answer.get_json()
+        pending.append(answer.get_json()["job_id"])
+        assert finished(client, pending[-1])["status"] == "completed"
+
+    later = [client.post("/generate", json={"prompt": f"later {n}"}, headers=ASYNC) for n in (0, 1)]
+
+    assert [answer.status_code for answer in later] == [202, 202], later[-1].get_json()
+    for answer in later:  # one slot, and nothing else holds it
+        assert finished(client, answer.get_json()["job_id"])["status"] == "completed"
+    for job_id in pending:
+        assert job(client, job_id)["webhook"]["status"] == "pending"
+
+
+def test_a_webhook_its_process_did_not_deliver_is_delivered_by_another(make_jobs_app, fake_openai):
+    with Receiver(failures=1) as receiver:
+        first = make_jobs_app(webhook_backoff=60.0)  # the retry would wait a minute
+        answer = first.test_client().post(
+            "/generate",
+            json={"prompt": "call me later"},
+            headers={**ASYNC, "Webhook-URL": receiver.url, "Webhook-Secret": SECRET},
+        )
+        job_id = answer.get_json()["job_id"]
+        wait_for(lambda: receiver.received, what="the first delivery")
+        first.extensions["imagegen"]["jobs"].shutdown(5)  # its process stops before the retry
+
+        client = make_jobs_app().test_client()
+        done = wait_for(
+            lambda: (body := job(client, job_id))["webhook"]["status"] != "pending" and body,
+            what="the webhook delivered by the other process",
+        )
+
+    assert done["status"] == "completed"
+    assert done["webhook"] == {"status": "delivered", "attempts": 2}
+    (first_headers, _), (headers, body) = receiver.received
+    assert headers["webhook-id"] == first_headers["webhook-id"]
+    assert verify(headers, body, SECRET.encode())
 
 
 def test_signatures_match_the_standard_webhooks_test_vector():

@@ -9,6 +9,7 @@ import pytest
 
 from tests import fake_openai as fake
 from tests.conftest import ALICE, BOB, bearer, job_files, line
+from tests.test_async_jobs import finished
 
 
 def key(value: str) -> dict[str, str]:
@@ -84,6 +85,36 @@ def test_a_retry_while_the_first_call_runs_waits_for_its_answer(app, fake_openai
     assert answers["first"].status_code == answers["second"].status_code == 200
     assert answers["second"].get_json()["job_id"] == answers["first"].get_json()["job_id"]
     assert answers["second"].headers["Idempotent-Replayed"] == "true"
+    assert len(fake_openai.image_requests) == 1
+
+
+def test_a_replay_names_the_prefer_and_webhook_headers_it_did_not_apply(client, fake_openai):
+    body = {"prompt": "a fox"}
+    first = client.post("/generate", json=body, headers={**key("k-9"), "Prefer": "respond-async"})
+    assert first.status_code == 202
+    job_id = first.get_json()["job_id"]
+
+    replay = client.post(
+        "/generate",
+        json=body,
+        headers={
+            **key("k-9"),
+            "Prefer": "wait=5",
+            "Webhook-URL": "https://agent.example.com/hooks/image",
+            "Webhook-Secret": "a-webhook-secret-for-tests-0123456789",
+        },
+    )
+
+    assert replay.status_code == 202 and replay.get_json()["job_id"] == job_id
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.headers["Idempotent-Replay-Ignored"] == "Prefer, Webhook-URL, Webhook-Secret"
+    assert replay.headers["Preference-Applied"] == "respond-async"  # the first request's
+    assert "webhook" not in client.get(f"/jobs/{job_id}").get_json()
+    plain = client.post("/generate", json=body, headers=key("k-9"))
+    assert plain.get_json()["job_id"] == job_id
+    assert "Idempotent-Replay-Ignored" not in plain.headers
+    assert "Idempotent-Replay-Ignored" not in first.headers
+    assert finished(client, job_id)["status"] == "completed"  # nothing waited for it
     assert len(fake_openai.image_requests) == 1
 
 

@@ -62,6 +62,22 @@ def test_a_service_that_never_queued_a_job_has_nothing_to_sweep(records):
     assert not records.root.exists()
 
 
+def test_an_ended_job_waiting_for_its_webhook_is_off_the_queue_and_kept(records):
+    job_id = str(uuid.uuid4())
+    record = {"job_id": job_id, "marker": new_marker(job_id), "status": "queued"}
+    records.create(record).release()
+    records.write({**record, "status": "completed"})
+
+    records.end(record, webhook_pending=True)
+
+    assert records.active() == []
+    assert records.delivering() == [(record["marker"], job_id)]
+    assert records.sweep(retention=0) == 0  # its webhook is still to be delivered
+    records.finish(record)
+    assert records.delivering() == []
+    assert records.sweep(retention=0) == 1
+
+
 def test_sweep_skips_records_another_process_removes_after_the_listing(records, monkeypatch):
     done, gone = a_job(records, "completed"), a_job(records, "completed")
 

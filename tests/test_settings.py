@@ -236,6 +236,8 @@ def test_empty_environment_gives_documented_defaults(missing_key_file: str) -> N
         ("IMAGE_GEN_MAX_PARALLEL_UPSTREAM", "8", "max_parallel_upstream", 8),
         ("IMAGE_GEN_MAX_IMAGE_BYTES", "1048576", "max_image_bytes", 1_048_576),
         ("IMAGE_GEN_MAX_UPSTREAM_BYTES", "2097152", "max_upstream_bytes", 2_097_152),
+        ("IMAGE_GEN_MAX_STREAMS", "40", "max_streams", 40),
+        ("IMAGE_GEN_MAX_STREAMS_PER_TOKEN", "3", "max_streams_per_token", 3),
     ],
 )
 def test_numeric_settings_are_parsed_from_the_environment(
@@ -245,6 +247,18 @@ def test_numeric_settings_are_parsed_from_the_environment(
 
     assert value == expected
     assert type(value) is type(expected)
+
+
+def test_event_streams_per_worker_default_to_a_quarter_of_its_threads(
+    missing_key_file: str,
+) -> None:
+    assert Settings.from_env(env(missing_key_file)).max_streams == 25  # of 100 threads
+    assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="8")).max_streams == 2
+    assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="2")).max_streams == 1
+    chosen = env(missing_key_file, GUNICORN_THREADS="8", IMAGE_GEN_MAX_STREAMS="6")
+    assert Settings.from_env(chosen).max_streams == 6
+    with pytest.raises(SettingsError, match="IMAGE_GEN_MAX_STREAMS"):
+        Settings.from_env(env(missing_key_file, IMAGE_GEN_MAX_STREAMS="0"))
 
 
 def test_blank_numeric_setting_keeps_the_default(missing_key_file: str) -> None:

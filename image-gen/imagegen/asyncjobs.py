@@ -14,6 +14,8 @@ Each Gunicorn worker has one JobRunner: a dispatcher thread and one daemon threa
 running job. A job is run by the process that accepted it; it holds the job's flock until
 the job is finished and its webhook delivered. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run
 at once over all processes (slot locks); the rest wait, in submission order per process.
+A job that has ended leaves the queue at once: delivering its webhook (retries, backoff)
+takes neither a queue place nor a slot.
 Every dispatcher also looks, every `IMAGE_GEN_JOB_POLL_INTERVAL` seconds and at start-up,
 for unfinished jobs nobody holds: their process died (SIGKILL, a crash, a recycled worker, a
 restarted container). A queued one is simply run. A running one is started again if it has
@@ -372,13 +374,22 @@ class JobRunner:
 
     def check_capacity(self) -> None:
         """QueueFull when `max_queued_jobs` jobs already wait (over every process)."""
-        waiting = len(self.records.active()) - self.records.busy_slots()
+        active, busy = self.records.active(), self.records.busy_slots()
+        waiting = len(active) - busy
+        if waiting >= self.settings.max_queued_jobs:
+            # A job whose record has just said it ended is still listed for a moment (its
+            # marker moves next, or its process died in between): count only unfinished ones.
+            waiting = sum(1 for _, job_id in active if not self._ended(job_id)) - busy
         if waiting >= self.settings.max_queued_jobs:
             raise QueueFull(
                 f"{waiting} asynchronous jobs are waiting, the most this service queues; "
                 "try again after Retry-After seconds.",
                 retry_after=30,
             )
+
+    def _ended(self, job_id: str) -> bool:
+        record = self.records.read(job_id)
+        return record is None or record["status"] in FINAL
 
     def submit(
         self,
@@ -509,8 +520,8 @@ class JobRunner:
             ).start()
 
     def _adopt_orphans(self) -> None:
-        """Take every unfinished job whose process is gone."""
-        for marker, job_id in self.records.active():
+        """Take every unfinished job, and every undelivered webhook, whose process is gone."""
+        for marker, job_id in self.records.active() + self.records.delivering():
             if self._stop.is_set():
                 return
             with self._lock:
@@ -687,12 +698,14 @@ class JobRunner:
         job.ended.set()
 
     def _finish(self, job: _Job) -> None:
-        """Deliver the webhook, take the job off the active list, and let go of it."""
+        """Take the ended job off the queue, deliver its webhook, and let go of it."""
         try:
             hook = job.record.get("webhook")
-            if hook and hook["status"] == "pending" and not self._deliver(job):
-                return  # interrupted by shutdown: the next process delivers it
+            pending = bool(hook) and hook["status"] == "pending"
             self.records.drop_inputs(job.job_id)
+            self.records.end(job.record, webhook_pending=pending)
+            if pending and not self._deliver(job):
+                return  # interrupted by shutdown: the next process delivers it
             self.records.finish(job.record)
         except Exception:
             log.exception("job %s: cannot finish", job.job_id)
@@ -852,14 +865,15 @@ class _JobProgress:
 
 
 def install(app: Flask) -> JobRunner:
-    """Give the app its job records and runner; adopt at once any job left unfinished."""
+    """Give the app its job records and runner; adopt at once any job left unfinished, or
+    webhook left undelivered."""
     settings: Settings = app.config["SETTINGS"]
     records = JobRecords(
         settings.images_dir, fsync=settings.fsync, max_running=settings.max_running_jobs
     )
     runner = JobRunner(app, records, settings)
     app.extensions["imagegen"]["jobs"] = runner
-    if records.active():
+    if records.active() or records.delivering():
         runner.ensure_started()
     return runner
 

@@ -62,11 +62,23 @@ def _check_owner(caller: Caller) -> None:
             job_id = store.find_image(args["image_id"]).job_id
         except ServiceError:
             return  # the route answers 404
-    metadata = store.job_metadata(job_id) if isinstance(job_id, str) else None
-    if metadata is not None and metadata.get("client", ANONYMOUS) != caller.name:
+    owner = _owner(job_id) if isinstance(job_id, str) else None
+    if owner is not None and owner != caller.name:
         raise PermissionDenied(
             "Only the token that made this job, or an admin token, may delete it."
         )
+
+
+def _owner(job_id: str) -> str | None:
+    """The name of the token that made the job, None if there is no such job: from its
+    metadata once stored, else from its asynchronous record (queued, running or failed)."""
+    extensions = current_app.extensions["imagegen"]
+    metadata = extensions["store"].job_metadata(job_id)
+    if metadata is not None:
+        return metadata.get("client", ANONYMOUS)
+    jobs = extensions.get("jobs")
+    record = jobs.records.read(job_id) if jobs is not None else None
+    return None if record is None else record.get("caller") or ANONYMOUS
 
 
 def authenticate(header: str | None, tokens: tuple) -> Caller:

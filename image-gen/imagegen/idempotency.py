@@ -6,6 +6,11 @@ while the first request is still running (the retry waits for it) and from anoth
 Gunicorn worker: the keys live in the ledger's SQLite database. The same key with another
 request is a 422. Only successful answers (2xx) are kept: after a failure the key is free
 again, so the retry runs. Keys are forgotten after IMAGE_GEN_IDEMPOTENCY_TTL (24 h).
+
+A replay is the first request's answer, whatever the retry's own `Prefer`, `Webhook-URL` or
+`Webhook-Secret` ask: the job was queued (or not) and its webhook chosen the first time. The
+header `Idempotent-Replay-Ignored` names those the retry sent, so nobody waits for a webhook
+or a wait that a replay never applies.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from . import strictjson
 from .auth import current_caller
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationError
 from .ledger import Ledger
+from .webhooks import SECRET_HEADER, URL_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,9 @@ HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 255
 # Response headers worth replaying; the rest (Date, X-Request-ID...) belong to each answer.
 _KEPT_HEADERS = ("Content-Type", "Location", "Preference-Applied", "Retry-After")
+# Request headers only the first request acts on; a replay names those it was sent.
+_NOT_REPLAYED = ("Prefer", URL_HEADER, SECRET_HEADER)
+IGNORED_HEADER = "Idempotent-Replay-Ignored"
 _POLL_FIRST, _POLL_MAX = 0.05, 0.5
 
 
@@ -94,6 +103,9 @@ def _run_once(key: str) -> Response | None:
             response = Response(claim.body, status=claim.status)
             response.headers.update(claim.headers or {})
             response.headers["Idempotent-Replayed"] = "true"
+            ignored = [name for name in _NOT_REPLAYED if name in request.headers]
+            if ignored:
+                response.headers[IGNORED_HEADER] = ", ".join(ignored)
             return response
         if claim.state == "mismatch":
             raise IdempotencyKeyReused(

@@ -7,6 +7,8 @@
     <root>/.jobs/<job-uuid>/p<i>-<n>.<ext>   partial preview n of image i, as the upstream sent it
     <root>/.jobs/<job-uuid>/i<i>.<ext>       image i, finished before the whole job is stored
     <root>/.jobs/.active/<ns>-<job-uuid>     one empty file per unfinished job, in submission order
+    <root>/.jobs/.webhooks/<ns>-<job-uuid>   the same file, moved here when the job ends with its
+                                             webhook still to deliver
     <root>/.jobs/.slots/<n>                  flock()ed while a job runs: at most N run at once
     <root>/.jobs/.sweep                      flock()ed by the one process clearing out old records
 
@@ -21,6 +23,12 @@ the lock when that process dies, however it dies, so "the lock is free but the j
 finished" means exactly "its owner is gone": no heartbeat to tune, no pid that a restarted
 container may reuse. The slots work the same way and bound the jobs running at once across
 all processes.
+
+The two lists say what is left to do: a job on `.active/` is queued or running and takes a
+place in the queue; one on `.webhooks/` has ended and only its webhook is left, so it takes
+no place. The marker moves from one to the other in one rename, after the record says the
+job ended, so a process that dies at any point leaves the job on a list for another to
+adopt.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +54,7 @@ from .store import mtime_of, normalize_id
 
 JOBS = ".jobs"
 _ACTIVE = ".active"
+_DELIVERING = ".webhooks"
 _SLOTS = ".slots"
 _RECORD = "job.json"
 _LOCK = "lock"
@@ -65,9 +75,14 @@ class Ownership:
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
+        self._mutex = threading.Lock()
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
+        """Drop the lock; releasing again does nothing. The descriptor is closed exactly
+        once even when threads race here: a second close could close an unrelated file
+        that reused the number (another holder's lock, say)."""
+        with self._mutex:
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the only descriptor drops the flock
 
@@ -98,6 +113,7 @@ class JobRecords:
         self._disk = Disk(fsync=fsync)
         self.max_running = max_running
         self._active = self.root / _ACTIVE
+        self._delivering = self.root / _DELIVERING
         self._slots = self.root / _SLOTS
         self._prepared = False
 
@@ -105,7 +121,7 @@ class JobRecords:
         """Create the directories, on the first job: a service never asked for an
         asynchronous job keeps its images directory as it was."""
         if not self._prepared:
-            for path in (self.root, self._active, self._slots):
+            for path in (self.root, self._active, self._delivering, self._slots):
                 path.mkdir(parents=True, exist_ok=True)
             self._prepared = True
 
@@ -241,20 +257,25 @@ class JobRecords:
 
     def active(self) -> list[tuple[str, str]]:
         """(marker, job id) of every unfinished job, oldest submission first."""
-        try:
-            names = os.listdir(self._active)
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            match = _MARKER.match(name)
-            if match:
-                found.append((name, match["job"]))
-        found.sort()
-        return found
+        return _listed(self._active)
+
+    def delivering(self) -> list[tuple[str, str]]:
+        """(marker, job id) of every ended job whose webhook is still to be delivered."""
+        return _listed(self._delivering)
+
+    def end(self, record: dict[str, Any], *, webhook_pending: bool) -> None:
+        """Take an ended job off the active list (its record says so already): onto the
+        delivery list while its webhook is pending, else off every list."""
+        marker = record["marker"]
+        if not webhook_pending:
+            self.drop_marker(marker)
+            return
+        self._delivering.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # moved already: an adopted delivery
+            os.rename(self._active / marker, self._delivering / marker)
 
     def finish(self, record: dict[str, Any]) -> None:
-        """Take a job off the active list: it is finished and its webhook is done with."""
+        """Take a job off every list: it has ended and its webhook is done with."""
         self.drop_marker(record["marker"])
 
     def marker_age(self, marker: str) -> float:
@@ -263,8 +284,9 @@ class JobRecords:
         return (time.time_ns() - int(match["ns"])) / 1e9 if match else 0.0
 
     def drop_marker(self, marker: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._active / marker)
+        for listing in (self._active, self._delivering):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listing / marker)
 
     def take_slot(self) -> Ownership | None:
         """One of the `max_running` slots, if one is free."""
@@ -347,7 +369,8 @@ class JobRecords:
     def _sweep(self, retention: float, stale: float) -> int:
         removed = 0
         now = time.time()
-        listed = {job for _, job in self.active()}
+        markers = self.active() + self.delivering()
+        listed = {job for _, job in markers}
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
@@ -372,13 +395,28 @@ class JobRecords:
             expired = quiet > retention if finished else quiet > stale
             if expired and not self.is_owned(name) and self.remove(name):
                 removed += 1
-        for marker, job_id in self.active():
+        for marker, job_id in markers:
             if not (self.root / job_id).is_dir() and self.marker_age(marker) > stale:
                 self.drop_marker(marker)
                 removed += 1
         return removed
 
     # --- files ----------------------------------------------------------------------------
+
+
+def _listed(directory: Path) -> list[tuple[str, str]]:
+    """(marker, job id) of the markers in a list's directory, oldest submission first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = _MARKER.match(name)
+        if match:
+            found.append((name, match["job"]))
+    found.sort()
+    return found
 
 
 def new_marker(job_id: str) -> str:

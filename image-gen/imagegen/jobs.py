@@ -11,14 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
-from . import asyncjobs, events, strictjson
+from . import asyncjobs, events, streams, strictjson
 from .asyncjobs import JobNotFinished, completed_body, pending_body, runner_of
 from .errors import ImageNotFound, ServiceError, ValidationError
 from .imagefmt import CONTENT_TYPES, EXTENSIONS
@@ -51,6 +52,7 @@ def _install_jobs(state: BlueprintSetupState) -> None:
     Recorded before the routes, so the converter exists when they are added."""
     state.app.url_map.converters["job_path"] = JobPathConverter
     asyncjobs.install(state.app)
+    streams.install(state.app)
 
 
 @bp.get("/images")
@@ -73,9 +75,14 @@ def list_images() -> ResponseReturnValue:
 @bp.get("/jobs/<path:job_id>")
 def show_job(job_id: str) -> ResponseReturnValue:
     """A stored job as /generate answered it, plus its request (deleted images have no URL);
-    a queued, running or failed one with its progress, previews or error."""
-    metadata = _store().job_metadata(job_id)
+    a queued, running or failed one with its progress, previews or error.
+
+    An asynchronous job reads completed once its record says so, not as soon as its images
+    are stored: from then on it can be deleted, and its `completed` event is out.
+    """
     record = _records().read(job_id)
+    unfinished = record is not None and record["status"] not in FINAL
+    metadata = None if unfinished else _store().job_metadata(job_id)
     if metadata is not None:
         body = completed_body(metadata, record)
         if record is not None and record.get("webhook"):
@@ -93,7 +100,10 @@ def show_job(job_id: str) -> ResponseReturnValue:
 @bp.get("/jobs/<path:job_id>/events")
 def job_events(job_id: str) -> ResponseReturnValue:
     """The job's progress as Server-Sent Events: `status`, `partial_image` and `image` as they
-    happen, then `completed` (the stored job) or `failed` (its error), and the stream ends."""
+    happen, then `completed` (the stored job) or `failed` (its error), and the stream ends.
+
+    Following an unfinished job takes one of the worker's stream places (streams.py) until
+    the stream ends or its client leaves; with none left the answer is TOO_MANY_STREAMS."""
     canonical = normalize_id(job_id)
     records = _records()
     record = records.read(job_id)
@@ -105,14 +115,44 @@ def job_events(job_id: str) -> ResponseReturnValue:
         if canonical is None or metadata is None:
             raise _not_found(job_id)
         done = {"id": 1, "event": "completed", "data": completed_body(metadata)}
-        stream: Any = iter([events.format_event(done)] if last < 1 else [])
-    else:
-        stream = events.follow(records, canonical, last, notice=runner_of(current_app).notice)
+        return _event_stream(iter([events.format_event(done)] if last < 1 else []))
+    stream = events.follow(
+        records,
+        canonical,
+        last,
+        notice=runner_of(current_app).notice,
+        gone=events.client_gone(request.environ),
+    )
+    if record["status"] in FINAL:  # every event is recorded already: it ends at once
+        return _event_stream(stream)
+    lease = streams.limiter_of().open(_stream_token())
+    response = _event_stream(_leased(stream, lease))
+    response.call_on_close(lease.release)  # also when the stream never started
+    return response
+
+
+def _event_stream(stream: Any) -> Response:
     return Response(
         stream,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _leased(stream: Iterator[str], lease: streams.StreamLease) -> Iterator[str]:
+    """The stream, giving its place back the moment it ends (before the server closes it)."""
+    try:
+        yield from stream
+    finally:
+        lease.release()
+
+
+def _stream_token() -> str | None:
+    """Whose stream this is, for the per-token bound: the token's name; None on an open
+    service, where every caller is the same anonymous one and only the worker bound holds."""
+    if not current_app.config["SETTINGS"].auth_required:
+        return None
+    return getattr(g.get("caller"), "name", None)
 
 
 @bp.get("/jobs/<path:job_id>/previews/<name>")

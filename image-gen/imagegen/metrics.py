@@ -167,6 +167,10 @@ HTTP_DURATION = Histogram(
 IN_FLIGHT = Gauge(
     "imagegen_http_requests_in_flight", "Requests being served now, over all live workers."
 )
+EVENT_STREAMS = Gauge(
+    "imagegen_event_streams_open",
+    "Event streams (GET /jobs/<id>/events) open now, over all live workers.",
+)
 UPSTREAM_DURATION = Histogram(
     "imagegen_upstream_request_duration_seconds",
     "Time of each HTTP attempt to the upstream, by endpoint and outcome.",

@@ -390,6 +390,16 @@ def _operations() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
                     "content": {"text/event-stream": {"schema": _ref("JobEvent")}},
                 },
                 **_errors(404, 500),
+                "429": _retry_later(
+                    "This token already has IMAGE_GEN_MAX_STREAMS_PER_TOKEN event streams "
+                    "open on this worker (TOO_MANY_STREAMS, `scope: token`): close one or poll "
+                    "GET /jobs/{job_id}, and retry after Retry-After."
+                ),
+                "503": _retry_later(
+                    "This worker already serves IMAGE_GEN_MAX_STREAMS event streams "
+                    "(TOO_MANY_STREAMS, `scope: worker`): poll GET /jobs/{job_id} instead, or "
+                    "retry after Retry-After."
+                ),
             },
         },
     )
@@ -742,7 +752,9 @@ def _add_access(paths: dict[str, dict[str, Any]]) -> None:
                     _header_param(
                         "Idempotency-Key",
                         "Makes a retry safe: the same key and body within 24 h returns the "
-                        "first answer without generating again (1-255 ASCII characters).",
+                        "first answer without generating again (1-255 ASCII characters). "
+                        "The retry's own Prefer, Webhook-URL and Webhook-Secret are not "
+                        "applied; the Idempotent-Replay-Ignored header names those it sent.",
                     )
                 )
             for status, response in _errors(*extra, schema=schema).items():
@@ -961,11 +973,19 @@ def _form(name: str) -> dict[str, Any]:
 def _errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
     responses = {}
     for status in statuses:
-        response = _json(_ERROR_DESCRIPTIONS[status], schema)
-        if status in (409, 429):
-            response["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
-        responses[str(status)] = response
+        description = _ERROR_DESCRIPTIONS[status]
+        retried = status in (409, 429)
+        responses[str(status)] = (
+            _retry_later(description, schema) if retried else _json(description, schema)
+        )
     return responses
+
+
+def _retry_later(description: str, schema: str = "Error") -> dict[str, Any]:
+    """An error answer that carries Retry-After."""
+    response = _json(description, schema)
+    response["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+    return response
 
 
 # --- schemas ------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class Settings:
     job_retention: float = 86400.0
     job_poll_interval: float = 1.0
     partial_images: int = 2
+    # Event streams (GET /jobs/<id>/events) one worker serves at once, in all and per client
+    # token: each holds a request thread while open. From the environment the default is a
+    # quarter of GUNICORN_THREADS, so most of a worker's threads stay free for requests.
+    max_streams: int = 25
+    max_streams_per_token: int = 10
     # Completion webhooks: the operator's signing secret (a caller may send its own), the
     # hosts they may go to (empty: any host with only public addresses; "*": any), attempts.
     webhook_secret: str | None = field(default=None, repr=False)
@@ -102,6 +107,10 @@ class Settings:
             raise SettingsError(
                 "IMAGE_GEN_MAX_RUNNING_JOBS, IMAGE_GEN_JOB_ATTEMPTS and "
                 "IMAGE_GEN_WEBHOOK_ATTEMPTS must be at least 1"
+            )
+        if min(self.max_streams, self.max_streams_per_token) < 1:
+            raise SettingsError(
+                "IMAGE_GEN_MAX_STREAMS and IMAGE_GEN_MAX_STREAMS_PER_TOKEN must be at least 1"
             )
         if min(self.job_poll_interval, self.webhook_timeout, self.job_retention) <= 0:
             raise SettingsError("job and webhook intervals and timeouts must be more than zero")
@@ -170,6 +179,9 @@ class Settings:
             kwargs.update(tokens=load.tokens, tokens_file=load.path, tokens_load=load)
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
+        threads = env.get("GUNICORN_THREADS", "").strip()
+        if threads:
+            kwargs["max_streams"] = max(1, int(_number("GUNICORN_THREADS", threads, int)) // 4)
         for name, key, kind in _NUMERIC:
             if env.get(name, "").strip():
                 kwargs[key] = _number(name, env[name], kind)
@@ -198,6 +210,8 @@ _NUMERIC = (
     ("IMAGE_GEN_JOB_RETENTION", "job_retention", float),
     ("IMAGE_GEN_JOB_POLL_INTERVAL", "job_poll_interval", float),
     ("IMAGE_GEN_PARTIAL_IMAGES", "partial_images", int),
+    ("IMAGE_GEN_MAX_STREAMS", "max_streams", int),
+    ("IMAGE_GEN_MAX_STREAMS_PER_TOKEN", "max_streams_per_token", int),
     ("IMAGE_GEN_WEBHOOK_ATTEMPTS", "webhook_attempts", int),
     ("IMAGE_GEN_WEBHOOK_BACKOFF", "webhook_backoff", float),
     ("IMAGE_GEN_WEBHOOK_TIMEOUT", "webhook_timeout", float),
