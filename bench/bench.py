@@ -916,8 +916,8 @@ def populate_store(root: Path, jobs: int, image_bytes: int) -> tuple[list[tuple[
     """Write `jobs` one-image jobs with the store API (no fsync); ([(id, size)], seconds)."""
     sys.path.insert(0, str(APP_DIR))
     sys.path.insert(0, str(REPO))
-    from imagegen.providers import GeneratedImage, Generation
-    from imagegen.store import ImageStore
+    from imagegen.storage.images import ImageStore
+    from imagegen.upstream.providers import GeneratedImage, Generation
     from tests.fake_openai import make_png
 
     store = ImageStore(root, fsync=False)

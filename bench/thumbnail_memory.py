@@ -32,8 +32,8 @@ from bench import APP_DIR, Service, http_call
 sys.path.insert(0, str(APP_DIR))
 from PIL import Image
 
-from imagegen.providers import GeneratedImage, Generation
-from imagegen.store import ImageStore
+from imagegen.storage.images import ImageStore
+from imagegen.upstream.providers import GeneratedImage, Generation
 
 SIZES = {"6000x6000": (6000, 6000), "3840x2160": (3840, 2160)}
 _widths = itertools.count(200)

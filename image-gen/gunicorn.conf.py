@@ -56,12 +56,13 @@ def on_starting(server: Any) -> None:
     counters of /metrics at zero: remove the last run's count files.
 
     A bad tokens file stops the start here, naming its line. Neither step imports the app
-    (`imagegen.tokens` needs only the standard library), so workers load its code afresh.
-    The directory and file names are imagegen/metrics.py's; only those files are removed.
+    (`imagegen.access.tokens` needs only the standard library), so workers load its code
+    afresh. The directory and file names are imagegen/observability/metrics.py's; only those
+    files are removed.
     """
     tokens_file = os.environ.get("IMAGE_GEN_TOKENS_FILE", "").strip()
     if tokens_file:
-        from imagegen import tokens
+        from imagegen.access import tokens
 
         try:
             held = tokens.hold(Path(tokens_file))
@@ -83,7 +84,7 @@ def on_reload(server: Any) -> None:
     """SIGHUP (`docker compose kill -s HUP`): read the tokens file again before Gunicorn
     replaces its workers, which then serve with it. A file that cannot be used is logged with
     its line, and the last good tokens stay: the service never stops over it."""
-    from imagegen import tokens
+    from imagegen.access import tokens
 
     reloaded = tokens.reload_held()
     if reloaded is None:
@@ -97,23 +98,23 @@ def on_reload(server: Any) -> None:
         )
 
 
-def post_worker_init(worker: object) -> None:
+def post_worker_init(worker: Any) -> None:
     """Run asynchronous jobs in every worker: adopt any left unfinished, and on SIGTERM start
     no new ones while in-flight requests drain (queued ones wait for the next process).
     Also: Gunicorn's own refusals (414, 431, malformed HTTP) answer in the JSON error shape."""
     import gc
     import signal
 
-    from imagegen import asyncjobs
-    from imagegen.gunicorn_errors import install
+    from imagegen.observability.gunicorn_errors import install
+    from imagegen.services import services
 
     install()
-
-    asyncjobs.start_runners()
+    jobs = services(worker.wsgi).jobs  # the app this worker loaded (wsgi:app)
+    jobs.start()
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: object) -> None:
-        asyncjobs.stop_claiming()
+        jobs.stop_claiming()
         if callable(previous):
             previous(signum, frame)
 
@@ -125,9 +126,11 @@ def post_worker_init(worker: object) -> None:
     gc.freeze()
 
 
-def worker_exit(server: object, worker: object) -> None:
+def worker_exit(server: Any, worker: Any) -> None:
     """Give this worker's running jobs the graceful timeout to finish; the rest are adopted
     by the next process (Gunicorn kills the worker at the graceful timeout in any case)."""
-    from imagegen import asyncjobs
+    from imagegen.services import services
 
-    asyncjobs.shutdown_runners(timeout=graceful_timeout)
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "imagegen" in getattr(app, "extensions", {}):
+        services(app).jobs.shutdown(timeout=graceful_timeout)

@@ -18,9 +18,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from imagegen import clock, create_app
-from imagegen.ownership import Process
+from imagegen.access.tokens import digest_of, parse_tokens
+from imagegen.services import services
 from imagegen.settings import Settings
-from imagegen.tokens import digest_of, parse_tokens
+from imagegen.storage.ownership import Process
 from tests.fake_openai import FakeOpenAI
 from tests.gunicorn_server import Service, run_gunicorn
 from tests.support.clock import PinnedClock, run_day
@@ -116,7 +117,7 @@ def make_jobs_app(
 
     yield build
     for app in built:
-        app.extensions["imagegen"]["jobs"].shutdown(10)
+        services(app).jobs.shutdown(10)
 
 
 @pytest.fixture

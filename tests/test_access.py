@@ -11,8 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from imagegen.ledger import CapExceeded, Ledger
-from imagegen.tokens import Limits
+from imagegen.access.ledger import CapExceeded, Ledger
+from imagegen.access.tokens import Limits
+from imagegen.services import services
 from tests import fake_openai as fake
 from tests.conftest import (
     ALICE,
@@ -324,7 +325,7 @@ def test_another_token_cannot_delete_an_asynchronous_job_that_was_never_stored(
         max_running_jobs=1,
         job_poll_interval=0.1,
     )
-    runner = team.application.extensions["imagegen"]["jobs"]
+    runner = services(team.application).jobs
     alice_async = {**bearer(ALICE), "Prefer": "respond-async"}
 
     def status(job_id: str) -> str:

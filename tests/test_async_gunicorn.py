@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.jobrecords import JobRecords
+from imagegen.storage.records import JobRecords
 from tests.conftest import TEST_KEY, wait_for
 from tests.gunicorn_server import HTTPAnswer, Service, launch_gunicorn, parse_http, run_gunicorn
 from tests.test_async_jobs import SECRET, Receiver, verify

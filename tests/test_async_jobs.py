@@ -20,12 +20,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from imagegen.asyncjobs import MAX_WAIT, parse_prefer
-from imagegen.jobrecords import JobRecords
-from imagegen.providers import GeneratedImage, Generation
+from imagegen.jobs.prefer import MAX_WAIT, parse_prefer
+from imagegen.jobs.webhooks import sign
+from imagegen.services import services
 from imagegen.settings import Settings
-from imagegen.store import ImageStore
-from imagegen.webhooks import sign
+from imagegen.storage.images import ImageStore
+from imagegen.storage.records import JobRecords
+from imagegen.upstream.providers import GeneratedImage, Generation
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, wait_for
 from tests.gunicorn_server import free_port
@@ -379,7 +380,7 @@ def test_a_job_can_be_deleted_once_it_has_finished(client, fake_openai):
 
 
 def test_a_job_reads_completed_only_once_it_can_be_deleted(client, fake_openai):
-    runner = client.application.extensions["imagegen"]["jobs"]
+    runner = services(client.application).jobs
     stored, go_on = threading.Event(), threading.Event()
     complete = runner._complete
 
@@ -444,12 +445,12 @@ def orphan(
     """A job accepted by `app` whose process then "dies": queued, unowned, optionally
     rewritten as if it had been running. `body` is /generate's, or a function that submits
     the job with the client it is given."""
-    holder = records_of(app.config["SETTINGS"]).take_slot()  # keep the job from starting
+    holder = records_of(services(app).settings).take_slot()  # keep the job from starting
     assert holder is not None
     client = app.test_client()
     submit = body if callable(body) else lambda c: c.post("/generate", json=body, headers=ASYNC)
     job_id = submit(client).get_json()["job_id"]
-    app.extensions["imagegen"]["jobs"].shutdown(0)  # lets go of it, as a dead process would
+    services(app).jobs.shutdown(0)  # lets go of it, as a dead process would
     holder.release()
     if record:
         path = settings.images_dir / ".jobs" / job_id / "job.json"
@@ -472,8 +473,8 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     make_jobs_app, fake_openai
 ):
     app = make_jobs_app(max_running_jobs=1)
-    runner = app.extensions["imagegen"]["jobs"]
-    holder = records_of(app.config["SETTINGS"]).take_slot()  # the job waits for this slot
+    runner = services(app).jobs
+    holder = records_of(services(app).settings).take_slot()  # the job waits for this slot
     assert holder is not None
     took, go_on = threading.Event(), threading.Event()
     take_slot = runner.records.take_slot
@@ -744,7 +745,7 @@ def test_a_webhook_its_process_did_not_deliver_is_delivered_by_another(make_jobs
         )
         job_id = answer.get_json()["job_id"]
         wait_for(lambda: receiver.received, what="the first delivery")
-        first.extensions["imagegen"]["jobs"].shutdown(5)  # its process stops before the retry
+        services(first).jobs.shutdown(5)  # its process stops before the retry
 
         client = make_jobs_app().test_client()
         done = wait_for(

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from imagegen.placeholder import placeholder_png
-from imagegen.providers import GeneratedImage, Generation
-from imagegen.store import ImageStore
+from imagegen.imaging.placeholder import placeholder_png
+from imagegen.services import services
+from imagegen.storage.images import ImageStore
+from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import SERVICE_STATE, job_files, read_metadata
 
 
@@ -53,7 +54,7 @@ def walk(client: FlaskClient, limit: int, query: str = "") -> tuple[list[str], i
 
 
 def store_of(client: FlaskClient) -> ImageStore:
-    return client.application.extensions["imagegen"]["store"]
+    return services(client.application).store
 
 
 def assert_error(response: Any, status: int, code: str) -> None:

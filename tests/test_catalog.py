@@ -10,17 +10,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imagegen.catalog import (
-    ACTIVE,
-    CATALOG,
-    DEPRECATED,
-    LEGACY,
-    MODELS,
-    SHUT_DOWN,
-    get_model,
-)
+from imagegen.catalog.models import CATALOG, MODELS, get_model
+from imagegen.catalog.spec import ACTIVE, DEPRECATED, LEGACY, SHUT_DOWN
 from imagegen.errors import ValidationError
-from imagegen.validation import ImageRequest, parse_generate_request
+from imagegen.imaging.request import ImageRequest, parse_generate_request
 
 TODAY = dt.date(2026, 11, 25)
 FLEXIBLE_MODELS = (

@@ -10,8 +10,9 @@ import time
 import openai
 import pytest
 
-from imagegen.catalog import CATALOG, MODELS, SHUT_DOWN
-from imagegen.imagefmt import identify
+from imagegen.catalog.models import CATALOG, MODELS
+from imagegen.catalog.spec import SHUT_DOWN
+from imagegen.imaging.formats import identify
 from tests import fake_openai as fake
 from tests.conftest import CLIENT_TOKEN, TEST_KEY, read_metadata, sdk
 

@@ -12,7 +12,7 @@ import warnings
 import openai
 import pytest
 
-from imagegen.imagefmt import identify
+from imagegen.imaging.formats import identify
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, read_metadata, sdk
 from tests.gunicorn_server import Service, run_gunicorn

@@ -14,16 +14,12 @@ import zlib
 
 import pytest
 
-from imagegen.catalog import CATALOG
-from imagegen.imagefmt import identify
-from imagegen.openai_client import (
-    APIStatusError,
-    Deadline,
-    FormFile,
-    OpenAIClient,
-    RetryPolicy,
-    encode_multipart,
-)
+from imagegen.catalog.models import CATALOG
+from imagegen.imaging.formats import identify
+from imagegen.upstream.client import OpenAIClient
+from imagegen.upstream.errors import APIStatusError
+from imagegen.upstream.retry import Deadline, RetryPolicy
+from imagegen.upstream.transport import FormFile, encode_multipart
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, job_files, read_metadata
 

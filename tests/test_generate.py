@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.catalog import CATALOG
-from imagegen.imagefmt import identify
+from imagegen.catalog.models import CATALOG
+from imagegen.imaging.formats import identify
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, job_files, read_metadata
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from imagegen.imagefmt import decode_base64, decode_base64_stdlib
+from imagegen.imaging.formats import decode_base64, decode_base64_stdlib
 
 # Mostly base64's own alphabet, so that many drawn texts are almost valid.
 ALMOST_BASE64 = st.text(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.jobrecords import JobRecords, new_marker
+from imagegen.storage.records import JobRecords, new_marker
 from tests.support.scans import change_after_listing
 
 

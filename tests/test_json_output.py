@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from imagegen import events, webhooks
-from imagegen.jobrecords import JobRecords
-from imagegen.providers import GeneratedImage, Generation
-from imagegen.store import ImageStore
+from imagegen.jobs import events, webhooks
+from imagegen.storage.images import ImageStore
+from imagegen.storage.records import JobRecords
+from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import strict_json
 from tests.fake_openai import make_png
 
@@ -25,12 +25,12 @@ NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
 
 def test_every_json_writer_in_the_service_refuses_nan_and_infinity():
     writers = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for number, text in enumerate(path.read_text().splitlines(), start=1):
             if re.search(r"\bjson\.dumps?\(", text):
-                writers.append((path.name, number, text.strip()))
-    # strictjson is the one place that calls json.dumps; mcp_stdio.py is stdlib only.
-    assert [w[0] for w in writers] == ["mcp_stdio.py", "strictjson.py"], writers
+                writers.append((path.relative_to(PACKAGE).as_posix(), number, text.strip()))
+    # strictjson is the one place that calls json.dumps; mcp/stdio.py is stdlib only.
+    assert [w[0] for w in writers] == ["mcp/stdio.py", "strictjson.py"], writers
     assert all("allow_nan=False" in w[2] for w in writers), writers
 
 

@@ -15,15 +15,8 @@ import signal
 
 import pytest
 
-from imagegen.catalog import (
-    ACTIVE,
-    CATALOG,
-    DEPRECATED,
-    LEGACY,
-    MODELS,
-    SHUT_DOWN,
-    ModelSpec,
-)
+from imagegen.catalog.models import CATALOG, MODELS
+from imagegen.catalog.spec import ACTIVE, DEPRECATED, LEGACY, SHUT_DOWN, ModelSpec
 from imagegen.settings import SettingsError
 from tests.gunicorn_server import run_gunicorn
 from tests.support.clock import DEFAULT_TODAY, TODAY_VARIABLE, PinnedClock, run_day

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from imagegen import mcp
-from imagegen.catalog import CATALOG, MODELS, SHUT_DOWN
+from imagegen.catalog.models import CATALOG, MODELS
+from imagegen.catalog.spec import SHUT_DOWN
+from imagegen.mcp import server as mcp
 from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, job_files, line
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}

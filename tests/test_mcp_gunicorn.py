@@ -1,5 +1,5 @@
 """The MCP interface under real Gunicorn, driven by the official `mcp` client SDK over both
-transports: Streamable HTTP straight to /mcp, and stdio through `python -m imagegen.mcp_stdio`
+transports: Streamable HTTP straight to /mcp, and stdio through `python -m imagegen mcp-stdio`
 (or the file run with the standard library only), with client tokens, a cap, the placeholder
 provider and the fake upstream."""
 
@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from imagegen import mcp
+from imagegen.mcp import server as mcp
 from tests.conftest import ALICE, BOB, TEST_KEY, line
 from tests.gunicorn_server import REPO, Service, free_port, run_gunicorn
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 CAROL = "igt_carol-0123456789abcdefghijklmno"
-SCRIPT = REPO / "image-gen" / "imagegen" / "mcp_stdio.py"
+SCRIPT = REPO / "image-gen" / "imagegen" / "mcp" / "stdio.py"
 SESSION_TIMEOUT = 120  # seconds for one whole conversation with the service
 TOOLS = {"list_models", "generate_image", "edit_image", "get_job", "list_images", "delete_image"}
 
@@ -73,7 +73,7 @@ async def over_stdio(
 ) -> AsyncIterator[ClientSession]:
     """An SDK session with the stdio command, which forwards to `service`."""
     # -S: no site-packages, so neither Flask nor anything else installed is importable.
-    args = ["-S", str(SCRIPT)] if stdlib_only else ["-m", "imagegen.mcp_stdio"]
+    args = ["-S", str(SCRIPT)] if stdlib_only else ["-m", "imagegen", "mcp-stdio"]
     env = {"IMAGE_GEN_URL": service.url, "PYTHONPATH": str(REPO / "image-gen")}
     if token:
         env["IMAGE_GEN_TOKEN"] = token

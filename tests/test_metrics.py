@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imagegen import __version__, metrics
+from imagegen import __version__
+from imagegen.observability import metrics
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, mounted_tmpfs, wait_for
 from tests.gunicorn_server import REPO, Service, run_gunicorn
@@ -431,7 +432,7 @@ FULL_DISK_SCRIPT = """
 import errno, os, sys, time
 sys.path[:0] = ["image-gen", "."]
 from pathlib import Path
-from imagegen import metrics
+from imagegen.observability import metrics
 
 disk = Path(sys.argv[1])
 metrics.configure(disk / "metrics")

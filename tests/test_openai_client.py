@@ -14,17 +14,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from imagegen.openai_client import (
+from imagegen.upstream.client import OpenAIClient
+from imagegen.upstream.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    Deadline,
     InvalidResponseError,
-    OpenAIClient,
     OpenAIError,
-    RetryPolicy,
-    parse_retry_after,
 )
+from imagegen.upstream.retry import Deadline, RetryPolicy, parse_retry_after
 from tests.conftest import TEST_KEY
 from tests.fake_openai import (
     FakeOpenAI,

@@ -13,8 +13,9 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from imagegen import generate, images, openapi
-from imagegen.catalog import CATALOG, MODELS, SHUT_DOWN, Choice, IntRange
+from imagegen.api import generate, images, openapi
+from imagegen.catalog.models import CATALOG, MODELS
+from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange
 from imagegen.errors import HTTP_CODES, ServiceError
 from tests.conftest import TEST_KEY
 from tests.gunicorn_server import Service, run_gunicorn
@@ -63,14 +64,13 @@ def test_every_flask_route_is_documented_and_nothing_else(app, spec):
 
 def test_spec_describes_only_the_routes_an_app_serves(settings):
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings
     for module in (generate, images, openapi):
         app.register_blueprint(module.bp)
 
-    document = openapi.build_spec(app)
+    document = openapi.build_spec(app, settings.default_model)
 
     validate(document)
-    assert set(document["paths"]) == {"/generate", "/images/{image_id}", "/openapi.json"}
+    assert set(document["paths"]) == {"/generate", "/images", "/images/{image_id}", "/openapi.json"}
     links = document["paths"]["/generate"]["post"]["responses"]["200"]["links"]
     assert {link["operationId"] for link in links.values()} == {"getImage", "deleteImage"}
 

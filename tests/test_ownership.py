@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 
 from imagegen.errors import ServiceError
-from imagegen.ownership import (
+from imagegen.settings import Settings
+from imagegen.storage.ownership import (
     READ_FILE,
     WRITE_DIRECTORY,
     Process,
@@ -21,7 +22,6 @@ from imagegen.ownership import (
     host_uid_of_root,
     root_refusal,
 )
-from imagegen.settings import Settings
 
 USER = Process(uid=1000, gid=1000, root_on_host=0)
 ENV_FILE = "to the .env file beside docker-compose.yml"

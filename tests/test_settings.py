@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from imagegen import settings as settings_module
-from imagegen.catalog import CATALOG
+from imagegen.catalog.models import CATALOG
 from imagegen.settings import DEFAULT_BASE_URL, Settings, SettingsError
 from tests.support.clock import PinnedClock
 

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagegen import durable
 from imagegen.errors import ImageNotFound, InsufficientStorage, ServiceError
-from imagegen.imagefmt import ImageInfo, identify
-from imagegen.placeholder import placeholder_png
-from imagegen.providers import GeneratedImage, Generation
-from imagegen.store import ImageStore
+from imagegen.imaging.formats import ImageInfo, identify
+from imagegen.imaging.placeholder import placeholder_png
+from imagegen.storage import durable
+from imagegen.storage.images import ImageStore
+from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.fake_openai import make_png
 from tests.support.scans import change_after_listing
 

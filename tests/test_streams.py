@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from imagegen.events import client_gone
-from imagegen.jobrecords import JobRecords, Ownership
+from imagegen.jobs.events import client_gone
+from imagegen.services import services
+from imagegen.storage.records import JobRecords, Ownership
 from tests.conftest import ALICE, BOB, bearer, line, wait_for
 from tests.test_async_jobs import ASYNC
 
@@ -91,7 +92,7 @@ def test_one_token_is_refused_a_stream_over_its_own_bound_while_others_are_serve
         alice.close()
         open_stream(client, job_id, headers=bearer(ALICE)).close()
     finally:
-        client.application.extensions["imagegen"]["jobs"].shutdown(5)
+        services(client.application).jobs.shutdown(5)
 
 
 def test_a_stream_whose_client_has_left_ends_and_gives_its_place_back(

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagegen import thumbnails as thumbnails_module
-from imagegen.providers import GeneratedImage, Generation
-from imagegen.store import MAX_THUMBNAILS, ImageStore
+from imagegen.imaging import thumbnails as thumbnails_module
+from imagegen.services import services
+from imagegen.storage.images import MAX_THUMBNAILS, ImageStore
+from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
 
@@ -473,7 +474,7 @@ def test_a_decompression_bomb_is_refused_without_decoding_it(app, client, images
     # The upstream's answers are bounded by the model's largest image, so only an image
     # stored before that (or by other means) can be one.
     generation = Generation([GeneratedImage(bomb, "png", 100_000, 100_000)])
-    job = app.extensions["imagegen"]["store"].save_job({"prompt": "a bomb"}, generation)
+    job = services(app).store.save_job({"prompt": "a bomb"}, generation)
     image = {**job["images"][0], "url": f"/images/{job['images'][0]['id']}"}
 
     response = client.get(f"{image['url']}?width=64")
@@ -486,7 +487,7 @@ def test_a_decompression_bomb_is_refused_without_decoding_it(app, client, images
 
 
 def test_images_above_the_pixel_cap_are_refused(client, job, images_dir, monkeypatch):
-    from imagegen import thumbnails
+    from imagegen.imaging import thumbnails
 
     monkeypatch.setattr(thumbnails, "MAX_PIXELS", SIZE[0] * SIZE[1] - 1)
 
@@ -508,7 +509,7 @@ def test_images_beyond_the_largest_any_model_makes_are_refused_from_their_header
     png = small[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
     png += small[33:]
     generation = Generation([GeneratedImage(png, "png", 2881, 2880)])
-    job = app.extensions["imagegen"]["store"].save_job({"prompt": "wide"}, generation)
+    job = services(app).store.save_job({"prompt": "wide"}, generation)
 
     response = client.get(f"/images/{job['images'][0]['id']}?width=64")
 
@@ -538,7 +539,8 @@ def test_the_largest_image_a_model_makes_gets_its_thumbnail(client, fake_openai)
 _MEMORY_PROBE = """
 import sys, threading
 from pathlib import Path
-from imagegen import memory, thumbnails
+from imagegen.imaging import memory
+from imagegen.imaging import thumbnails
 
 if not memory.keep_large_allocations_returnable():  # as create_app does in every worker
     sys.exit("not glibc")
@@ -576,7 +578,7 @@ def test_a_worker_gives_thumbnail_memory_back_after_eight_at_once(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(thumbnails_module.__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(thumbnails_module.__file__).parents[2])},
     )
 
     if probe.stderr.strip() == "not glibc":

@@ -7,15 +7,9 @@ import sys
 
 import pytest
 
-from imagegen import tokens as tokens_module
+from imagegen.access import tokens as tokens_module
+from imagegen.access.tokens import Limits, TokenFileError, digest_of, find_token, parse_tokens
 from imagegen.settings import Settings, SettingsError
-from imagegen.tokens import (
-    Limits,
-    TokenFileError,
-    digest_of,
-    find_token,
-    parse_tokens,
-)
 from tests.gunicorn_server import REPO
 
 SECRET_A = "igt_alice-0123456789abcdefghijklmnop"
@@ -134,7 +128,7 @@ def test_settings_read_tokens_and_global_caps_from_the_environment(tmp_path):
 
 def _tokens_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "imagegen.tokens", *args],
+        [sys.executable, "-m", "imagegen", "tokens", *args],
         cwd=REPO / "image-gen",
         input=stdin,
         capture_output=True,
@@ -147,7 +141,7 @@ def _tokens_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 def test_the_tokens_command_makes_a_token_whose_line_the_service_accepts():
     result = _tokens_command("new", "ci-bot", "images_per_day=50", "max_count=2")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # no RuntimeWarning about imagegen.tokens in sys.modules
+    assert result.stderr == ""  # no RuntimeWarning about imagegen.access.tokens in sys.modules
     lines = result.stdout.splitlines()
     secret = lines[0].rsplit(" ", 1)[1]
     line = lines[-1]

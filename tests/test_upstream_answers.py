@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from imagegen.services import services
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, read_metadata, strict_json, wait_for
 
@@ -299,7 +300,7 @@ def capped_jobs(settings, make_app):
     """A client of an app with a $5 daily cap that runs asynchronous jobs."""
     app = make_app(settings, cap_usd_per_day=5.0, job_poll_interval=0.1)
     yield app.test_client()
-    app.extensions["imagegen"]["jobs"].shutdown(10)
+    services(app).jobs.shutdown(10)
 
 
 @pytest.mark.parametrize("output_tokens", ABSURD_OUTPUTS, ids=["10**308", "10**400"])

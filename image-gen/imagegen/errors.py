@@ -6,10 +6,8 @@ import logging
 import math
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
-
-from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +133,50 @@ class InsufficientStorage(ServiceError):
     code = "INSUFFICIENT_STORAGE"
 
 
+class ModelNotFound(ServiceError):
+    status = 404
+    code = "MODEL_NOT_FOUND"
+
+
+class JobNotFound(ServiceError):
+    status = 404
+    code = "JOB_NOT_FOUND"
+
+
+class JobNotFinished(ServiceError):
+    """The job is queued or running: it can be deleted once it has finished."""
+
+    status = 409
+    code = "JOB_NOT_FINISHED"
+
+
+class JobInterrupted(ServiceError):
+    """The process running the job died and the job is not started again."""
+
+    status = 500
+    code = "JOB_INTERRUPTED"
+
+
+class QueueFull(RetryLater):
+    """Too many asynchronous jobs are waiting; come back after Retry-After."""
+
+    status = 503
+    code = "QUEUE_FULL"
+
+
+class TooManyStreams(RetryLater):
+    """This worker already serves as many event streams as it may."""
+
+    status = 503
+    code = "TOO_MANY_STREAMS"
+
+
+class TooManyStreamsForToken(TooManyStreams):
+    """This client token already has as many event streams open as it may."""
+
+    status = 429
+
+
 # Werkzeug's HTTP errors keep their status and get a code of their own.
 HTTP_CODES = {
     400: "VALIDATION_ERROR",
@@ -156,7 +198,7 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
     """The JSON error shape every failure shares: {"error", "status": "failed", "code"}."""
     response = jsonify({"error": message, "status": "failed", "code": code, **extra})
     response.status_code = status
-    metrics.error_returned(code)
+    g.error_code = code  # counted by /metrics (observability.metrics) when the answer is sent
     return response
 
 

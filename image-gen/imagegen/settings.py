@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import clock, ownership
-from .catalog import SHUT_DOWN, get_model
-from .tokens import Limits, Token, TokenFileError, TokensLoad, tokens_for
+from imagegen import clock
+from imagegen.access.tokens import Limits, Token, TokenFileError, TokensLoad, tokens_for
+from imagegen.catalog.models import get_model
+from imagegen.catalog.spec import SHUT_DOWN
+from imagegen.storage import ownership
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from imagegen.catalog import MODELS, SHUT_DOWN
+from imagegen.catalog.models import MODELS
+from imagegen.catalog.spec import SHUT_DOWN
 from tests.browser.conftest import (
     call,
     cards,

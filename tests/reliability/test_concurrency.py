@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from imagegen.placeholder import placeholder_png
+from imagegen.imaging.placeholder import placeholder_png
+from imagegen.services import services
 from tests.reliability.conftest import store_problems
 
 pytestmark = pytest.mark.slow
@@ -250,7 +251,7 @@ def test_concurrent_generate_get_delete_never_loses_or_mixes_images(start_gunico
 @pytest.fixture
 def racing(placeholder_client, monkeypatch):
     """A store whose next lookup is followed, before it returns, by another caller's action."""
-    store = placeholder_client.application.extensions["imagegen"]["store"]
+    store = services(placeholder_client.application).store
     original = store.find_image
 
     def after_lookup(action):

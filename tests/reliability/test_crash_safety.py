@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.store import ImageStore
+from imagegen.storage.images import ImageStore
 from tests.reliability.conftest import store_problems
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagegen.catalog import MODELS, SHUT_DOWN, Choice, IntRange, ModelSpec
+from imagegen.catalog.models import MODELS
+from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec
 from tests.reliability.conftest import (
     assert_client_error,
     snapshot,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.openai_client import OpenAIClient
+from imagegen.services import services
 from imagegen.settings import Settings
+from imagegen.upstream.client import OpenAIClient
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY
 from tests.reliability.conftest import leaked
@@ -161,7 +162,7 @@ def test_the_key_echoed_in_any_upstream_error_field_is_redacted(
 
 def test_reprs_and_settings_never_show_the_key(settings, make_app, tmp_path, service_logs):
     app = make_app(settings)
-    parts = app.extensions["imagegen"]
+    parts = services(app)
     client = OpenAIClient(settings.base_url, TEST_KEY)
     env_settings = Settings.from_env(
         {
@@ -177,7 +178,7 @@ def test_reprs_and_settings_never_show_the_key(settings, make_app, tmp_path, ser
         repr(env_settings),
         repr(client),
         repr(parts),
-        repr(vars(parts["provider"])),
+        repr(vars(parts.provider)),
         repr(app.config),
     ]
 

@@ -1,0 +1,347 @@
+"""The books: what each token has made and spent, and the idempotency keys, in SQLite.
+
+One SQLite database in WAL mode under the images directory (`.ledger/ledger.sqlite3`) is
+shared by every Gunicorn worker (and every replica on the same host). A reservation is
+checked against the caps and written in one `BEGIN IMMEDIATE` transaction, which SQLite
+serialises across processes, so 50 simultaneous requests against a cap of 10 images admit
+exactly 10.
+
+Caps are sliding windows: images in the last hour, images and US dollars in the last 24
+hours. A reservation holds the estimate until the upstream answers; it is then settled at
+the real cost, or released if the call failed. A reservation whose process died stays
+counted (the money may have been spent) until it leaves the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegen import strictjson
+from imagegen.access.tokens import Limits
+from imagegen.errors import InsufficientStorage
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600.0
+DAY = 86400.0
+# cap name -> (what it counts, window in seconds)
+CAPS: dict[str, tuple[str, float]] = {
+    "images_per_hour": ("images", HOUR),
+    "images_per_day": ("images", DAY),
+    "usd_per_day": ("usd", DAY),
+}
+GLOBAL = "*"  # not a possible token name
+# Spend entries older than every window are deleted now and then (job metadata keeps costs).
+_KEEP = 2 * DAY
+_PRUNE_EVERY = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    id INTEGER PRIMARY KEY,
+    token TEXT NOT NULL,
+    at REAL NOT NULL,
+    images INTEGER NOT NULL,
+    usd REAL NOT NULL,
+    state TEXT NOT NULL,
+    model TEXT NOT NULL,
+    job_id TEXT
+);
+CREATE INDEX IF NOT EXISTS spend_at ON spend (at);
+CREATE INDEX IF NOT EXISTS spend_token_at ON spend (token, at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    token TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    claim TEXT NOT NULL,
+    created REAL NOT NULL,
+    lease_until REAL NOT NULL,
+    status INTEGER,
+    headers TEXT,
+    body BLOB,
+    PRIMARY KEY (token, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
+"""
+
+
+# Entries of one token (or, with the second parameter true, of all) in a window, oldest first.
+_SPEND_IN_WINDOW = {
+    "images": "SELECT at, images FROM spend WHERE at > ? AND (? OR token = ?) ORDER BY at",
+    "usd": "SELECT at, usd FROM spend WHERE at > ? AND (? OR token = ?) ORDER BY at",
+}
+
+
+class CapExceeded(Exception):
+    """A reservation would cross a cap; `retry_after` is when the window frees room."""
+
+    def __init__(
+        self, *, scope: str, cap: str, limit: float, used: float, retry_after: float | None
+    ) -> None:
+        super().__init__(f"{scope} cap {cap} reached")
+        self.scope = scope
+        self.cap = cap
+        self.limit = limit
+        self.used = used
+        # None: the request alone is larger than the cap, so waiting cannot help.
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: int
+    token: str
+    images: int
+    usd: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming an idempotency key.
+
+    state: "new" (run the request, then complete or abandon), "replay" (answer the stored
+    response), "running" (another request holds it), "mismatch" (different body).
+    """
+
+    state: str
+    claim: str = ""
+    status: int = 0
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+
+
+class Ledger:
+    """Reservations, settled costs and idempotency keys, safe across processes and threads."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._local = threading.local()
+
+    def prepare(self) -> None:
+        """Create the database and its schema (idempotent; every worker may run it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect().executescript(_SCHEMA)
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork: SQLite handles cannot cross it)."""
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            return db
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: takes SQLite's write lock at once, so checks and writes in it
+        see no other writer in between. A full disk is the store's 507, as for images."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if "full" in str(exc):  # SQLITE_FULL: "database or disk is full"
+                raise InsufficientStorage(
+                    "The disk under the images directory is full; nothing was done. Free "
+                    "space or delete images, then try again."
+                ) from None
+            raise
+
+    # --- caps -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        token: str,
+        *,
+        token_limits: Limits,
+        global_limits: Limits,
+        images: int,
+        usd: float,
+        model: str,
+    ) -> Reservation:
+        """Check every cap and record the reservation, atomically; raise CapExceeded.
+
+        ValueError for an amount that is not a finite number of dollars from 0: it would
+        count against every cap for a day (see `_amount`)."""
+        usd = _amount(usd)
+        with self._transaction() as db:
+            now = self.clock()
+            for scope, limits in ((token, token_limits), (GLOBAL, global_limits)):
+                for cap, limit in limits.caps().items():
+                    asked = images if CAPS[cap][0] == "images" else usd
+                    self._check(db, scope, cap, limit, asked, now)
+            cursor = db.execute(
+                "INSERT INTO spend (token, at, images, usd, state, model) "
+                "VALUES (?, ?, ?, ?, 'reserved', ?)",
+                (token, now, images, usd, model),
+            )
+            entry = int(cursor.lastrowid or 0)
+            if entry % _PRUNE_EVERY == 0:  # forget what every window has left behind
+                db.execute("DELETE FROM spend WHERE at < ?", (now - _KEEP,))
+            return Reservation(entry, token, images, usd)
+
+    def _check(
+        self, db: sqlite3.Connection, scope: str, cap: str, limit: float, asked: float, now: float
+    ) -> None:
+        column, window = CAPS[cap]
+        query = _SPEND_IN_WINDOW[column]
+        rows = db.execute(query, (now - window, scope == GLOBAL, scope)).fetchall()
+        used = sum(amount for _, amount in rows)
+        if used + asked <= limit + 1e-9:
+            return
+        if asked > limit + 1e-9:
+            raise CapExceeded(scope=scope, cap=cap, limit=limit, used=used, retry_after=None)
+        # Room comes back as the oldest entries leave the window.
+        needed, freed, retry_after = used + asked - limit, 0.0, window
+        for at, amount in rows:
+            freed += amount
+            if freed >= needed - 1e-9:
+                retry_after = at + window - now
+                break
+        raise CapExceeded(
+            scope=scope, cap=cap, limit=limit, used=used, retry_after=max(retry_after, 1.0)
+        )
+
+    def settle(self, reservation: Reservation, *, usd: float, job_id: str | None) -> None:
+        """Replace the estimate with the real cost once the upstream has answered.
+
+        A cost that is not a finite number of dollars from 0 is not booked: the estimate
+        stays, and the error is logged."""
+        try:
+            usd = _amount(usd)
+        except ValueError as exc:
+            log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
+            usd = reservation.usd
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE spend SET usd = ?, state = 'settled', job_id = ? WHERE id = ?",
+                (usd, job_id, reservation.id),
+            )
+
+    def release(self, reservation: Reservation) -> None:
+        """Give the reservation back: the upstream call failed and made nothing."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM spend WHERE id = ?", (reservation.id,))
+
+    def usage(self, token: str | None) -> dict[str, Any]:
+        """Images and US dollars in each window, for one token or (None) the whole service."""
+        now = self.clock()
+        scope = token or GLOBAL
+        everyone = scope == GLOBAL
+        db = self._connect()
+        hour = db.execute(
+            "SELECT COALESCE(SUM(images), 0) FROM spend WHERE at > ? AND (? OR token = ?)",
+            (now - HOUR, everyone, scope),
+        ).fetchone()[0]
+        images_day, usd_day, reserved = db.execute(
+            "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(usd), 0), "
+            "COALESCE(SUM(CASE WHEN state = 'reserved' THEN usd END), 0) "
+            "FROM spend WHERE at > ? AND (? OR token = ?)",
+            (now - DAY, everyone, scope),
+        ).fetchone()
+        return {
+            "images_last_hour": int(hour),
+            "images_last_day": int(images_day),
+            "usd_last_day": round(float(usd_day), 6),
+            "usd_reserved": round(float(reserved), 6),
+        }
+
+    def tokens_seen(self) -> list[str]:
+        """Names of the tokens with entries in the last day."""
+        rows = self._connect().execute(
+            "SELECT DISTINCT token FROM spend WHERE at > ? ORDER BY token",
+            (self.clock() - DAY,),
+        )
+        return [name for (name,) in rows]
+
+    # --- idempotency ------------------------------------------------------------------------
+
+    def claim(self, token: str, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """Claim an idempotency key for this request, or say why it cannot be claimed."""
+        with self._transaction() as db:
+            now = self.clock()
+            db.execute("DELETE FROM idempotency WHERE created < ?", (now - ttl,))
+            row = db.execute(
+                "SELECT fingerprint, state, lease_until, status, headers, body "
+                "FROM idempotency WHERE token = ? AND key = ?",
+                (token, key),
+            ).fetchone()
+            if row is not None:
+                stored, state, lease_until, status, headers, body = row
+                if stored != fingerprint:
+                    return Claim("mismatch")
+                if state == "done":
+                    return Claim("replay", status=status, headers=json.loads(headers), body=body)
+                if lease_until > now:
+                    return Claim("running")
+                log.warning("idempotency key of %s taken over: its request's lease ran out", token)
+            claim = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency "
+                "(token, key, fingerprint, state, claim, created, lease_until) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (token, key, fingerprint, claim, now, now + lease),
+            )
+            return Claim("new", claim=claim)
+
+    def complete(
+        self, token: str, key: str, claim: str, *, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        """Store the response of a claimed key, so retries replay it."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ? "
+                "WHERE token = ? AND key = ? AND claim = ?",
+                (status, strictjson.dumps(headers), body, token, key, claim),
+            )
+
+    def abandon(self, token: str, key: str, claim: str) -> None:
+        """Free a claimed key whose request failed, so a retry runs it again."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM idempotency WHERE token = ? AND key = ? AND claim = ?",
+                (token, key, claim),
+            )
+
+
+def _amount(usd: float) -> float:
+    """The dollars to write; ValueError unless finite and from 0. An infinite or NaN amount
+    in the books would make every later request cross every dollar cap."""
+    try:
+        value = math.nan if isinstance(usd, bool) else float(usd)
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{str(usd)[:40]} is not an amount of US dollars")
+    return value
+
+
+def retry_after_seconds(value: float) -> int:
+    """A Retry-After header value: whole seconds, at least 1."""
+    return max(1, math.ceil(value))

@@ -1,0 +1,34 @@
+"""POST /generate: make images for a prompt and store them as one job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from imagegen.access.auth import current_caller
+from imagegen.imaging.answers import answer_body
+from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
+from imagegen.jobs.submit import respond_async
+from imagegen.services import services
+
+bp = Blueprint("generate", __name__)
+
+
+@bp.post("/generate")
+def generate() -> ResponseReturnValue:
+    """Generate `count` images; answer the job id and a URL for each stored image."""
+    settings = services().settings
+    image_request = parse_generate_request(read_json(request), default_model=settings.default_model)
+    if (accepted := respond_async(image_request)) is not None:
+        return accepted
+    return jsonify(answer_body(image_request, make_images(image_request)))
+
+
+def make_images(image_request: ImageRequest, **options: Any) -> dict[str, Any]:
+    """`ImageMaker.make` for the current request's caller; the stored job's metadata.
+    `options` are `make`'s (produce, operation, source)."""
+    return services().maker.make(
+        image_request, caller=current_caller(), request_id=g.get("request_id"), **options
+    )

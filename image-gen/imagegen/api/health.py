@@ -1,0 +1,50 @@
+"""GET /health: is the service up, and is it configured to generate."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from imagegen import __version__
+from imagegen.access.tokens import TokensLoad
+from imagegen.clock import utc_now
+from imagegen.services import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+def health() -> ResponseReturnValue:
+    """Status, whether a key is configured (never the key), provider, default model, version."""
+    settings = services().settings
+    store = services().store
+    storage_ok = os.access(store.root, os.W_OK)
+    body = {
+        "status": "healthy" if storage_ok else "unhealthy",
+        "api_key_configured": settings.api_key_configured,
+        "api_key_source": settings.api_key_source,
+        "provider": settings.provider,
+        # Whether callers need a client token (False: open to anyone who can reach it).
+        "auth_required": settings.auth_required,
+        "default_model": settings.default_model,
+        "storage_writable": storage_ok,
+        "version": __version__,
+        "timestamp": utc_now(),
+    }
+    if settings.tokens_load is not None:
+        body["tokens"] = _tokens_state(settings.tokens_load)
+    return jsonify(body), 200 if storage_ok else 503
+
+
+def _tokens_state(load: TokensLoad) -> dict[str, Any]:
+    """When this worker's tokens were read, and whether the latest reload (SIGHUP) failed, in
+    which case the last good tokens are served and the log says why. Never names a token."""
+    return {
+        "loaded_at": load.loaded_at,
+        "last_reload": "failed" if load.failed_at else "ok",
+        "reload_failed_at": load.failed_at,
+        "reload_failed_line": load.failed_line,
+    }

@@ -1,0 +1,176 @@
+"""GET and DELETE /images/<id>: fetch or remove one stored image by its exact id.
+
+`GET /images/<id>?width=256` answers a downscaled copy (see thumbnails.py), cached by the
+store beside the image, so an agent can look at an image without loading all of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file
+from flask.typing import ResponseReturnValue
+
+from imagegen import strictjson
+from imagegen.errors import ImageNotFound, ValidationError
+from imagegen.imaging import thumbnails
+from imagegen.imaging.formats import CONTENT_TYPES
+from imagegen.services import services
+from imagegen.storage.images import ImageStore, StoredImage, normalize_id, thumbnail_name
+
+bp = Blueprint("images", __name__)
+
+MAX_AGE = 3600
+
+
+@bp.get("/images/<path:image_id>")
+def get_image(image_id: str) -> ResponseReturnValue:
+    """The image's bytes (or a thumbnail) with its content type, a strong ETag, and 304."""
+    variant = thumbnails.requested_variant(request.args)
+    store: ImageStore = services().store
+    image = store.find_image(image_id)
+    if variant is not None:
+        return _thumbnail(store, image, variant)
+    return _send(image, image.path, image.content_type, image.image_id, image.path.name)
+
+
+@bp.delete("/images/<path:image_id>")
+def delete_image(image_id: str) -> ResponseReturnValue:
+    """Remove the image file and mark it deleted in its job's metadata."""
+    image = services().store.delete_image(image_id)
+    return jsonify(
+        {
+            "status": "success",
+            "message": f"Image {image.image_id} deleted.",
+            "id": image.image_id,
+            "job_id": image.job_id,
+        }
+    )
+
+
+def _thumbnail(store: ImageStore, image: StoredImage, variant: thumbnails.Variant) -> Response:
+    """A thumbnail from the store's cache, or made, cached and sent.
+
+    Its ETag names the image and the variant (`<id>-w256.png`), so every variant validates
+    on its own; the bytes behind one ETag never change, as the image itself never does.
+    """
+    fmt = variant.format or image.format
+    name = thumbnail_name(image, variant.suffix, fmt)
+    cached = store.find_thumbnail(image, variant.suffix, fmt)
+    if cached is not None:
+        with suppress(ImageNotFound):  # dropped from the cache meanwhile: made again below
+            return _send(image, cached, CONTENT_TYPES[fmt], name, name)
+    data = thumbnails.render(image.path, variant, fmt, image.image_id)
+    if data is None:  # already small enough and in that format: the stored file is the answer
+        return _send(image, image.path, CONTENT_TYPES[fmt], name, name)
+    store.save_thumbnail(image, variant.suffix, fmt, data)
+    return _send(image, io.BytesIO(data), CONTENT_TYPES[fmt], name, name)
+
+
+def _send(
+    image: StoredImage, body: Path | io.BytesIO, mimetype: str, etag: str, filename: str
+) -> Response:
+    """Send bytes with the caching headers every image answer shares (ETag, 304, ranges)."""
+    try:
+        response = send_file(body, mimetype=mimetype, etag=etag, conditional=True, max_age=MAX_AGE)
+    except FileNotFoundError:  # deleted between the lookup and the open
+        raise ImageNotFound(f"Image {image.image_id} not found.") from None
+    response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    return response
+
+
+# --- GET /images: browsing, newest first, by cursor ----------------------------------------
+
+DEFAULT_LIMIT = 50
+
+
+MAX_LIMIT = 200
+
+
+_MAX_CURSOR_CHARS = 512
+
+
+@bp.get("/images")
+def list_images() -> ResponseReturnValue:
+    """Stored images, newest job first: `limit` per page, `cursor` for the next, `job_id` filter."""
+    limit = _limit(request.args.get("limit"))
+    after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
+    job_id = request.args.get("job_id")
+    if job_id is not None and normalize_id(job_id) is None:
+        raise ValidationError("'job_id' must be a job id (a UUID).", details={"field": "job_id"})
+    items, following = services().store.list_images(limit=limit, after=after, job_id=job_id)
+    return jsonify(
+        {
+            "images": [_listed(metadata, image) for metadata, image in items],
+            "next_cursor": encode_cursor(following) if following else None,
+        }
+    )
+
+
+def encode_cursor(position: tuple[int, str, str, int]) -> str:
+    """An opaque cursor for a store position: URL-safe base64 of a small JSON array."""
+    raw = strictjson.dumps(list(position), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str, str, int]:
+    """The store position in a cursor this service issued; ValidationError otherwise."""
+    bad = ValidationError(
+        "'cursor' is not a cursor this service issued; pass next_cursor from the previous page.",
+        details={"field": "cursor"},
+    )
+    if len(cursor) > _MAX_CURSOR_CHARS:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, created, job_id, offset = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise bad from None
+    if not (
+        _natural(stamp)
+        and _natural(offset)
+        and isinstance(created, str)
+        and len(created) <= 64
+        and isinstance(job_id, str)
+        and normalize_id(job_id) == job_id
+    ):
+        raise bad
+    return stamp, created, job_id, offset
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError(
+            f"'limit' must be an integer from 1 to {MAX_LIMIT}.", details={"field": "limit"}
+        )
+    return int(raw)
+
+
+def _listed(metadata: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    requested = metadata.get("request", {})
+    return {
+        "id": image["id"],
+        "url": f"/images/{image['id']}",
+        "job_id": metadata["job_id"],
+        "prompt": requested.get("prompt"),
+        "model": requested.get("model"),
+        "size": image.get("size"),
+        "width": image.get("width"),
+        "height": image.get("height"),
+        "format": image.get("format"),
+        "revised_prompt": image.get("revised_prompt"),
+        "created_at": metadata.get("created_at"),
+        "placeholder": metadata.get("placeholder", False),
+    }

@@ -1,0 +1,172 @@
+"""Following jobs: GET/DELETE /jobs/<job_id>, GET /jobs/<job_id>/events (Server-Sent Events)
+and a job's previews.
+
+A job is stored (storage.images) once it is completed; an asynchronous job also has a
+record (storage.records) from the moment it is accepted, which is all there is while it is
+queued or running, or when it failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask.typing import ResponseReturnValue
+from werkzeug.routing import PathConverter
+
+from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
+from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
+from imagegen.jobs import events, streams
+from imagegen.jobs.answers import completed_body, pending_body
+from imagegen.jobs.submit import POLL_HINT
+from imagegen.services import services
+from imagegen.storage.images import ImageStore, normalize_id
+from imagegen.storage.records import FINAL, PREVIEW_NAME, JobRecords
+
+bp = Blueprint("jobs", __name__)
+
+
+class JobPathConverter(PathConverter):
+    """A job id as DELETE takes it: any path (so odd ids get a JSON 404, not a 405), except
+    a job's events and previews, which only GET serves (their Allow header says so)."""
+
+    regex = r"(?!.*/(?:events|previews/[^/]*)$)[^/].*?"
+
+
+@bp.get("/jobs/<path:job_id>")
+def show_job(job_id: str) -> ResponseReturnValue:
+    """A stored job as /generate answered it, plus its request (deleted images have no URL);
+    a queued, running or failed one with its progress, previews or error.
+
+    An asynchronous job reads completed once its record says so, not as soon as its images
+    are stored: from then on it can be deleted, and its `completed` event is out.
+    """
+    record = _records().read(job_id)
+    unfinished = record is not None and record["status"] not in FINAL
+    metadata = None if unfinished else _store().job_metadata(job_id)
+    if metadata is not None:
+        body = completed_body(metadata, record)
+        if record is not None and record.get("webhook"):
+            body["webhook"] = pending_body(record)["webhook"]
+        return jsonify(body)
+    if record is None:
+        raise _not_found(job_id)
+    services().jobs.notice(record)
+    response = jsonify(pending_body(record, _records()))
+    if record["status"] not in FINAL:
+        response.headers["Retry-After"] = str(POLL_HINT.get(record["status"], 2))
+    return response
+
+
+@bp.get("/jobs/<path:job_id>/events")
+def job_events(job_id: str) -> ResponseReturnValue:
+    """The job's progress as Server-Sent Events: `status`, `partial_image` and `image` as they
+    happen, then `completed` (the stored job) or `failed` (its error), and the stream ends.
+
+    Following an unfinished job takes one of the worker's stream places (streams.py) until
+    the stream ends or its client leaves; with none left the answer is TOO_MANY_STREAMS."""
+    canonical = normalize_id(job_id)
+    records = _records()
+    record = records.read(job_id)
+    last = events.last_event_id(
+        request.headers.get("Last-Event-ID"), request.args.get("last_event_id")
+    )
+    if canonical is None or record is None:
+        metadata = _store().job_metadata(job_id)
+        if canonical is None or metadata is None:
+            raise _not_found(job_id)
+        done = {"id": 1, "event": "completed", "data": completed_body(metadata)}
+        return _event_stream(iter([events.format_event(done)] if last < 1 else []))
+    stream = events.follow(
+        records,
+        canonical,
+        last,
+        notice=services().jobs.notice,
+        gone=events.client_gone(request.environ),
+    )
+    if record["status"] in FINAL:  # every event is recorded already: it ends at once
+        return _event_stream(stream)
+    lease = services().streams.open(_stream_token())
+    response = _event_stream(_leased(stream, lease))
+    response.call_on_close(lease.release)  # also when the stream never started
+    return response
+
+
+def _event_stream(stream: Any) -> Response:
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _leased(stream: Iterator[str], lease: streams.StreamLease) -> Iterator[str]:
+    """The stream, giving its place back the moment it ends (before the server closes it)."""
+    try:
+        yield from stream
+    finally:
+        lease.release()
+
+
+def _stream_token() -> str | None:
+    """Whose stream this is, for the per-token bound: the token's name; None on an open
+    service, where every caller is the same anonymous one and only the worker bound holds."""
+    if not services().settings.auth_required:
+        return None
+    return getattr(g.get("caller"), "name", None)
+
+
+@bp.get("/jobs/<path:job_id>/previews/<name>")
+def job_preview(job_id: str, name: str) -> ResponseReturnValue:
+    """A partial preview (or a finished image) of an asynchronous job, before it is stored."""
+    path = _records().preview(job_id, name)
+    if path is None:
+        raise ImageNotFound(f"Preview {name[:64]!r} of job {job_id[:64]!r} not found.")
+    match = PREVIEW_NAME.match(name)
+    assert match is not None  # preview() checked the name
+    fmt = next(f for f, ext in EXTENSIONS.items() if ext == match["ext"])
+    response = send_file(path, mimetype=CONTENT_TYPES[fmt], max_age=3600, conditional=True)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.delete("/jobs/<job_path:job_id>")
+def delete_job(job_id: str) -> ResponseReturnValue:
+    """Remove the whole job: every image, its metadata, its directory and its record.
+
+    A queued or running job cannot be deleted yet (409): the images are being paid for.
+    """
+    record = _records().read(job_id)
+    if record is not None and record["status"] not in FINAL:
+        raise JobNotFinished(
+            f"Job {record['job_id']} is {record['status']}; delete it once it has finished."
+        )
+    metadata = _store().delete_job(job_id)
+    removed = record is not None and _records().remove(job_id)
+    if metadata is None and not removed:
+        raise _not_found(job_id)
+    canonical = normalize_id(job_id)
+    count = len(metadata.get("images", [])) if metadata else 0
+    return jsonify(
+        {
+            "status": "success",
+            "message": f"Job {canonical} and its {count} image(s) deleted.",
+            "job_id": canonical,
+        }
+    )
+
+
+def _not_found(job_id: str) -> JobNotFound:
+    canonical = normalize_id(job_id)
+    if canonical is None:
+        return JobNotFound(f"Job {job_id[:64]!r} not found: job ids are UUIDs.")
+    return JobNotFound(f"Job {canonical} not found.")
+
+
+def _store() -> ImageStore:
+    return services().store
+
+
+def _records() -> JobRecords:
+    return services().jobs.records

@@ -1,0 +1,280 @@
+"""The one operation every face calls: admit, reserve, produce, store, settle.
+
+POST /generate, /edit and /variations, their OpenAI-compatible /v1 forms, asynchronous jobs
+and the MCP tools all make images through `ImageMaker`, so they are admitted against the
+caps, logged, timed, stored and accounted alike:
+
+    admit     the caller may ask for this (token limits) and the caps have room: reserve it
+    produce   the provider makes the images (an edit's produce sends its input images)
+    store     the store writes them as one job, atomically
+    settle    the reservation becomes the real cost (or is released if nothing was made)
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from imagegen.access.ledger import GLOBAL, CapExceeded, Ledger, Reservation, retry_after_seconds
+from imagegen.access.tokens import Caller
+from imagegen.catalog.pricing import Pricing, pricing_for
+from imagegen.errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
+from imagegen.imaging.inputs import ImageInputs
+from imagegen.imaging.request import ImageRequest
+from imagegen.observability import metrics
+from imagegen.observability.logs import shorten
+from imagegen.settings import Settings
+from imagegen.storage.images import ImageStore
+from imagegen.upstream.providers import Generation, Provider
+from imagegen.upstream.retry import Deadline
+
+log = logging.getLogger(__name__)
+
+Produce = Callable[[Deadline], Generation]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request the caps let through: who asked, what was reserved and how it is priced."""
+
+    caller: Caller
+    reservation: Reservation
+    estimated_usd: float
+    pricing: Pricing
+
+
+class ImageMaker:
+    """Makes images for requests and stores them as jobs, within the caps."""
+
+    def __init__(
+        self, settings: Settings, store: ImageStore, provider: Provider, ledger: Ledger
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.ledger = ledger
+
+    def admit(
+        self,
+        image_request: ImageRequest,
+        caller: Caller,
+        *,
+        input_images: int = 0,
+        request_id: str | None = None,
+    ) -> Admission:
+        """Check the caller may make these images and reserve them against the caps.
+
+        Raises the error to answer (before any upstream call); returns the admission that
+        `make` settles. Routes that answer before generating (asynchronous jobs) call it
+        first, so a refusal is the answer instead of a failed job.
+        """
+        if caller.admin:
+            raise PermissionDenied(
+                "An admin token manages the service and reads usage; it cannot generate. "
+                "Use a client token."
+            )
+        _check_allowed(image_request, caller)
+        pricing = pricing_for(image_request.model.id)
+        estimate = 0.0
+        if self.provider.name != "placeholder":
+            estimate = pricing.estimate(
+                quality=image_request.options.get("quality"),
+                size=image_request.size,
+                count=image_request.count,
+                input_images=input_images,
+            )
+        try:
+            reservation = self.ledger.reserve(
+                caller.name,
+                token_limits=caller.limits,
+                global_limits=self.settings.global_limits,
+                images=image_request.count,
+                usd=estimate,
+                model=image_request.model.id,
+            )
+        except CapExceeded as exc:
+            raise _refusal(exc, caller, image_request.count, estimate, request_id) from None
+        return Admission(caller, reservation, estimate, pricing)
+
+    def make(
+        self,
+        image_request: ImageRequest,
+        *,
+        caller: Caller,
+        produce: Produce | None = None,
+        operation: str = "generate",
+        source: dict[str, Any] | None = None,
+        admission: Admission | None = None,
+        job_id: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Make images and store them as one job; return its metadata.
+
+        `produce` makes the images (by default the provider's `generate`; see `producer`
+        for edits and variations); `source` records what an edit or variation started
+        from. `admission` is what `admit` returned when the route admitted the request
+        itself (else it is admitted here for `caller`). `job_id` stores the job under the
+        id an asynchronous job was given when it was accepted.
+        """
+        provider, settings = self.provider, self.settings
+        if produce is None:
+            produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
+        if admission is None:
+            admission = self.admit(
+                image_request, caller, input_images=input_count(source), request_id=request_id
+            )
+        caller = admission.caller
+        started = time.perf_counter()
+        log.info(
+            "generating request_id=%s operation=%s client=%s model=%s count=%d size=%s "
+            "provider=%s prompt=%s",
+            request_id,
+            operation,
+            caller.name,
+            image_request.model.id,
+            image_request.count,
+            image_request.size,
+            provider.name,
+            shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
+        )
+        try:
+            generation = produce(Deadline(settings.request_deadline))
+        except BaseException:
+            _book(self.ledger.release, admission.reservation)
+            raise
+        cost = _cost(admission, generation)
+        extra: dict[str, Any] = {
+            "provider": provider.name,
+            "operation": operation,
+            "client": caller.name,
+            "cost": cost,
+        }
+        if source is not None:
+            extra["source"] = source
+        try:
+            metadata = self.store.save_job(
+                image_request.as_dict(), generation, extra=extra, job_id=job_id
+            )
+        except BaseException:
+            # The upstream made (and billed) the images even though they could not be stored.
+            _book(self.ledger.settle, admission.reservation, usd=cost["usd"], job_id=None)
+            raise
+        metrics.images_generated(image_request.model.id, operation, len(metadata["images"]))
+        _book(self.ledger.settle, admission.reservation, usd=cost["usd"], job_id=metadata["job_id"])
+        log.info(
+            "generated request_id=%s job_id=%s client=%s model=%s count=%d cost_usd=%.4f "
+            "seconds=%.2f",
+            request_id,
+            metadata["job_id"],
+            caller.name,
+            image_request.model.id,
+            len(metadata["images"]),
+            cost["usd"],
+            time.perf_counter() - started,
+        )
+        return metadata
+
+    def producer(self, image_request: ImageRequest, inputs: ImageInputs, operation: str) -> Produce:
+        """What makes an edit's or a variation's images: the provider, given these inputs."""
+        provider = self.provider
+        if operation == "edit":
+            return lambda deadline: provider.edit(image_request, inputs, deadline)
+        return lambda deadline: provider.vary(image_request, inputs, deadline)
+
+
+def _check_allowed(image_request: ImageRequest, caller: Caller) -> None:
+    """A token limited to some models, sizes, qualities or counts asks only for those."""
+    limits = caller.limits
+    asked = {
+        "model": (image_request.model.id, limits.models),
+        "size": (image_request.size, limits.sizes),
+        "quality": (image_request.options.get("quality", "auto"), limits.qualities),
+    }
+    for field_name, (value, allowed) in asked.items():
+        if allowed is not None and value not in allowed:
+            raise PermissionDenied(
+                f"This token may not use {field_name} {value!r}; it may use: "
+                f"{', '.join(sorted(allowed))}.",
+                details={"field": field_name, "allowed": sorted(allowed)},
+            )
+    if limits.max_count is not None and image_request.count > limits.max_count:
+        raise PermissionDenied(
+            f"This token may ask for at most {limits.max_count} image(s) per request.",
+            details={"field": "count", "allowed_max": limits.max_count},
+        )
+
+
+def _refusal(
+    exc: CapExceeded, caller: Caller, count: int, estimate: float, request_id: str | None
+) -> ServiceError:
+    """The answer to a request over a cap: 429 with when to retry, or 400 if it never fits."""
+    whose = "the service's" if exc.scope == GLOBAL else "this token's"
+    unit = "US dollars" if exc.cap == "usd_per_day" else "images"
+    asked = f"${estimate:.4f} (estimated)" if exc.cap == "usd_per_day" else f"{count} image(s)"
+    details = {
+        "scope": "global" if exc.scope == GLOBAL else "token",
+        "cap": exc.cap,
+        "limit": exc.limit,
+        "used": round(exc.used, 6),
+    }
+    log.info(
+        "cap refused request_id=%s client=%s scope=%s cap=%s",
+        request_id,
+        caller.name,
+        details["scope"],
+        exc.cap,
+    )
+    metrics.cap_refused(details["scope"], exc.cap)
+    if exc.retry_after is None:
+        return ValidationError(
+            f"This request ({asked}) is larger than {whose} whole {exc.cap} cap of "
+            f"{exc.limit:g} {unit}; ask for less.",
+            details={**details, "field": "count"},
+        )
+    wait = retry_after_seconds(exc.retry_after)
+    return QuotaExceeded(
+        f"This request ({asked}) would cross {whose} {exc.cap} cap of {exc.limit:g} {unit} "
+        f"({round(exc.used, 4):g} used). Room frees up in {wait} s: retry after Retry-After. "
+        "This is the key holder's cap, not OpenAI's rate limit.",
+        retry_after=wait,
+        details=details,
+    )
+
+
+def input_count(source: dict[str, Any] | None) -> int:
+    """How many input images a job sends upstream, from its `source` (0 for a generation)."""
+    return len(source.get("images", ())) if source else 0
+
+
+def _book(update: Callable[..., None], reservation: Reservation, **figures: Any) -> None:
+    """Settle or release a reservation; if the books cannot be written (a full disk), the
+    reservation keeps counting at its estimate, and the answer is not lost over it."""
+    try:
+        update(reservation, **figures)
+    except (ServiceError, sqlite3.Error) as exc:
+        log.error(
+            "cannot update the ledger (%s); reservation %d stays at its estimate",
+            exc,
+            reservation.id,
+        )
+
+
+def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
+    """The job's cost: from the upstream's token usage when it reports it, else the table
+    (`price_table_invalid_usage` when the report could not be true)."""
+    if generation.placeholder:
+        return {"estimated_usd": 0.0, "usd": 0.0, "basis": "placeholder"}
+    real = admission.pricing.cost(generation.usage)
+    if real is not None:
+        basis = "usage"
+    else:
+        basis = "price_table_invalid_usage" if generation.usage_invalid else "price_table"
+    return {
+        "estimated_usd": admission.estimated_usd,
+        "usd": real if real is not None else admission.estimated_usd,
+        "basis": basis,
+    }

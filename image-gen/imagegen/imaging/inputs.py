@@ -1,0 +1,242 @@
+"""TODO docstring: from validation.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from imagegen import clock
+from imagegen.catalog.models import CATALOG
+from imagegen.catalog.spec import MIB, SHUT_DOWN, InputSpec, IntRange, ModelSpec
+from imagegen.errors import ValidationError
+from imagegen.imaging.formats import CONTENT_TYPES, identify, png_has_alpha
+from imagegen.imaging.request import ImageRequest, _checked, _model
+
+OPERATIONS = {"edit": "edits", "variation": "variations"}  # operation -> ModelSpec attribute
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One input image of an edit or variation: its bytes, recognised by content, and origin."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    field: str  # the request field it came in: "image", "image_ids", "mask_id", ...
+    label: str  # how messages name it, e.g. "image 2 ('cat.png')"
+    origin: Mapping[str, Any]  # what metadata records of its origin, e.g. {"image_id": ...}
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, field: str, label: str, origin: Mapping[str, Any] | None = None
+    ) -> InputImage:
+        """Recognise the bytes as PNG, JPEG or WebP whatever the file is called; 400 if not."""
+        info = identify(data)
+        if info is None:
+            raise ValidationError(
+                f"{capital(label)} is not a PNG, JPEG or WebP image (checked by its content, not "
+                "its name).",
+                details={"field": field},
+            )
+        return cls(data, info.format, info.width, info.height, field, label, origin or {})
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def has_alpha(self) -> bool:
+        """Whether the image is a PNG with an alpha channel (or a transparent colour)."""
+        return self.format == "png" and png_has_alpha(self.data)
+
+    def record(self) -> dict[str, Any]:
+        """What a job's metadata records about this input: never its bytes."""
+        return {
+            **self.origin,
+            "format": self.format,
+            "width": self.width,
+            "height": self.height,
+            "bytes": len(self.data),
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """The images (and optional mask) an edit or variation starts from."""
+
+    images: tuple[InputImage, ...]
+    mask: InputImage | None = None
+
+    def source(self) -> dict[str, Any]:
+        """The job's `source` metadata: where each input came from and its digest."""
+        return {
+            "images": [image.record() for image in self.images],
+            "mask": self.mask.record() if self.mask else None,
+        }
+
+
+def parse_edit_request(
+    body: Any,
+    inputs: ImageInputs,
+    *,
+    operation: str,
+    default_model: str,
+    form: bool = False,
+    today: dt.date | None = None,
+) -> ImageRequest:
+    """Check an edit's or variation's fields and input images against the model's catalog entry.
+
+    `operation` is "edit" or "variation". With `form`, the fields came as multipart text, so
+    integer fields are read from their digits.
+    """
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.")
+    today = today or clock.today()
+    model = _model(body.get("model"), default_model, today)
+    spec = input_spec(model, operation, today)
+    if form:
+        body = _from_form(body, spec)
+    image_request = _checked(
+        body,
+        model,
+        spec.options,
+        default_size=spec.default_size or model.default_size,
+        needs_prompt=spec.prompt,
+        endpoint=f" {OPERATIONS[operation]}",
+    )
+    check_inputs(model, spec, inputs)
+    return image_request
+
+
+def input_spec(model: ModelSpec, operation: str, today: dt.date | None = None) -> InputSpec:
+    """What `model` takes for this operation; a 400 naming the models that can do it if none."""
+    spec = getattr(model, OPERATIONS[operation])
+    if spec is not None:
+        return spec
+    able = [m.id for m in _able(operation, today or clock.today())]
+    verb = "edit images" if operation == "edit" else "make variations"
+    raise ValidationError(
+        f"Model {model.id} cannot {verb}. Models that can: {', '.join(able)}.",
+        details={"field": "model"},
+    )
+
+
+def default_model_for(operation: str, preferred: str, today: dt.date | None = None) -> str:
+    """The model an edit or variation uses when none is named: the service's default model if
+    it can, else the first usable catalog model that can (dall-e-2 for variations)."""
+    model = CATALOG.get(preferred)
+    if model is not None and getattr(model, OPERATIONS[operation]) is not None:
+        return preferred
+    return next((m.id for m in _able(operation, today or clock.today())), preferred)
+
+
+def _able(operation: str, today: dt.date) -> list[ModelSpec]:
+    """The usable catalog models that can do this operation, in catalog order."""
+    return [
+        m
+        for m in CATALOG.values()
+        if getattr(m, OPERATIONS[operation]) is not None and m.status(today) != SHUT_DOWN
+    ]
+
+
+MAX_INPUT_IMAGES = max(
+    spec.max_images
+    for model in CATALOG.values()
+    for spec in (model.edits, model.variations)
+    if spec is not None
+)
+
+
+def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None:
+    """The input images and mask against the model's documented limits, before any upstream call."""
+    images, mask = inputs.images, inputs.mask
+    if not images:
+        raise ValidationError("An input image is required ('image').", details={"field": "image"})
+    if len(images) > spec.max_images:
+        raise ValidationError(
+            f"{model.id} takes at most {spec.max_images} input image(s); {len(images)} were sent.",
+            details={"field": images[-1].field},
+        )
+    for image in images:
+        if image.format not in spec.formats:
+            raise ValidationError(
+                f"{capital(image.label)} is a {image.format.upper()} image; {model.id} takes "
+                f"{_listed(spec.formats)} only.",
+                details={"field": image.field},
+            )
+        if len(image.data) >= spec.max_image_bytes:
+            raise ValidationError(
+                f"{capital(image.label)} is {len(image.data):,} bytes; {model.id} takes "
+                f"images under {_megabytes(spec.max_image_bytes)}.",
+                details={"field": image.field},
+            )
+        if spec.square and image.width != image.height:
+            raise ValidationError(
+                f"{capital(image.label)} is {image.width}x{image.height}; {model.id} takes square "
+                "images only.",
+                details={"field": image.field},
+            )
+    first = images[0]
+    if mask is None:
+        if spec.transparent_without_mask and not first.has_alpha():
+            raise ValidationError(
+                f"{model.id} edits the transparent areas of the image: send a PNG with an "
+                "alpha channel, or a mask.",
+                details={"field": first.field},
+            )
+        return
+    if not spec.mask:
+        raise ValidationError(f"{model.id} takes no mask.", details={"field": mask.field})
+    if mask.format != "png" or not mask.has_alpha():
+        raise ValidationError(
+            f"The mask must be a PNG with an alpha channel (fully transparent where the image "
+            f"should change); {mask.label} is a {mask.format.upper()} image"
+            + (" without one." if mask.format == "png" else "."),
+            details={"field": mask.field},
+        )
+    if len(mask.data) >= spec.max_mask_bytes:
+        raise ValidationError(
+            f"The mask is {len(mask.data):,} bytes; {model.id} takes masks under "
+            f"{_megabytes(spec.max_mask_bytes)}.",
+            details={"field": mask.field},
+        )
+    if (mask.width, mask.height) != (first.width, first.height):
+        raise ValidationError(
+            f"The mask is {mask.width}x{mask.height}; it must have the dimensions of the "
+            f"{'first ' if len(images) > 1 else ''}image, {first.width}x{first.height}.",
+            details={"field": mask.field},
+        )
+
+
+def _from_form(body: dict[str, Any], spec: InputSpec) -> dict[str, Any]:
+    """Multipart text fields as JSON would carry them: integer fields from their digits."""
+    integers = {"count"} | {n for n, o in spec.options.items() if isinstance(o, IntRange)}
+    return {
+        key: int(value)
+        if key in integers and isinstance(value, str) and value.isascii() and value.isdigit()
+        else value
+        for key, value in body.items()
+    }
+
+
+def capital(label: str) -> str:
+    """A label such as "the mask" at the start of a sentence."""
+    return label[:1].upper() + label[1:]
+
+
+def _listed(formats: tuple[str, ...]) -> str:
+    names = [name.upper() for name in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _megabytes(limit: int) -> str:
+    return f"{limit // MIB} MB" if limit % MIB == 0 else f"{limit:,} bytes"

@@ -1,0 +1,204 @@
+"""TODO docstring: from validation.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+
+from imagegen import clock, strictjson
+from imagegen.catalog.models import CATALOG
+from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec
+from imagegen.errors import ValidationError
+
+COMMON_FIELDS = ("prompt", "count", "model", "size")
+
+
+def read_json(request: Request) -> Any:
+    """The request's JSON body; 415 unless it is JSON, 400 (VALIDATION_ERROR) if malformed."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
+    limit = request.max_content_length
+    # A chunked body has no length to check up front, and Werkzeug stops reading it at the
+    # limit without saying so: a body that fills the limit is taken as over it.
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(request.get_data(cache=True)) >= limit
+    ):
+        raise RequestEntityTooLarge()
+    try:
+        return strictjson.loads(request.get_data(cache=True))
+    except RecursionError:
+        raise ValidationError("The JSON body is nested too deeply.") from None
+    except ValueError as exc:  # json.JSONDecodeError, a non-finite number, bad UTF-8
+        raise ValidationError(f"The body is not valid JSON: {str(exc)[:200]}.") from None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated generation request."""
+
+    prompt: str
+    model: ModelSpec
+    count: int
+    size: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as metadata records it."""
+        return {
+            "prompt": self.prompt,
+            "model": self.model.id,
+            "count": self.count,
+            "size": self.size,
+            **self.options,
+        }
+
+
+def parse_generate_request(
+    body: Any, *, default_model: str, today: dt.date | None = None
+) -> ImageRequest:
+    """Check every field against the catalog; raise ValidationError naming what is wrong."""
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.")
+    today = today or clock.today()
+
+    model = _model(body.get("model"), default_model, today)
+    return _checked(body, model, model.options, default_size=model.default_size)
+
+
+def _checked(
+    body: dict[str, Any],
+    model: ModelSpec,
+    taken: Mapping[str, Choice | IntRange],
+    *,
+    default_size: str,
+    needs_prompt: bool = True,
+    endpoint: str = "",
+) -> ImageRequest:
+    """Check a body's fields for `model`, which takes the options `taken` on this endpoint."""
+    common = set(COMMON_FIELDS) if needs_prompt else set(COMMON_FIELDS) - {"prompt"}
+    allowed = common | set(taken)
+    unknown = sorted(str(key)[:64] for key in body if key not in allowed)
+    if unknown:
+        listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
+        raise ValidationError(
+            f"Unknown or unsupported field(s) for model {model.id}{endpoint}: {listed}. "
+            f"It accepts: {', '.join(sorted(allowed))}.",
+            details={"field": unknown[0]},
+        )
+    return ImageRequest(
+        prompt=_prompt(body, model) if needs_prompt else "",
+        model=model,
+        count=_count(body, model),
+        size=_size(body, model, default_size),
+        options=_options(body, model, taken),
+    )
+
+
+def _prompt(body: dict[str, Any], model: ModelSpec) -> str:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValidationError(
+            "'prompt' is required and must be a non-empty string.", details={"field": "prompt"}
+        )
+    if not _is_utf8(prompt):
+        raise ValidationError(
+            "'prompt' contains characters that are not valid Unicode (a lone surrogate).",
+            details={"field": "prompt"},
+        )
+    if len(prompt) > model.max_prompt_chars:
+        raise ValidationError(
+            f"'prompt' is {len(prompt):,} characters; {model.id} accepts at most "
+            f"{model.max_prompt_chars:,}.",
+            details={"field": "prompt"},
+        )
+    return prompt
+
+
+def _count(body: dict[str, Any], model: ModelSpec) -> int:
+    count = body.get("count")
+    if count is None:
+        count = 1
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= model.max_count:
+        raise ValidationError(
+            f"'count' must be an integer from 1 to {model.max_count} for {model.id}.",
+            details={"field": "count"},
+        )
+    return count
+
+
+def _size(body: dict[str, Any], model: ModelSpec, default_size: str) -> str:
+    size = body.get("size")
+    if size is None:
+        size = default_size
+    if not isinstance(size, str) or not model.allows_size(size):
+        accepted = ", ".join(model.sizes)
+        if model.size_rule:
+            accepted += f", or {model.size_rule.describe()}"
+        raise ValidationError(
+            f"'size' {size!r} is not accepted by {model.id}. It accepts: {accepted}.",
+            details={"field": "size"},
+        )
+    return size
+
+
+def _options(
+    body: dict[str, Any], model: ModelSpec, taken: Mapping[str, Choice | IntRange]
+) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name, spec in taken.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        try:
+            options[name] = spec.check(name, value)
+        except ValueError as exc:
+            raise ValidationError(f"{exc} for {model.id}.", details={"field": name}) from None
+
+    for rule in model.requires:
+        value = options.get(rule.option)
+        if value is None or (rule.value is not None and value != rule.value):
+            continue
+        other = options.get(rule.other, model.option_defaults.get(rule.other))
+        if other not in rule.allowed:
+            shown = f"'{rule.option}': {value!r}" if rule.value else f"'{rule.option}'"
+            raise ValidationError(
+                f"{shown} needs '{rule.other}' to be one of {', '.join(rule.allowed)}.",
+                details={"field": rule.option},
+            )
+    return options
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _model(value: Any, default_model: str, today: dt.date) -> ModelSpec:
+    model_id = default_model if value is None else value
+    if not isinstance(model_id, str):
+        raise ValidationError("'model' must be a string.", details={"field": "model"})
+    model = CATALOG.get(model_id)
+    if model is None:
+        available = sorted(m.id for m in CATALOG.values() if m.status(today) != SHUT_DOWN)
+        raise ValidationError(
+            f"Unknown model {model_id!r}. Available: {', '.join(available)} "
+            "(GET /models describes each).",
+            details={"field": "model"},
+        )
+    if model.status(today) == SHUT_DOWN:
+        raise ValidationError(
+            f"Model {model.id} was shut down on {model.shutdown_on}; use {model.replacement} "
+            "instead.",
+            details={"field": "model", "replacement": model.replacement},
+        )
+    return model

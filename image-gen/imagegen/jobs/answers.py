@@ -1,0 +1,78 @@
+"""TODO docstring: from asyncjobs.py."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from imagegen.storage.records import JobRecords
+
+
+def pending_body(record: dict[str, Any], records: JobRecords | None = None) -> dict[str, Any]:
+    """A job that is not stored yet (queued, running) or failed, as the API shows it."""
+    job_id = record["job_id"]
+    body: dict[str, Any] = {
+        "job_id": job_id,
+        "status": record["status"],
+        "created_at": record["created_at"],
+        "updated_at": record["updated_at"],
+        "model": record["request"].get("model"),
+        "operation": record["operation"],
+        "request": record["request"],
+        "progress": record["progress"],
+        "images": [],
+        "previews": record["previews"],
+        "attempts": record["attempts"],
+        "events_url": f"/jobs/{job_id}/events",
+    }
+    if record["status"] == "queued" and records is not None:
+        busy = records.busy_slots()
+        earlier = sum(1 for marker, _ in records.active() if marker < record["marker"])
+        body["queue"] = {
+            "ahead": max(0, earlier - busy),
+            "running": busy,
+            "max_running": records.max_running,
+        }
+    if record["status"] == "failed" and record.get("error"):
+        body.update(record["error"])
+    if record.get("warnings"):
+        body["warnings"] = record["warnings"]
+    if record.get("webhook"):
+        hook = record["webhook"]
+        body["webhook"] = {"status": hook["status"], "attempts": hook["attempts"]}
+    return body
+
+
+def completed_body(
+    metadata: dict[str, Any], record: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A stored job as GET /jobs/<id> shows it: /generate's answer plus the request, and for
+    an asynchronous job (its `record`) how many times it was started."""
+    from imagegen.imaging.answers import job_response
+
+    body = job_response(metadata)
+    for image in body["images"]:
+        if image["status"] != "available":
+            image["url"] = None
+            if "thumbnail_url" in image:
+                image["thumbnail_url"] = None
+    body["request"] = metadata["request"]
+    if record is not None:
+        body["attempts"] = record["attempts"]
+    return body
+
+
+def emit(record: dict[str, Any], event: str, data: dict[str, Any]) -> None:
+    """Append an event (for GET /jobs/<id>/events) with the next id and a copy of `data`."""
+    events = record["events"]
+    number = events[-1]["id"] + 1 if events else 1
+    events.append({"id": number, "event": event, "data": copy.deepcopy(data)})
+
+
+def status_data(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": record["job_id"],
+        "status": record["status"],
+        "progress": record["progress"],
+        "attempts": record["attempts"],
+    }

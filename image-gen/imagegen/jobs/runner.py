@@ -1,0 +1,574 @@
+"""The job runner: each process's share of the asynchronous jobs.
+
+Each Gunicorn worker has one JobRunner: a dispatcher thread and one daemon thread per
+running job. A job is run by the process that accepted it; it holds the job's flock until
+the job is finished and its webhook delivered. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run
+at once over all processes (slot locks); the rest wait, in submission order per process.
+A job that has ended leaves the queue at once: delivering its webhook (retries, backoff)
+takes neither a queue place nor a slot.
+
+Every dispatcher also looks, every `IMAGE_GEN_JOB_POLL_INTERVAL` seconds and at start-up,
+for unfinished jobs nobody holds: their process died (SIGKILL, a crash, a recycled worker, a
+restarted container). A queued one is simply run. A running one is started again if it has
+been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (the interrupted call may already have
+been billed), else failed with JOB_INTERRUPTED. How a job is rebuilt from its record is
+`jobs.resumable`'s table; an edit or variation keeps its input images with its record until
+it ends, so it is resumed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagegen import clock
+from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
+from imagegen.clock import utc_now
+from imagegen.errors import JobInterrupted, QueueFull, ServiceError
+from imagegen.imaging.core import Admission, ImageMaker, Produce
+from imagegen.imaging.request import ImageRequest
+from imagegen.jobs import webhooks
+from imagegen.jobs.answers import completed_body, emit, pending_body, status_data
+from imagegen.jobs.resumable import REBUILDERS
+from imagegen.settings import Settings
+from imagegen.storage.records import FINAL, JobRecords, Ownership, new_marker, preview_name
+from imagegen.upstream.providers import GeneratedImage
+
+log = logging.getLogger(__name__)
+_SWEEP_EVERY = 3600.0
+
+
+def _warnings(image_request: ImageRequest) -> dict[str, Any]:
+    warnings = image_request.model.warnings(clock.today())
+    return {"warnings": warnings} if warnings else {}
+
+
+@dataclass(eq=False)
+class _Job:
+    """A job this process owns: queued here, running here, or finishing its webhook."""
+
+    record: dict[str, Any]
+    ownership: Ownership
+    image_request: ImageRequest | None = None
+    produce: Produce | None = None
+    caller: Caller | None = None
+    admission: Admission | None = None
+    ended: threading.Event = field(default_factory=threading.Event)  # completed or failed
+    done: threading.Event = field(default_factory=threading.Event)  # and let go of
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def job_id(self) -> str:
+        return self.record["job_id"]
+
+
+class JobRunner:
+    """One process's share of the asynchronous jobs: its queue, its running jobs, adoption."""
+
+    def __init__(self, records: JobRecords, maker: ImageMaker, settings: Settings) -> None:
+        self.records = records
+        self.maker = maker
+        self.store = maker.store
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._owned: dict[str, _Job] = {}
+        self._queue: list[_Job] = []  # owned and waiting for a slot, oldest marker first
+        self._wake = threading.Event()
+        self._stop = threading.Event()  # set on shutdown: start nothing, cut waits short
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._last_sweep = 0.0
+
+    def start(self) -> None:
+        """Run jobs in this process (Gunicorn's post_worker_init): adopt at once any job left
+        unfinished and any webhook left undelivered by a process that died."""
+        self.ensure_started()
+
+    # --- accepting --------------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """QueueFull when `max_queued_jobs` jobs already wait (over every process)."""
+        active, busy = self.records.active(), self.records.busy_slots()
+        waiting = len(active) - busy
+        if waiting >= self.settings.max_queued_jobs:
+            # A job whose record has just said it ended is still listed for a moment (its
+            # marker moves next, or its process died in between): count only unfinished ones.
+            waiting = sum(1 for _, job_id in active if not self._ended(job_id)) - busy
+        if waiting >= self.settings.max_queued_jobs:
+            raise QueueFull(
+                f"{waiting} asynchronous jobs are waiting, the most this service queues; "
+                "try again after Retry-After seconds.",
+                retry_after=30,
+            )
+
+    def _ended(self, job_id: str) -> bool:
+        record = self.records.read(job_id)
+        return record is None or record["status"] in FINAL
+
+    def submit(
+        self,
+        image_request: ImageRequest,
+        *,
+        operation: str,
+        produce: Produce | None,
+        source: dict[str, Any] | None,
+        caller: Caller,
+        admission: Admission,
+        webhook: tuple[str, str | None] | None,
+        inputs: dict[str, bytes] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Record and queue a job this process will run; return its record. `inputs` are
+        kept with the record (see JobRecords.create) for the operation's rebuilder."""
+        job_id = str(uuid.uuid4())
+        now = utc_now()
+        record: dict[str, Any] = {
+            "job_id": job_id,
+            "status": "queued",
+            "operation": operation,
+            "created_at": now,
+            "updated_at": now,
+            "marker": new_marker(job_id),
+            "request": image_request.as_dict(),
+            "source": source,
+            "request_id": request_id,
+            "caller": caller.name,
+            "resumable": (produce is None or inputs is not None) and operation in REBUILDERS,
+            "attempts": 0,
+            "runner": None,
+            "progress": {"images_done": 0, "count": image_request.count, "partial_images": 0},
+            "previews": [],
+            "events": [],
+            "error": None,
+            **_warnings(image_request),
+            "webhook": None
+            if webhook is None
+            else {"url": webhook[0], "status": "pending", "attempts": 0, "error": None},
+        }
+        emit(record, "status", status_data(record))
+        ownership = self.records.create(
+            record, webhook_secret=webhook[1] if webhook else None, inputs=inputs
+        )
+        job = _Job(record, ownership, image_request, produce, caller, admission)
+        with self._lock:
+            self._owned[job_id] = job
+            self._queue.append(job)
+        log.info(
+            "job queued request_id=%s job_id=%s operation=%s model=%s count=%d",
+            record["request_id"],
+            job_id,
+            operation,
+            image_request.model.id,
+            image_request.count,
+        )
+        self.ensure_started()
+        self._wake.set()
+        return record
+
+    def wait(self, job_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` s for a job this process owns to end; True if it has."""
+        with self._lock:
+            job = self._owned.get(job_id)
+        return True if job is None else job.ended.wait(timeout)
+
+    def notice(self, record: dict[str, Any]) -> None:
+        """A reader saw this unfinished job: if nobody holds it, adopt it now."""
+        if record["status"] not in FINAL and not self.records.is_owned(record["job_id"]):
+            self.ensure_started()
+            self._wake.set()
+
+    # --- the dispatcher ---------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Start the dispatcher thread (again, after a fork) unless shutting down."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            alive = self._thread is not None and self._thread.is_alive()
+            if alive and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="imagegen-jobs", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:
+                log.exception("job dispatcher: unexpected error")
+            self._wake.wait(self.settings.job_poll_interval)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        self._start_queued()
+        self._adopt_orphans()
+        self._start_queued()
+        if time.monotonic() - self._last_sweep > _SWEEP_EVERY or not self._last_sweep:
+            self._last_sweep = time.monotonic()
+            removed = self.records.sweep(self.settings.job_retention)
+            if removed:
+                log.info("job records swept: %d", removed)
+
+    def _start_queued(self) -> None:
+        """Start this process's queued jobs, oldest first, while slots are free."""
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._queue:
+                    return
+                job = self._queue[0]
+            slot = self.records.take_slot()
+            if slot is None:
+                return
+            with self._lock:
+                queued = job in self._queue  # shutdown() may have let go of it meanwhile
+                if queued:
+                    self._queue.remove(job)
+            if not queued:
+                slot.release()
+                continue
+            threading.Thread(
+                target=self._run,
+                args=(job, slot),
+                name=f"imagegen-job-{job.job_id[:8]}",
+                daemon=True,
+            ).start()
+
+    def _adopt_orphans(self) -> None:
+        """Take every unfinished job, and every undelivered webhook, whose process is gone."""
+        for marker, job_id in self.records.active() + self.records.delivering():
+            if self._stop.is_set():
+                return
+            with self._lock:
+                if job_id in self._owned:
+                    continue
+            ownership = self.records.own(job_id)
+            if ownership is None:
+                if self.records.read(job_id) is None and self.records.marker_age(marker) > 60:
+                    self.records.drop_marker(marker)  # a submission that died half-way
+                continue
+            record = self.records.read(job_id)
+            if record is None or record.get("marker") != marker:
+                ownership.release()
+                if record is None:
+                    self.records.drop_marker(marker)
+                continue
+            self._adopt(_Job(record, ownership))
+
+    def _adopt(self, job: _Job) -> None:
+        record = job.record
+        status = record["status"]
+        log.warning(
+            "adopting job job_id=%s status=%s attempts=%d (its process is gone)",
+            job.job_id,
+            status,
+            record["attempts"],
+        )
+        with self._lock:
+            self._owned[job.job_id] = job
+        stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
+        if stored is not None:  # its process died between storing the images and saying so
+            self._complete(job, stored)
+        elif status == "running" and record["attempts"] >= self.settings.job_attempts:
+            self._fail(
+                job,
+                JobInterrupted(
+                    f"The process running this job stopped (killed, crashed or restarted) "
+                    f"after it had been started {record['attempts']} time(s); it is not "
+                    "started again, and any images it made were not kept. Submit it again."
+                ),
+            )
+        if record["status"] in FINAL:
+            threading.Thread(target=self._finish, args=(job,), daemon=True).start()
+            return
+        if status == "running":
+            self._update(
+                job,
+                lambda r: r.update(status="queued", runner=None),
+                event="status",
+                durable=True,
+            )
+        with self._lock:
+            self._queue.append(job)
+            self._queue.sort(key=lambda queued: queued.record["marker"])
+
+    # --- running ----------------------------------------------------------------------
+
+    def _run(self, job: _Job, slot: Ownership) -> None:
+        try:
+            runner = {"pid": os.getpid(), "host": socket.gethostname()}
+            self._update(
+                job,
+                lambda r: r.update(status="running", attempts=r["attempts"] + 1, runner=runner),
+                event="status",
+                durable=True,
+            )
+            try:
+                metadata = self._make(job)
+            except ServiceError as exc:
+                self._fail(job, exc)
+            except Exception:
+                log.exception("job %s failed unexpectedly", job.job_id)
+                self._fail(job, ServiceError("Internal error; see the service log."))
+            else:
+                self._complete(job, metadata)
+        except Exception:
+            log.exception("job %s: cannot record its progress", job.job_id)
+        finally:
+            slot.release()
+            self._wake.set()  # a slot is free
+        self._finish(job)
+
+    def _make(self, job: _Job) -> dict[str, Any]:
+        """Make and store the job's images (or find them stored by a runner that died)."""
+        record = job.record
+        stored = self.store.job_metadata(job.job_id)
+        if stored is not None:
+            return stored
+        image_request, caller, admission = job.image_request, job.caller, job.admission
+        produce = job.produce
+        if image_request is None:
+            rebuild = REBUILDERS.get(record["operation"]) if record.get("resumable") else None
+            if rebuild is None:
+                raise JobInterrupted(
+                    f"The process that accepted this {record['operation']} job stopped before "
+                    "it finished, and its inputs were not kept, so it cannot be resumed. "
+                    "Submit it again."
+                )
+            rebuilt = rebuild(record, self.settings, self.records, self.maker)
+            image_request, produce = rebuilt.request, rebuilt.produce
+            caller = self._restore_caller(record.get("caller"))  # `make` admits it again
+        assert caller is not None  # a job submitted here has its caller; a rebuilt one too
+        return self.maker.make(
+            image_request,
+            caller=caller,
+            produce=produce or self._progressive(job, image_request),
+            operation=record["operation"],
+            source=record.get("source"),
+            admission=admission,
+            job_id=job.job_id,
+            request_id=record.get("request_id"),
+        )
+
+    def _progressive(self, job: _Job, image_request: ImageRequest) -> Produce | None:
+        """A generation that reports previews and finished images as they come."""
+        if job.record["operation"] != "generate":
+            return None
+        provider, progress = self.maker.provider, _JobProgress(self, job)
+        partials = self.settings.partial_images
+        return lambda deadline: provider.generate_with_progress(
+            image_request, deadline, progress, partials
+        )
+
+    def _restore_caller(self, name: str | None) -> Caller:
+        """The caller of an adopted job, from its token's name (anonymous on an open service)."""
+        tokens = self.settings.tokens
+        if tokens is None or name is None:
+            return ANONYMOUS_CALLER
+        for token in tokens:
+            if token.name == name:
+                return Caller(
+                    token.name, admin=token.admin, limits=token.limits, authenticated=True
+                )
+        raise JobInterrupted(
+            "The process running this job stopped, and the client token that submitted it is "
+            "no longer configured, so it is not resumed."
+        )
+
+    def _complete(self, job: _Job, metadata: dict[str, Any]) -> None:
+        body = completed_body(metadata, job.record)
+        count = len(metadata.get("images", []))
+
+        def mutate(record: dict[str, Any]) -> None:
+            record["status"] = "completed"
+            record["progress"]["images_done"] = count
+            record["error"] = None
+            emit(record, "status", status_data(record))
+            emit(record, "completed", body)
+
+        self._update(job, mutate, durable=True)
+        job.ended.set()
+
+    def _fail(self, job: _Job, exc: ServiceError) -> None:
+        error = {"error": exc.message, "code": exc.code, "http_status": exc.status}
+        error.update(exc.details)
+        log.info("job failed job_id=%s code=%s", job.job_id, exc.code)
+
+        def mutate(record: dict[str, Any]) -> None:
+            record["status"] = "failed"
+            record["error"] = error
+            emit(record, "status", status_data(record))
+            emit(record, "failed", pending_body(record))
+
+        self._update(job, mutate, durable=True)
+        job.ended.set()
+
+    def _finish(self, job: _Job) -> None:
+        """Take the ended job off the queue, deliver its webhook, and let go of it."""
+        try:
+            hook = job.record.get("webhook")
+            pending = bool(hook) and hook["status"] == "pending"
+            self.records.drop_inputs(job.job_id)
+            self.records.end(job.record, webhook_pending=pending)
+            if pending and not self._deliver(job):
+                return  # interrupted by shutdown: the next process delivers it
+            self.records.finish(job.record)
+        except Exception:
+            log.exception("job %s: cannot finish", job.job_id)
+        finally:
+            with self._lock:
+                self._owned.pop(job.job_id, None)
+            job.ownership.release()
+            job.ended.set()
+            job.done.set()
+
+    def _deliver(self, job: _Job) -> bool:
+        """Send the webhook; False if shutdown interrupted it."""
+        record = job.record
+        hook = record["webhook"]
+        secret = self.records.webhook_secret(job.job_id) or self.settings.webhook_secret
+        status = record["status"]
+        if status == "completed":
+            metadata = self.store.job_metadata(job.job_id)
+            data = completed_body(metadata, record) if metadata else pending_body(record)
+        else:
+            data = pending_body(record)
+        if secret is None:
+            result = webhooks.Delivery(False, 0, "no signing secret is configured any more")
+        else:
+            result = webhooks.deliver(
+                hook["url"],
+                secret,
+                f"job_{job.job_id}_{status}",
+                webhooks.payload(f"job.{status}", data, utc_now()),
+                hosts=self.settings.webhook_hosts,
+                attempts=max(1, self.settings.webhook_attempts - hook["attempts"]),
+                backoff=self.settings.webhook_backoff,
+                timeout=self.settings.webhook_timeout,
+                stop=self._stop,
+            )
+        log.info(
+            "webhook job_id=%s delivered=%s attempts=%d error=%s",
+            job.job_id,
+            result.delivered,
+            result.attempts,
+            result.error,
+        )
+
+        def mutate(record: dict[str, Any]) -> None:
+            hook = record["webhook"]
+            hook["attempts"] += result.attempts
+            hook["error"] = result.error
+            if not result.interrupted:
+                hook["status"] = "delivered" if result.delivered else "failed"
+
+        self._update(job, mutate, durable=True)
+        return not result.interrupted
+
+    def _update(
+        self,
+        job: _Job,
+        mutate: Callable[[dict[str, Any]], Any],
+        *,
+        event: str | None = None,
+        durable: bool = False,
+    ) -> None:
+        """Change the owned record in memory and on disk (an `event` appends the status)."""
+        with job.mutex:
+            mutate(job.record)
+            job.record["updated_at"] = utc_now()
+            if event == "status":
+                emit(job.record, "status", status_data(job.record))
+            self.records.write(job.record, durable=durable)
+
+    # --- stopping ---------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        """Start no more jobs (SIGTERM): queued ones stay for the next process."""
+        self._stop.set()
+        self._wake.set()
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop claiming, give running jobs up to `timeout` s, and let go of queued ones.
+
+        Jobs still running afterwards are cut short when the process exits; the next
+        process adopts them (an interrupted run counts as an attempt).
+        """
+        self.stop_claiming()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            queued = list(self._queue)
+            self._queue.clear()
+            for job in queued:
+                self._owned.pop(job.job_id, None)
+            running = list(self._owned.values())
+        for job in queued:
+            job.ownership.release()
+        for job in running:
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+        if self._thread is not None:
+            self._thread.join(max(0.0, min(2.0, deadline - time.monotonic())))
+
+
+class _JobProgress:
+    """Records a running job's previews and finished images as the provider reports them."""
+
+    def __init__(self, runner: JobRunner, job: _Job) -> None:
+        self.runner = runner
+        self.job = job
+
+    def partial(self, image: int, index: int, data: bytes, fmt: str) -> None:
+        url = self._save(preview_name(image, fmt, index), data)
+        if url is None:
+            return
+        entry = {"image": image, "partial_image_index": index, "url": url}
+
+        def mutate(record: dict[str, Any]) -> None:
+            record["previews"].append(entry)
+            record["progress"]["partial_images"] += 1
+            emit(record, "partial_image", {"job_id": record["job_id"], **entry})
+
+        self._update(mutate)
+
+    def image(self, image: int, generated: GeneratedImage) -> None:
+        url = self._save(preview_name(image, generated.format), generated.data)
+        entry = {"image": image, "partial_image_index": None, "url": url}
+
+        def mutate(record: dict[str, Any]) -> None:
+            progress = record["progress"]
+            progress["images_done"] += 1
+            if url is not None:
+                record["previews"].append(entry)
+            emit(
+                record,
+                "image",
+                {
+                    "job_id": record["job_id"],
+                    **entry,
+                    "images_done": progress["images_done"],
+                    "count": progress["count"],
+                },
+            )
+
+        self._update(mutate)
+
+    def _save(self, name: str, data: bytes) -> str | None:
+        try:
+            self.runner.records.save_preview(self.job.job_id, name, data)
+        except OSError as exc:
+            log.warning("preview %s of job %s not kept: %s", name, self.job.job_id, exc)
+            return None
+        return f"/jobs/{self.job.job_id}/previews/{name}"
+
+    def _update(self, mutate: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            self.runner._update(self.job, mutate)
+        except OSError as exc:  # progress is a courtesy: never fail the generation for it
+            log.warning("progress of job %s not recorded: %s", self.job.job_id, exc)

@@ -1,0 +1,50 @@
+"""The services an app runs with, built once by `create_app`, and the one way to reach them.
+
+Routes ask `services()` for what they need instead of a string-keyed bag of extensions:
+
+    image_request = ...
+    metadata = services().maker.make(image_request, caller=current_caller())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from imagegen.access.ledger import Ledger
+    from imagegen.imaging.core import ImageMaker
+    from imagegen.jobs.runner import JobRunner
+    from imagegen.jobs.streams import StreamLimiter
+    from imagegen.settings import Settings
+    from imagegen.storage.images import ImageStore
+    from imagegen.storage.records import JobRecords
+    from imagegen.upstream.providers import Provider
+
+_EXTENSION = "imagegen"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything one app's requests and jobs share; one per process."""
+
+    settings: Settings
+    store: ImageStore  # stored jobs and their images
+    records: JobRecords  # asynchronous jobs while they run
+    provider: Provider  # where images come from
+    ledger: Ledger  # caps and idempotency keys
+    maker: ImageMaker  # the one core operation
+    jobs: JobRunner  # this process's share of the asynchronous jobs
+    streams: StreamLimiter  # bounds on open event streams
+
+
+def attach(app: Flask, services: Services) -> None:
+    """Give `app` its services (create_app does, once)."""
+    app.extensions[_EXTENSION] = services
+
+
+def services(app: Flask | None = None) -> Services:
+    """The services of `app`, by default the app handling the current request."""
+    return (app or current_app).extensions[_EXTENSION]  # type: ignore[no-any-return]
