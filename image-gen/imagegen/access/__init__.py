@@ -1,1 +1,2 @@
-"""TODO: the access package."""
+"""Who may call and how much they may spend: client tokens, authentication, the caps ledger
+and idempotency keys."""

@@ -1,1 +1,2 @@
-"""TODO: the catalog package."""
+"""The model catalog as data: what each model accepts (spec), the models (models) and their
+prices (pricing)."""

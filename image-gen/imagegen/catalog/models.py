@@ -1,4 +1,7 @@
-"""TODO docstring: from catalog.py."""
+"""The model catalog's data: which models exist, what each accepts, and where that was read.
+
+Validation reads this data; adding a model means adding an entry here, not new branches.
+"""
 
 from __future__ import annotations
 

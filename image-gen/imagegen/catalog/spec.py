@@ -1,4 +1,8 @@
-"""TODO docstring: from catalog.py."""
+"""The terms the catalog is written in: a model's options, sizes, inputs and lifecycle.
+
+`ModelSpec` says what one model accepts (sizes, counts, options and their rules, edits and
+variations) and where it stands in OpenAI's lifecycle on a given day.
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""TODO: the compat package."""
+"""The OpenAI-compatible face: /v1 routes with OpenAI's request, answer and error shapes."""

@@ -1,4 +1,4 @@
-"""TODO docstring: from generate.py."""
+"""A stored job as the API answers it: ids and URLs, never image bytes."""
 
 from __future__ import annotations
 

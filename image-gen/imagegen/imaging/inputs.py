@@ -1,4 +1,8 @@
-"""TODO docstring: from validation.py."""
+"""The input images of edits and variations, checked against what the model takes.
+
+Input images are recognised by their content (PNG, JPEG, WebP), whatever their name, and
+checked against the model's documented limits before any upstream call.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring: from validation.py."""
+"""Turn a client's JSON body into a checked `ImageRequest`, reading the model catalog."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring: from edits.py."""
+"""Where an edit's input images come from: multipart uploads, or stored images named by id.
+
+Uploads are read within the service's upload limits and checked by content; a JSON body
+names images the service already stores (`image_id`, `image_ids`, `mask_id`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring: from asyncjobs.py."""
+"""Asynchronous jobs as the API shows them, and the events their records carry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring: from asyncjobs.py."""
+"""The `Prefer` header (RFC 7240): `respond-async` and `wait=N`, the two this service honours."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""TODO: the mcp package."""
+"""MCP for agent hosts: the Streamable HTTP endpoint (server) and the stdio bridge (stdio)."""

@@ -1,1 +1,1 @@
-"""TODO: the observability package."""
+"""What the service tells its operator: logs, Prometheus metrics, Gunicorn's refusals as JSON."""

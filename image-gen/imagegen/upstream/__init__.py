@@ -1,1 +1,1 @@
-"""TODO: the upstream package."""
+"""Where images come from: the OpenAI (or compatible) client and the providers over it."""

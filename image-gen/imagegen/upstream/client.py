@@ -1,4 +1,10 @@
-"""TODO docstring: from openai_client.py."""
+"""A small OpenAI Images API client on the standard library's urllib.
+
+Every call has explicit timeouts and runs inside a `Deadline`; retries follow a
+`RetryPolicy` (upstream.retry); failures are upstream.errors' classes. Answers are read
+within byte caps, image URLs are downloaded only over safe schemes, and anything shaped like
+a key is redacted from what the upstream says.
+"""
 
 from __future__ import annotations
 

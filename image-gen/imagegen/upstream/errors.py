@@ -1,4 +1,5 @@
-"""TODO docstring: from openai_client.py."""
+"""How talking to the upstream fails, modelled like urllib3/httpx: one base exception and a
+few precise subclasses (connection, timeout, unusable answer, HTTP status)."""
 
 from __future__ import annotations
 

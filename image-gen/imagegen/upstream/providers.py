@@ -74,20 +74,6 @@ class Generation:
     upstream: dict[str, Any] | None = None
 
 
-class Provider(Protocol):
-    name: str
-
-    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation: ...
-
-    def edit(
-        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
-    ) -> Generation: ...
-
-    def vary(
-        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
-    ) -> Generation: ...
-
-
 class Progress(Protocol):
     """Told how a generation goes, as it goes (asynchronous jobs show it to their callers)."""
 
@@ -96,6 +82,29 @@ class Progress(Protocol):
 
     def image(self, image: int, generated: GeneratedImage) -> None:
         """Image `image` is finished (the job is stored once all are)."""
+
+
+class Provider(Protocol):
+    """Where images come from: what every provider does, for every operation."""
+
+    name: str
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> Generation: ...
+
+    def generate_with_progress(
+        self, request: ImageRequest, deadline: Deadline, progress: Progress, partial_images: int
+    ) -> Generation:
+        """`generate`, telling `progress` about partial previews (up to `partial_images` per
+        image, where the upstream streams them) and each finished image."""
+        ...
+
+    def edit(
+        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
+    ) -> Generation: ...
+
+    def vary(
+        self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline
+    ) -> Generation: ...
 
 
 class PlaceholderProvider:
@@ -155,6 +164,11 @@ class MissingKeyProvider:
     name = "openai"
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
+        raise _no_key()
+
+    def generate_with_progress(
+        self, request: ImageRequest, deadline: Deadline, progress: Progress, partial_images: int
+    ) -> Generation:
         raise _no_key()
 
     def edit(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:

@@ -1,4 +1,5 @@
-"""TODO docstring: from openai_client.py."""
+"""When to try an upstream call again and how long to wait: the deadline of a whole
+operation, the retry policy (exponential backoff with jitter), and `Retry-After`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring: from openai_client.py."""
+"""The wire under the upstream client: urllib openers whose sockets a watchdog shuts at the
+deadline, multipart bodies, and Server-Sent Events read as they arrive."""
 
 from __future__ import annotations
 
