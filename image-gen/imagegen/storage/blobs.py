@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from imagegen.storage.layout import TMP_PREFIX as _STAGING
+
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_KEY = 512
 
@@ -49,13 +51,17 @@ class BlobInfo:
 def check_key(key: str) -> str:
     """`key` if it is a well-formed relative key; BadKey otherwise.
 
-    Segments are 1-128 of `A-Z a-z 0-9 . _ -`, none `.` or `..`; no leading or doubled `/`.
+    Segments are 1-128 of `A-Z a-z 0-9 . _ -`, none `.` or `..` nor a writer's `.tmp-*`;
+    no leading or doubled `/`; the first does not start with `.` (the service's own folders).
     """
     if not isinstance(key, str) or not key or len(key) > MAX_KEY:
         raise BadKey(f"not a blob key: {str(key)[:80]!r}")
-    for segment in key.split("/"):
-        if segment in (".", "..") or not _SEGMENT.match(segment):
+    segments = key.split("/")
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT.match(segment) or segment.startswith(_STAGING):
             raise BadKey(f"not a blob key: {key[:80]!r}")
+    if segments[0].startswith("."):  # the service's own folders (.index, .jobs, ...)
+        raise BadKey(f"not a blob key: {key[:80]!r}")
     return key
 
 

@@ -153,7 +153,8 @@ class FileBlobs:
                     yield key
 
     def publish(self, prefix: str) -> FilePublication:
-        return FilePublication(self, self._path(prefix.rstrip("/")))
+        prefix = check_key(prefix.rstrip("/"))
+        return FilePublication(self, prefix, self.root / prefix)
 
     def writable(self) -> bool:
         return os.access(self.root, os.W_OK)
@@ -177,8 +178,9 @@ class FileBlobs:
 class FilePublication:
     """A job staged in `.tmp-<job>` beside where it goes; `commit` renames it into place."""
 
-    def __init__(self, blobs: FileBlobs, final: Path) -> None:
+    def __init__(self, blobs: FileBlobs, prefix: str, final: Path) -> None:
         self._disk = blobs.disk
+        self._prefix = prefix
         self._final = final
         self._staging = final.with_name(f"{TMP_PREFIX}{final.name}")
         self._syncs = durable.Pending()
@@ -190,7 +192,10 @@ class FilePublication:
         if not self._started:
             self._staging.mkdir()
             self._started = True
-        path = self._staging / check_key(name)
+        check_key(f"{self._prefix}/{name}")
+        path = self._staging / name
+        if "/" in name:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._disk.write_new(path, data, sync=False)
         if data:
             self._syncs.futures += self._disk.sync_soon(path)
