@@ -419,7 +419,9 @@ def test_readers_see_a_whole_job_or_none_while_it_is_deleted(placeholder_client)
             per_job[job_id] = per_job.get(job_id, 0) + 1
         assert set(per_job.values()) <= {4}
     assert store.list_images(limit=10) == ([], None)
-    assert [name for name in os.listdir(store.blobs.root) if name not in {".index", *SERVICE_STATE}] == []
+    assert [
+        name for name in os.listdir(store.blobs.root) if name not in {".index", *SERVICE_STATE}
+    ] == []
 
 
 # --- many jobs ----------------------------------------------------------------------------------

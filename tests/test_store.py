@@ -584,7 +584,9 @@ def test_concurrent_deletes_from_several_processes_keep_metadata_consistent(
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     children = [
-        context.Process(target=_delete_in_child, args=(str(store.blobs.root), ids[n::processes], start))
+        context.Process(
+            target=_delete_in_child, args=(str(store.blobs.root), ids[n::processes], start)
+        )
         for n in range(processes)
     ]
     try:

@@ -18,7 +18,7 @@ from PIL import Image
 from imagegen.imaging import thumbnails as thumbnails_module
 from imagegen.services import services
 from imagegen.storage.fileblobs import FileBlobs
-from imagegen.storage.images import MAX_THUMBNAILS, ImageStore
+from imagegen.storage.images import MAX_THUMBNAILS
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
