@@ -125,7 +125,8 @@ def test_prepare_refuses_its_own_directories_left_by_another_uid_naming_them(
 
     message = str(refused.value)
     assert message.startswith(
-        f"The images directory {store.blobs.root} holds .jobs/.active, which this service cannot write."
+        f"The images directory {store.blobs.root} holds .jobs/.active, "
+        "which this service cannot write."
     )
     assert "It is owned by uid" in message
 
