@@ -92,11 +92,12 @@ def _send(
     response.expires = int(time.time() + MAX_AGE)  # type: ignore[assignment]
     response.set_etag(etag)
     response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
-    try:
-        return response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+    try:  # in place: a 304, a 206 for a range, or the whole 200
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
     except RequestedRangeNotSatisfiable:
         body.close()
         raise
+    return response
 
 
 # --- GET /images: browsing, newest first, by cursor ----------------------------------------

@@ -184,7 +184,7 @@ class FilePublication:
         self._final = final
         self._staging = final.with_name(f"{TMP_PREFIX}{final.name}")
         self._syncs = durable.Pending()
-        self._started = self._committed = False
+        self._started = self._sealed = self._committed = False
 
     def put(self, name: str, data: bytes) -> None:
         """Write one file unsynced; its fsync starts on a helper thread at once (fsync and
@@ -207,9 +207,11 @@ class FilePublication:
             self._started = True
         self._disk.sync(self._staging)
         self._syncs.wait()
+        self._sealed = True
 
     def commit(self) -> None:
-        self.seal()
+        if not self._sealed:
+            self.seal()
         os.rename(self._staging, self._final)
         try:
             self._disk.sync(self._final.parent)

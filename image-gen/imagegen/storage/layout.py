@@ -110,7 +110,7 @@ class Layout:
         """The service's own directories (hidden: .index, .jobs/.active, .ledger, ...) that
         this process may not use, as a run under another uid leaves them. Job directories
         and crashed writers' staging ones are not needed to start, and are not looked at."""
-        pending = [self.root]
+        pending: list[Path | str] = [self.root]
         while pending:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
