@@ -113,10 +113,10 @@ def test_touch_marks_a_blob_used_without_changing_it(blobs: Blobs) -> None:
 
 
 def test_a_published_job_appears_only_on_commit(blobs: Blobs) -> None:
-    publication = blobs.publish(JOB)
+    publication = blobs.publish(JOB, marker="metadata.json")
+    publication.put("metadata.json", b"{}")  # the marker, put first: still shown last
     publication.put("001-a.png", b"image one")
     publication.put("002-b.png", b"image two")
-    publication.put("metadata.json", b"{}")
     publication.seal()
 
     with pytest.raises(BlobNotFound):
@@ -133,10 +133,10 @@ def test_a_published_job_appears_only_on_commit(blobs: Blobs) -> None:
 
 
 def test_an_aborted_publication_leaves_nothing_before_or_after_commit(blobs: Blobs) -> None:
-    staged = blobs.publish(JOB)
+    staged = blobs.publish(JOB, marker="metadata.json")
     staged.put("001-a.png", b"one")
     staged.abort()
-    committed = blobs.publish("other")
+    committed = blobs.publish("other", marker="metadata.json")
     committed.put("metadata.json", b"{}")
     committed.commit()
     committed.abort()  # the caller was told nothing was saved: take it back
@@ -169,10 +169,11 @@ def test_a_reader_never_sees_half_a_job(blobs: Blobs) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     for job in jobs:
-        publication = blobs.publish(job)
-        for n in range(1, 4):
+        publication = blobs.publish(job, marker="metadata.json")
+        publication.put("001.png", bytes(2048) + job.encode())
+        publication.put("metadata.json", b"{}")  # the marker, in the middle
+        for n in range(2, 4):
             publication.put(f"{n:03d}.png", bytes(2048) + job.encode())
-        publication.put("metadata.json", b"{}")  # last
         publication.commit()
     done.set()
     reader.join(timeout=30)
@@ -197,18 +198,18 @@ def test_keys_that_could_leave_the_store_are_refused(blobs: Blobs, key: str) -> 
 
 
 def test_a_publication_refuses_bad_names(blobs: Blobs) -> None:
-    publication = blobs.publish(JOB)
+    publication = blobs.publish(JOB, marker="metadata.json")
     for name in ("../escape", "/abs", "a//b", ".tmp-x"):
         with pytest.raises(BadKey):
             publication.put(name, b"x")
     publication.abort()
     with pytest.raises(BadKey):
-        blobs.publish("../up")
+        blobs.publish("../up", marker="metadata.json")
 
 
 def test_sweep_keeps_what_is_published(blobs: Blobs) -> None:
     blobs.put("kept/a", b"a")
-    publication = blobs.publish("job")
+    publication = blobs.publish("job", marker="metadata.json")
     publication.put("metadata.json", b"{}")
     publication.commit()
 

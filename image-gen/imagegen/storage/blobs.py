@@ -2,8 +2,8 @@
 
 Keys are `/`-separated relative names (`<job>/001-<image>.png`); storage/layout.py says
 which. A whole job is published at once: its blobs are staged, then made visible in one step
-(a rename on a filesystem; on S3, every blob first and the `last` one, metadata.json, after
-them, so a reader that looks for the last blob never sees half a job). Failures other than a
+(a rename on a filesystem; on S3, every blob first and its `marker`, metadata.json, after
+them, so a reader that goes by the marker never sees half a job). Failures other than a
 missing key are OSError (ENOSPC or EDQUOT when the store is full).
 
 FileBlobs (storage/fileblobs.py) is the first implementation; tests/contract/test_blobs.py
@@ -119,8 +119,9 @@ class Blobs(Protocol):
     def list(self, prefix: str = "") -> Iterator[str]:
         """The keys under `prefix` (visible blobs only, in no promised order)."""
 
-    def publish(self, prefix: str) -> Publication:
-        """Begin publishing the blobs of one job under `prefix` (`<job>`)."""
+    def publish(self, prefix: str, *, marker: str) -> Publication:
+        """Begin publishing the blobs of one job under `prefix` (`<job>`). `marker` names
+        the blob that says the job exists: it is visible no sooner than every other."""
 
     def writable(self) -> bool:
         """Whether new blobs can be written now (for /health)."""

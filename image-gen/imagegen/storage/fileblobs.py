@@ -152,8 +152,10 @@ class FileBlobs:
                 elif entry.is_file(follow_symlinks=False):
                     yield key
 
-    def publish(self, prefix: str) -> FilePublication:
+    def publish(self, prefix: str, *, marker: str) -> FilePublication:
+        """The rename shows every blob at once, the marker with them."""
         prefix = check_key(prefix.rstrip("/"))
+        check_key(f"{prefix}/{marker}")
         return FilePublication(self, prefix, self.root / prefix)
 
     def writable(self) -> bool:

@@ -34,6 +34,7 @@ from imagegen.storage.fileblobs import FileBlobs
 from imagegen.storage.index import FileIndex, ImageIndex, normalize_id
 from imagegen.storage.layout import (
     LOCK,
+    METADATA,
     Layout,
     image_key,
     lock_key,
@@ -114,7 +115,7 @@ class ImageStore:
         """
         job_id = job_id or str(uuid.uuid4())
         created = utc_now()
-        publication = self.blobs.publish(job_id)
+        publication = self.blobs.publish(job_id, marker=METADATA)
         indexed: list[str] = []
         pending = durable.Pending()
         try:
@@ -130,7 +131,7 @@ class ImageStore:
                 **(extra or {}),
                 "images": images,
             }
-            publication.put(metadata_key(job_id).rpartition("/")[2], _dump(metadata))
+            publication.put(METADATA, _dump(metadata))
             publication.put(LOCK, b"")  # last: its write time is the job's listing time
             publication.seal()
             indexed = [image["id"] for image in images]
@@ -309,9 +310,8 @@ class ImageStore:
                 self._put_metadata(image.job_id, metadata)
                 self._index.remove(image.image_id)
                 self.blobs.delete(image.key)
-                for key in list(self.blobs.list(thumbnails_prefix(image.job_id))):
-                    if image.image_id in key.rpartition("/")[2]:  # any half-written one too
-                        self.blobs.delete(key)
+                for key in list(self.blobs.list(thumbnails_prefix(image.job_id, image.image_id))):
+                    self.blobs.delete(key)
         except (FileNotFoundError, BlobNotFound):  # the whole job was deleted meanwhile
             raise ImageNotFound(f"Image {image.image_id} not found.") from None
         return image
