@@ -36,7 +36,8 @@ from imagegen.storage.layout import (
     LOCK,
     METADATA,
     Layout,
-    image_key,
+    image_name,
+    job_key,
     lock_key,
     metadata_key,
     thumbnails_prefix,
@@ -119,7 +120,7 @@ class ImageStore:
         indexed: list[str] = []
         pending = durable.Pending()
         try:
-            images = self._stage_images(publication, job_id, request, generation)
+            images = self._stage_images(publication, request, generation)
             metadata = {
                 "job_id": job_id,
                 "created_at": created,
@@ -136,7 +137,7 @@ class ImageStore:
             publication.seal()
             indexed = [image["id"] for image in images]
             pending = self._index.add(
-                [(image["id"], f"{job_id}/{image['file']}") for image in images]
+                [(image["id"], job_key(job_id, image["file"])) for image in images]
             )
             publication.commit()
             pending.wait()
@@ -155,13 +156,13 @@ class ImageStore:
 
     @staticmethod
     def _stage_images(
-        publication: Publication, job_id: str, request: dict[str, Any], generation: Generation
+        publication: Publication, request: dict[str, Any], generation: Generation
     ) -> list[dict[str, Any]]:
         """Stage each image and return its metadata entry (hashed while its write syncs)."""
         images = []
         for number, image in enumerate(generation.images, start=1):
             image_id = str(uuid.uuid4())
-            name = image_key(job_id, number, image_id, EXTENSIONS[image.format]).partition("/")[2]
+            name = image_name(number, image_id, EXTENSIONS[image.format])
             publication.put(name, image.data)
             images.append(
                 {

@@ -34,24 +34,29 @@ METRICS = ".metrics"
 TMP_PREFIX = ".tmp-"
 
 
-def image_key(job_id: str, number: int, image_id: str, ext: str) -> str:
-    """The key of a job's `number`th image (from 1): `<job>/NNN-<image>.<ext>`."""
-    return f"{job_id}/{number:03d}-{image_id}.{ext}"
+def image_name(number: int, image_id: str, ext: str) -> str:
+    """The file name of a job's `number`th image (from 1): `NNN-<image>.<ext>`."""
+    return f"{number:03d}-{image_id}.{ext}"
+
+
+def job_key(job_id: str, name: str) -> str:
+    """The key of a file of a job: `<job>/<name>`."""
+    return f"{job_id}/{name}"
 
 
 def metadata_key(job_id: str) -> str:
     """The key of a job's metadata.json, the blob that makes a job exist (it comes last)."""
-    return f"{job_id}/{METADATA}"
+    return job_key(job_id, METADATA)
 
 
 def lock_key(job_id: str) -> str:
     """The key of a job's empty lock file (its mtime is the job's listing time)."""
-    return f"{job_id}/{LOCK}"
+    return job_key(job_id, LOCK)
 
 
 def thumbnails_prefix(job_id: str, image_id: str = "") -> str:
     """The prefix of a job's cached thumbnails (of one image's, given `image_id`)."""
-    return f"{job_id}/{THUMBS}/{image_id}"
+    return job_key(job_id, f"{THUMBS}/{image_id}")
 
 
 def metrics_dir(images_dir: Path | str, configured: Path | str | None = None) -> Path:
