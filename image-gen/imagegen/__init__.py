@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     ledger = Ledger(store.root / ".ledger" / "ledger.sqlite3")
     ledger.prepare()
-    provider = provider_for(settings)
+    provider = provider_for(settings, on_attempt=metrics.upstream_attempt)
     maker = ImageMaker(settings, store, provider, ledger)
     runner = JobRunner(records, maker, settings)
     service_registry.attach(
