@@ -339,6 +339,8 @@ class _Collector:
             metric = merged.get(name) or Metric(name, family._documentation, kind)
             if buckets:
                 metric.samples = _every_bucket(metric, buckets)
+            else:
+                metric.samples.sort(key=lambda s: sorted(s.labels.items()))
             yield metric
 
 
