@@ -38,6 +38,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from imagegen import __version__
+from imagegen.errors import ServiceError
 from imagegen.observability import countfiles
 from imagegen.upstream.client import AttemptReport
 from imagegen.upstream.errors import (
@@ -459,8 +460,6 @@ def init_app(app: Flask, path: Path) -> None:
     try:
         configure(path)
     except PermissionError:
-        from imagegen.errors import ServiceError
-
         raise ServiceError(
             f"The metrics directory {path} is not writable by uid {os.getuid()}; "
             "set IMAGE_GEN_METRICS_DIR to a writable directory"
