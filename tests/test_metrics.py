@@ -242,7 +242,7 @@ def test_metrics_live_in_a_hidden_directory_the_image_listing_ignores(client, im
 
 def count_file(directory, kind: str = "counter"):
     """This process's count file of `kind` (prometheus_client's multiprocess layout)."""
-    (live,) = directory.glob(f"{kind}_{os.getpid()}.db")
+    (live,) = directory.glob(f"{kind}_{os.getpid()}-*.db")
     return live
 
 
@@ -266,6 +266,35 @@ def test_a_file_left_half_written_by_a_killed_writer_is_read_up_to_its_last_entr
     # The live worker's four, the dead copy's four, and nothing from the half entry; the
     # next scrape reads the dead copy, now ending at its last complete entry, the same way.
     assert requests_total(samples, "/models") == 8
+    assert requests_total(scrape(client), "/models") == 8
+
+
+def test_dead_processes_files_are_archived_once_even_by_a_scrape_stopped_half_way(
+    client, images_dir
+):
+    for _ in range(4):
+        client.get("/models")
+    directory = images_dir / ".metrics"
+    dead = directory / "counter_1-dead.db"  # what a killed worker left: no lock on it
+    dead.write_bytes(count_file(directory).read_bytes())
+    left = dead.read_bytes()
+    timings = directory / "histogram_1-dead.db"
+    timings.write_bytes(count_file(directory, "histogram").read_bytes())
+
+    samples = scrape(client)
+    assert requests_total(samples, "/models") == 8
+    duration = "imagegen_http_request_duration_seconds"
+    models = {"route": "/models", "method": "GET"}
+    assert value(samples, f"{duration}_count", **models) == 8
+    assert value(samples, f"{duration}_bucket", **models, le="+Inf") == 8
+    assert not dead.exists() and (directory / "counter_archive.db").exists()
+    assert not timings.exists() and (directory / "histogram_archive.db").exists()
+    assert value(scrape(client), f"{duration}_count", **models) == 8
+    # A scrape stopped between writing the archive and deleting what it holds.
+    dead.write_bytes(left)
+
+    assert requests_total(scrape(client), "/models") == 8
+    assert not dead.exists()
     assert requests_total(scrape(client), "/models") == 8
 
 
@@ -329,7 +358,7 @@ def writers_of(service: Service, route: str = "/models") -> int:
     """How many process files hold requests to `route` (the test's premise: several)."""
     directory = service.images / ".metrics"
     found = 0
-    for path in directory.glob("counter_*.db"):
+    for path in directory.glob("counter_*-*.db"):  # the processes' files, not the archive
         keys = [json.loads(key) for key, *_ in MmapedDict.read_all_values_from_file(str(path))]
         if any(k[1] == "imagegen_http_requests_total" and k[2]["route"] == route for k in keys):
             found += 1
@@ -383,6 +412,9 @@ def test_recycled_workers_keep_their_counts(tmp_path):
         assert models_served(service) == 40
         assert not first & set(service.worker_pids()), "no worker was recycled"
         assert models_served(service) == 40
+        # Scrapes folded the files of the workers that exited into the archive: what is
+        # left is the live workers' (and those of any recycled since the last scrape).
+        assert len(list((service.images / ".metrics").glob("counter_*-*.db"))) <= 4
 
 
 @pytest.mark.slow

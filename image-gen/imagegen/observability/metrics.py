@@ -16,13 +16,10 @@ the directory is the app's (`configure`), not an environment variable read at im
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import math
 import os
-import struct
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -32,8 +29,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -57,46 +53,10 @@ bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_INITIAL_SIZE = 1 << 16  # prometheus_client's first size of a file; it doubles from there
 _PAUSE_AFTER_ERROR = 1.0  # seconds without counting after the file could not be written
-_USED = struct.Struct("i")  # prometheus_client's file header: bytes in use
-_LENGTH = struct.Struct("i")  # each entry: key length, key (padded to 8), value, timestamp
-_ENTRY_TAIL = 16
 
 
 # --- this process's count files -------------------------------------------------------------
-
-
-def _allocate(fd: int, size: int) -> None:
-    """Give the file `size` bytes of real blocks (not a hole), or raise OSError."""
-    if hasattr(os, "posix_fallocate"):
-        os.posix_fallocate(fd, 0, size)
-    else:  # macOS, for development only
-        os.ftruncate(fd, max(size, os.fstat(fd).st_size))
-
-
-class _AllocatedDict(MmapedDict):
-    """prometheus_client's file of (key -> value), whose growth allocates blocks first."""
-
-    def __init__(self, path: Path, lock_fd: int) -> None:
-        super().__init__(str(path))
-        self.lock_fd = lock_fd  # holds a shared flock: "this file's writer lives"
-
-    def _init_value(self, key: str) -> None:
-        length = len(key.encode("utf-8"))
-        needed = self._used + _LENGTH.size + length + (8 - (length + 4) % 8) + _ENTRY_TAIL
-        capacity = self._capacity
-        while needed > capacity:
-            capacity *= 2
-        if capacity > self._capacity:
-            _allocate(self._f.fileno(), capacity)  # MmapedDict then only sets the size
-        super()._init_value(key)
-
-    def close(self) -> None:
-        super().close()
-        if self.lock_fd >= 0:
-            os.close(self.lock_fd)
-            self.lock_fd = -1
 
 
 class _Files:
@@ -105,7 +65,7 @@ class _Files:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.directory: Path | None = None
-        self.files: dict[str, _AllocatedDict] = {}
+        self.files: dict[str, countfiles.AllocatedDict] = {}
         self.paused_until = 0.0
 
     def add(self, kind: str, key: str, amount: float) -> None:
@@ -121,32 +81,14 @@ class _Files:
                 self.paused_until = time.monotonic() + _PAUSE_AFTER_ERROR
                 log.warning("cannot write the counts in %s: %s", self.directory, exc.strerror)
 
-    def _open(self, kind: str, directory: Path) -> _AllocatedDict:
-        """This process's file of `kind`: locked, its first blocks allocated, then named.
-
-        A counter or histogram file a dead process of the same pid left is counted on; a
-        live gauge's is replaced, since what it held was that process's own.
-        """
-        name = f"{kind}_{os.getpid()}{countfiles.SUFFIX}"
-        path = directory / name
-        if kind.startswith(countfiles.LIVE_GAUGE_PREFIX) or not path.exists():
-            staging = directory / f"{countfiles.STAGING_PREFIX}{name}"
-            fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            target = staging
+    def _open(self, kind: str, directory: Path) -> countfiles.AllocatedDict:
+        """This process's file of `kind`, under a name no other process ever had (a live
+        gauge's has the pid alone, which `mark_process_dead` looks for, and starts afresh)."""
+        if kind.startswith(countfiles.LIVE_GAUGE_PREFIX):
+            name = f"{kind}_{os.getpid()}{countfiles.SUFFIX}"
         else:
-            fd, target = os.open(path, os.O_RDWR | os.O_CLOEXEC), path
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            _allocate(fd, max(_INITIAL_SIZE, os.fstat(fd).st_size))
-            if target != path:
-                os.rename(target, path)
-            file = _AllocatedDict(path, fd)
-        except BaseException:
-            os.close(fd)
-            if target != path:
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
-            raise
+            name = f"{kind}_{os.getpid()}-{secrets.token_hex(4)}{countfiles.SUFFIX}"
+        file = countfiles.create(directory / name, locked=True)
         self.files[kind] = file
         return file
 
@@ -304,8 +246,8 @@ def configure(path: Path) -> None:
     """Count this process's metrics into `path` (one app per process, as in Gunicorn)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"{path} is not writable")
+    # The scrapes' lock file, made now so a scrape works even when no inode is left.
+    os.close(os.open(path / countfiles.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
     if _files.directory != path:
         _files.use(path)
 
@@ -334,7 +276,7 @@ class _Collector:
         )
         info.add_metric([__version__], 1.0)
         yield info
-        merged = {metric.name: metric for metric in _merge(_readable_files(self.path))}
+        merged = {metric.name: metric for metric in countfiles.merged(self.path)}
         for family, buckets in _FAMILIES:
             name, kind = family._name, family._type
             metric = merged.get(name) or Metric(name, family._documentation, kind)
@@ -343,88 +285,6 @@ class _Collector:
             else:
                 metric.samples.sort(key=lambda s: sorted(s.labels.items()))
             yield metric
-
-
-def _readable_files(path: Path) -> list[str]:
-    """The count files to merge, listed once: a dead process's live gauges are left out, and
-    a file its writer left half-written is cut back to its last complete entry."""
-    with os.scandir(path) as entries:
-        names = sorted(e.name for e in entries if countfiles.is_count_file(e.name))
-    files = []
-    for name in names:
-        alive = _alive(path / name)
-        if alive is None:
-            continue  # removed since the listing
-        dead_gauge = name.startswith(countfiles.LIVE_GAUGE_PREFIX)
-        if not alive and (dead_gauge or not _mend(path / name)):
-            continue
-        files.append(str(path / name))
-    return files
-
-
-def _alive(path: Path) -> bool | None:
-    """Whether the process writing `path` still runs (it holds a lock); None if it is gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _mend(path: Path) -> bool:
-    """Make a dead writer's file end at its last complete entry; False if it cannot be read."""
-    try:
-        data = path.read_bytes()
-        if len(data) < 8:
-            return False
-        (used,) = _USED.unpack_from(data, 0)
-        complete = _complete(data, min(used, len(data)))
-        if complete != used:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.pwrite(fd, _USED.pack(complete), 0)
-            finally:
-                os.close(fd)
-    except OSError:
-        return False
-    return True
-
-
-def _complete(data: bytes, used: int) -> int:
-    """Where the last complete entry of a file in prometheus_client's layout ends."""
-    offset = 8
-    while offset + _LENGTH.size <= used:
-        (length,) = _LENGTH.unpack_from(data, offset)
-        start = offset + _LENGTH.size
-        end = start + length + (8 - (length + 4) % 8) + _ENTRY_TAIL
-        if length <= 0 or end > used:
-            break
-        try:
-            key = json.loads(data[start : start + length])
-        except (ValueError, UnicodeDecodeError):
-            break
-        if not (isinstance(key, list) and len(key) == 4 and isinstance(key[2], dict)):
-            break
-        offset = end
-    return max(offset, 8)
-
-
-def _merge(files: list[str]) -> list[Metric]:
-    """prometheus_client's merge of the files; one removed meanwhile is left out."""
-    for _ in range(len(files) + 1):
-        try:
-            return list(MultiProcessCollector.merge(files, accumulate=True))
-        except FileNotFoundError as exc:
-            if exc.filename not in files:
-                raise
-            files = [f for f in files if f != exc.filename]
-    return []
 
 
 def _every_bucket(metric: Metric, buckets: tuple[float, ...]) -> list[Sample]:
