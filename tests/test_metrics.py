@@ -319,7 +319,8 @@ def test_gunicorn_start_clears_count_files_even_as_others_remove_them(tmp_path, 
     directory = tmp_path / "metrics"
     directory.mkdir()
     names = ["counter_1.db", "histogram_2.db", ".tmp-gauge_livesum_3.db", "gauge_livesum_4.db"]
-    for name in [*names, "notes.txt"]:
+    names += ["process-5-ee.metrics", "archive.json"]  # the last release's own format
+    for name in [*names, ".lock", "notes.txt"]:
         (directory / name).write_bytes(b"")
     monkeypatch.setenv("IMAGE_GEN_METRICS_DIR", str(directory))
 
@@ -331,7 +332,7 @@ def test_gunicorn_start_clears_count_files_even_as_others_remove_them(tmp_path, 
     conf["on_starting"](None)
 
     assert listings[0] >= 1
-    assert sorted(p.name for p in directory.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "notes.txt"]
 
 
 # --- several processes, under real Gunicorn -------------------------------------------------

@@ -71,11 +71,18 @@ def clear(path: Path) -> None:
         return
     for name in names:
         staging = name.startswith(STAGING_PREFIX) and name.endswith(SUFFIX)
-        if is_count_file(name) or staging:
+        if is_count_file(name) or staging or _is_of_the_last_release(name):
             # A file another uid left is the workers' to report: their start-up check of
             # the images directory names the owner and the fix.
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(path / name)
+
+
+def _is_of_the_last_release(name: str) -> bool:
+    """The files of the release that wrote its own format (process-*.metrics, archive.json)."""
+    if name in ("archive.json", ".tmp-archive.json"):
+        return True
+    return name.startswith(("process-", ".tmp-process-")) and name.endswith(".metrics")
 
 
 def process_dead(pid: int, path: Path) -> None:

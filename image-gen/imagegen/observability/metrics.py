@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -227,19 +227,31 @@ _FAMILIES: tuple[tuple[Counter | Gauge | Histogram, tuple[float, ...]], ...] = (
 )
 
 
+_Metric = TypeVar("_Metric", Counter, Histogram)
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def _series(metric: _Metric, *labels: str) -> _Metric:
+    """`metric.labels(*labels)`, looked up in one dictionary (labels() checks and locks)."""
+    child = _children.get((metric, labels))
+    if child is None:
+        child = _children.setdefault((metric, labels), metric.labels(*labels))
+    return child  # type: ignore[no-any-return]
+
+
 def images_generated(model: str, operation: str, count: int) -> None:
     """Count images a job stored (generate, edit, variation)."""
-    IMAGES.labels(model, operation).inc(count)
+    _series(IMAGES, model, operation).inc(count)
 
 
 def error_returned(code: str) -> None:
     """Count an error response by its JSON `code` (VALIDATION_ERROR, ...)."""
-    ERRORS.labels(code).inc()
+    _series(ERRORS, code).inc()
 
 
 def cap_refused(scope: str, cap: str) -> None:
     """Count a request refused by a usage cap; the series appears on its first refusal."""
-    CAP_REFUSALS.labels(str(scope), str(cap)).inc()
+    _series(CAP_REFUSALS, str(scope), str(cap)).inc()
 
 
 def configure(path: Path) -> None:
@@ -340,13 +352,13 @@ def _request_answered(response: Response) -> Response:
     rule = current.url_rule
     route = rule.rule if rule is not None else UNMATCHED
     method = current.method if current.method in _METHODS else "other"
-    HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+    _series(HTTP_REQUESTS, route, method, str(response.status_code)).inc()
     started = g.get("metrics_started")
     if started is not None:
-        HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+        _series(HTTP_DURATION, route, method).observe(time.perf_counter() - started)
     code = g.pop("error_code", None)  # set by the error answer (imagegen.errors)
     if code is not None:
-        ERRORS.labels(code).inc()
+        _series(ERRORS, code).inc()
     return response
 
 
@@ -359,8 +371,8 @@ def upstream_attempt(report: AttemptReport) -> None:
     """Time and count one upstream attempt (the client's `on_attempt`)."""
     status = str(report.status) if report.error is None else _failure(report.error)
     endpoint = _endpoint(report.method, report.url)
-    UPSTREAM_DURATION.labels(endpoint, _outcome(status)).observe(report.seconds)
-    UPSTREAM_ATTEMPTS.labels(endpoint, status).inc()
+    _series(UPSTREAM_DURATION, endpoint, _outcome(status)).observe(report.seconds)
+    _series(UPSTREAM_ATTEMPTS, endpoint, status).inc()
 
 
 def _endpoint(method: str, url: str) -> str:
