@@ -86,8 +86,10 @@ def _is_of_the_last_release(name: str) -> bool:
 
 
 def process_dead(pid: int, path: Path) -> None:
-    """A worker has exited: its live gauges (requests in flight) stop counting."""
-    with contextlib.suppress(FileNotFoundError, PermissionError):
+    """A worker has exited: its live gauges (requests in flight) stop counting. Never raises:
+    in Gunicorn's master an exception here would stop the whole service (and scrapes skip a
+    dead process's gauges in any case)."""
+    with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(pid, str(path))
 
 
