@@ -5,8 +5,6 @@ quality), so each worker process runs many threads. Sync workers would serve onl
 `workers` callers at a time. Override with the GUNICORN_* variables below.
 """
 
-import contextlib
-import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -56,9 +54,9 @@ def on_starting(server: Any) -> None:
     counters of /metrics at zero: remove the last run's count files.
 
     A bad tokens file stops the start here, naming its line. Neither step imports the app
-    (`imagegen.access.tokens` needs only the standard library), so workers load its code
-    afresh. The directory and file names are imagegen/observability/metrics.py's; only those
-    files are removed.
+    (`imagegen.access.tokens` needs only the standard library,
+    `imagegen.observability.countfiles` only prometheus_client), so workers load its code
+    afresh.
     """
     tokens_file = os.environ.get("IMAGE_GEN_TOKENS_FILE", "").strip()
     if tokens_file:
@@ -69,15 +67,10 @@ def on_starting(server: Any) -> None:
         except tokens.TokenFileError as exc:
             raise RuntimeError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
         server.log.info("client tokens: %d read from %s", len(held.tokens), held.path)
+    from imagegen.observability import countfiles
     from imagegen.storage.layout import Layout
 
-    directory = str(Layout.from_env(os.environ).metrics_dir)
-    for pattern in ("process-*.metrics", ".tmp-process-*", "archive.json", ".tmp-archive.json"):
-        for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
-            # A file another uid left is the workers' to report: their start-up check of
-            # the images directory names the owner and the fix.
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.unlink(path)
+    countfiles.clear(Layout.from_env(os.environ).metrics_dir)
 
 
 def on_reload(server: Any) -> None:
@@ -124,6 +117,15 @@ def post_worker_init(worker: Any) -> None:
     # collector's view: a full collection took 8.6 ms over them, and ran every few requests.
     gc.collect()
     gc.freeze()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, once a worker has exited (killed, crashed or recycled): its requests in
+    flight stop counting on /metrics (prometheus_client's `mark_process_dead`)."""
+    from imagegen.observability import countfiles
+    from imagegen.storage.layout import Layout
+
+    countfiles.process_dead(worker.pid, Layout.from_env(os.environ).metrics_dir)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

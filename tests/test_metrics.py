@@ -4,6 +4,7 @@ and error codes, and totals that hold across Gunicorn workers, killed and recycl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import runpy
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagegen import __version__
@@ -238,26 +240,61 @@ def test_metrics_live_in_a_hidden_directory_the_image_listing_ignores(client, im
     assert listing.status_code == 200 and listing.get_json()["images"] == []
 
 
+def count_file(directory, kind: str = "counter"):
+    """This process's count file of `kind` (prometheus_client's multiprocess layout)."""
+    (live,) = directory.glob(f"{kind}_{os.getpid()}-*.db")
+    return live
+
+
 def test_a_file_left_half_written_by_a_killed_writer_is_read_up_to_its_last_entry(
     client, images_dir
 ):
     for _ in range(4):
         client.get("/models")
     directory = images_dir / ".metrics"
-    (live,) = [p for p in directory.iterdir() if p.name.startswith("process-")]
+    live = count_file(directory)
     # A dead writer's copy of the file, cut off in the middle of a new entry: the header
     # counts the entry, but its key never arrived.
     data = bytearray(live.read_bytes())
-    used = int.from_bytes(data[:8], "little")
-    data[used : used + 8] = (40).to_bytes(8, "little")
-    data[:8] = (used + 56).to_bytes(8, "little")
-    (directory / "process-1-deadbeef.metrics").write_bytes(bytes(data))
+    used = int.from_bytes(data[:4], "little")
+    data[used : used + 4] = (40).to_bytes(4, "little")
+    data[:4] = (used + 64).to_bytes(4, "little")
+    (directory / "counter_1.db").write_bytes(bytes(data))
 
     samples = scrape(client)
 
     # The live worker's four, the dead copy's four, and nothing from the half entry; the
-    # next scrape reads the dead copy from the archive it was folded into.
+    # next scrape reads the dead copy, now ending at its last complete entry, the same way.
     assert requests_total(samples, "/models") == 8
+    assert requests_total(scrape(client), "/models") == 8
+
+
+def test_dead_processes_files_are_archived_once_even_by_a_scrape_stopped_half_way(
+    client, images_dir
+):
+    for _ in range(4):
+        client.get("/models")
+    directory = images_dir / ".metrics"
+    dead = directory / "counter_1-dead.db"  # what a killed worker left: no lock on it
+    dead.write_bytes(count_file(directory).read_bytes())
+    left = dead.read_bytes()
+    timings = directory / "histogram_1-dead.db"
+    timings.write_bytes(count_file(directory, "histogram").read_bytes())
+
+    samples = scrape(client)
+    assert requests_total(samples, "/models") == 8
+    duration = "imagegen_http_request_duration_seconds"
+    models = {"route": "/models", "method": "GET"}
+    assert value(samples, f"{duration}_count", **models) == 8
+    assert value(samples, f"{duration}_bucket", **models, le="+Inf") == 8
+    assert not dead.exists() and (directory / "counter_archive.db").exists()
+    assert not timings.exists() and (directory / "histogram_archive.db").exists()
+    assert value(scrape(client), f"{duration}_count", **models) == 8
+    # A scrape stopped between writing the archive and deleting what it holds.
+    dead.write_bytes(left)
+
+    assert requests_total(scrape(client), "/models") == 8
+    assert not dead.exists()
     assert requests_total(scrape(client), "/models") == 8
 
 
@@ -267,9 +304,8 @@ def test_a_scrape_skips_a_dead_processes_file_removed_after_the_listing(
     for _ in range(4):
         client.get("/models")
     directory = images_dir / ".metrics"
-    (live,) = [p for p in directory.iterdir() if p.name.startswith("process-")]
-    dead = directory / "process-1-deadbeef.metrics"
-    dead.write_bytes(live.read_bytes())
+    dead = directory / "counter_1.db"
+    dead.write_bytes(count_file(directory).read_bytes())
 
     # Another Gunicorn starting on this directory clears it between listing and reading.
     listings = change_after_listing(monkeypatch, directory, lambda entries: dead.unlink())
@@ -282,8 +318,9 @@ def test_gunicorn_start_clears_count_files_even_as_others_remove_them(tmp_path, 
     conf = runpy.run_path(str(REPO / "image-gen" / "gunicorn.conf.py"))
     directory = tmp_path / "metrics"
     directory.mkdir()
-    names = ["process-1-aa.metrics", "process-2-bb.metrics", ".tmp-process-3-cc.metrics"]
-    for name in [*names, "archive.json", ".lock"]:
+    names = ["counter_1.db", "histogram_2.db", ".tmp-gauge_livesum_3.db", "gauge_livesum_4.db"]
+    names += ["process-5-ee.metrics", "archive.json"]  # the last release's own format
+    for name in [*names, ".lock", "notes.txt"]:
         (directory / name).write_bytes(b"")
     monkeypatch.setenv("IMAGE_GEN_METRICS_DIR", str(directory))
 
@@ -295,7 +332,7 @@ def test_gunicorn_start_clears_count_files_even_as_others_remove_them(tmp_path, 
     conf["on_starting"](None)
 
     assert listings[0] >= 1
-    assert sorted(p.name for p in directory.iterdir()) == [".lock"]
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "notes.txt"]
 
 
 # --- several processes, under real Gunicorn -------------------------------------------------
@@ -322,9 +359,9 @@ def writers_of(service: Service, route: str = "/models") -> int:
     """How many process files hold requests to `route` (the test's premise: several)."""
     directory = service.images / ".metrics"
     found = 0
-    for path in directory.glob("process-*.metrics"):
-        values = metrics._read_file(path)
-        if any(key[0] == "imagegen_http_requests_total" and key[1][0] == route for key in values):
+    for path in directory.glob("counter_*-*.db"):  # the processes' files, not the archive
+        keys = [json.loads(key) for key, *_ in MmapedDict.read_all_values_from_file(str(path))]
+        if any(k[1] == "imagegen_http_requests_total" and k[2]["route"] == route for k in keys):
             found += 1
     return found
 
@@ -376,6 +413,9 @@ def test_recycled_workers_keep_their_counts(tmp_path):
         assert models_served(service) == 40
         assert not first & set(service.worker_pids()), "no worker was recycled"
         assert models_served(service) == 40
+        # Scrapes folded the files of the workers that exited into the archive: what is
+        # left is the live workers' (and those of any recycled since the last scrape).
+        assert len(list((service.images / ".metrics").glob("counter_*-*.db"))) <= 4
 
 
 @pytest.mark.slow
@@ -420,7 +460,7 @@ def test_counts_start_at_zero_when_gunicorn_starts_again(tmp_path, own_directory
         send_concurrently(service, 5)
         assert models_served(service) == 5
     counted = tmp_path / "metrics" if own_directory else service.images / ".metrics"
-    assert list(counted.glob("*.metrics")) or (counted / "archive.json").exists()
+    assert list(counted.glob("counter_*.db"))
 
     with run_gunicorn(tmp_path, env) as service:
         assert models_served(service) == 0
@@ -449,7 +489,7 @@ for number in range(2000):  # far more series than the first 64 KiB hold
 os.unlink(disk / "filler")
 time.sleep(1.5)  # counting resumes a second after a failed write
 metrics.cap_refused("after", "cap")
-sys.stdout.write(metrics.render(metrics.collect(disk / "metrics")))
+sys.stdout.write(metrics.exposition(disk / "metrics"))
 """
 
 

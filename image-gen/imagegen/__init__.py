@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     ledger = Ledger(layout.ledger_file)
     ledger.prepare()
-    provider = provider_for(settings)
+    provider = provider_for(settings, on_attempt=metrics.upstream_attempt)
     maker = ImageMaker(settings, store, provider, ledger)
     runner = JobRunner(records, maker, settings)
     service_registry.attach(

@@ -2,7 +2,7 @@
 
 Python's json module writes `NaN` and `Infinity` by default, and strict parsers (browsers,
 Go, jq, most SDKs) refuse a document holding them. Every JSON the service writes (answers,
-metadata, job records, events, webhooks, the metrics archive) goes through `dumps` or the
+metadata, job records, events, webhooks) goes through `dumps` or the
 app's `StrictJSONProvider`, which raise ValueError instead: a non-finite value is an error
 the writer handles, never a file or an answer nobody can read.
 """

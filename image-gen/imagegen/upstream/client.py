@@ -18,10 +18,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from imagegen import __version__, strictjson
-from imagegen.observability import metrics
 from imagegen.upstream.errors import (
     APIConnectionError,
     APIStatusError,
@@ -50,8 +50,29 @@ T = TypeVar("T")
 _SECRET_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{3,}")
 
 
+@dataclass(frozen=True)
+class AttemptReport:
+    """One HTTP attempt to the upstream, retries included, as the client tells `on_attempt`.
+
+    `status` is the HTTP status of an answer (a streamed attempt that ends well: 200); `error`
+    is what the attempt raised instead (a status error, a timeout, a dropped connection...).
+    """
+
+    method: str
+    url: str
+    seconds: float
+    status: int | None = None
+    error: Exception | None = None
+
+
+AttemptObserver = Callable[[AttemptReport], None]
+
+
 class OpenAIClient:
-    """Calls `POST {base_url}/images/generations` and downloads the images it points to."""
+    """Calls `POST {base_url}/images/generations` and downloads the images it points to.
+
+    `on_attempt`, if given, hears of every HTTP attempt (retries included) as it ends.
+    """
 
     def __init__(
         self,
@@ -64,6 +85,7 @@ class OpenAIClient:
         max_response_bytes: int = 256 * 1024 * 1024,
         max_image_bytes: int = 64 * 1024 * 1024,
         sleep: Callable[[float], None] = time.sleep,
+        on_attempt: AttemptObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -74,6 +96,7 @@ class OpenAIClient:
         self.max_response_bytes = max_response_bytes
         self.max_image_bytes = max_image_bytes
         self._sleep = sleep
+        self._on_attempt = on_attempt
         self._opener = _opener(urllib.request.getproxies(), connect_timeout)
 
     def __repr__(self) -> str:
@@ -153,6 +176,21 @@ class OpenAIClient:
 
     # --- machinery ------------------------------------------------------------------------
 
+    def _attempt(self, method: str, url: str, call: Callable[[], T]) -> T:
+        """One attempt, timed and told to `on_attempt` however it ends."""
+        report = self._on_attempt
+        if report is None:
+            return call()
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:
+            report(AttemptReport(method, url, time.perf_counter() - started, error=exc))
+            raise
+        status = result.status if isinstance(result, _Response) else 200
+        report(AttemptReport(method, url, time.perf_counter() - started, status=status))
+        return result
+
     def _with_retries(
         self,
         call: Callable[[], T],
@@ -223,8 +261,21 @@ class OpenAIClient:
             f"refusing to download an image from a {parts.scheme or 'schemeless'}: URL"
         )
 
-    @metrics.upstream_attempt
     def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        max_bytes: int,
+    ) -> _Response:
+        """One HTTP attempt, told to `on_attempt`: `_send_once`."""
+        return self._attempt(
+            method, url, lambda: self._send_once(method, url, body, headers, deadline, max_bytes)
+        )
+
+    def _send_once(
         self,
         method: str,
         url: str,
@@ -317,12 +368,15 @@ class OpenAIClient:
         url = f"{self.base_url}/{path}"
         started: list[bool] = []
         return self._with_retries(
-            lambda: self._stream_once(url, body, headers, deadline, on_event, started),
+            lambda: self._attempt(
+                "POST",
+                url,
+                lambda: self._stream_once(url, body, headers, deadline, on_event, started),
+            ),
             deadline,
             retryable=lambda: not started,
         )
 
-    @metrics.upstream_stream
     def _stream_once(
         self,
         url: str,

@@ -23,7 +23,7 @@ from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.placeholder import placeholder_png
 from imagegen.imaging.request import COMMON_FIELDS, ImageRequest
 from imagegen.settings import Settings
-from imagegen.upstream.client import OpenAIClient, add_usage
+from imagegen.upstream.client import AttemptObserver, OpenAIClient, add_usage
 from imagegen.upstream.errors import (
     APIConnectionError,
     APIStatusError,
@@ -530,9 +530,10 @@ def checked_usage(report: Any, depth: int = 1) -> dict[str, Any]:
     return counts
 
 
-def provider_for(settings: Settings) -> Provider:
+def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
     """The provider the settings ask for: the placeholder, OpenAI (or a compatible upstream)
-    with the key, or one that explains the missing key."""
+    with the key, or one that explains the missing key. `on_attempt` hears of each upstream
+    attempt (the metrics count them)."""
     if settings.provider == "placeholder":
         return PlaceholderProvider()
     if not settings.api_key:
@@ -549,6 +550,7 @@ def provider_for(settings: Settings) -> Provider:
         ),
         max_response_bytes=settings.max_upstream_bytes,
         max_image_bytes=settings.max_image_bytes,
+        on_attempt=on_attempt,
     )
     return OpenAIProvider(
         client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
