@@ -20,6 +20,15 @@ from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
 from imagegen.api.models import ModelNotFound
+from imagegen.api.spec import (
+    MODEL_ID,
+    errors,
+    input_errors,
+    json_body,
+    json_response,
+    multipart_body,
+    operation,
+)
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.errors import HTTP_CODES, ServiceError, ValidationError
@@ -46,6 +55,22 @@ _ECHO_VALUES = {
 
 
 @bp.post("/images/generations")
+@operation(
+    "createImageOpenAI",
+    tag="openai-compatible",
+    summary="OpenAI's POST /v1/images/generations",
+    description="Validated like POST /generate (`n` is `count`) and stored as a job. GPT Image "
+    "models answer `b64_json`; DALL-E models answer `url` (an absolute URL of GET "
+    "/images/{image_id} on this service) unless `response_format` is `b64_json`. `user` and "
+    "`safety_identifier` are accepted and ignored. Errors use OpenAI's shape; `code` is the "
+    "service's error code in lower case. Failures a retry cannot fix carry "
+    "`x-should-retry: false`.",
+    body=json_body("OpenAIImagesRequest"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **errors(400, 413, 415, 429, 500, 502, 504, 507, schema="OpenAIError"),
+    },
+)
 def create_image() -> ResponseReturnValue:
     """Generate and store images like POST /generate; answer OpenAI's ImagesResponse."""
     settings = services().settings
@@ -59,12 +84,37 @@ def create_image() -> ResponseReturnValue:
 
 
 @bp.post("/images/edits")
+@operation(
+    "createImageEditOpenAI",
+    tag="openai-compatible",
+    summary="OpenAI's POST /v1/images/edits (multipart)",
+    description="Validated like POST /edit (`n` is `count`) and stored as a job; one image as "
+    "`image`, several as `image[]`, and an optional `mask`. Answers and errors as POST "
+    "/v1/images/generations.",
+    body=multipart_body("OpenAIEditForm"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **input_errors(schema="OpenAIError", stored=False),
+    },
+)
 def create_edit() -> ResponseReturnValue:
     """OpenAI's multipart image edit (`image` or `image[]`, `mask`), stored like POST /edit."""
     return jsonify(_from_images("edit"))
 
 
 @bp.post("/images/variations")
+@operation(
+    "createImageVariationOpenAI",
+    tag="openai-compatible",
+    summary="OpenAI's POST /v1/images/variations (multipart, dall-e-2)",
+    description="Validated like POST /variations (`n` is `count`) and stored as a job. Answers "
+    "`url` unless `response_format` is `b64_json`.",
+    body=multipart_body("OpenAIVariationForm"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **input_errors(schema="OpenAIError", stored=False),
+    },
+)
 def create_variation() -> ResponseReturnValue:
     """OpenAI's multipart image variation (dall-e-2), stored like POST /variations."""
     return jsonify(_from_images("variation"))
@@ -97,6 +147,15 @@ def _from_images(operation: str) -> dict[str, Any]:
 
 
 @bp.get("/models")
+@operation(
+    "listModelsOpenAI",
+    tag="openai-compatible",
+    summary="OpenAI's GET /v1/models: the models one may ask for",
+    responses={
+        "200": json_response("The models.", "OpenAIModelList"),
+        **errors(500, schema="OpenAIError"),
+    },
+)
 def list_models() -> ResponseReturnValue:
     """The catalog models one may ask for, as OpenAI's model list."""
     today = clock.today()
@@ -105,6 +164,16 @@ def list_models() -> ResponseReturnValue:
 
 
 @bp.get("/models/<path:model_id>")
+@operation(
+    "retrieveModelOpenAI",
+    tag="openai-compatible",
+    summary="OpenAI's GET /v1/models/{model}",
+    parameters=[MODEL_ID],
+    responses={
+        "200": json_response("The model.", "OpenAIModel"),
+        **errors(404, 500, schema="OpenAIError"),
+    },
+)
 def retrieve_model(model_id: str) -> ResponseReturnValue:
     """One usable model as OpenAI's model object; 404 `model_not_found` otherwise."""
     model = get_model(model_id)

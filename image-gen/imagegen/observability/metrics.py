@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, g, request
 
 from imagegen import __version__, strictjson
+from imagegen.api.spec import errors, operation, text_response
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "unmatched"  # the route label of a request that matched no route
@@ -661,6 +662,15 @@ def _outcome(status: str) -> str:
 
 
 @bp.get("/metrics")
+@operation(
+    "metrics",
+    tag="service",
+    summary="Prometheus metrics, summed over every worker process",
+    responses={
+        "200": text_response("Prometheus' text exposition format, version 0.0.4.", "text/plain"),
+        **errors(500),
+    },
+)
 def scrape() -> Response:
     """Every metric, summed over all of the service's processes, in Prometheus' text format."""
     recorder = _recorder
