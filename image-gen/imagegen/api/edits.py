@@ -14,15 +14,14 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import UnsupportedMediaType
 
 from imagegen.api.generate import make_images
-from imagegen.api.spec import (
+from imagegen.api.parts import (
     ASYNC_PARAMETERS,
     STORED_JOB,
     accepted_response,
-    errors,
     input_body,
     input_errors,
-    operation,
 )
+from imagegen.apidoc import errors, operation
 from imagegen.imaging.answers import answer_body
 from imagegen.imaging.inputs import ImageInputs, default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, read_json

@@ -8,15 +8,8 @@ from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from imagegen.access.auth import current_caller
-from imagegen.api.spec import (
-    ASYNC_DESCRIPTION,
-    ASYNC_PARAMETERS,
-    STORED_JOB,
-    accepted_response,
-    errors,
-    json_body,
-    operation,
-)
+from imagegen.api.parts import ASYNC_DESCRIPTION, ASYNC_PARAMETERS, STORED_JOB, accepted_response
+from imagegen.apidoc import errors, json_body, operation
 from imagegen.imaging.answers import answer_body
 from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
 from imagegen.jobs.submit import respond_async

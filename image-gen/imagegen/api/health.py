@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from imagegen import __version__
 from imagegen.access.tokens import TokensLoad
-from imagegen.api.spec import errors, json_response, operation
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.clock import utc_now
 from imagegen.services import services
 

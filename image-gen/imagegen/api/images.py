@@ -18,18 +18,8 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
 from imagegen import strictjson
-from imagegen.api.spec import (
-    IMAGE_HEADERS,
-    IMAGE_ID,
-    IMAGE_PARAMETERS,
-    UUID_PATTERN,
-    bare,
-    binary,
-    errors,
-    json_response,
-    operation,
-    query,
-)
+from imagegen.api.parts import IMAGE_HEADERS, IMAGE_ID, IMAGE_PARAMETERS, UUID_PATTERN, binary
+from imagegen.apidoc import bare, errors, json_response, operation, query
 from imagegen.errors import ImageNotFound, ValidationError
 from imagegen.imaging import thumbnails
 from imagegen.imaging.formats import CONTENT_TYPES

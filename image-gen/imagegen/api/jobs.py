@@ -15,9 +15,8 @@ from flask import Blueprint, Response, g, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
-from imagegen.api.spec import (
-    JOB_ID,
-    binary,
+from imagegen.api.parts import JOB_ID, binary
+from imagegen.apidoc import (
     errors,
     header,
     header_param,

@@ -9,7 +9,8 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from imagegen import clock
-from imagegen.api.spec import MODEL_ID, errors, json_response, operation
+from imagegen.api.parts import MODEL_ID
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.pricing import pricing_for
 from imagegen.catalog.spec import ModelSpec

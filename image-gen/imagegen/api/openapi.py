@@ -8,6 +8,7 @@ schemas come from `api.schemas` (request bodies read from the model catalog).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 from collections.abc import Iterator
@@ -19,17 +20,11 @@ from werkzeug.routing import Rule
 
 from imagegen import __version__, clock
 from imagegen.access.auth import ADMIN_ENDPOINTS, PUBLIC_ENDPOINTS
-from imagegen.api.schemas import components
-from imagegen.api.spec import (
-    IDEMPOTENCY_KEY,
-    Operation,
-    errors,
-    json_response,
-    operation,
-    operations_of,
-)
+from imagegen.api.parts import IDEMPOTENCY_KEY
+from imagegen.api.schemas import components, error_codes
+from imagegen.apidoc import Operation, errors, json_response, operation, operations_of
 from imagegen.catalog.models import MODELS
-from imagegen.catalog.spec import SHUT_DOWN
+from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.services import services
 
 bp = Blueprint("openapi", __name__)
@@ -115,10 +110,21 @@ def build_spec(app: Flask, default_model: str, today: dt.date | None = None) -> 
         "security": [{"bearerAuth": []}, {}],
         "components": {
             "securitySchemes": _SECURITY_SCHEMES,
-            "schemas": components(models, default_model),
+            "schemas": _schemas(declared, models, default_model),
             "headers": _HEADERS,
         },
     }
+
+
+def _schemas(
+    declared: list[tuple[dict[str, Any], Operation]], models: list[ModelSpec], default_model: str
+) -> dict[str, Any]:
+    """The service's component schemas, and those the described operations bring."""
+    schemas = components(models, default_model)
+    brought = {described.schemas for _, described in declared if described.schemas is not None}
+    for bring in sorted(brought, key=lambda bring: bring.__qualname__):
+        schemas.update(copy.deepcopy(dict(bring(models, default_model, error_codes()))))
+    return schemas
 
 
 def described_routes(app: Flask) -> Iterator[tuple[Rule, str, Operation]]:

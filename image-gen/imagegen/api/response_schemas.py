@@ -1,13 +1,14 @@
 """The shapes the service answers, as OpenAPI component schemas, grouped by area.
 
-`api.schemas.components` puts them together with the request bodies (built from the catalog).
+`api.schemas.components` puts them together with the request bodies (built from the catalog);
+the /v1 shapes are compat.schemas'.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from imagegen.api.spec import ref as _ref
+from imagegen.apidoc import ref as _ref
 from imagegen.imaging.formats import CONTENT_TYPES
 from imagegen.settings import PROVIDERS
 
@@ -21,7 +22,7 @@ date: Schema = {"type": ["string", "null"], "format": "date"}
 
 
 def error_schemas(codes: list[str]) -> dict[str, Schema]:
-    """Error (every answer outside /v1) and OpenAIError (/v1), with every error `code`."""
+    """Error: every error answer outside /v1, with every error `code`."""
     return {
         "Error": {
             "type": "object",
@@ -36,31 +37,6 @@ def error_schemas(codes: list[str]) -> dict[str, Schema]:
                 "field": string,
                 "replacement": {"type": ["string", "null"]},
                 "retry_after": integer,
-            },
-        },
-        "OpenAIError": {
-            "type": "object",
-            "description": "OpenAI's error shape, on the /v1 routes.",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["message", "type", "param", "code"],
-                    "properties": {
-                        "message": string,
-                        "type": {
-                            "type": "string",
-                            "enum": [
-                                "invalid_request_error",
-                                "image_generation_user_error",
-                                "requests",
-                                "server_error",
-                            ],
-                        },
-                        "param": {"type": ["string", "null"]},
-                        "code": {"type": "string", "enum": [code.lower() for code in codes]},
-                    },
-                }
             },
         },
     }
@@ -481,57 +457,6 @@ MODEL_SCHEMAS: dict[str, Schema] = {
     },
 }
 
-OPENAI_SCHEMAS: dict[str, Schema] = {
-    "OpenAIImage": {
-        "type": "object",
-        "anyOf": [{"required": ["b64_json"]}, {"required": ["url"]}],
-        "properties": {
-            "b64_json": {"type": "string", "contentEncoding": "base64"},
-            "url": {"type": "string", "format": "uri"},
-            "revised_prompt": string,
-        },
-    },
-    "OpenAIImagesResponse": {
-        "type": "object",
-        "required": ["created", "data"],
-        "properties": {
-            "created": {**integer, "description": "Unix seconds."},
-            "data": {"type": "array", "items": _ref("OpenAIImage")},
-            "usage": {
-                "type": "object",
-                "description": "The upstream's token counts (absent when it reported none, "
-                "or a report that could not be true).",
-            },
-            "output_format": {"type": "string", "enum": FORMATS},
-            "size": string,
-            "quality": {
-                "type": "string",
-                "enum": ["low", "medium", "high", "xhigh", "max"],
-            },
-            "background": {"type": "string", "enum": ["transparent", "opaque"]},
-        },
-    },
-    "OpenAIModel": {
-        "type": "object",
-        "required": ["id", "object", "created", "owned_by"],
-        "properties": {
-            "id": string,
-            "object": {"const": "model"},
-            "created": {**integer, "description": "Always 0: the catalog has no dates."},
-            "owned_by": string,
-            "shutdown_date": date,
-        },
-    },
-    "OpenAIModelList": {
-        "type": "object",
-        "required": ["object", "data"],
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": _ref("OpenAIModel")},
-        },
-    },
-}
-
 
 def response_schemas(codes: list[str]) -> dict[str, Schema]:
     """Every answer's schema, by component name."""
@@ -541,5 +466,4 @@ def response_schemas(codes: list[str]) -> dict[str, Schema]:
         **job_schemas(codes),
         **SERVICE_SCHEMAS,
         **MODEL_SCHEMAS,
-        **OPENAI_SCHEMAS,
     }

@@ -8,10 +8,9 @@ import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from imagegen.api.parts import UUID_PATTERN
 from imagegen.api.response_schemas import response_schemas
-from imagegen.api.spec import UUID_PATTERN
 from imagegen.catalog.spec import Choice, InputSpec, IntRange, ModelSpec
-from imagegen.compat.openai import IGNORED_FIELDS, RESPONSE_FORMATS
 from imagegen.errors import HTTP_CODES, ServiceError
 from imagegen.imaging.inputs import OPERATIONS
 
@@ -22,17 +21,15 @@ SIZE_PATTERN = "^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$"
 
 
 def components(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
-    """Every component schema for `models` (those not shut down), by name."""
+    """The component schemas of the service's own routes for `models` (those not shut
+    down), by name; the /v1 routes bring theirs (compat.schemas)."""
     schemas = response_schemas(error_codes())
     requests = {
         "GenerateRequest": generate_request_schema(models, default_model),
-        "OpenAIImagesRequest": openai_request_schema(models, default_model),
         "EditForm": input_form_schema(models, default_model, "edit"),
         "EditRequest": input_json_schema(models, default_model, "edit"),
         "VariationForm": input_form_schema(models, default_model, "variation"),
         "VariationRequest": input_json_schema(models, default_model, "variation"),
-        "OpenAIEditForm": input_form_schema(models, default_model, "edit", openai=True),
-        "OpenAIVariationForm": input_form_schema(models, default_model, "variation", openai=True),
     }
     return copy.deepcopy({**schemas, **requests})
 
@@ -48,7 +45,7 @@ def error_codes() -> list[str]:
     return sorted(codes)
 
 
-def _nullable(schema: Schema) -> Schema:
+def nullable(schema: Schema) -> Schema:
     """`schema` or null (the service treats null as "not given" for these fields)."""
     result = dict(schema)
     result["type"] = [schema["type"], "null"]
@@ -69,7 +66,7 @@ def generate_request_schema(models: list[ModelSpec], default_model: str) -> Sche
         "required": ["prompt"],
         "additionalProperties": False,
         "properties": {
-            **_common_properties(models, default_model),
+            **common_properties(models, default_model),
             "count": {
                 "type": "integer",
                 "minimum": 1,
@@ -77,52 +74,12 @@ def generate_request_schema(models: list[ModelSpec], default_model: str) -> Sche
                 "default": 1,
                 "description": "How many images.",
             },
-            **_option_properties(models),
+            **option_properties(models),
         },
     }
 
 
-def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema:
-    """POST /v1/images/generations' body: OpenAI's field names, the catalog's values."""
-    ignored = {
-        name: {"type": ["string", "null"], "description": "Accepted and ignored."}
-        for name in IGNORED_FIELDS
-    }
-    return {
-        "type": "object",
-        "description": "OpenAI's request; null means not given.",
-        "required": ["prompt"],
-        "additionalProperties": False,
-        "properties": {
-            **_common_properties(models, default_model),
-            "n": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": max(m.max_count for m in models),
-                    "default": 1,
-                    "description": "How many images.",
-                }
-            ),
-            **_option_properties(models),
-            "response_format": _nullable(
-                {
-                    "type": "string",
-                    "enum": list(RESPONSE_FORMATS),
-                    "description": "DALL-E models only; GPT Image models always answer b64_json.",
-                }
-            ),
-            **ignored,
-            "stream": {
-                "type": ["boolean", "null"],
-                "enum": [False, None],
-                "description": "Streaming is not supported.",
-            },
-        },
-    }
-
-
-def _common_properties(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
+def common_properties(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
     return {
         "prompt": {
             "type": "string",
@@ -133,7 +90,7 @@ def _common_properties(models: list[ModelSpec], default_model: str) -> dict[str,
             + ", ".join(f"{m.id} {m.max_prompt_chars:,}" for m in models)
             + " characters.",
         },
-        "model": _nullable(
+        "model": nullable(
             {
                 "type": "string",
                 "enum": [m.id for m in models],
@@ -141,7 +98,7 @@ def _common_properties(models: list[ModelSpec], default_model: str) -> dict[str,
                 "description": "A model that is not shut down (GET /models).",
             }
         ),
-        "size": _nullable(
+        "size": nullable(
             {
                 "type": "string",
                 "pattern": SIZE_PATTERN,
@@ -152,7 +109,7 @@ def _common_properties(models: list[ModelSpec], default_model: str) -> dict[str,
     }
 
 
-def _option_properties(
+def option_properties(
     models: Iterable[ModelSpec],
     options_of: Callable[[ModelSpec], Mapping[str, Choice | IntRange]] = lambda m: m.options,
 ) -> dict[str, Schema]:
@@ -178,7 +135,7 @@ def _option_properties(
         else:
             raise TypeError(f"option {name!r} is not the same kind for every model")
         schema["description"] = "Taken by " + ", ".join(m.id for m in owners) + "."
-        properties[name] = _nullable(schema)
+        properties[name] = nullable(schema)
     return properties
 
 
@@ -190,11 +147,11 @@ def _input_models(models: list[ModelSpec], operation: str) -> list[tuple[ModelSp
 
 
 def _input_properties(
-    models: list[ModelSpec], default_model: str, operation: str, *, nullable: bool
+    models: list[ModelSpec], default_model: str, operation: str, *, as_json: bool
 ) -> dict[str, Schema]:
     """The fields an edit or variation takes besides its images: the catalog's union."""
     able = _input_models(models, operation)
-    maybe = _nullable if nullable else (lambda schema: schema)
+    maybe = nullable if as_json else (lambda schema: schema)
     owners = [m for m, _ in able]
     default = default_model if default_model in [m.id for m in owners] else owners[0].id
     properties: dict[str, Schema] = {}
@@ -227,8 +184,8 @@ def _input_properties(
         }
     )
     specs = {m.id: spec for m, spec in able}
-    options = _option_properties(owners, lambda m: specs[m.id].options)
-    if not nullable:  # multipart fields are text: never null
+    options = option_properties(owners, lambda m: specs[m.id].options)
+    if not as_json:  # multipart fields are text: never null
         options = {name: _not_null(schema) for name, schema in options.items()}
     return {**properties, **options}
 
@@ -242,7 +199,7 @@ def _not_null(schema: Schema) -> Schema:
 
 
 def input_form_schema(
-    models: list[ModelSpec], default_model: str, operation: str, *, openai: bool = False
+    models: list[ModelSpec], default_model: str, operation: str, *, count_field: str = "count"
 ) -> Schema:
     """A multipart edit or variation: the image files and the text fields."""
     able = _input_models(models, operation)
@@ -256,8 +213,8 @@ def input_form_schema(
         "description": "How many images.",
     }
     properties: dict[str, Schema] = {
-        **_input_properties(models, default_model, operation, nullable=False),
-        "n" if openai else "count": count,
+        **_input_properties(models, default_model, operation, as_json=False),
+        count_field: count,
     }
     if max_images > 1:
         files = {
@@ -280,23 +237,6 @@ def input_form_schema(
             "description": "A PNG with an alpha channel and the first image's dimensions; "
             "its fully transparent areas are edited.",
         }
-    if openai:
-        properties["response_format"] = {
-            "type": "string",
-            "enum": list(RESPONSE_FORMATS),
-            "description": "DALL-E models only; GPT Image models always answer b64_json.",
-        }
-        properties.update(
-            {
-                name: {"type": "string", "description": "Accepted and ignored."}
-                for name in IGNORED_FIELDS
-            }
-        )
-        properties["stream"] = {
-            "type": "boolean",
-            "enum": [False],
-            "description": "Streaming is not supported.",
-        }
     if "prompt" in properties:
         required.setdefault("required", []).append("prompt")
     return {
@@ -314,8 +254,8 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
     max_images = max(spec.max_images for _, spec in able)
     image_id = {"type": "string", "pattern": UUID_PATTERN}
     properties: dict[str, Schema] = {
-        **_input_properties(models, default_model, operation, nullable=True),
-        "count": _nullable(
+        **_input_properties(models, default_model, operation, as_json=True),
+        "count": nullable(
             {
                 "type": "integer",
                 "minimum": 1,
@@ -324,8 +264,8 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
                 "description": "How many images.",
             }
         ),
-        "image_id": _nullable({**image_id, "description": "A stored image to start from."}),
-        "image_ids": _nullable(
+        "image_id": nullable({**image_id, "description": "A stored image to start from."}),
+        "image_ids": nullable(
             {
                 "type": "array",
                 "minItems": 1,
@@ -336,7 +276,7 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
         ),
     }
     if any(spec.mask for _, spec in able):
-        properties["mask_id"] = _nullable(
+        properties["mask_id"] = nullable(
             {**image_id, "description": "A stored PNG with an alpha channel to use as the mask."}
         )
     schema: Schema = {

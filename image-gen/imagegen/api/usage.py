@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from imagegen.access.auth import current_caller
 from imagegen.access.ledger import Ledger
 from imagegen.access.tokens import Limits
-from imagegen.api.spec import errors, json_response, operation
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.clock import utc_now
 from imagegen.services import services
 

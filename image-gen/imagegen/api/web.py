@@ -6,7 +6,7 @@ from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from imagegen import __version__
-from imagegen.api.spec import errors, operation, text_response
+from imagegen.apidoc import errors, operation, text_response
 from imagegen.services import services
 
 bp = Blueprint("web", __name__)

@@ -20,17 +20,11 @@ from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
 from imagegen.api.models import ModelNotFound
-from imagegen.api.spec import (
-    MODEL_ID,
-    errors,
-    input_errors,
-    json_body,
-    json_response,
-    multipart_body,
-    operation,
-)
+from imagegen.api.parts import MODEL_ID, input_errors, multipart_body
+from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
+from imagegen.compat.schemas import IGNORED_FIELDS, RESPONSE_FORMATS, components
 from imagegen.errors import HTTP_CODES, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
@@ -40,9 +34,6 @@ from imagegen.services import services
 bp = Blueprint("compat", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
-RESPONSE_FORMATS = ("url", "b64_json")
-# OpenAI's end-user identifiers, for its abuse monitoring; nothing here uses them.
-IGNORED_FIELDS = ("user", "safety_identifier")
 # Families whose upstream answers `url` unless `response_format` asks for `b64_json`;
 # every other family always answers `b64_json`.
 URL_FAMILIES = frozenset({"dall-e"})
@@ -58,6 +49,7 @@ _ECHO_VALUES = {
 @operation(
     "createImageOpenAI",
     tag="openai-compatible",
+    schemas=components,
     summary="OpenAI's POST /v1/images/generations",
     description="Validated like POST /generate (`n` is `count`) and stored as a job. GPT Image "
     "models answer `b64_json`; DALL-E models answer `url` (an absolute URL of GET "
@@ -87,6 +79,7 @@ def create_image() -> ResponseReturnValue:
 @operation(
     "createImageEditOpenAI",
     tag="openai-compatible",
+    schemas=components,
     summary="OpenAI's POST /v1/images/edits (multipart)",
     description="Validated like POST /edit (`n` is `count`) and stored as a job; one image as "
     "`image`, several as `image[]`, and an optional `mask`. Answers and errors as POST "
@@ -106,6 +99,7 @@ def create_edit() -> ResponseReturnValue:
 @operation(
     "createImageVariationOpenAI",
     tag="openai-compatible",
+    schemas=components,
     summary="OpenAI's POST /v1/images/variations (multipart, dall-e-2)",
     description="Validated like POST /variations (`n` is `count`) and stored as a job. Answers "
     "`url` unless `response_format` is `b64_json`.",
@@ -150,6 +144,7 @@ def _from_images(operation: str) -> dict[str, Any]:
 @operation(
     "listModelsOpenAI",
     tag="openai-compatible",
+    schemas=components,
     summary="OpenAI's GET /v1/models: the models one may ask for",
     responses={
         "200": json_response("The models.", "OpenAIModelList"),
@@ -167,6 +162,7 @@ def list_models() -> ResponseReturnValue:
 @operation(
     "retrieveModelOpenAI",
     tag="openai-compatible",
+    schemas=components,
     summary="OpenAI's GET /v1/models/{model}",
     parameters=[MODEL_ID],
     responses={

@@ -29,7 +29,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import NotAcceptable, RequestEntityTooLarge, UnsupportedMediaType
 
 from imagegen import __version__, clock, strictjson
-from imagegen.api.spec import bare, errors, json_response, operation
+from imagegen.apidoc import bare, errors, json_response, operation
 from imagegen.errors import PermissionDenied, ValidationError
 from imagegen.mcp import protocol
 from imagegen.mcp.loopback import absolute, call

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, g, request
 
 from imagegen import __version__, strictjson
-from imagegen.api.spec import errors, operation, text_response
+from imagegen.apidoc import errors, operation, text_response
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "unmatched"  # the route label of a request that matched no route
