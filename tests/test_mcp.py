@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from imagegen.catalog.models import CATALOG, MODELS
 from imagegen.catalog.spec import SHUT_DOWN
+from imagegen.mcp import protocol
 from imagegen.mcp import server as mcp
 from tests.conftest import ALICE, BOB, OPS, TEST_KEY, bearer, job_files, line
 
@@ -406,14 +407,14 @@ def test_thumbnail_true_adds_small_jpeg_copies_inline(placeholder_client):
     for item in images:
         data = base64.b64decode(item["data"])
         assert item["mimeType"] == "image/jpeg" and data.startswith(b"\xff\xd8")
-    assert sum(len(item["data"]) for item in images) <= mcp.MAX_INLINE_BYTES
+    assert sum(len(item["data"]) for item in images) <= protocol.MAX_INLINE_BYTES
     assert "thumbnails_omitted" not in result["structuredContent"]
 
 
 def test_thumbnails_beyond_the_size_bound_are_left_out_and_counted(placeholder_client, monkeypatch):
     first = call_tool(placeholder_client, "generate_image", {"prompt": "a fox", "thumbnail": True})
     one = len(next(c for c in first["content"] if c["type"] == "image")["data"])
-    monkeypatch.setattr(mcp, "MAX_INLINE_BYTES", one + one // 2)  # room for one, not two
+    monkeypatch.setattr(protocol, "MAX_INLINE_BYTES", one + one // 2)  # room for one, not two
 
     arguments = {"prompt": "a fox", "count": 3, "thumbnail": True}
     result = call_tool(placeholder_client, "generate_image", arguments)
@@ -496,7 +497,7 @@ def test_resources_read_refuses_an_image_over_the_bound_and_says_what_to_do(
 ):
     job = call_tool(placeholder_client, "generate_image", {"prompt": "a fox"})
     uri = job["structuredContent"]["images"][0]["url"]
-    monkeypatch.setattr(mcp, "MAX_INLINE_BYTES", 400)
+    monkeypatch.setattr(protocol, "MAX_INLINE_BYTES", 400)
 
     error = error_of(rpc(placeholder_client, "resources/read", {"uri": uri}))
 

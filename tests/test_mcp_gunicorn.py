@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from imagegen.mcp import protocol
 from imagegen.mcp import server as mcp
 from tests.conftest import ALICE, BOB, TEST_KEY, line
 from tests.gunicorn_server import REPO, Service, free_port, run_gunicorn
@@ -462,7 +463,7 @@ def test_fake_upstream_results_carry_cost_and_revised_prompt_and_stay_small(upst
     assert len(plain.model_dump_json()) < 20_000  # a 2 MB image, and a small result
     thumbnails = inline_images(answers["thumbnails"])
     assert len(thumbnails) == 3
-    assert sum(len(item.data) for item in thumbnails) <= mcp.MAX_INLINE_BYTES
+    assert sum(len(item.data) for item in thumbnails) <= protocol.MAX_INLINE_BYTES
     assert all(base64.b64decode(item.data).startswith(b"\xff\xd8") for item in thumbnails)
     assert len(answers["thumbnails"].model_dump_json()) < 1_000_000
     revised = answers["dalle"].structured_content["images"][0]["revised_prompt"]
@@ -471,7 +472,7 @@ def test_fake_upstream_results_carry_cost_and_revised_prompt_and_stay_small(upst
     assert too_large.code == -32602
     assert "?width=256" in too_large.message and too_large.data["bytes"] >= 2_000_000
     small = answers["small"].contents[0]
-    assert small.mime_type == "image/jpeg" and len(small.blob) <= mcp.MAX_INLINE_BYTES
+    assert small.mime_type == "image/jpeg" and len(small.blob) <= protocol.MAX_INLINE_BYTES
     everything = "".join(a.model_dump_json() for a in answers.values() if hasattr(a, "content"))
     assert TEST_KEY not in everything
     assert TEST_KEY not in upstream.log_text()

@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
+from imagegen import apidoc
 from imagegen.api import generate, images, openapi
 from imagegen.catalog.models import CATALOG, MODELS
 from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange
@@ -60,6 +61,42 @@ def test_every_flask_route_is_documented_and_nothing_else(app, spec):
     assert ("/images/{image_id}", "head") in documented
     expected = {"/generate", "/images/{image_id}", "/health", "/models", "/openapi.json"}
     assert expected | {"/v1/images/generations", "/v1/models"} <= set(spec["paths"])
+
+
+def test_each_served_method_of_each_rule_has_exactly_one_operation_and_no_operation_is_stray(
+    app, settings
+):
+    """The spec is assembled from the routes: a route without its `@operation`, a second
+    operation for one method, or one for a method its route does not serve fails here."""
+    for rule in app.url_map.iter_rules():
+        described = apidoc.operations_of(app.view_functions[rule.endpoint])
+        if rule.endpoint == "static":
+            assert not described
+            continue
+        served = sorted(m.lower() for m in rule.methods - {"OPTIONS", "HEAD"})
+        methods = [op.method or served[0] for op in described]
+        assert sorted(m for m in methods if m != "head") == served, rule.rule
+        assert methods.count("head") <= served.count("get"), rule.rule
+
+    spec = openapi.build_spec(app, settings.default_model)
+    assembled = [
+        (openapi.openapi_path(rule), method) for rule, method, _ in openapi.described_routes(app)
+    ]
+    assert sorted(assembled) == sorted((path, method) for path, method, _ in operations(spec))
+    ids = [op["operationId"] for _, _, op in operations(spec)]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_route_serving_several_methods_must_name_each_operations_method():
+    app = Flask(__name__)
+
+    @app.route("/both", methods=["GET", "POST"])
+    @apidoc.operation("both", tag="service", summary="Both", responses={})
+    def both():
+        return ""
+
+    with pytest.raises(ValueError, match="name each operation's method"):
+        openapi.build_spec(app, "gpt-image-2")
 
 
 def test_spec_describes_only_the_routes_an_app_serves(settings):

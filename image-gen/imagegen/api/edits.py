@@ -14,6 +14,14 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import UnsupportedMediaType
 
 from imagegen.api.generate import make_images
+from imagegen.api.parts import (
+    ASYNC_PARAMETERS,
+    STORED_JOB,
+    accepted_response,
+    input_body,
+    input_errors,
+)
+from imagegen.apidoc import errors, operation
 from imagegen.imaging.answers import answer_body
 from imagegen.imaging.inputs import ImageInputs, default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, read_json
@@ -28,12 +36,38 @@ bp = Blueprint("edits", __name__)
 
 
 @bp.post("/edit")
+@operation(
+    "editImages",
+    tag="images",
+    summary="Edit images with a prompt and store the results as one job",
+    description="The input images are uploaded as multipart/form-data (`image`, repeated for "
+    "several; `image[]` also works) or named by id in a JSON body (`image_id` or `image_ids`, "
+    "images this service stores). An optional `mask` (or `mask_id`) is a PNG with an alpha "
+    "channel and the first image's dimensions; its transparent areas are edited. Uploads are "
+    "recognised by content (PNG, JPEG, WebP), and each model's limits (GET /models/{model_id}: "
+    "`edits`) are checked before any upstream call; a model that cannot edit is a 400 naming "
+    "those that can. The job's metadata records the inputs' ids or digests as `source`.",
+    parameters=ASYNC_PARAMETERS,
+    body=input_body("EditForm", "EditRequest"),
+    responses={"200": STORED_JOB, **accepted_response(), **input_errors(), **errors(503)},
+)
 def edit() -> ResponseReturnValue:
     """Edit one or more images with a prompt; answer the job like POST /generate."""
     return _answer("edit")
 
 
 @bp.post("/variations")
+@operation(
+    "createVariations",
+    tag="images",
+    summary="Variations of one image (dall-e-2), stored as one job",
+    description="One square PNG, uploaded as multipart/form-data `image` or named by "
+    "`image_id` in a JSON body; no prompt. Only models whose catalog entry has `variations` "
+    "take it.",
+    parameters=ASYNC_PARAMETERS,
+    body=input_body("VariationForm", "VariationRequest"),
+    responses={"200": STORED_JOB, **accepted_response(), **input_errors(), **errors(503)},
+)
 def variations() -> ResponseReturnValue:
     """Variations of one image (dall-e-2); answer the job like POST /generate."""
     return _answer("variation")

@@ -8,6 +8,8 @@ from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from imagegen.access.auth import current_caller
+from imagegen.api.parts import ASYNC_DESCRIPTION, ASYNC_PARAMETERS, STORED_JOB, accepted_response
+from imagegen.apidoc import errors, json_body, operation
 from imagegen.imaging.answers import answer_body
 from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
 from imagegen.jobs.submit import respond_async
@@ -17,6 +19,28 @@ bp = Blueprint("generate", __name__)
 
 
 @bp.post("/generate")
+@operation(
+    "generate",
+    tag="images",
+    summary="Generate images for a prompt and store them as one job",
+    description="The body is checked against the model's catalog entry: fields the model does "
+    "not take, values outside its ranges and shut-down models are refused with 400 before any "
+    "upstream call. A deprecated model works and adds `warnings`. " + ASYNC_DESCRIPTION,
+    parameters=ASYNC_PARAMETERS,
+    body=json_body("GenerateRequest"),
+    responses={
+        "200": STORED_JOB,
+        **accepted_response(),
+        **errors(400, 413, 415, 429, 500, 502, 504, 507),
+        **errors(503),
+    },
+    links={
+        "GetImage": ("getImage", {"image_id": "$response.body#/images/0/id"}),
+        "DeleteImage": ("deleteImage", {"image_id": "$response.body#/images/0/id"}),
+        "GetJob": ("getJob", {"job_id": "$response.body#/job_id"}),
+        "DeleteJob": ("deleteJob", {"job_id": "$response.body#/job_id"}),
+    },
+)
 def generate() -> ResponseReturnValue:
     """Generate `count` images; answer the job id and a URL for each stored image."""
     settings = services().settings

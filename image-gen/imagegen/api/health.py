@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from imagegen import __version__
 from imagegen.access.tokens import TokensLoad
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.clock import utc_now
 from imagegen.services import services
 
@@ -16,6 +17,16 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
+@operation(
+    "health",
+    tag="service",
+    summary="Is the service up and configured (never the key)",
+    responses={
+        "200": json_response("Healthy.", "Health"),
+        "503": json_response("The image store is not writable.", "Health"),
+        **errors(500),
+    },
+)
 def health() -> ResponseReturnValue:
     """Status, whether a key is configured (never the key), provider, default model, version."""
     settings = services().settings

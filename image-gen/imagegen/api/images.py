@@ -19,6 +19,8 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from imagegen import strictjson
+from imagegen.api.parts import IMAGE_HEADERS, IMAGE_ID, IMAGE_PARAMETERS, UUID_PATTERN, binary
+from imagegen.apidoc import bare, errors, json_response, operation, query
 from imagegen.errors import ValidationError
 from imagegen.imaging import thumbnails
 from imagegen.imaging.formats import CONTENT_TYPES
@@ -31,6 +33,42 @@ MAX_AGE = 3600
 
 
 @bp.get("/images/<path:image_id>")
+@operation(
+    "getImage",
+    method="get",
+    tag="images",
+    summary="The image's bytes, or a thumbnail of it",
+    description="Other query parameters are ignored.",
+    parameters=IMAGE_PARAMETERS,
+    responses={
+        "200": binary("The image (or thumbnail), typed by its format.", IMAGE_HEADERS),
+        "206": binary("The requested byte range.", IMAGE_HEADERS),
+        "304": bare("Not modified: the If-None-Match ETag matches."),
+        "400": json_response(
+            "A bad thumbnail parameter: `width` or `height` not a whole number from "
+            f"{thumbnails.MIN_EDGE} to {thumbnails.MAX_EDGE}, an unknown `format`, `format` "
+            "alone, or a parameter given twice (VALIDATION_ERROR, with `field`).",
+            "Error",
+        ),
+        **errors(404, 416, 500),
+    },
+)
+@operation(
+    "headImage",
+    method="head",
+    tag="images",
+    summary="The image's headers without its bytes",
+    parameters=IMAGE_PARAMETERS,
+    responses={
+        "200": bare("The image exists.", IMAGE_HEADERS),
+        "206": bare("The requested byte range exists.", IMAGE_HEADERS),
+        "304": bare("Not modified: the If-None-Match ETag matches."),
+        "400": bare("A bad thumbnail parameter."),
+        "404": bare("No image has this id."),
+        "416": bare("The range is outside the image."),
+        "500": bare("Unexpected failure."),
+    },
+)
 def get_image(image_id: str) -> ResponseReturnValue:
     """The image's bytes (or a thumbnail) with its content type, a strong ETag, and 304."""
     variant = thumbnails.requested_variant(request.args)
@@ -43,6 +81,17 @@ def get_image(image_id: str) -> ResponseReturnValue:
 
 
 @bp.delete("/images/<path:image_id>")
+@operation(
+    "deleteImage",
+    tag="images",
+    summary="Delete one image",
+    description="The file is removed and the image is marked deleted in its job.",
+    parameters=[IMAGE_ID],
+    responses={
+        "200": json_response("The image is gone.", "DeletedImage"),
+        **errors(404, 500, 507),
+    },
+)
 def delete_image(image_id: str) -> ResponseReturnValue:
     """Remove the image file and mark it deleted in its job's metadata."""
     image = services().store.delete_image(image_id)
@@ -112,6 +161,29 @@ _MAX_CURSOR_CHARS = 512
 
 
 @bp.get("/images")
+@operation(
+    "listImages",
+    tag="images",
+    summary="List stored images, newest job first",
+    parameters=[
+        query(
+            "limit",
+            "Images per page; empty means the default.",
+            {
+                "anyOf": [{"type": "integer", "minimum": 1, "maximum": 200}, {"const": ""}],
+                "default": 50,
+            },
+        ),
+        query(
+            "cursor",
+            "The `next_cursor` of the previous page; any other value is refused.",
+            {"type": "string", "maxLength": 512},
+        ),
+        query("job_id", "Only this job's images.", {"type": "string", "pattern": UUID_PATTERN}),
+    ],
+    responses={"200": json_response("A page of images.", "ImagePage"), **errors(400, 500)},
+    links={"NextPage": ("listImages", {"cursor": "$response.body#/next_cursor"})},
+)
 def list_images() -> ResponseReturnValue:
     """Stored images, newest job first: `limit` per page, `cursor` for the next, `job_id` filter."""
     limit = _limit(request.args.get("limit"))

@@ -15,6 +15,19 @@ from flask import Blueprint, Response, g, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
+from imagegen.api.parts import JOB_ID, binary
+from imagegen.apidoc import (
+    errors,
+    header,
+    header_param,
+    json_response,
+    operation,
+    path_param,
+    query,
+    ref,
+    retry_later,
+    with_request_id,
+)
 from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
 from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
 from imagegen.jobs import events, streams
@@ -35,6 +48,25 @@ class JobPathConverter(PathConverter):
 
 
 @bp.get("/jobs/<path:job_id>")
+@operation(
+    "getJob",
+    tag="jobs",
+    summary="A job: stored, or still queued or running, or failed",
+    description="A completed job as POST /generate answered it, with the request; deleted "
+    "images have `status: deleted` and no URL. An asynchronous job that is queued or running "
+    "(or failed) is a PendingJob: progress, previews, the error; poll it after Retry-After "
+    "seconds, or follow /jobs/{job_id}/events.",
+    parameters=[JOB_ID],
+    responses={
+        "200": {
+            **json_response("The job.", schema={"oneOf": [ref("Job"), ref("PendingJob")]}),
+            "headers": with_request_id(
+                {"Retry-After": header("While queued or running: seconds to wait.")}
+            ),
+        },
+        **errors(404, 500),
+    },
+)
 def show_job(job_id: str) -> ResponseReturnValue:
     """A stored job as /generate answered it, plus its request (deleted images have no URL);
     a queued, running or failed one with its progress, previews or error.
@@ -60,6 +92,45 @@ def show_job(job_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/jobs/<path:job_id>/events")
+@operation(
+    "getJobEvents",
+    tag="jobs",
+    summary="A job's progress as Server-Sent Events",
+    description="Events, each with an `id` and JSON `data`: `status` (queued, running, "
+    "completed, failed, with progress), `partial_image` (a preview the upstream streamed: "
+    "`image`, `partial_image_index`, `url`), `image` (one image of the job is finished: `url`, "
+    "`images_done`, `count`), then `completed` (the Job) or `failed` (the PendingJob with its "
+    "error), after which the stream ends. Comment lines keep the connection open. A stored job "
+    "answers one `completed` event. Reconnect with Last-Event-ID (or `last_event_id`) to get "
+    "only newer events; the stream also ends after 15 minutes.",
+    parameters=[
+        JOB_ID,
+        header_param("Last-Event-ID", "The id of the last event received."),
+        query(
+            "last_event_id",
+            "As Last-Event-ID, for clients that cannot set headers.",
+            {"type": "integer", "minimum": 0},
+        ),
+    ],
+    responses={
+        "200": {
+            "description": "text/event-stream until the job ends; each event as described "
+            "(its `data` is one line of JSON).",
+            "headers": with_request_id({}),
+            "content": {"text/event-stream": {"schema": ref("JobEvent")}},
+        },
+        **errors(404, 500),
+        "429": retry_later(
+            "This token already has IMAGE_GEN_MAX_STREAMS_PER_TOKEN event streams open on this "
+            "worker (TOO_MANY_STREAMS, `scope: token`): close one or poll GET /jobs/{job_id}, "
+            "and retry after Retry-After."
+        ),
+        "503": retry_later(
+            "This worker already serves IMAGE_GEN_MAX_STREAMS event streams (TOO_MANY_STREAMS, "
+            "`scope: worker`): poll GET /jobs/{job_id} instead, or retry after Retry-After."
+        ),
+    },
+)
 def job_events(job_id: str) -> ResponseReturnValue:
     """The job's progress as Server-Sent Events: `status`, `partial_image` and `image` as they
     happen, then `completed` (the stored job) or `failed` (its error), and the stream ends.
@@ -118,6 +189,23 @@ def _stream_token() -> str | None:
 
 
 @bp.get("/jobs/<path:job_id>/previews/<name>")
+@operation(
+    "getJobPreview",
+    tag="jobs",
+    summary="A running job's partial preview, or an image finished before the job",
+    description="The URLs are in the job's `previews` and its events. Previews are kept with "
+    "the job's record (IMAGE_GEN_JOB_RETENTION); the stored images are at /images/{image_id} "
+    "once the job is completed.",
+    parameters=[
+        JOB_ID,
+        path_param(
+            "name",
+            "The preview's name, as in its URL.",
+            "^(p[0-9]{1,2}-[0-9]|i[0-9]{1,2})[.](png|jpg|webp)$",
+        ),
+    ],
+    responses={"200": binary("The preview, typed by its format.", {}), **errors(404, 500)},
+)
 def job_preview(job_id: str, name: str) -> ResponseReturnValue:
     """A partial preview (or a finished image) of an asynchronous job, before it is stored."""
     path = _records().preview(job_id, name)
@@ -132,6 +220,19 @@ def job_preview(job_id: str, name: str) -> ResponseReturnValue:
 
 
 @bp.delete("/jobs/<job_path:job_id>")
+@operation(
+    "deleteJob",
+    tag="jobs",
+    summary="Delete a whole job with its images",
+    parameters=[JOB_ID],
+    responses={
+        "200": json_response("The job is gone.", "DeletedJob"),
+        **errors(404, 500),
+        "409": json_response(
+            "The job is queued or running (JOB_NOT_FINISHED): delete it once it ends.", "Error"
+        ),
+    },
+)
 def delete_job(job_id: str) -> ResponseReturnValue:
     """Remove the whole job: every image, its metadata, its directory and its record.
 

@@ -9,6 +9,8 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from imagegen import clock
+from imagegen.api.parts import MODEL_ID
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.pricing import pricing_for
 from imagegen.catalog.spec import ModelSpec
@@ -19,6 +21,15 @@ bp = Blueprint("models", __name__)
 
 
 @bp.get("/models")
+@operation(
+    "listModels",
+    tag="models",
+    summary="Every model with its lifecycle, sizes, counts and options",
+    responses={
+        "200": json_response("The catalog and the default model.", "ModelList"),
+        **errors(500),
+    },
+)
 def list_models() -> ResponseReturnValue:
     """Every model with its lifecycle, sizes, counts and options, and the default model."""
     today = clock.today()
@@ -32,6 +43,13 @@ def list_models() -> ResponseReturnValue:
 
 
 @bp.get("/models/<path:model_id>")
+@operation(
+    "getModel",
+    tag="models",
+    summary="One model's catalog entry",
+    parameters=[MODEL_ID],
+    responses={"200": json_response("The model.", "Model"), **errors(404, 500)},
+)
 def show_model(model_id: str) -> ResponseReturnValue:
     """One model's entry."""
     model = get_model(model_id)

@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from imagegen.access.auth import current_caller
 from imagegen.access.ledger import Ledger
 from imagegen.access.tokens import Limits
+from imagegen.apidoc import errors, json_response, operation
 from imagegen.clock import utc_now
 from imagegen.services import services
 
@@ -17,6 +18,15 @@ bp = Blueprint("usage", __name__)
 
 
 @bp.get("/usage")
+@operation(
+    "getUsage",
+    tag="service",
+    summary="What the caller made and spent in the current windows, against its caps",
+    description="Images in the last hour and day and US dollars in the last day (sliding "
+    "windows), with each cap and what is left. A client token sees its own figures and the "
+    "service's; an admin token sees every token's.",
+    responses={"200": json_response("The usage figures.", "Usage"), **errors(500)},
+)
 def usage() -> ResponseReturnValue:
     """The caller's images and estimated spend (an admin token sees every token)."""
     settings = services().settings

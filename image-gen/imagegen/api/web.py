@@ -6,6 +6,7 @@ from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from imagegen import __version__
+from imagegen.apidoc import errors, operation, text_response
 from imagegen.services import services
 
 bp = Blueprint("web", __name__)
@@ -20,6 +21,12 @@ _CSP = (
 
 
 @bp.get("/")
+@operation(
+    "webPage",
+    tag="service",
+    summary="The web page: a form to generate and a gallery of recent images",
+    responses={"200": text_response("An HTML page.", "text/html"), **errors(500)},
+)
 def index() -> ResponseReturnValue:
     """The page; its script asks for a client token if /health says so, then calls the API."""
     settings = services().settings

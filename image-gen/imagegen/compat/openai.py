@@ -20,8 +20,11 @@ from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
 from imagegen.api.models import ModelNotFound
+from imagegen.api.parts import MODEL_ID, input_errors, multipart_body
+from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
+from imagegen.compat.schemas import IGNORED_FIELDS, RESPONSE_FORMATS, components
 from imagegen.errors import HTTP_CODES, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
@@ -31,9 +34,6 @@ from imagegen.services import services
 bp = Blueprint("compat", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
-RESPONSE_FORMATS = ("url", "b64_json")
-# OpenAI's end-user identifiers, for its abuse monitoring; nothing here uses them.
-IGNORED_FIELDS = ("user", "safety_identifier")
 # Families whose upstream answers `url` unless `response_format` asks for `b64_json`;
 # every other family always answers `b64_json`.
 URL_FAMILIES = frozenset({"dall-e"})
@@ -46,6 +46,23 @@ _ECHO_VALUES = {
 
 
 @bp.post("/images/generations")
+@operation(
+    "createImageOpenAI",
+    tag="openai-compatible",
+    schemas=components,
+    summary="OpenAI's POST /v1/images/generations",
+    description="Validated like POST /generate (`n` is `count`) and stored as a job. GPT Image "
+    "models answer `b64_json`; DALL-E models answer `url` (an absolute URL of GET "
+    "/images/{image_id} on this service) unless `response_format` is `b64_json`. `user` and "
+    "`safety_identifier` are accepted and ignored. Errors use OpenAI's shape; `code` is the "
+    "service's error code in lower case. Failures a retry cannot fix carry "
+    "`x-should-retry: false`.",
+    body=json_body("OpenAIImagesRequest"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **errors(400, 413, 415, 429, 500, 502, 504, 507, schema="OpenAIError"),
+    },
+)
 def create_image() -> ResponseReturnValue:
     """Generate and store images like POST /generate; answer OpenAI's ImagesResponse."""
     settings = services().settings
@@ -59,12 +76,39 @@ def create_image() -> ResponseReturnValue:
 
 
 @bp.post("/images/edits")
+@operation(
+    "createImageEditOpenAI",
+    tag="openai-compatible",
+    schemas=components,
+    summary="OpenAI's POST /v1/images/edits (multipart)",
+    description="Validated like POST /edit (`n` is `count`) and stored as a job; one image as "
+    "`image`, several as `image[]`, and an optional `mask`. Answers and errors as POST "
+    "/v1/images/generations.",
+    body=multipart_body("OpenAIEditForm"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **input_errors(schema="OpenAIError", stored=False),
+    },
+)
 def create_edit() -> ResponseReturnValue:
     """OpenAI's multipart image edit (`image` or `image[]`, `mask`), stored like POST /edit."""
     return jsonify(_from_images("edit"))
 
 
 @bp.post("/images/variations")
+@operation(
+    "createImageVariationOpenAI",
+    tag="openai-compatible",
+    schemas=components,
+    summary="OpenAI's POST /v1/images/variations (multipart, dall-e-2)",
+    description="Validated like POST /variations (`n` is `count`) and stored as a job. Answers "
+    "`url` unless `response_format` is `b64_json`.",
+    body=multipart_body("OpenAIVariationForm"),
+    responses={
+        "200": json_response("The images.", "OpenAIImagesResponse"),
+        **input_errors(schema="OpenAIError", stored=False),
+    },
+)
 def create_variation() -> ResponseReturnValue:
     """OpenAI's multipart image variation (dall-e-2), stored like POST /variations."""
     return jsonify(_from_images("variation"))
@@ -97,6 +141,16 @@ def _from_images(operation: str) -> dict[str, Any]:
 
 
 @bp.get("/models")
+@operation(
+    "listModelsOpenAI",
+    tag="openai-compatible",
+    schemas=components,
+    summary="OpenAI's GET /v1/models: the models one may ask for",
+    responses={
+        "200": json_response("The models.", "OpenAIModelList"),
+        **errors(500, schema="OpenAIError"),
+    },
+)
 def list_models() -> ResponseReturnValue:
     """The catalog models one may ask for, as OpenAI's model list."""
     today = clock.today()
@@ -105,6 +159,17 @@ def list_models() -> ResponseReturnValue:
 
 
 @bp.get("/models/<path:model_id>")
+@operation(
+    "retrieveModelOpenAI",
+    tag="openai-compatible",
+    schemas=components,
+    summary="OpenAI's GET /v1/models/{model}",
+    parameters=[MODEL_ID],
+    responses={
+        "200": json_response("The model.", "OpenAIModel"),
+        **errors(404, 500, schema="OpenAIError"),
+    },
+)
 def retrieve_model(model_id: str) -> ResponseReturnValue:
     """One usable model as OpenAI's model object; 404 `model_not_found` otherwise."""
     model = get_model(model_id)

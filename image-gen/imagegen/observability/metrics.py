@@ -34,6 +34,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from imagegen import __version__
+from imagegen.apidoc import errors, operation, text_response
 from imagegen.errors import ServiceError
 from imagegen.observability import countfiles
 from imagegen.upstream.client import AttemptReport
@@ -408,6 +409,15 @@ def _outcome(status: str) -> str:
 
 
 @bp.get("/metrics")
+@operation(
+    "metrics",
+    tag="service",
+    summary="Prometheus metrics, summed over every worker process",
+    responses={
+        "200": text_response("Prometheus' text exposition format, version 0.0.4.", "text/plain"),
+        **errors(500),
+    },
+)
 def scrape() -> Response:
     """Every metric, summed over all of the service's processes, in Prometheus' text format."""
     path = _files.directory
