@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,7 +220,7 @@ _NUMERIC = (
 )
 
 
-def _number(name: str, raw: str, kind: type) -> float | int:
+def _number(name: str, raw: str, kind: Callable[[str], float | int]) -> float | int:
     try:
         value = kind(raw.strip())
     except ValueError:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
+from imagegen.access.auth import identified_caller
 from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
 from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
 from imagegen.jobs import events, streams
@@ -114,7 +115,8 @@ def _stream_token() -> str | None:
     service, where every caller is the same anonymous one and only the worker bound holds."""
     if not services().settings.auth_required:
         return None
-    return getattr(g.get("caller"), "name", None)
+    caller = identified_caller()
+    return None if caller is None else caller.name
 
 
 @bp.get("/jobs/<path:job_id>/previews/<name>")

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from imagegen import strictjson
 from imagegen.clock import utc_now
@@ -73,6 +73,15 @@ class StoredImage:
         return CONTENT_TYPES[self.format]
 
 
+class _BrowseCache(TypedDict):
+    """What a process remembers for listing (see ImageStore._job_stamps)."""
+
+    stamps: dict[str, int]  # job id: its lock file's mtime
+    created: dict[str, str]  # job id: its created_at
+    order: NotRequired[list[tuple[int, str]]]  # the last scan's (stamp, job id), newest first
+    trusted: NotRequired[int | None]  # the root's mtime when that scan can be trusted
+
+
 class ImageStore:
     """Jobs and images on disk, written atomically and found by exact id."""
 
@@ -81,7 +90,7 @@ class ImageStore:
         self._disk = Disk(fsync=fsync)
         self._index = self.root / _INDEX
         # This process's memory for listing (see _job_stamps), shared by a worker's threads.
-        self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
+        self._browse: _BrowseCache = {"stamps": {}, "created": {}}
 
     def prepare(self) -> None:
         """Create the directories; fail with a message that names the fix if we cannot."""
@@ -111,7 +120,7 @@ class ImageStore:
         """The service's own directories (hidden: .index, .jobs/.active, .ledger, ...) that
         this process may not use, as a run under another uid leaves them. Job directories
         and crashed writers' staging ones are not needed to start, and are not looked at."""
-        pending = [self.root]
+        pending: list[str | Path] = [self.root]
         while pending:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
@@ -142,7 +151,7 @@ class ImageStore:
         created = utc_now()
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
         links: list[Path] = []
-        images = []
+        images: list[dict[str, Any]] = []
         syncs: list[Future[None]] = []
         published = False
         try:
@@ -191,9 +200,9 @@ class ImageStore:
             # before the rename publishes them; these fsyncs run side by side.
             self._disk.sync(staging)
             durable.wait(syncs)
-            for image in images:
-                link = self._index / image["id"]
-                os.symlink(f"../{job_id}/{image['file']}", link)
+            for stored in images:
+                link = self._index / stored["id"]
+                os.symlink(f"../{job_id}/{stored['file']}", link)
                 links.append(link)
             syncs = self._disk.sync_soon(self._index)  # so that a power cut cannot lose the links
             os.rename(staging, self.root / job_id)
@@ -241,9 +250,10 @@ class ImageStore:
         if canonical is None:
             return None
         try:
-            return json.loads((self.root / canonical / METADATA).read_bytes())
+            metadata = json.loads((self.root / canonical / METADATA).read_bytes())
         except (OSError, ValueError):
             return None
+        return metadata if isinstance(metadata, dict) else None  # a damaged file is no job
 
     # --- thumbnails -----------------------------------------------------------------------
     # A cache beside the job's images, never in metadata.json, the index or a listing. A
@@ -529,9 +539,11 @@ class ImageStore:
         if len(cache["created"]) > 2 * len(fresh) + 1000:
             cache["created"] = {k: v for k, v in cache["created"].items() if k in fresh}
         cache.update(
-            stamps=fresh,
-            order=order,
-            trusted=changed if scanned - changed > 100_000_000 else None,
+            {
+                "stamps": fresh,
+                "order": order,
+                "trusted": changed if scanned - changed > 100_000_000 else None,
+            }
         )
         return order
 
@@ -544,7 +556,7 @@ class ImageStore:
                 return os.stat(path).st_mtime_ns
         return None
 
-    def _browse_cache(self) -> dict[str, Any]:
+    def _browse_cache(self) -> _BrowseCache:
         """This process's memory for listing: lock mtimes and created_at (which never change
         for a job) and the last scan's order. Shared by the worker's threads."""
         return self._browse
