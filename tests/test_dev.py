@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 import dev
 from tests.gunicorn_server import REPO
@@ -146,53 +142,6 @@ def test_lint_fails_at_the_first_failing_check_and_runs_no_further(failing, runs
     assert dev.lint("python", check=check) == 1
     assert len(calls) == runs
     assert failing in calls[-1]
-
-
-def test_mypy_checks_the_application_package_from_the_pyproject_settings():
-    settings = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
-
-    assert "image-gen/imagegen" in settings["files"]
-    assert settings["strict"] is True
-
-
-def pins(path: Path) -> dict[str, str]:
-    """The `name==version` lines of a requirements file, by canonical name."""
-    found = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, separator, version = line.partition("#")[0].strip().partition("==")
-        if separator:
-            found[canonicalize_name(name)] = version.strip()
-    return found
-
-
-def test_pyproject_declares_the_runtime_dependencies_the_image_pins():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    pinned = pins(REPO / "image-gen" / "requirements.txt")
-    declared = [Requirement(text) for text in project["dependencies"]]
-
-    assert declared
-    for requirement in declared:
-        name = canonicalize_name(requirement.name)
-        assert name in pinned, f"{requirement.name} is not pinned in image-gen/requirements.txt"
-        assert requirement.specifier.contains(pinned[name]), (requirement, pinned[name])
-    assert {canonicalize_name(r.name) for r in declared} == third_party_imports(REPO / "image-gen")
-
-
-DISTRIBUTIONS = {"PIL": "pillow"}  # import names that differ from the name on PyPI
-
-
-def third_party_imports(directory: Path) -> set[str]:
-    """The distributions whose modules the code under `directory` imports (absolute imports
-    outside the standard library and imagegen itself)."""
-    modules = set()
-    for path in directory.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules.add(node.module.split(".")[0])
-    ours = {"imagegen", "__future__", *sys.stdlib_module_names}
-    return {canonicalize_name(DISTRIBUTIONS.get(m, m)) for m in modules - ours}
 
 
 def test_serve_is_placeholder_mode_on_127_0_0_1_port_5000_with_images_in_the_clone():

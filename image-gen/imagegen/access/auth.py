@@ -77,7 +77,8 @@ def _owner(job_id: str) -> str | None:
     parts = services()
     metadata = parts.store.job_metadata(job_id)
     if metadata is not None:
-        return metadata.get("client", ANONYMOUS)
+        client: str | None = metadata.get("client", ANONYMOUS)
+        return client
     record = parts.records.read(job_id)
     return None if record is None else record.get("caller") or ANONYMOUS
 

@@ -22,7 +22,7 @@ def health() -> ResponseReturnValue:
     settings = services().settings
     store = services().store
     storage_ok = os.access(store.root, os.W_OK)
-    body = {
+    body: dict[str, Any] = {
         "status": "healthy" if storage_ok else "unhealthy",
         "api_key_configured": settings.api_key_configured,
         "api_key_source": settings.api_key_source,

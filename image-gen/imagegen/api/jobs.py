@@ -9,7 +9,6 @@ queued or running, or when it failed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
@@ -94,7 +93,7 @@ def job_events(job_id: str) -> ResponseReturnValue:
     return response
 
 
-def _event_stream(stream: Any) -> Response:
+def _event_stream(stream: Iterator[str]) -> Response:
     return Response(
         stream,
         mimetype="text/event-stream",

@@ -20,7 +20,7 @@ from imagegen.catalog.spec import SHUT_DOWN, Choice, InputSpec, IntRange, ModelS
 from imagegen.compat.openai import IGNORED_FIELDS, RESPONSE_FORMATS
 from imagegen.errors import HTTP_CODES, ServiceError
 from imagegen.imaging.formats import CONTENT_TYPES
-from imagegen.imaging.inputs import OPERATIONS
+from imagegen.imaging.inputs import operation_spec
 from imagegen.imaging.thumbnails import MAX_EDGE, MIN_EDGE
 from imagegen.services import services
 from imagegen.settings import PROVIDERS
@@ -1632,7 +1632,7 @@ def _option_properties(
 
 
 def _input_models(models: list[ModelSpec], operation: str) -> list[tuple[ModelSpec, InputSpec]]:
-    return [(m, spec) for m in models if (spec := getattr(m, OPERATIONS[operation])) is not None]
+    return [(m, spec) for m in models if (spec := operation_spec(m, operation)) is not None]
 
 
 def _input_properties(

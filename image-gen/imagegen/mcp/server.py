@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import datetime as dt
 import json
 import logging
 import re
@@ -456,6 +457,7 @@ def call(
     application context, and with it `g` (the caller, the request id, an idempotency claim).
     A body over `max_bytes` is not read: the answer is marked truncated with its length.
     """
+    # current_app is typed as the Flask app it stands for, which has no _get_current_object.
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     sent = {"X-Request-ID": g.get("request_id", ""), **(headers or {})}
     authorization = request.headers.get("Authorization")
@@ -474,7 +476,7 @@ def call(
     def send() -> Answer:
         response = Client(app, use_cookies=False).open(path, **options)
         try:
-            length = response.content_length
+            length: int | None = response.content_length  # Werkzeug types it int, None if unset
             if max_bytes is not None and length is not None and length > max_bytes:
                 return Answer(response.status_code, response.headers, b"", length, True)
             data = response.get_data()
@@ -552,7 +554,7 @@ class Tool:
     name: str
     title: str
     description: str
-    input_schema: Callable[[str, Any], dict[str, Any]]
+    input_schema: Callable[[str, dt.date], dict[str, Any]]
     output_schema: dict[str, Any]
     hints: dict[str, bool]
     adapter: Callable[[dict[str, Any]], ToolResult]
@@ -800,7 +802,7 @@ def _thumbnails(image_ids: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
 # --- input schemas, from the catalog ------------------------------------------------------
 
 
-def _usable(today: Any) -> list[ModelSpec]:
+def _usable(today: dt.date) -> list[ModelSpec]:
     return [model for model in MODELS if model.status(today) != SHUT_DOWN]
 
 
@@ -826,7 +828,7 @@ def _per_model(models: Iterable[ModelSpec], describe: Callable[[ModelSpec], str 
     return "; ".join(f"{', '.join(ids)}: {text}" for text, ids in groups.items())
 
 
-def _model_notes(models: list[ModelSpec], default: str, today: Any) -> str:
+def _model_notes(models: list[ModelSpec], default: str, today: dt.date) -> str:
     lines = []
     for model in models:
         status = model.status(today)
@@ -902,7 +904,7 @@ _MCP_ARGUMENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _generate_schema(default_model: str, today: Any) -> dict[str, Any]:
+def _generate_schema(default_model: str, today: dt.date) -> dict[str, Any]:
     models = _usable(today)
     base = openapi.generate_request_schema(models, default_model)
     properties = {name: _not_null(schema) for name, schema in base["properties"].items()}
@@ -939,7 +941,7 @@ def _generate_schema(default_model: str, today: Any) -> dict[str, Any]:
     }
 
 
-def _edit_schema(default_model: str, today: Any) -> dict[str, Any]:
+def _edit_schema(default_model: str, today: dt.date) -> dict[str, Any]:
     models = _usable(today)
     default = default_model_for("edit", default_model, today)
     base = openapi.input_json_schema(models, default, "edit")
@@ -976,7 +978,7 @@ def _edit_schema(default_model: str, today: Any) -> dict[str, Any]:
     }
 
 
-def _fixed(schema: dict[str, Any]) -> Callable[[str, Any], dict[str, Any]]:
+def _fixed(schema: dict[str, Any]) -> Callable[[str, dt.date], dict[str, Any]]:
     return lambda default_model, today: schema
 
 
