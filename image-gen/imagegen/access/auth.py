@@ -27,7 +27,7 @@ ADMIN_ENDPOINTS = frozenset({"metrics.scrape"})
 def register_auth(app: Flask) -> None:
     """Identify the caller of every request (g.caller) or refuse it with 401."""
     settings = services(app).settings
-    if settings.tokens is not None:  # settings.auth_required
+    if settings.tokens is not None:  # auth_required, in a form that tells mypy tokens is set
         log.info(
             "client tokens required: %d token(s) from %s",
             len(settings.tokens),
