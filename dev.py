@@ -5,7 +5,7 @@ only when it, or a file it includes, changed since the last install), then:
 
     serve   Gunicorn on http://127.0.0.1:5000 in placeholder mode: no key, images in ./images
     test    the whole test suite: .venv/bin/python -m pytest, with any further arguments
-    lint    ruff check and ruff format --check, as CI runs them
+    lint    ruff check, ruff format --check and mypy (pyproject.toml's [tool.mypy]), as CI runs them
 
 Needs only Python 3.11 or later (Linux or macOS: Gunicorn does not run on Windows).
 """
@@ -28,10 +28,17 @@ SERVE_URL = "http://127.0.0.1:5000"
 USAGE = "usage: python3 dev.py serve | test [pytest arguments] | lint"
 
 Runner = Callable[[Sequence[str]], None]
+Check = Callable[[Sequence[str]], int]  # runs a command and gives its exit status
+# What `lint` runs, in order, as `python -m ...`; mypy reads its files and flags from pyproject.
+LINT_COMMANDS = (("ruff", "check", "."), ("ruff", "format", "--check", "."), ("mypy",))
 
 
 def _run(command: Sequence[str]) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
+
+
+def _status(command: Sequence[str]) -> int:
+    return subprocess.run(command, cwd=ROOT, check=False).returncode
 
 
 def requirements_digest(path: Path = REQUIREMENTS) -> str:
@@ -84,6 +91,14 @@ def ensure_environment(
     return True
 
 
+def lint(python: str, check: Check = _status) -> int:
+    """Run LINT_COMMANDS with `python` in order: 1 at the first that fails, 0 if all pass."""
+    for command in LINT_COMMANDS:
+        if check([python, "-m", *command]):
+            return 1
+    return 0
+
+
 def serve_environment(environ: dict[str, str]) -> dict[str, str]:
     """Placeholder mode on 127.0.0.1:5000, images in ./images; other settings as given."""
     environment = dict(environ)
@@ -113,10 +128,7 @@ def main(argv: Sequence[str]) -> int:
         os.execve(python, gunicorn + rest, serve_environment(dict(os.environ)))
     if command == "test":
         os.execv(python, [python, "-m", "pytest", *rest])
-    for check in (["check", "."], ["format", "--check", "."]):
-        if subprocess.run([python, "-m", "ruff", *check], check=False).returncode:
-            return 1
-    return 0
+    return lint(python)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,36 @@ quality), so each worker process runs many threads. Sync workers would serve onl
 `workers` callers at a time. Override with the GUNICORN_* variables below.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from flask import Flask
+
+
+class _Log(Protocol):
+    """The part of Gunicorn's logger the hooks use."""
+
+    def info(self, msg: str, /, *args: object) -> None: ...
+    def error(self, msg: str, /, *args: object) -> None: ...
+
+
+class _Server(Protocol):
+    """The part of Gunicorn's arbiter the hooks use (its log is set before any hook runs)."""
+
+    log: _Log
+
+
+class _Worker(Protocol):
+    """The part of a Gunicorn worker the hooks use: its pid and the app it loaded (wsgi:app)."""
+
+    pid: int
+    wsgi: Flask
 
 
 def _int(name: str, default: int) -> int:
@@ -49,7 +76,7 @@ control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-def on_starting(server: Any) -> None:
+def on_starting(server: _Server) -> None:
     """Read the client tokens file, which every worker then serves with, and start the
     counters of /metrics at zero: remove the last run's count files.
 
@@ -73,7 +100,7 @@ def on_starting(server: Any) -> None:
     countfiles.clear(Layout.from_env(os.environ).metrics_dir)
 
 
-def on_reload(server: Any) -> None:
+def on_reload(server: _Server) -> None:
     """SIGHUP (`docker compose kill -s HUP`): read the tokens file again before Gunicorn
     replaces its workers, which then serve with it. A file that cannot be used is logged with
     its line, and the last good tokens stay: the service never stops over it."""
@@ -91,7 +118,7 @@ def on_reload(server: Any) -> None:
         )
 
 
-def post_worker_init(worker: Any) -> None:
+def post_worker_init(worker: _Worker) -> None:
     """Run asynchronous jobs in every worker: adopt any left unfinished, and on SIGTERM start
     no new ones while in-flight requests drain (queued ones wait for the next process).
     Also: Gunicorn's own refusals (414, 431, malformed HTTP) answer in the JSON error shape."""
@@ -106,7 +133,7 @@ def post_worker_init(worker: Any) -> None:
     jobs.start()
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         jobs.stop_claiming()
         if callable(previous):
             previous(signum, frame)
@@ -119,7 +146,7 @@ def post_worker_init(worker: Any) -> None:
     gc.freeze()
 
 
-def child_exit(server: Any, worker: Any) -> None:
+def child_exit(server: _Server, worker: _Worker) -> None:
     """In the master, once a worker has exited (killed, crashed or recycled): its requests in
     flight stop counting on /metrics (prometheus_client's `mark_process_dead`)."""
     from imagegen.observability import countfiles
@@ -128,11 +155,12 @@ def child_exit(server: Any, worker: Any) -> None:
     countfiles.process_dead(worker.pid, Layout.from_env(os.environ).metrics_dir)
 
 
-def worker_exit(server: Any, worker: Any) -> None:
+def worker_exit(server: _Server, worker: _Worker) -> None:
     """Give this worker's running jobs the graceful timeout to finish; the rest are adopted
     by the next process (Gunicorn kills the worker at the graceful timeout in any case)."""
-    from imagegen.services import services
+    from imagegen.services import loaded_services
 
-    app = getattr(worker, "wsgi", None)
-    if app is not None and "imagegen" in getattr(app, "extensions", {}):
-        services(app).jobs.shutdown(timeout=graceful_timeout)
+    # Gunicorn sets worker.wsgi only once the worker has loaded the app, which may have failed.
+    found = loaded_services(getattr(worker, "wsgi", None))
+    if found is not None:
+        found.jobs.shutdown(timeout=graceful_timeout)

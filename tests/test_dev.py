@@ -116,6 +116,34 @@ def test_a_venv_that_could_not_be_made_is_removed_so_the_next_run_starts_afresh(
     assert not venv.exists()
 
 
+def test_lint_runs_ruff_check_then_ruff_format_then_mypy_with_the_venv_python():
+    calls: list[list[str]] = []
+
+    def passing(command):
+        calls.append(list(command))
+        return 0
+
+    assert dev.lint("/venv/bin/python", check=passing) == 0
+    assert calls == [
+        ["/venv/bin/python", "-m", "ruff", "check", "."],
+        ["/venv/bin/python", "-m", "ruff", "format", "--check", "."],
+        ["/venv/bin/python", "-m", "mypy"],
+    ]
+
+
+@pytest.mark.parametrize(("failing", "runs"), [("check", 1), ("format", 2), ("mypy", 3)])
+def test_lint_fails_at_the_first_failing_check_and_runs_no_further(failing, runs):
+    calls: list[list[str]] = []
+
+    def check(command):
+        calls.append(list(command))
+        return 1 if failing in command else 0
+
+    assert dev.lint("python", check=check) == 1
+    assert len(calls) == runs
+    assert failing in calls[-1]
+
+
 def test_serve_is_placeholder_mode_on_127_0_0_1_port_5000_with_images_in_the_clone():
     environment = dev.serve_environment(
         {"IMAGE_GEN_PROVIDER": "openai", "GUNICORN_BIND": "0.0.0.0:80", "GUNICORN_WORKERS": "3"}

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     app.json = StrictJSONProvider(app)  # no NaN or Infinity in answers or accepted bodies
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False
     # "/images//<id>" is a JSON 404 like any other odd path, not an HTML redirect.
     app.url_map.merge_slashes = False
     app.url_map.converters["job_path"] = jobs.JobPathConverter

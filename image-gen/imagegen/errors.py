@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from flask import Flask, Response, g, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def register_error_handlers(app: Flask) -> None:
         code = HTTP_CODES.get(status, "SERVICE_ERROR" if status >= 500 else "HTTP_ERROR")
         response = error_response(status, code, exc.description or exc.name)
         if status == 405 and exc.response is None:
-            allowed = getattr(exc, "valid_methods", None)
+            allowed = exc.valid_methods if isinstance(exc, MethodNotAllowed) else None
             if allowed:
                 response.headers["Allow"] = ", ".join(allowed)
         return response

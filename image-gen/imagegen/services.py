@@ -47,4 +47,12 @@ def attach(app: Flask, services: Services) -> None:
 
 def services(app: Flask | None = None) -> Services:
     """The services of `app`, by default the app handling the current request."""
-    return (app or current_app).extensions[_EXTENSION]  # type: ignore[no-any-return]
+    found: Services = (app or current_app).extensions[_EXTENSION]  # Flask's bag is untyped
+    return found
+
+
+def loaded_services(app: object) -> Services | None:
+    """The services of `app` if `create_app` made it, else None (Gunicorn's worker_exit asks
+    of whatever its worker loaded, or of nothing)."""
+    found = app.extensions.get(_EXTENSION) if isinstance(app, Flask) else None
+    return found if isinstance(found, Services) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,9 +168,10 @@ class Settings:
             try:
                 kwargs["webhook_secret"] = Path(secret_file).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else None
                 raise SettingsError(
                     f"IMAGE_GEN_WEBHOOK_SECRET_FILE {secret_file} cannot be read: "
-                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                    f"{why or type(exc).__name__}"
                 ) from None
         tokens_file = env.get("IMAGE_GEN_TOKENS_FILE", "").strip()
         if tokens_file:
@@ -187,6 +188,8 @@ class Settings:
         for name, key, kind in _NUMERIC:
             if env.get(name, "").strip():
                 kwargs[key] = _number(name, env[name], kind)
+        # kwargs maps field names to the values read above, each of its field's type; mypy
+        # cannot match a dict's keys to the fields.
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
@@ -220,7 +223,7 @@ _NUMERIC = (
 )
 
 
-def _number(name: str, raw: str, kind: type) -> float | int:
+def _number(name: str, raw: str, kind: Callable[[str], float | int]) -> float | int:
     try:
         value = kind(raw.strip())
     except ValueError:

@@ -8,10 +8,11 @@ web page's shell needs `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from flask import Flask, g, request
 
-from imagegen.access.tokens import ANONYMOUS, ANONYMOUS_CALLER, Caller, find_token
+from imagegen.access.tokens import ANONYMOUS, ANONYMOUS_CALLER, Caller, Token, find_token
 from imagegen.errors import AuthenticationRequired, InvalidToken, PermissionDenied, ServiceError
 from imagegen.services import services
 
@@ -26,7 +27,7 @@ ADMIN_ENDPOINTS = frozenset({"metrics.scrape"})
 def register_auth(app: Flask) -> None:
     """Identify the caller of every request (g.caller) or refuse it with 401."""
     settings = services(app).settings
-    if settings.auth_required:
+    if settings.tokens is not None:  # auth_required, in a form that tells mypy tokens is set
         log.info(
             "client tokens required: %d token(s) from %s",
             len(settings.tokens),
@@ -40,17 +41,17 @@ def register_auth(app: Flask) -> None:
 
     @app.before_request
     def _authenticate() -> None:
-        settings = services().settings
-        if not settings.auth_required:
+        tokens = services().settings.tokens
+        if tokens is None:  # not settings.auth_required: the service is open
             g.caller = ANONYMOUS_CALLER
             return
         if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
             return  # unknown routes answer 404/405 as usual
-        g.caller = authenticate(request.headers.get("Authorization"), settings.tokens)
-        if request.endpoint in ADMIN_ENDPOINTS and not g.caller.admin:
+        caller = g.caller = authenticate(request.headers.get("Authorization"), tokens)
+        if request.endpoint in ADMIN_ENDPOINTS and not caller.admin:
             raise PermissionDenied("Only an admin token may read this.")
-        if request.method == "DELETE" and not g.caller.admin:
-            _check_owner(g.caller)
+        if request.method == "DELETE" and not caller.admin:
+            _check_owner(caller)
 
 
 def _check_owner(caller: Caller) -> None:
@@ -76,12 +77,13 @@ def _owner(job_id: str) -> str | None:
     parts = services()
     metadata = parts.store.job_metadata(job_id)
     if metadata is not None:
-        return metadata.get("client", ANONYMOUS)
+        client: str | None = metadata.get("client", ANONYMOUS)
+        return client
     record = parts.records.read(job_id)
     return None if record is None else record.get("caller") or ANONYMOUS
 
 
-def authenticate(header: str | None, tokens: tuple) -> Caller:
+def authenticate(header: str | None, tokens: Iterable[Token]) -> Caller:
     """The caller a bearer `Authorization` header names; 401 errors when it names none."""
     if not header:
         raise AuthenticationRequired(
@@ -98,6 +100,13 @@ def authenticate(header: str | None, tokens: tuple) -> Caller:
     return Caller(token.name, admin=token.admin, limits=token.limits, authenticated=True)
 
 
+def identified_caller() -> Caller | None:
+    """The caller `register_auth` identified for this request; None before it ran and on the
+    public endpoints of a service with tokens."""
+    caller = g.get("caller")
+    return caller if isinstance(caller, Caller) else None
+
+
 def current_caller() -> Caller:
     """The current request's caller (anonymous outside a request or when the service is open)."""
-    return g.get("caller") or ANONYMOUS_CALLER
+    return identified_caller() or ANONYMOUS_CALLER

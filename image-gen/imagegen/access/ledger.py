@@ -137,13 +137,20 @@ def _switch_to_wal(db: sqlite3.Connection, *, within: float = 30.0) -> None:
             time.sleep(0.01)
 
 
+class _ThreadConnection(threading.local):
+    """One thread's SQLite connection and the process that opened it."""
+
+    db: sqlite3.Connection | None = None
+    pid = 0
+
+
 class Ledger:
     """Reservations, settled costs and idempotency keys, safe across processes and threads."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
-        self._local = threading.local()
+        self._local = _ThreadConnection()
 
     def prepare(self) -> None:
         """Create the database and its schema (idempotent; every worker may run it)."""
@@ -154,7 +161,7 @@ class Ledger:
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork: SQLite handles cannot cross it)."""
-        db = getattr(self._local, "db", None)
+        db = self._local.db
         if db is not None and self._local.pid == os.getpid():
             return db
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)

@@ -288,6 +288,8 @@ def _parse_options(options: list[str], where: str) -> tuple[bool, Limits]:
     _check_known_values(values, where)
     if admin and values:
         raise TokenFileError(f"{where}: an admin token cannot generate, so it takes no limits")
+    # values maps Limits' field names (the option names) to what each was parsed as above;
+    # mypy cannot match a dict's keys to the fields.
     return admin, Limits(**values)  # type: ignore[arg-type]
 
 

@@ -31,7 +31,7 @@ def health() -> ResponseReturnValue:
     """Status, whether a key is configured (never the key), provider, default model, version."""
     settings = services().settings
     storage_ok = services().store.writable()
-    body = {
+    body: dict[str, Any] = {
         "status": "healthy" if storage_ok else "unhealthy",
         "api_key_configured": settings.api_key_configured,
         "api_key_source": settings.api_key_source,

@@ -9,12 +9,12 @@ queued or running, or when it failed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import PathConverter
 
+from imagegen.access.auth import identified_caller
 from imagegen.api.parts import JOB_ID, binary
 from imagegen.apidoc import (
     errors,
@@ -164,7 +164,7 @@ def job_events(job_id: str) -> ResponseReturnValue:
     return response
 
 
-def _event_stream(stream: Any) -> Response:
+def _event_stream(stream: Iterator[str]) -> Response:
     return Response(
         stream,
         mimetype="text/event-stream",
@@ -185,7 +185,8 @@ def _stream_token() -> str | None:
     service, where every caller is the same anonymous one and only the worker bound holds."""
     if not services().settings.auth_required:
         return None
-    return getattr(g.get("caller"), "name", None)
+    caller = identified_caller()
+    return None if caller is None else caller.name
 
 
 @bp.get("/jobs/<path:job_id>/previews/<name>")

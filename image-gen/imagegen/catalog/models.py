@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import TypedDict, Unpack
 
 from imagegen.catalog.spec import MIB, Choice, InputSpec, IntRange, ModelSpec, Requires, SizeRule
 
@@ -94,6 +94,20 @@ def _gpt_edits(
     )
 
 
+class _Lifecycle(TypedDict, total=False):
+    """The lifecycle fields of a ModelSpec that _gpt_image passes on as given."""
+
+    deprecated_on: dt.date
+    shutdown_on: dt.date
+    replacement: str
+
+
+class _Retirement(_Lifecycle):
+    """A lifecycle shared by several models, with the page that announced it."""
+
+    source: str
+
+
 def _gpt_image(
     model_id: str,
     description: str,
@@ -102,7 +116,7 @@ def _gpt_image(
     options: Mapping[str, Choice | IntRange] = _GPT_IMAGE_OPTIONS,
     input_fidelity: Choice | None = None,
     source: str = _GUIDE,
-    **lifecycle: Any,
+    **lifecycle: Unpack[_Lifecycle],
 ) -> ModelSpec:
     return ModelSpec(
         id=model_id,
@@ -123,7 +137,7 @@ def _gpt_image(
     )
 
 
-_RETIRING_DEC_2026 = {
+_RETIRING_DEC_2026: _Retirement = {
     "deprecated_on": dt.date(2026, 6, 2),
     "shutdown_on": dt.date(2026, 12, 1),
     "replacement": "gpt-image-2.6-sunburst",

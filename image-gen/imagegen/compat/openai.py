@@ -14,18 +14,17 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, UnsupportedMediaType
 
 from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
-from imagegen.api.models import ModelNotFound
 from imagegen.api.parts import MODEL_ID, input_errors, multipart_body
 from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.compat.schemas import IGNORED_FIELDS, RESPONSE_FORMATS, components
-from imagegen.errors import HTTP_CODES, ServiceError, ValidationError
+from imagegen.errors import HTTP_CODES, ModelNotFound, QuotaExceeded, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
 from imagegen.imaging.uploads import is_multipart, read_uploads
@@ -322,7 +321,7 @@ def _service_error(exc: ServiceError) -> Response:
     response.headers.update(exc.headers())
     if exc.code in _NO_RETRY or (
         # A cap that frees up in minutes or hours: the SDK's quick retries cannot help.
-        exc.code == "QUOTA_EXCEEDED" and getattr(exc, "retry_after", 0) > _SDK_MAX_RETRY_AFTER
+        isinstance(exc, QuotaExceeded) and exc.retry_after > _SDK_MAX_RETRY_AFTER
     ):
         response.headers["x-should-retry"] = "false"
     return response
@@ -346,7 +345,7 @@ def _http_error_response(exc: HTTPException, message: str | None = None) -> Resp
     status = exc.code or 500
     code = HTTP_CODES.get(status, "SERVICE_ERROR" if status >= 500 else "HTTP_ERROR")
     response = openai_error(status, message or exc.description or exc.name, code)
-    allowed = getattr(exc, "valid_methods", None)
+    allowed = exc.valid_methods if isinstance(exc, MethodNotAllowed) else None
     if status == 405 and allowed:
         response.headers["Allow"] = ", ".join(allowed)
     return response

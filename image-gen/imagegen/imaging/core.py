@@ -215,8 +215,9 @@ def _refusal(
     whose = "the service's" if exc.scope == GLOBAL else "this token's"
     unit = "US dollars" if exc.cap == "usd_per_day" else "images"
     asked = f"${estimate:.4f} (estimated)" if exc.cap == "usd_per_day" else f"{count} image(s)"
+    scope = "global" if exc.scope == GLOBAL else "token"
     details = {
-        "scope": "global" if exc.scope == GLOBAL else "token",
+        "scope": scope,
         "cap": exc.cap,
         "limit": exc.limit,
         "used": round(exc.used, 6),
@@ -225,10 +226,10 @@ def _refusal(
         "cap refused request_id=%s client=%s scope=%s cap=%s",
         request_id,
         caller.name,
-        details["scope"],
+        scope,
         exc.cap,
     )
-    metrics.cap_refused(details["scope"], exc.cap)
+    metrics.cap_refused(scope, exc.cap)
     if exc.retry_after is None:
         return ValidationError(
             f"This request ({asked}) is larger than {whose} whole {exc.cap} cap of "

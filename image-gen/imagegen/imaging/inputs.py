@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -20,7 +20,16 @@ from imagegen.errors import ValidationError
 from imagegen.imaging.formats import CONTENT_TYPES, identify, png_has_alpha
 from imagegen.imaging.request import ImageRequest, _checked, _model
 
-OPERATIONS = {"edit": "edits", "variation": "variations"}  # operation -> ModelSpec attribute
+OPERATIONS = {"edit": "edits", "variation": "variations"}  # operation -> its endpoint's name
+_SPECS: dict[str, Callable[[ModelSpec], InputSpec | None]] = {
+    "edit": lambda model: model.edits,
+    "variation": lambda model: model.variations,
+}
+
+
+def operation_spec(model: ModelSpec, operation: str) -> InputSpec | None:
+    """What `model` takes for an edit or a variation; None if it cannot do it."""
+    return _SPECS[operation](model)
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ def parse_edit_request(
 
 def input_spec(model: ModelSpec, operation: str, today: dt.date | None = None) -> InputSpec:
     """What `model` takes for this operation; a 400 naming the models that can do it if none."""
-    spec = getattr(model, OPERATIONS[operation])
+    spec = operation_spec(model, operation)
     if spec is not None:
         return spec
     able = [m.id for m in _able(operation, today or clock.today())]
@@ -138,7 +147,7 @@ def default_model_for(operation: str, preferred: str, today: dt.date | None = No
     """The model an edit or variation uses when none is named: the service's default model if
     it can, else the first usable catalog model that can (dall-e-2 for variations)."""
     model = CATALOG.get(preferred)
-    if model is not None and getattr(model, OPERATIONS[operation]) is not None:
+    if model is not None and operation_spec(model, operation) is not None:
         return preferred
     return next((m.id for m in _able(operation, today or clock.today())), preferred)
 
@@ -148,7 +157,7 @@ def _able(operation: str, today: dt.date) -> list[ModelSpec]:
     return [
         m
         for m in CATALOG.values()
-        if getattr(m, OPERATIONS[operation]) is not None and m.status(today) != SHUT_DOWN
+        if operation_spec(m, operation) is not None and m.status(today) != SHUT_DOWN
     ]
 
 

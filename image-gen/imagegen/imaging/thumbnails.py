@@ -43,10 +43,10 @@ MAX_PIXELS = max(model.largest_output.max_pixels for model in MODELS)
 MAX_CONCURRENT = 2
 _INTEGER = re.compile(r"^[0-9]{1,6}$")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
-_SAVE_OPTIONS: dict[str, dict[str, object]] = {
-    "png": {"format": "PNG", "compress_level": 6},
-    "jpeg": {"format": "JPEG", "quality": 85},
-    "webp": {"format": "WEBP", "quality": 80, "method": 4},
+_SAVE_OPTIONS: dict[str, tuple[str, dict[str, int]]] = {  # Pillow's format name, its options
+    "png": ("PNG", {"compress_level": 6}),
+    "jpeg": ("JPEG", {"quality": 85}),
+    "webp": ("WEBP", {"quality": 80, "method": 4}),
 }
 # EXIF orientation -> the transposition that shows the image upright (as viewers do).
 _ORIENTATIONS = {
@@ -191,7 +191,8 @@ def _encode(picture: Image.Image, fmt: str) -> bytes:
     elif fmt == "webp" and picture.mode in ("L", "LA"):
         picture = picture.convert("RGBA" if picture.mode == "LA" else "RGB")
     out = io.BytesIO()
-    picture.save(out, **_SAVE_OPTIONS[fmt])
+    pillow_format, options = _SAVE_OPTIONS[fmt]
+    picture.save(out, pillow_format, **options)
     return out.getvalue()
 
 

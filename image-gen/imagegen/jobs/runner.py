@@ -66,7 +66,8 @@ class _Job:
 
     @property
     def job_id(self) -> str:
-        return self.record["job_id"]
+        job_id: str = self.record["job_id"]
+        return job_id
 
 
 class JobRunner:
@@ -414,7 +415,7 @@ class JobRunner:
         """Take the ended job off the queue, deliver its webhook, and let go of it."""
         try:
             hook = job.record.get("webhook")
-            pending = bool(hook) and hook["status"] == "pending"
+            pending = isinstance(hook, dict) and hook.get("status") == "pending"
             self.records.drop_inputs(job.job_id)
             self.records.end(job.record, webhook_pending=pending)
             if pending and not self._deliver(job):

@@ -206,7 +206,8 @@ def _post(
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
     with opener.open(request, timeout=timeout) as answer:
         answer.read(_MAX_ANSWER_BYTES)
-        return answer.status
+        status: int = answer.status  # an http.client.HTTPResponse: open() is typed Any
+        return status
 
 
 def _check_addresses(host: str, port: int) -> None:
@@ -217,7 +218,7 @@ def _check_addresses(host: str, port: int) -> None:
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])  # an AF_INET(6) host
         if not address.is_global:
             raise TargetRefused(f"{host} resolves to a non-public address ({address})")
 

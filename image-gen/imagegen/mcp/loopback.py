@@ -76,7 +76,7 @@ def call(
     def send() -> Answer:
         response = Client(app, use_cookies=False).open(path, **options)
         try:
-            length = response.content_length
+            length: int | None = response.content_length  # Werkzeug types it int, None if unset
             if max_bytes is not None and length is not None and length > max_bytes:
                 return Answer(response.status_code, response.headers, b"", length, True)
             data = response.get_data()

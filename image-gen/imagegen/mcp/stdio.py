@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 import threading
 import urllib.error
@@ -105,7 +106,9 @@ class Bridge:
             self._refused(ids, error.code, body, error.headers.get("Location"))
             return
         except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
+            reason = (
+                error.reason if isinstance(error, urllib.error.URLError | ssl.SSLError) else error
+            )
             log.error("cannot reach %s: %s", self.endpoint, reason)
             self._fail(ids, f"Cannot reach image-gen at {self.endpoint}: {reason}.")
             return

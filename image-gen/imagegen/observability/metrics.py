@@ -149,7 +149,7 @@ class _FileValue:
         return None
 
 
-values.ValueClass = _FileValue  # type: ignore[misc,assignment]  # before any metric exists
+values.ValueClass = _FileValue  # before any metric exists
 
 # --- the metrics ----------------------------------------------------------------------------
 

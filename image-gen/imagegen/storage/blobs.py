@@ -54,7 +54,7 @@ def check_key(key: str) -> str:
     Segments are 1-128 of `A-Z a-z 0-9 . _ -`, none `.` or `..` nor a writer's `.tmp-*`;
     no leading or doubled `/`; the first does not start with `.` (the service's own folders).
     """
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+    if not key or len(key) > MAX_KEY:
         raise BadKey(f"not a blob key: {str(key)[:80]!r}")
     segments = key.split("/")
     for segment in segments:

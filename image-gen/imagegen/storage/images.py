@@ -223,9 +223,10 @@ class ImageStore:
         if canonical is None:
             return None
         try:
-            return json.loads(self.blobs.get(metadata_key(canonical)))
+            metadata = json.loads(self.blobs.get(metadata_key(canonical)))
         except (BlobNotFound, OSError, ValueError):
             return None
+        return metadata if isinstance(metadata, dict) else None
 
     # --- thumbnails -----------------------------------------------------------------------
     # A cache beside the job's images, never in metadata.json, the index or a listing. A

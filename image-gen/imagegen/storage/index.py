@@ -123,7 +123,7 @@ class FileIndex:
         cache = self._scan
         root = self._layout.root
         changed = os.stat(root).st_mtime_ns
-        order = cache.get("order")
+        order: list[tuple[int, str]] | None = cache.get("order")
         if order is not None and cache.get("trusted") == changed:
             return order
         scanned = time.time_ns()

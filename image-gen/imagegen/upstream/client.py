@@ -206,7 +206,8 @@ class OpenAIClient:
             except OpenAIError as error:
                 if not retryable() or not self.retry.should_retry(error, attempt):
                     raise
-                wait = self.retry.delay(attempt, getattr(error, "retry_after", None))
+                hint = error.retry_after if isinstance(error, APIStatusError) else None
+                wait = self.retry.delay(attempt, hint)
                 if wait >= deadline.remaining():
                     raise
                 self._sleep(wait)
@@ -433,7 +434,8 @@ class OpenAIClient:
             raise InvalidResponseError("the upstream sent an event that is not JSON") from None
         if not isinstance(event, dict):
             raise InvalidResponseError("the upstream sent an event that is not an object")
-        kind = event.get("type") if isinstance(event.get("type"), str) else name
+        given = event.get("type")
+        kind = given if isinstance(given, str) else name
         error = event.get("error")
         if kind == "error" or isinstance(error, dict):
             details = error if isinstance(error, dict) else event

@@ -64,7 +64,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return max(0.0, retry_after)
-        backoff = min(self.backoff_max, self.backoff_base * 2**attempt)
+        backoff = min(self.backoff_max, self.backoff_base * 2.0**attempt)
         return backoff * (0.75 + random.random() / 4)  # noqa: S311 - jitter, not crypto
 
 
@@ -90,7 +90,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None or when.tzinfo is None:
+    if when.tzinfo is None:
         return None
     return min(_MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 

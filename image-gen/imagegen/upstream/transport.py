@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import http.client
 import ipaddress
 import os
@@ -18,6 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from imagegen.upstream.errors import InvalidResponseError
 from imagegen.upstream.retry import Deadline
@@ -77,9 +79,9 @@ def encode_multipart(
             break
     else:
         raise ValueError("could not choose a multipart boundary")
-    chunks = []
-    for head, value in zip(parts[::2], parts[1::2], strict=True):
-        chunks += [marker, b"\r\n", head, value, b"\r\n"]
+    chunks: list[bytes] = []
+    for head, body in zip(parts[::2], parts[1::2], strict=True):
+        chunks += [marker, b"\r\n", head, body, b"\r\n"]
     chunks += [marker, b"--\r\n"]
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
@@ -193,30 +195,38 @@ def _opener(proxies: dict[str, str], connect_timeout: float) -> urllib.request.O
     return opener
 
 
-def _connection_class(
-    base: type[http.client.HTTPConnection], connect_timeout: float
-) -> type[http.client.HTTPConnection]:
+class _WatchedConnection(http.client.HTTPConnection):
     """A connection that connects within `connect_timeout`, then reads with its own timeout,
     its socket watched by the current exchange's watchdog."""
 
-    class Connection(base):  # type: ignore[valid-type, misc]
-        def connect(self) -> None:
-            read_timeout = self.timeout
-            self.timeout = min(connect_timeout, read_timeout)
-            try:
-                super().connect()
-            finally:
-                self.timeout = read_timeout
-            self.sock.settimeout(read_timeout)
-            _WATCHDOG.get().watch(self.sock)
+    def __init__(self, *args: Any, connect_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
 
-    return Connection
+    def connect(self) -> None:
+        read_timeout = self.timeout
+        # None would mean no limit: never ours, every exchange passes a timeout.
+        self.timeout = (
+            self.connect_timeout
+            if read_timeout is None
+            else min(self.connect_timeout, read_timeout)
+        )
+        try:
+            super().connect()
+        finally:
+            self.timeout = read_timeout
+        self.sock.settimeout(read_timeout)
+        _WATCHDOG.get().watch(self.sock)
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
+    """The same over TLS: the handshake is part of connecting."""
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
     def __init__(self, connect_timeout: float) -> None:
         super().__init__()
-        self._class = _connection_class(http.client.HTTPConnection, connect_timeout)
+        self._class = functools.partial(_WatchedConnection, connect_timeout=connect_timeout)
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self._class, req)
@@ -225,7 +235,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, connect_timeout: float, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
-        self._class = _connection_class(http.client.HTTPSConnection, connect_timeout)
+        self._class = functools.partial(_WatchedHTTPSConnection, connect_timeout=connect_timeout)
         self._ctx = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
@@ -254,7 +264,8 @@ def _sse_events(
     """
     buffer = bytearray()
     scanned = total = 0
-    name, data = "", []
+    name = ""
+    data: list[str] = []
     while True:
         end = buffer.find(b"\n", scanned)
         if end < 0:
