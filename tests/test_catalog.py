@@ -468,7 +468,7 @@ def test_prompt_is_kept_exactly_as_sent() -> None:
 # --- fields and models ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["n", "response_format", "user", "Prompt", ""])
+@pytest.mark.parametrize("field", ["n", "response_format", "seed", "Prompt", ""])
 def test_unknown_field_is_refused_naming_it_and_the_accepted_fields(field: str) -> None:
     error = refused({"prompt": "p", field: "x"})
 

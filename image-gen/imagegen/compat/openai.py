@@ -24,7 +24,12 @@ from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.errors import HTTP_CODES, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
-from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
+from imagegen.imaging.request import (
+    END_USER_FIELDS,
+    ImageRequest,
+    parse_generate_request,
+    read_json,
+)
 from imagegen.imaging.uploads import is_multipart, read_uploads
 from imagegen.services import services
 
@@ -32,8 +37,10 @@ bp = Blueprint("compat", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("url", "b64_json")
-# OpenAI's end-user identifiers, for its abuse monitoring; nothing here uses them.
-IGNORED_FIELDS = ("user", "safety_identifier")
+# OpenAI's end-user identifiers, for its abuse monitoring: checked like POST /generate's and
+# sent upstream as `safety_identifier` (imaging.request.END_USER_FIELDS). The name is the one
+# the OpenAPI schemas import; they are no longer ignored.
+IGNORED_FIELDS = END_USER_FIELDS
 # Families whose upstream answers `url` unless `response_format` asks for `b64_json`;
 # every other family always answers `b64_json`.
 URL_FAMILIES = frozenset({"dall-e"})
@@ -136,9 +143,6 @@ def translate_request(body: Any) -> tuple[dict[str, Any], str | None]:
             f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}.",
             details={"field": "response_format"},
         )
-    for name in IGNORED_FIELDS:
-        if not isinstance(fields.pop(name, ""), str):
-            raise ValidationError(f"'{name}' must be a string.", details={"field": name})
     if fields.pop("stream", False) is not False:
         raise ValidationError(
             "Streaming is not supported here; leave 'stream' out or set it to false.",
