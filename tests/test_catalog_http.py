@@ -18,6 +18,7 @@ from imagegen.catalog.pricing import pricing_for
 from imagegen.imaging.request import MAX_SAFETY_IDENTIFIER
 from tests import fake_openai as fake
 from tests.conftest import bearer, line, read_metadata
+from tests.test_mcp import tools_by_name
 
 PNG = fake.make_png(16, 16)
 ALICE, BOB = "alice-secret-token-0123456789", "bob-secret-token-0123456789"
@@ -460,3 +461,18 @@ def test_placeholder_mode_takes_the_fields_and_calls_nothing(placeholder_client,
 
     assert response.status_code == 200
     assert fake_openai.requests == []
+
+
+# --- where the options show up: OpenAPI and MCP, both built from the catalog ---------------
+
+
+def test_openapi_and_mcp_schemas_carry_snapshots_complexity_and_the_identifier(client):
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    generate = schemas["GenerateRequest"]["properties"]
+    tool = tools_by_name(client)["generate_image"]["inputSchema"]["properties"]
+
+    for properties in (generate, schemas["OpenAIImagesRequest"]["properties"], tool):
+        assert "gpt-image-2-2026-04-21" in properties["model"]["enum"]
+        assert properties["complexity"]["enum"][:3] == ["low", "medium", "high"]
+        assert properties["safety_identifier"]["maxLength"] == MAX_SAFETY_IDENTIFIER
+    assert "gpt-image-2.6-flare" in generate["complexity"]["description"]

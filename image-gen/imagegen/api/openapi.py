@@ -17,10 +17,11 @@ from flask.typing import ResponseReturnValue
 from imagegen import __version__, clock
 from imagegen.catalog.models import MODELS
 from imagegen.catalog.spec import SHUT_DOWN, Choice, InputSpec, IntRange, ModelSpec
-from imagegen.compat.openai import IGNORED_FIELDS, RESPONSE_FORMATS
+from imagegen.compat.openai import RESPONSE_FORMATS
 from imagegen.errors import HTTP_CODES, ServiceError
 from imagegen.imaging.formats import CONTENT_TYPES
 from imagegen.imaging.inputs import OPERATIONS
+from imagegen.imaging.request import end_user_schema
 from imagegen.imaging.thumbnails import MAX_EDGE, MIN_EDGE
 from imagegen.services import services
 from imagegen.settings import PROVIDERS
@@ -549,7 +550,7 @@ def _operations() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
             "description": "Validated like POST /generate (`n` is `count`) and stored as a job. "
             "GPT Image models answer `b64_json`; DALL-E models answer `url` (an absolute URL "
             "of GET /images/{image_id} on this service) unless `response_format` is "
-            "`b64_json`. `user` and `safety_identifier` are accepted and ignored. Errors use "
+            "`b64_json`. `safety_identifier` (or `user`) is sent upstream as given. Errors use "
             "OpenAI's shape; `code` is the service's error code in lower case. Failures a "
             "retry cannot fix carry `x-should-retry: false`.",
             "requestBody": _json_body("OpenAIImagesRequest"),
@@ -1530,10 +1531,6 @@ def generate_request_schema(models: list[ModelSpec], default_model: str) -> Sche
 
 def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema:
     """POST /v1/images/generations' body: OpenAI's field names, the catalog's values."""
-    ignored = {
-        name: {"type": ["string", "null"], "description": "Accepted and ignored."}
-        for name in IGNORED_FIELDS
-    }
     return {
         "type": "object",
         "description": "OpenAI's request; null means not given.",
@@ -1558,7 +1555,6 @@ def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema
                     "description": "DALL-E models only; GPT Image models always answer b64_json.",
                 }
             ),
-            **ignored,
             "stream": {
                 "type": ["boolean", "null"],
                 "enum": [False, None],
@@ -1595,6 +1591,7 @@ def _common_properties(models: list[ModelSpec], default_model: str) -> dict[str,
                 "Image models take any WxH within bounds (GET /models/{id}).",
             }
         ),
+        **{name: _nullable(schema) for name, schema in end_user_schema().items()},
     }
 
 
@@ -1676,7 +1673,8 @@ def _input_properties(
     options = _option_properties(owners, lambda m: specs[m.id].options)
     if not nullable:  # multipart fields are text: never null
         options = {name: _not_null(schema) for name, schema in options.items()}
-    return {**properties, **options}
+    end_user = {name: maybe(schema) for name, schema in end_user_schema().items()}
+    return {**properties, **options, **end_user}
 
 
 def _not_null(schema: Schema) -> Schema:
@@ -1732,12 +1730,6 @@ def input_form_schema(
             "enum": list(RESPONSE_FORMATS),
             "description": "DALL-E models only; GPT Image models always answer b64_json.",
         }
-        properties.update(
-            {
-                name: {"type": "string", "description": "Accepted and ignored."}
-                for name in IGNORED_FIELDS
-            }
-        )
         properties["stream"] = {
             "type": "boolean",
             "enum": [False],

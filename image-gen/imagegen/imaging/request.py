@@ -29,6 +29,7 @@ END_USER_FIELDS = ("safety_identifier", "user")
 # stricter 64 holds here.
 MAX_SAFETY_IDENTIFIER = 64
 _IDENTIFIER_PREFIX = "imagegen-"
+_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"  # the schemas' rough form of isprintable
 
 
 def read_json(request: Request) -> Any:
@@ -149,6 +150,20 @@ def _end_user(body: dict[str, Any]) -> str | None:
             )
         return value
     return None
+
+
+def end_user_schema() -> dict[str, dict[str, Any]]:
+    """The end-user fields as JSON Schema properties, for the OpenAPI and MCP schemas."""
+    text = {"type": "string", "maxLength": MAX_SAFETY_IDENTIFIER, "pattern": _PRINTABLE}
+    return {
+        "safety_identifier": {
+            **text,
+            "description": "Your end user's stable id (a hash, not an email address), sent "
+            "upstream as given for OpenAI's abuse monitoring; without it a token's caller is "
+            "identified by a hash of the token's name.",
+        },
+        "user": {**text, "description": "The older name of `safety_identifier`."},
+    }
 
 
 def safety_identifier_for(token_name: str) -> str:
