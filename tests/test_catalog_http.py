@@ -152,10 +152,14 @@ def test_models_lists_each_snapshot_after_its_base_with_the_bases_prices(client)
 
 
 def test_v1_models_lists_the_usable_snapshots(client, today):
-    ids = [m["id"] for m in client.get("/v1/models").get_json()["data"]]
+    listed = {m["id"]: m for m in client.get("/v1/models").get_json()["data"]}
 
-    assert {"gpt-image-2-2026-04-21", "gpt-image-2.5-flare-2026-09-08"} <= set(ids)
-    assert client.get("/v1/models/gpt-image-2.5-sunburst-2026-09-08").status_code == 200
+    assert listed["gpt-image-2-2026-04-21"]["snapshot_of"] == "gpt-image-2"
+    assert listed["gpt-image-2.5-flare-2026-09-08"]["snapshot_of"] == "gpt-image-2.5-flare"
+    assert listed["gpt-image-2"]["snapshot_of"] is None
+    one = client.get("/v1/models/gpt-image-2.5-sunburst-2026-09-08")
+    assert one.status_code == 200
+    assert one.get_json()["snapshot_of"] == "gpt-image-2.5-sunburst"
     today.set(CATALOG["gpt-image-1.5"].shutdown_on)
     assert "gpt-image-1.5-2025-12-16" not in [
         m["id"] for m in client.get("/v1/models").get_json()["data"]

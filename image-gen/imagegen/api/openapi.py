@@ -1401,6 +1401,7 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                     "enum": ["active", "deprecated", "shut_down", "legacy"],
                 },
                 "description": string,
+                "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
                 "deprecated_on": date,
                 "shutdown_on": date,
                 "replacement": {"type": ["string", "null"]},
@@ -1494,6 +1495,7 @@ def _schemas(models: list[ModelSpec], default_model: str) -> dict[str, Schema]:
                 "created": {**integer, "description": "Always 0: the catalog has no dates."},
                 "owned_by": string,
                 "shutdown_date": date,
+                "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
             },
         },
         "OpenAIModelList": {

@@ -207,13 +207,15 @@ def _echoed(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_object(model: ModelSpec) -> dict[str, Any]:
-    """A catalog model as OpenAI's model object (`created` is 0: the catalog has no dates)."""
+    """A catalog model as OpenAI's model object (`created` is 0: the catalog has no dates),
+    plus which model a dated snapshot pins (`snapshot_of`, null for the others)."""
     return {
         "id": model.id,
         "object": "model",
         "created": 0,
         "owned_by": "openai",
         "shutdown_date": model.shutdown_on.isoformat() if model.shutdown_on else None,
+        "snapshot_of": model.snapshot_of,
     }
 
 
