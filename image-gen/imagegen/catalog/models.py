@@ -46,7 +46,9 @@ _GPT_IMAGE_OPTIONS: dict[str, Choice | IntRange] = {
 # (openai-python PR #3703, 2026-08-20, changed "not supported" to "preview"), and callers of
 # resellers report 400 "Transparent background is not supported for this model"
 # (github.com/Wei-Shaw/sub2api/issues/7150, 2026-09-15; help.apiyi.com/en?p=30331). The
-# report of 400s "since 2026-09-30" could not be verified on any page searched.
+# report of 400s "since 2026-09-30" could not be verified on any page searched. (OpenAI's
+# CLI reference, developers.openai.com/api/reference/cli/resources/images/index.md, still
+# says requests for gpt-image-2 with a transparent background "will return an error".)
 _GPT_IMAGE_2_OPTIONS = {**_GPT_IMAGE_OPTIONS, "background": Choice(("opaque", "auto"))}
 
 
@@ -64,7 +66,8 @@ _XHIGH_OPTIONS = {
 # where OpenAI tunes it, for 2.6 only. The default, high, is not on an OpenAI page found:
 # it is what guides written from OpenAI's docs say ("high if omitted",
 # https://apidog.com/blog/gpt-image-2-6-api/, 2026-11-05; docs.leonardo.ai
-# gpt-image-26-sunburst, "Defaults to HIGH"). GPT Image 2.5 does not take it (ComfyUI's
+# gpt-image-26-sunburst, "Defaults to HIGH"; replicate.com openai/gpt-image-2.6-sunburst's
+# input schema, default high). GPT Image 2.5 does not take it (ComfyUI's
 # OpenAIGPTImageNodeV3: the 2.5 inputs "match the 2.6 models, except ... complexity").
 _GPT_IMAGE_26_OPTIONS = {**_XHIGH_OPTIONS, "complexity": Choice(("low", "medium", "high"))}
 
@@ -297,10 +300,11 @@ _MODELS: tuple[ModelSpec, ...] = (
 # Dated snapshots, read 2026-12-02. A snapshot is validated, capped, priced and retired
 # like its base and sent upstream by its own id.
 #   gpt-image-2-2026-04-21, gpt-image-2.5-flare-2026-09-08, gpt-image-2.5-sunburst-2026-09-08:
-#   OpenAI's Images API reference, create image `model` (as openai-python 3.57.0's
-#   ImageModel carries it), https://developers.openai.com/api/reference/resources/images/
-#   methods/generate; the 2.5 dates also on docs.apiyi.com/en/news/gpt-image-2-5-launch
-#   ("they currently point to gpt-image-2.5-flare-2026-09-08 / ...-sunburst-2026-09-08").
+#   OpenAI's Images API reference, create image `model` ("Supported models include ...",
+#   https://developers.openai.com/api/reference/resources/images/methods/generate.md;
+#   openai-python 3.57.0's ImageModel lists the same); the 2.5 dates also on
+#   docs.apiyi.com/en/news/gpt-image-2-5-launch ("they currently point to
+#   gpt-image-2.5-flare-2026-09-08 / gpt-image-2.5-sunburst-2026-09-08").
 #   gpt-image-1.5-2025-12-16: the deprecations page (shut down with gpt-image-1.5 on
 #   2026-12-01), https://developers.openai.com/api/docs/deprecations.
 # No snapshot of gpt-image-1-mini, chatgpt-image-latest or the 2.6 models was found.
