@@ -164,7 +164,7 @@ def _gpt_image(
     )
 
 
-_RETIRING_DEC_2026 = {
+_RETIRING_DEC_2026: dict[str, Any] = {
     "deprecated_on": dt.date(2026, 6, 2),
     "shutdown_on": dt.date(2026, 12, 1),
     "replacement": "gpt-image-2.6-sunburst",
