@@ -917,11 +917,12 @@ def populate_store(root: Path, jobs: int, image_bytes: int) -> tuple[list[tuple[
     sys.path.insert(0, str(APP_DIR))
     sys.path.insert(0, str(REPO))
     from imagegen.storage.images import ImageStore
+    from imagegen.storage.layout import Layout
     from imagegen.upstream.providers import GeneratedImage, Generation
     from tests.fake_openai import make_png
 
-    store = ImageStore(root, fsync=False)
-    store.prepare()
+    Layout(root).prepare()
+    store = ImageStore.on_disk(root, fsync=False)
     png = make_png(64, 64, (40, 120, 200), pad_to=image_bytes)
     request = {"prompt": "bench d", "model": "gpt-image-2", "count": 1, "size": "1024x1024"}
     stored = []

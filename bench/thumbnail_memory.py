@@ -33,6 +33,7 @@ sys.path.insert(0, str(APP_DIR))
 from PIL import Image
 
 from imagegen.storage.images import ImageStore
+from imagegen.storage.layout import Layout
 from imagegen.upstream.providers import GeneratedImage, Generation
 
 SIZES = {"6000x6000": (6000, 6000), "3840x2160": (3840, 2160)}
@@ -51,8 +52,8 @@ def large_png(width: int, height: int) -> bytes:
 
 def store_images(images_dir: Path) -> dict[str, str]:
     """Store one image of each size; their ids by size."""
-    store = ImageStore(images_dir, fsync=False)
-    store.prepare()
+    Layout(images_dir).prepare()
+    store = ImageStore.on_disk(images_dir, fsync=False)
     ids = {}
     for name, (width, height) in SIZES.items():
         data = large_png(width, height)

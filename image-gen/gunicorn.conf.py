@@ -69,9 +69,9 @@ def on_starting(server: Any) -> None:
         except tokens.TokenFileError as exc:
             raise RuntimeError(f"IMAGE_GEN_TOKENS_FILE: {exc}") from None
         server.log.info("client tokens: %d read from %s", len(held.tokens), held.path)
-    directory = os.environ.get("IMAGE_GEN_METRICS_DIR", "").strip() or os.path.join(
-        os.environ.get("IMAGE_GEN_IMAGES_DIR", "images"), ".metrics"
-    )
+    from imagegen.storage.layout import Layout
+
+    directory = str(Layout.from_env(os.environ).metrics_dir)
     for pattern in ("process-*.metrics", ".tmp-process-*", "archive.json", ".tmp-archive.json"):
         for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
             # A file another uid left is the workers' to report: their start-up check of

@@ -537,7 +537,7 @@ def test_images_stored_just_before_the_process_died_are_not_made_again(
     )
     image = GeneratedImage(fake.make_png(), "png", 8, 8)
     request = {"prompt": "stored", "model": "gpt-image-2", "count": 1, "size": "1024x1024"}
-    ImageStore(settings.images_dir, fsync=False).save_job(
+    ImageStore.on_disk(settings.images_dir, fsync=False).save_job(
         request, Generation([image]), job_id=job_id
     )
 

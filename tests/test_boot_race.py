@@ -13,9 +13,11 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from imagegen.access.ledger import Ledger
 from tests.conftest import wait_for
 from tests.gunicorn_server import Service, run_gunicorn
 from tests.support.scans import change_after_listing
@@ -136,3 +138,27 @@ def test_workers_booting_again_and_again_while_clients_write_jobs_all_boot(tmp_p
     assert failures == []
     assert set(answers) <= {200, 202}, answers
     assert answers[200] > WRITERS and answers[202] > WRITERS, "too few jobs were written"
+
+
+def test_workers_that_create_the_ledger_at_the_same_moment_all_boot(tmp_path):
+    """Workers of a fresh service create the caps ledger at once. SQLite's switch to WAL can
+    answer "database is locked" at once, without waiting; seen failing a worker's boot (and so
+    the whole service) in a container. Threads race the same way processes do, only faster."""
+    failures: list[str] = []
+    for attempt in range(200):  # bounded: 200 fresh ledgers, 8 preparing each at once
+        path = tmp_path / f"ledger-{attempt}.sqlite3"
+        barrier = threading.Barrier(8, timeout=30)
+
+        def prepare(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                Ledger(path).prepare()
+            except Exception as exc:  # what a worker's boot would die of
+                failures.append(repr(exc))
+
+        workers = [threading.Thread(target=prepare) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert failures == []

@@ -364,9 +364,9 @@ def test_a_job_with_damaged_metadata_can_still_be_deleted(placeholder_client, im
 def test_concurrent_deletes_of_one_job_succeed_exactly_once(placeholder_client, images_dir):
     job = generate(placeholder_client, "contested", count=3)
     kept = generate(placeholder_client, "kept", count=1)
-    root = store_of(placeholder_client).root
+    root = store_of(placeholder_client).blobs.root
     # Separate stores open separate lock files, as separate Gunicorn workers do.
-    stores = [ImageStore(root, fsync=False) for _ in range(8)]
+    stores = [ImageStore.on_disk(root, fsync=False) for _ in range(8)]
     results: list[Any] = []
     barrier = threading.Barrier(len(stores))
 
@@ -389,7 +389,7 @@ def test_concurrent_deletes_of_one_job_succeed_exactly_once(placeholder_client, 
 def test_readers_see_a_whole_job_or_none_while_it_is_deleted(placeholder_client):
     store = store_of(placeholder_client)
     jobs = [store.save_job(*small_job(f"job {n}", count=4)) for n in range(30)]
-    reader = ImageStore(store.root, fsync=False)
+    reader = ImageStore.on_disk(store.blobs.root, fsync=False)
     seen: list[list[tuple[str, str]]] = []
     errors: list[BaseException] = []
     done = threading.Event()
@@ -419,7 +419,9 @@ def test_readers_see_a_whole_job_or_none_while_it_is_deleted(placeholder_client)
             per_job[job_id] = per_job.get(job_id, 0) + 1
         assert set(per_job.values()) <= {4}
     assert store.list_images(limit=10) == ([], None)
-    assert [name for name in os.listdir(store.root) if name not in {".index", *SERVICE_STATE}] == []
+    assert [
+        name for name in os.listdir(store.blobs.root) if name not in {".index", *SERVICE_STATE}
+    ] == []
 
 
 # --- many jobs ----------------------------------------------------------------------------------
@@ -466,7 +468,7 @@ def test_listing_two_thousand_jobs_pages_through_all_of_them(placeholder_client,
 
     # One page reads the metadata of the jobs on it (and of jobs stored in the same clock
     # tick, to order them), not of every job in the store.
-    fresh = ImageStore(store.root, fsync=False)
+    fresh = ImageStore.on_disk(store.blobs.root, fsync=False)
     reads: list[str] = []
     original = ImageStore.job_metadata
 

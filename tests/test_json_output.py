@@ -14,6 +14,7 @@ import pytest
 
 from imagegen.jobs import events, webhooks
 from imagegen.storage.images import ImageStore
+from imagegen.storage.layout import Layout
 from imagegen.storage.records import JobRecords
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import strict_json
@@ -72,8 +73,8 @@ def test_a_request_body_with_a_non_finite_number_is_refused_as_bad_json(client, 
 
 @pytest.mark.parametrize("value", NOT_FINITE)
 def test_job_metadata_with_a_non_finite_number_is_refused_and_nothing_is_stored(tmp_path, value):
-    store = ImageStore(tmp_path, fsync=False)
-    store.prepare()
+    Layout(tmp_path).prepare()
+    store = ImageStore.on_disk(tmp_path, fsync=False)
     generation = Generation([GeneratedImage(make_png(), "png", 8, 8)])
 
     with pytest.raises(ValueError, match="JSON"):

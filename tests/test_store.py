@@ -28,6 +28,7 @@ from imagegen.imaging.formats import ImageInfo, identify
 from imagegen.imaging.placeholder import placeholder_png
 from imagegen.storage import durable
 from imagegen.storage.images import ImageStore
+from imagegen.storage.layout import Layout
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.fake_openai import make_png
 from tests.support.scans import change_after_listing
@@ -70,8 +71,8 @@ def temp_entries(root: Path) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
-    image_store = ImageStore(tmp_path / "images", fsync=False)
-    image_store.prepare()
+    Layout(tmp_path / "images").prepare()
+    image_store = ImageStore.on_disk(tmp_path / "images", fsync=False)
     return image_store
 
 
@@ -93,7 +94,7 @@ def test_prepare_refused_names_the_env_line_of_the_directory_owner(
     monkeypatch.setattr(os, "mkdir", refused_in_root)
 
     with pytest.raises(ServiceError) as refused:
-        ImageStore(root, fsync=False).prepare()
+        Layout(root).prepare()
 
     message = str(refused.value)
     assert message.startswith(f"The images directory {root} is not writable by this service.")
@@ -114,17 +115,18 @@ def refusing_access(monkeypatch: pytest.MonkeyPatch, *refused: Path) -> None:
 def test_prepare_refuses_its_own_directories_left_by_another_uid_naming_them(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    active = store.root / ".jobs" / ".active"
+    active = store.blobs.root / ".jobs" / ".active"
     active.mkdir(parents=True)
-    (store.root / ".ledger").mkdir()
+    (store.blobs.root / ".ledger").mkdir()
     refusing_access(monkeypatch, active)
 
     with pytest.raises(ServiceError) as refused:
-        store.prepare()
+        Layout(store.blobs.root).prepare()
 
     message = str(refused.value)
     assert message.startswith(
-        f"The images directory {store.root} holds .jobs/.active, which this service cannot write."
+        f"The images directory {store.blobs.root} holds .jobs/.active, "
+        "which this service cannot write."
     )
     assert "It is owned by uid" in message
 
@@ -132,13 +134,13 @@ def test_prepare_refuses_its_own_directories_left_by_another_uid_naming_them(
 def test_prepare_starts_past_job_and_staging_directories_it_cannot_write(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = store.root / "9b2f7c1e-0000-4000-8000-000000000000"
-    staging = store.root / ".tmp-crashed"
+    job = store.blobs.root / "9b2f7c1e-0000-4000-8000-000000000000"
+    staging = store.blobs.root / ".tmp-crashed"
     job.mkdir()
     staging.mkdir()
     refusing_access(monkeypatch, job, staging)
 
-    store.prepare()
+    Layout(store.blobs.root).prepare()
 
 
 # --- save_job -------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_save_job_writes_the_documented_layout(store: ImageStore) -> None:
 
     job_id = metadata["job_id"]
     assert UUID_RE.match(job_id)
-    job_dir = store.root / job_id
+    job_dir = store.blobs.root / job_id
     files = sorted(p.name for p in job_dir.iterdir() if not p.name.startswith("."))
     assert len(files) == 4
     assert files[-1] == "metadata.json"
@@ -170,7 +172,7 @@ def test_metadata_json_records_job_request_and_each_image(store: ImageStore) -> 
     returned = store.save_job(dict(REQUEST), gen)
     after = dt.datetime.now(dt.UTC)
 
-    on_disk = json.loads((store.root / returned["job_id"] / "metadata.json").read_text())
+    on_disk = json.loads((store.blobs.root / returned["job_id"] / "metadata.json").read_text())
     assert on_disk == returned
     assert on_disk["request"] == REQUEST
     assert on_disk["status"] == "completed"
@@ -208,7 +210,7 @@ def test_save_job_leaves_no_temporary_entries(store: ImageStore) -> None:
     for _ in range(3):
         store.save_job(dict(REQUEST), generation(2))
 
-    assert temp_entries(store.root) == []
+    assert temp_entries(store.blobs.root) == []
 
 
 def test_extra_metadata_is_recorded(store: ImageStore) -> None:
@@ -301,8 +303,8 @@ _FAILURE_POINTS: dict[str, Callable[[Injected], None]] = {
 @pytest.fixture
 def populated(tmp_path: Path) -> Iterator[tuple[ImageStore, dict[str, Any]]]:
     """A store with fsync on and one job already saved."""
-    image_store = ImageStore(tmp_path / "images", fsync=True)
-    image_store.prepare()
+    Layout(tmp_path / "images").prepare()
+    image_store = ImageStore.on_disk(tmp_path / "images", fsync=True)
     yield image_store, image_store.save_job(dict(REQUEST), generation(2))
 
 
@@ -325,7 +327,7 @@ def test_disk_full_while_saving_raises_insufficient_storage_and_changes_nothing(
     point: str,
 ) -> None:
     image_store, existing = populated
-    before = snapshot(image_store.root)
+    before = snapshot(image_store.blobs.root)
     _FAILURE_POINTS[point](Injected(monkeypatch, errno.ENOSPC))
 
     with pytest.raises(InsufficientStorage) as raised:
@@ -333,7 +335,7 @@ def test_disk_full_while_saving_raises_insufficient_storage_and_changes_nothing(
 
     monkeypatch.undo()
     assert raised.value.status == 507
-    assert snapshot(image_store.root) == before
+    assert snapshot(image_store.blobs.root) == before
     assert image_store.find_image(existing["images"][0]["id"]).job_id == existing["job_id"]
 
 
@@ -341,14 +343,14 @@ def test_quota_exceeded_while_saving_is_also_insufficient_storage(
     populated: tuple[ImageStore, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image_store, _ = populated
-    before = snapshot(image_store.root)
+    before = snapshot(image_store.blobs.root)
     Injected(monkeypatch, errno.EDQUOT).on_open(lambda name: name.startswith("002-"))
 
     with pytest.raises(InsufficientStorage):
         image_store.save_job(dict(REQUEST), generation(2))
 
     monkeypatch.undo()
-    assert snapshot(image_store.root) == before
+    assert snapshot(image_store.blobs.root) == before
 
 
 @pytest.mark.parametrize("step", ["open", "fsync"])
@@ -356,7 +358,7 @@ def test_other_write_errors_propagate_and_still_change_nothing(
     populated: tuple[ImageStore, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     image_store, _ = populated
-    before = snapshot(image_store.root)
+    before = snapshot(image_store.blobs.root)
     inject = Injected(monkeypatch, errno.EIO)
     (inject.on_open if step == "open" else inject.on_fsync_of)(lambda name: name.startswith("001-"))
 
@@ -366,7 +368,7 @@ def test_other_write_errors_propagate_and_still_change_nothing(
     monkeypatch.undo()
     assert raised.value.errno == errno.EIO
     assert not isinstance(raised.value, InsufficientStorage)
-    assert snapshot(image_store.root) == before
+    assert snapshot(image_store.blobs.root) == before
 
 
 # --- find_image -----------------------------------------------------------------------------
@@ -386,7 +388,7 @@ def test_find_image_returns_the_stored_file_by_exact_id(
         assert found.job_id == saved["job_id"]
         assert found.format == "png"
         assert found.content_type == "image/png"
-        assert hashlib.sha256(found.path.read_bytes()).hexdigest() == entry["sha256"]
+        assert hashlib.sha256(store.read_image(found)).hexdigest() == entry["sha256"]
 
 
 def test_find_image_accepts_an_uppercase_id(store: ImageStore, saved: dict[str, Any]) -> None:
@@ -395,7 +397,7 @@ def test_find_image_accepts_an_uppercase_id(store: ImageStore, saved: dict[str, 
     found = store.find_image(image_id.upper())
 
     assert found.image_id == image_id
-    assert found.path.name == saved["images"][1]["file"]
+    assert found.name == saved["images"][1]["file"]
 
 
 def _not_ids(saved: dict[str, Any]) -> list[str]:
@@ -441,9 +443,9 @@ def test_find_image_refuses_anything_but_an_exact_image_id(
 
 def test_find_image_ignores_an_index_link_pointing_outside_the_store(store: ImageStore) -> None:
     image_id = str(uuid.uuid4())
-    secret = store.root.parent / "secret.png"
+    secret = store.blobs.root.parent / "secret.png"
     secret.write_bytes(png())
-    os.symlink("../../secret.png", store.root / ".index" / image_id)
+    os.symlink("../../secret.png", store.blobs.root / ".index" / image_id)
 
     with pytest.raises(ImageNotFound):
         store.find_image(image_id)
@@ -453,7 +455,7 @@ def test_find_image_reports_a_file_removed_behind_its_back_as_not_found(
     store: ImageStore, saved: dict[str, Any]
 ) -> None:
     entry = saved["images"][0]
-    (store.root / saved["job_id"] / entry["file"]).unlink()
+    (store.blobs.root / saved["job_id"] / entry["file"]).unlink()
 
     with pytest.raises(ImageNotFound):
         store.find_image(entry["id"])
@@ -478,7 +480,7 @@ def test_lookups_stay_correct_with_thousands_of_jobs(store: ImageStore) -> None:
         assert store.job_metadata(found.job_id)["request"] == {"prompt": f"p{index}"}
     with pytest.raises(ImageNotFound):
         store.find_image(str(uuid.uuid4()))
-    assert len(list((store.root / ".index").iterdir())) == 2000
+    assert len(list((store.blobs.root / ".index").iterdir())) == 2000
 
 
 # --- delete_image ---------------------------------------------------------------------------
@@ -488,20 +490,20 @@ def test_delete_marks_the_image_deleted_and_removes_file_and_index_link(
     store: ImageStore, saved: dict[str, Any]
 ) -> None:
     entry = saved["images"][1]
-    job_dir = store.root / saved["job_id"]
+    job_dir = store.blobs.root / saved["job_id"]
 
     deleted = store.delete_image(entry["id"])
 
     assert deleted.image_id == entry["id"]
     assert not (job_dir / entry["file"]).exists()
-    assert not os.path.lexists(store.root / ".index" / entry["id"])
+    assert not os.path.lexists(store.blobs.root / ".index" / entry["id"])
     metadata = json.loads((job_dir / "metadata.json").read_text())
     statuses = {image["id"]: image["status"] for image in metadata["images"]}
     assert statuses[entry["id"]] == "deleted"
     [marked] = [image for image in metadata["images"] if image["id"] == entry["id"]]
     assert marked["deleted_at"].endswith("Z")
     assert [s for i, s in statuses.items() if i != entry["id"]] == ["available", "available"]
-    assert temp_entries(store.root) == []
+    assert temp_entries(store.blobs.root) == []
 
 
 def test_deleted_image_is_not_found_and_cannot_be_deleted_twice(
@@ -520,7 +522,7 @@ def test_other_images_of_the_job_survive_a_delete(store: ImageStore, saved: dict
     store.delete_image(saved["images"][0]["id"])
 
     for entry in saved["images"][1:]:
-        assert store.find_image(entry["id"]).path.is_file()
+        assert (store.blobs.root / store.find_image(entry["id"]).key).is_file()
 
 
 def test_deleting_unknown_or_malformed_ids_is_not_found(store: ImageStore) -> None:
@@ -539,7 +541,7 @@ def test_disk_full_during_delete_changes_nothing(
         store.delete_image(entry["id"])
 
     monkeypatch.undo()
-    assert store.find_image(entry["id"]).path.is_file()
+    assert (store.blobs.root / store.find_image(entry["id"]).key).is_file()
 
 
 def test_concurrent_deletes_of_the_same_image_succeed_exactly_once(
@@ -569,7 +571,7 @@ def test_concurrent_deletes_of_the_same_image_succeed_exactly_once(
 def _delete_in_child(root: str, image_ids: list[str], start: Any) -> None:
     """Run in a separate process: wait for the start signal, then delete these images."""
     start.wait(30)
-    image_store = ImageStore(Path(root), fsync=False)
+    image_store = ImageStore.on_disk(Path(root), fsync=False)
     for image_id in image_ids:
         image_store.delete_image(image_id)
 
@@ -583,7 +585,9 @@ def test_concurrent_deletes_from_several_processes_keep_metadata_consistent(
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     children = [
-        context.Process(target=_delete_in_child, args=(str(store.root), ids[n::processes], start))
+        context.Process(
+            target=_delete_in_child, args=(str(store.blobs.root), ids[n::processes], start)
+        )
         for n in range(processes)
     ]
     try:
@@ -600,13 +604,13 @@ def test_concurrent_deletes_from_several_processes_keep_metadata_consistent(
                 child.join(timeout=10)
 
     assert [child.exitcode for child in children] == [0] * processes
-    job_dir = store.root / metadata["job_id"]
+    job_dir = store.blobs.root / metadata["job_id"]
     on_disk = json.loads((job_dir / "metadata.json").read_text())
     assert {entry["id"]: entry["status"] for entry in on_disk["images"]} == dict.fromkeys(
         ids, "deleted"
     )
     assert sorted(p.name for p in job_dir.iterdir()) == [".lock", "metadata.json"]
-    assert list((store.root / ".index").iterdir()) == []
+    assert list((store.blobs.root / ".index").iterdir()) == []
 
 
 # --- sweep ----------------------------------------------------------------------------------
@@ -620,12 +624,12 @@ def _age(path: Path, seconds: float) -> None:
 def test_sweep_removes_only_old_staging_dirs_and_old_dangling_links(
     store: ImageStore, saved: dict[str, Any]
 ) -> None:
-    index = store.root / ".index"
-    old_staging = store.root / f".tmp-{uuid.uuid4()}"
+    index = store.blobs.root / ".index"
+    old_staging = store.blobs.root / f".tmp-{uuid.uuid4()}"
     old_staging.mkdir()
     (old_staging / "001-x.png").write_bytes(png())
     _age(old_staging, 7200)
-    fresh_staging = store.root / f".tmp-{uuid.uuid4()}"
+    fresh_staging = store.blobs.root / f".tmp-{uuid.uuid4()}"
     fresh_staging.mkdir()
     old_dangling = index / str(uuid.uuid4())
     os.symlink(f"../{uuid.uuid4()}/001-{old_dangling.name}.png", old_dangling)
@@ -634,7 +638,7 @@ def test_sweep_removes_only_old_staging_dirs_and_old_dangling_links(
     os.symlink(f"../{uuid.uuid4()}/001-{fresh_dangling.name}.png", fresh_dangling)
     live_link = index / saved["images"][0]["id"]
     _age(live_link, 7200)
-    _age(store.root / saved["job_id"], 7200)
+    _age(store.blobs.root / saved["job_id"], 7200)
 
     removed = store.sweep(older_than=3600)
 
@@ -648,10 +652,10 @@ def test_sweep_removes_only_old_staging_dirs_and_old_dangling_links(
 
 
 def test_sweep_of_a_clean_store_removes_nothing(store: ImageStore, saved: dict[str, Any]) -> None:
-    before = snapshot(store.root)
+    before = snapshot(store.blobs.root)
 
     assert store.sweep(older_than=0) == 0
-    assert snapshot(store.root) == before
+    assert snapshot(store.blobs.root) == before
 
 
 # Every worker sweeps as it boots, while the others write: what they create, publish and
@@ -661,31 +665,31 @@ def test_sweep_of_a_clean_store_removes_nothing(store: ImageStore, saved: dict[s
 def test_sweep_skips_staging_entries_that_others_remove_or_publish_after_the_listing(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    probe = store.root / ".tmp-probe-4242"  # another worker's prepare()
+    probe = store.blobs.root / ".tmp-probe-4242"  # another worker's prepare()
     probe.mkdir()
     job_id = str(uuid.uuid4())
-    staging = store.root / f".tmp-{job_id}"  # another worker's save_job(), about to publish
+    staging = store.blobs.root / f".tmp-{job_id}"  # another worker's save_job(), about to publish
     staging.mkdir()
-    stale = store.root / f".tmp-{uuid.uuid4()}"
+    stale = store.blobs.root / f".tmp-{uuid.uuid4()}"
     stale.mkdir()
     _age(stale, 7200)
 
     def others(entries: list[os.DirEntry[str]]) -> None:
         probe.rmdir()
-        staging.rename(store.root / job_id)
+        staging.rename(store.blobs.root / job_id)
 
-    listings = change_after_listing(monkeypatch, store.root, others)
+    listings = change_after_listing(monkeypatch, store.blobs.root, others)
 
     assert store.sweep(older_than=3600) == 1
     assert listings == [1]
     assert not stale.exists() and not probe.exists()
-    assert (store.root / job_id).is_dir()
+    assert (store.blobs.root / job_id).is_dir()
 
 
 def test_sweep_skips_index_links_that_others_remove_after_the_listing(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index = store.root / ".index"
+    index = store.blobs.root / ".index"
     links = []
     for _ in range(2):
         link = index / str(uuid.uuid4())
@@ -712,7 +716,7 @@ def test_listing_skips_a_job_deleted_after_the_scan_and_shows_one_published_afte
             store.delete_job(doomed["job_id"])
             later.append(store.save_job(dict(REQUEST), generation(1)))
 
-    change_after_listing(monkeypatch, store.root, others)
+    change_after_listing(monkeypatch, store.blobs.root, others)
 
     first, _ = store.list_images(limit=10)
     second, _ = store.list_images(limit=10)
@@ -727,7 +731,7 @@ def test_prepare_leaves_the_probe_of_a_process_with_the_same_pid_alone(tmp_path:
     theirs = root / f".tmp-probe-{os.getpid()}"  # a replica's worker in another container
     theirs.mkdir()
 
-    ImageStore(root, fsync=False).prepare()
+    Layout(root).prepare()
 
     assert sorted(p.name for p in root.iterdir()) == [".index", theirs.name]
 

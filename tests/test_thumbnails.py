@@ -17,7 +17,8 @@ from PIL import Image
 
 from imagegen.imaging import thumbnails as thumbnails_module
 from imagegen.services import services
-from imagegen.storage.images import MAX_THUMBNAILS, ImageStore
+from imagegen.storage.fileblobs import FileBlobs
+from imagegen.storage.images import MAX_THUMBNAILS
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import job_files, mounted_tmpfs
 from tests.gunicorn_server import run_gunicorn
@@ -352,15 +353,14 @@ def test_a_cached_thumbnail_dropped_before_it_is_sent_is_made_again(
 ):
     image_id = job["images"][0]["id"]
     made = client.get(f"/images/{image_id}?width=120")
-    found = ImageStore.find_thumbnail
+    touched = FileBlobs.touch
 
-    def dropped_meanwhile(self, *args):  # another worker trims the cache just then
-        path = found(self, *args)
-        if path is not None:
-            path.unlink()
-        return path
+    def dropped_meanwhile(self, key):  # another worker trims the cache just then
+        touched(self, key)
+        if "/thumbs/" in key:
+            os.unlink(self.root / key)
 
-    monkeypatch.setattr(ImageStore, "find_thumbnail", dropped_meanwhile)
+    monkeypatch.setattr(FileBlobs, "touch", dropped_meanwhile)
     response = client.get(f"/images/{image_id}?width=120")
 
     assert response.status_code == 200

@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from imagegen.settings import Settings
     from imagegen.storage import ownership
     from imagegen.storage.images import ImageStore
+    from imagegen.storage.layout import Layout
     from imagegen.storage.records import JobRecords
     from imagegen.strictjson import StrictJSONProvider
     from imagegen.upstream.providers import provider_for
@@ -58,13 +59,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
     if refusal:
         raise ServiceError(refusal)
-    store = ImageStore(settings.images_dir, fsync=settings.fsync)
-    store.prepare()
+    layout = Layout(settings.images_dir, metrics=settings.metrics_dir)
+    layout.prepare()
+    store = ImageStore.on_disk(layout, fsync=settings.fsync)
     store.sweep()
     records = JobRecords(
         settings.images_dir, fsync=settings.fsync, max_running=settings.max_running_jobs
     )
-    ledger = Ledger(store.root / ".ledger" / "ledger.sqlite3")
+    ledger = Ledger(layout.ledger_file)
     ledger.prepare()
     provider = provider_for(settings)
     maker = ImageMaker(settings, store, provider, ledger)
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # --- request hooks, in the order they run ----------------------------------------------
     register_error_handlers(app)
     register_request_logging(app)
-    metrics.init_app(app, metrics.directory(settings.images_dir, settings.metrics_dir))
+    metrics.init_app(app, layout.metrics_dir)
     register_auth(app)  # after the request id is set; before idempotency, which is per token
     register_idempotency(app)
 

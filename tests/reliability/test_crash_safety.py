@@ -128,7 +128,7 @@ def test_sigkill_while_writing_leaves_only_complete_jobs_or_sweepable_debris(
             assert hashlib.sha256(answer.body).hexdigest() == image["sha256"]
             assert len(answer.body) == IMAGE_BYTES
 
-    removed = ImageStore(root, fsync=False).sweep(older_than=0)
+    removed = ImageStore.on_disk(root, fsync=False).sweep(older_than=0)
     assert store_problems(root) == [], "sweep left staging debris"
     assert removed >= 0
     assert {p.name for p in root.iterdir() if not p.name.startswith(".")} == {

@@ -122,6 +122,21 @@ class Claim:
     body: bytes = b""
 
 
+def _switch_to_wal(db: sqlite3.Connection, *, within: float = 30.0) -> None:
+    """Put the database in WAL mode. While another worker creates the same fresh database,
+    SQLite can refuse the switch with "database is locked" at once, without the busy handler:
+    try again for a while (the mode is persistent, so one worker's switch is everyone's)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Ledger:
     """Reservations, settled costs and idempotency keys, safe across processes and threads."""
 
@@ -143,9 +158,9 @@ class Ledger:
         if db is not None and self._local.pid == os.getpid():
             return db
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
+        _switch_to_wal(db)
+        db.execute("PRAGMA synchronous=NORMAL")
         self._local.db, self._local.pid = db, os.getpid()
         return db
 

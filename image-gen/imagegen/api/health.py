@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -20,8 +19,7 @@ bp = Blueprint("health", __name__)
 def health() -> ResponseReturnValue:
     """Status, whether a key is configured (never the key), provider, default model, version."""
     settings = services().settings
-    store = services().store
-    storage_ok = os.access(store.root, os.W_OK)
+    storage_ok = services().store.writable()
     body = {
         "status": "healthy" if storage_ok else "unhealthy",
         "api_key_configured": settings.api_key_configured,

@@ -10,15 +10,16 @@ import base64
 import binascii
 import io
 import json
-from contextlib import suppress
-from pathlib import Path
-from typing import Any
+import time
+from typing import Any, BinaryIO
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
 
 from imagegen import strictjson
-from imagegen.errors import ImageNotFound, ValidationError
+from imagegen.errors import ValidationError
 from imagegen.imaging import thumbnails
 from imagegen.imaging.formats import CONTENT_TYPES
 from imagegen.services import services
@@ -37,7 +38,8 @@ def get_image(image_id: str) -> ResponseReturnValue:
     image = store.find_image(image_id)
     if variant is not None:
         return _thumbnail(store, image, variant)
-    return _send(image, image.path, image.content_type, image.image_id, image.path.name)
+    stream = store.open_image(image)
+    return _send(stream, image.size, image.modified, image.content_type, image.image_id, image.name)
 
 
 @bp.delete("/images/<path:image_id>")
@@ -62,26 +64,39 @@ def _thumbnail(store: ImageStore, image: StoredImage, variant: thumbnails.Varian
     """
     fmt = variant.format or image.format
     name = thumbnail_name(image, variant.suffix, fmt)
-    cached = store.find_thumbnail(image, variant.suffix, fmt)
+    mimetype = CONTENT_TYPES[fmt]
+    cached = store.open_thumbnail(image, variant.suffix, fmt)  # None if dropped meanwhile
     if cached is not None:
-        with suppress(ImageNotFound):  # dropped from the cache meanwhile: made again below
-            return _send(image, cached, CONTENT_TYPES[fmt], name, name)
-    data = thumbnails.render(image.path, variant, fmt, image.image_id)
+        return _send(cached.stream, cached.info.size, cached.info.modified, mimetype, name, name)
+    with store.open_image(image) as source:
+        data = thumbnails.render(source, variant, fmt, image.image_id)
     if data is None:  # already small enough and in that format: the stored file is the answer
-        return _send(image, image.path, CONTENT_TYPES[fmt], name, name)
+        return _send(store.open_image(image), image.size, image.modified, mimetype, name, name)
     store.save_thumbnail(image, variant.suffix, fmt, data)
-    return _send(image, io.BytesIO(data), CONTENT_TYPES[fmt], name, name)
+    return _send(io.BytesIO(data), len(data), None, mimetype, name, name)
 
 
 def _send(
-    image: StoredImage, body: Path | io.BytesIO, mimetype: str, etag: str, filename: str
+    body: BinaryIO, size: int, modified: float | None, mimetype: str, etag: str, filename: str
 ) -> Response:
-    """Send bytes with the caching headers every image answer shares (ETag, 304, ranges)."""
-    try:
-        response = send_file(body, mimetype=mimetype, etag=etag, conditional=True, max_age=MAX_AGE)
-    except FileNotFoundError:  # deleted between the lookup and the open
-        raise ImageNotFound(f"Image {image.image_id} not found.") from None
+    """Send a stream with the caching headers every image answer shares (ETag, Last-Modified,
+    304, ranges), as Flask's send_file does for a file on disk."""
+    response = current_app.response_class(
+        wrap_file(request.environ, body), mimetype=mimetype, direct_passthrough=True
+    )
+    response.content_length = size
+    if modified is not None:
+        response.last_modified = modified  # type: ignore[assignment]
+    response.cache_control.public = True
+    response.cache_control.max_age = MAX_AGE
+    response.expires = int(time.time() + MAX_AGE)  # type: ignore[assignment]
+    response.set_etag(etag)
     response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    try:  # in place: a 304, a 206 for a range, or the whole 200
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+    except RequestedRangeNotSatisfiable:
+        body.close()
+        raise
     return response
 
 

@@ -180,7 +180,7 @@ def images_response(
         if as_url:
             item = {"url": url_for("images.get_image", image_id=image["id"], _external=True)}
         else:
-            stored = store.find_image(image["id"]).path.read_bytes()
+            stored = store.read_image(store.find_image(image["id"]))
             item = {"b64_json": base64.b64encode(stored).decode("ascii")}
         if image.get("revised_prompt"):
             item["revised_prompt"] = image["revised_prompt"]

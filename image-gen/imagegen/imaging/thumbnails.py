@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from werkzeug.datastructures import MultiDict
@@ -124,7 +124,7 @@ def fit(size: tuple[int, int], width: int | None, height: int | None) -> tuple[i
     )
 
 
-def render(source: Path, variant: Variant, fmt: str, image_id: str) -> bytes | None:
+def render(source: BinaryIO, variant: Variant, fmt: str, image_id: str) -> bytes | None:
     """The thumbnail's bytes in `fmt`; None when the stored file already is that image.
 
     The stored file already is the answer when it fits the box and is in `fmt`. Raises
@@ -150,7 +150,7 @@ def render(source: Path, variant: Variant, fmt: str, image_id: str) -> bytes | N
         memory.trim()  # the decoded image is gone: give its pages back
 
 
-def _render(source: Path, variant: Variant, fmt: str, image_id: str) -> bytes | None:
+def _render(source: BinaryIO, variant: Variant, fmt: str, image_id: str) -> bytes | None:
     with Image.open(source, formats=list(_PIL_FORMATS)) as image:
         if image.width * image.height > MAX_PIXELS:
             raise ServiceError(

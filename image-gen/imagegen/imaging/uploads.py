@@ -12,7 +12,7 @@ from flask import Request
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from imagegen.errors import ImageNotFound, ValidationError
+from imagegen.errors import ValidationError
 from imagegen.imaging.inputs import MAX_INPUT_IMAGES, ImageInputs, InputImage, capital
 from imagegen.settings import Settings
 from imagegen.storage.images import ImageStore
@@ -161,15 +161,12 @@ def read_stored(
 
 def _stored(store: ImageStore, image_id: str, field: str, label: str, limit: int) -> InputImage:
     stored = store.find_image(image_id)
-    try:
-        if stored.path.stat().st_size > limit:
-            raise ValidationError(
-                f"{capital(label)} is larger than {limit:,} bytes, the most this service "
-                "takes as an input image (IMAGE_GEN_MAX_UPLOAD_BYTES).",
-                details={"field": field},
-            )
-        data = stored.path.read_bytes()
-    except FileNotFoundError:  # deleted since the lookup
-        raise ImageNotFound(f"Image {stored.image_id} not found.") from None
+    if stored.size > limit:
+        raise ValidationError(
+            f"{capital(label)} is larger than {limit:,} bytes, the most this service "
+            "takes as an input image (IMAGE_GEN_MAX_UPLOAD_BYTES).",
+            details={"field": field},
+        )
+    data = store.read_image(stored)  # ImageNotFound if deleted since the lookup
     origin = {"origin": "stored", "image_id": stored.image_id, "job_id": stored.job_id}
     return InputImage.from_bytes(data, field=field, label=label, origin=origin)

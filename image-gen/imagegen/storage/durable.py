@@ -52,6 +52,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+class Pending:
+    """fsyncs started on helper threads: `wait` for them before relying on what they sync."""
+
+    def __init__(self, futures: list[Future[None]] | None = None) -> None:
+        self.futures = futures or []
+
+    def wait(self, *, quietly: bool = False) -> None:
+        """Wait for every fsync; then raise the first failure unless `quietly`."""
+        futures, self.futures = self.futures, []
+        wait(futures, quietly=quietly)
+
+
 def wait(futures: list[Future[None]], *, quietly: bool = False) -> None:
     """Wait for every future; then raise the first one's failure unless `quietly`."""
     failure = None

@@ -1,128 +1,104 @@
-"""The filesystem store: owns the layout of the images directory.
+"""The image store: jobs and their images as blobs, found by exact id through the index.
 
-    <root>/<job-uuid>/metadata.json
-    <root>/<job-uuid>/NNN-<image-uuid>.<ext>
-    <root>/.index/<image-uuid>  -> ../<job-uuid>/NNN-<image-uuid>.<ext>   (symlink)
-    <root>/<job-uuid>/thumbs/<image-uuid>-w<width>.<ext>   (cached thumbnails)
+    <job-uuid>/metadata.json                       the job: request, usage, each image
+    <job-uuid>/NNN-<image-uuid>.<ext>              its images
+    <job-uuid>/thumbs/<image-uuid>-w<width>.<ext>  cached thumbnails
 
-A job is written into a hidden temporary directory and renamed into place, so readers and
-crashes never see half a job. The index makes an image lookup one `readlink`, however many
-jobs there are. Metadata updates take an exclusive `flock` on the job's lock file, so
-several Gunicorn worker processes can update one job safely.
+(keys of storage/blobs.py, spelled by storage/layout.py; on disk under the images
+directory). A job is published whole (a reader never sees half of one); the index
+(storage/index.py) finds an image by id, orders jobs for listing and locks a job while its
+metadata changes. Nothing here names a file: the blob store and the index do.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from imagegen import strictjson
 from imagegen.clock import utc_now
-from imagegen.errors import ImageNotFound, InsufficientStorage, ServiceError
+from imagegen.errors import ImageNotFound, InsufficientStorage
 from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
-from imagegen.storage import durable, ownership
-from imagegen.storage.durable import Disk, is_disk_full
+from imagegen.storage import durable
+from imagegen.storage.blobs import BlobInfo, BlobNotFound, Blobs, Publication
+from imagegen.storage.durable import is_disk_full
+from imagegen.storage.fileblobs import FileBlobs
+from imagegen.storage.index import FileIndex, ImageIndex, normalize_id
+from imagegen.storage.layout import (
+    LOCK,
+    METADATA,
+    Layout,
+    image_name,
+    job_key,
+    lock_key,
+    metadata_key,
+    thumbnails_prefix,
+)
 from imagegen.upstream.providers import Generation
+
+__all__ = ["ImageStore", "StoredImage", "normalize_id", "thumbnail_name"]
 
 log = logging.getLogger(__name__)
 
-METADATA = "metadata.json"
-_INDEX = ".index"
-_TMP_PREFIX = ".tmp-"
-_LOCK = ".lock"
-_THUMBS = "thumbs"
 # Cached thumbnails kept per image: a caller may ask for any of some 12 million variants
 # (every width and height from 16 to 2048, three formats), and the disk must not fill up
 # with them. The least recently used go first.
 MAX_THUMBNAILS = 16
 _THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_LINK_TARGET = re.compile(
-    r"^\.\./(?P<job>[0-9a-f-]{36})/(?P<file>[0-9]{3}-(?P<image>[0-9a-f-]{36})\.(?:png|jpg|webp))$"
-)
-
-
-def normalize_id(value: str) -> str | None:
-    """The canonical lower-case form of a well-formed UUID string, or None."""
-    lowered = value.lower()
-    return lowered if _UUID.match(lowered) else None
+_FORMATS = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 
 
 @dataclass(frozen=True)
 class StoredImage:
+    """One stored image: where it is (its blob key) and what it is, not its bytes."""
+
     image_id: str
     job_id: str
-    path: Path
+    key: str
     format: str
+    size: int
+    modified: float
 
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.format]
 
+    @property
+    def name(self) -> str:
+        """Its file name, `NNN-<image-id>.<ext>`."""
+        return self.key.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class Cached:
+    """An open cached thumbnail: its bytes as a stream (close it) and what they are."""
+
+    stream: BinaryIO
+    info: BlobInfo
+
 
 class ImageStore:
-    """Jobs and images on disk, written atomically and found by exact id."""
+    """Jobs and images in a blob store, written atomically and found by exact id."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
-        self.root = Path(root)
-        self._disk = Disk(fsync=fsync)
-        self._index = self.root / _INDEX
-        # This process's memory for listing (see _job_stamps), shared by a worker's threads.
-        self._browse: dict[str, Any] = {"stamps": {}, "created": {}}
+    def __init__(self, blobs: Blobs, index: ImageIndex) -> None:
+        self.blobs = blobs
+        self._index = index
+        # created_at of jobs, which never changes, shared by a worker's threads (listing).
+        self._created: dict[str, str] = {}
 
-    def prepare(self) -> None:
-        """Create the directories; fail with a message that names the fix if we cannot."""
-        try:
-            self._index.mkdir(parents=True, exist_ok=True)
-            # Unique: a replica in another container may have the same pid and be probing too.
-            probe = self.root / f"{_TMP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex}"
-            probe.mkdir()
-            probe.rmdir()
-        except PermissionError as exc:
-            # mkdir is refused by the directory it writes in: the parent of what it made.
-            refused = Path(exc.filename).parent if exc.filename else self.root
-            where = "" if refused == self.root else f" (it cannot be made in {refused})"
-            raise ServiceError(
-                f"The images directory {self.root}{where} is not writable by this service. "
-                + ownership.denied(refused, ownership.WRITE_DIRECTORY, "images")
-            ) from None
-        foreign = next(self._unwritable_own_directories(), None)
-        if foreign is not None:
-            raise ServiceError(
-                f"The images directory {self.root} holds {foreign.relative_to(self.root)}, "
-                "which this service cannot write. "
-                + ownership.denied_within(self.root, foreign, ownership.WRITE_DIRECTORY, "images")
-            )
-
-    def _unwritable_own_directories(self) -> Iterator[Path]:
-        """The service's own directories (hidden: .index, .jobs/.active, .ledger, ...) that
-        this process may not use, as a run under another uid leaves them. Job directories
-        and crashed writers' staging ones are not needed to start, and are not looked at."""
-        pending = [self.root]
-        while pending:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    if not entry.name.startswith(".") or entry.name.startswith(_TMP_PREFIX):
-                        continue
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                    if os.access(entry.path, os.R_OK | os.W_OK | os.X_OK):
-                        pending.append(entry.path)
-                    else:
-                        yield Path(entry.path)
+    @classmethod
+    def on_disk(cls, root: Path | Layout, *, fsync: bool = True) -> ImageStore:
+        """The store in an images directory: files and symlinks (call Layout.prepare first)."""
+        layout = root if isinstance(root, Layout) else Layout(root)
+        return cls(FileBlobs(layout.root, fsync=fsync), FileIndex(layout, fsync=fsync))
 
     # --- writing --------------------------------------------------------------------------
 
@@ -140,39 +116,11 @@ class ImageStore:
         """
         job_id = job_id or str(uuid.uuid4())
         created = utc_now()
-        staging = self.root / f"{_TMP_PREFIX}{job_id}"
-        links: list[Path] = []
-        images = []
-        syncs: list[Future[None]] = []
-        published = False
+        publication = self.blobs.publish(job_id, marker=METADATA)
+        indexed: list[str] = []
+        pending = durable.Pending()
         try:
-            staging.mkdir()
-            for number, image in enumerate(generation.images, start=1):
-                image_id = str(uuid.uuid4())
-                name = f"{number:03d}-{image_id}.{EXTENSIONS[image.format]}"
-                self._disk.write_new(staging / name, image.data, sync=False)
-                # The disk write runs while the image is hashed and the metadata written
-                # (fsync and sha256 both let go of the GIL).
-                syncs += self._disk.sync_soon(staging / name)
-                images.append(
-                    {
-                        "id": image_id,
-                        "file": name,
-                        "format": image.format,
-                        "content_type": CONTENT_TYPES[image.format],
-                        # The size asked for, as the original service reported it; the
-                        # pixels the upstream actually sent are in width and height.
-                        "size": request.get("size")
-                        if request.get("size") not in (None, "auto")
-                        else f"{image.width}x{image.height}",
-                        "width": image.width,
-                        "height": image.height,
-                        "bytes": len(image.data),
-                        "sha256": hashlib.sha256(image.data).hexdigest(),
-                        "revised_prompt": image.revised_prompt,
-                        "status": "available",
-                    }
-                )
+            images = self._stage_images(publication, request, generation)
             metadata = {
                 "job_id": job_id,
                 "created_at": created,
@@ -184,29 +132,20 @@ class ImageStore:
                 **(extra or {}),
                 "images": images,
             }
-            self._disk.write_new(staging / METADATA, _dump(metadata), sync=False)
-            syncs += self._disk.sync_soon(staging / METADATA)
-            self._disk.write_new(staging / _LOCK, b"", sync=False)
-            # Every file's data and the names in the staging directory reach the disk
-            # before the rename publishes them; these fsyncs run side by side.
-            self._disk.sync(staging)
-            durable.wait(syncs)
-            for image in images:
-                link = self._index / image["id"]
-                os.symlink(f"../{job_id}/{image['file']}", link)
-                links.append(link)
-            syncs = self._disk.sync_soon(self._index)  # so that a power cut cannot lose the links
-            os.rename(staging, self.root / job_id)
-            published = True
-            self._disk.sync(self.root)
-            durable.wait(syncs)
+            publication.put(METADATA, _dump(metadata))
+            publication.put(LOCK, b"")  # last: its write time is the job's listing time
+            publication.seal()
+            indexed = [image["id"] for image in images]
+            pending = self._index.add(
+                [(image["id"], job_key(job_id, image["file"])) for image in images]
+            )
+            publication.commit()
+            pending.wait()
         except BaseException as exc:
-            durable.wait(syncs, quietly=True)  # they must not outlive the files they sync
-            for link in links:
-                _unlink(link)
-            if published:  # take it back: the caller is told nothing was saved
-                os.rename(self.root / job_id, staging)
-            shutil.rmtree(staging, ignore_errors=True)
+            pending.wait(quietly=True)
+            for image_id in indexed:
+                self._index.remove(image_id)
+            publication.abort()  # the caller is told nothing was saved
             if is_disk_full(exc):
                 raise InsufficientStorage(
                     "The image store is full; nothing was saved. Free "
@@ -215,6 +154,37 @@ class ImageStore:
             raise
         return metadata
 
+    @staticmethod
+    def _stage_images(
+        publication: Publication, request: dict[str, Any], generation: Generation
+    ) -> list[dict[str, Any]]:
+        """Stage each image and return its metadata entry (hashed while its write syncs)."""
+        images = []
+        for number, image in enumerate(generation.images, start=1):
+            image_id = str(uuid.uuid4())
+            name = image_name(number, image_id, EXTENSIONS[image.format])
+            publication.put(name, image.data)
+            images.append(
+                {
+                    "id": image_id,
+                    "file": name,
+                    "format": image.format,
+                    "content_type": CONTENT_TYPES[image.format],
+                    # The size asked for, as the original service reported it; the
+                    # pixels the upstream actually sent are in width and height.
+                    "size": request.get("size")
+                    if request.get("size") not in (None, "auto")
+                    else f"{image.width}x{image.height}",
+                    "width": image.width,
+                    "height": image.height,
+                    "bytes": len(image.data),
+                    "sha256": hashlib.sha256(image.data).hexdigest(),
+                    "revised_prompt": image.revised_prompt,
+                    "status": "available",
+                }
+            )
+        return images
+
     # --- reading --------------------------------------------------------------------------
 
     def find_image(self, image_id: str) -> StoredImage:
@@ -222,187 +192,179 @@ class ImageStore:
         canonical = normalize_id(image_id)
         if canonical is None:
             raise ImageNotFound(f"Image {image_id[:64]!r} not found: ids are UUIDs.")
+        found = self._index.find(canonical)
+        if found is None:
+            raise ImageNotFound(f"Image {canonical} not found.")
+        job_id, key = found
         try:
-            target = os.readlink(self._index / canonical)
-        except OSError:
+            info = self.blobs.info(key)
+        except BlobNotFound:
             raise ImageNotFound(f"Image {canonical} not found.") from None
-        match = _LINK_TARGET.match(target)
-        if not match or match["image"] != canonical:
-            raise ImageNotFound(f"Image {canonical} not found.")
-        path = self.root / match["job"] / match["file"]
-        if not path.is_file():
-            raise ImageNotFound(f"Image {canonical} not found.")
-        ext = path.suffix[1:]
-        fmt = next(f for f, e in EXTENSIONS.items() if e == ext)
-        return StoredImage(canonical, match["job"], path, fmt)
+        fmt = _FORMATS[key.rpartition(".")[2]]
+        return StoredImage(canonical, job_id, key, fmt, info.size, info.modified)
+
+    def open_image(self, image: StoredImage) -> BinaryIO:
+        """The image's bytes as a stream (close it); ImageNotFound if deleted meanwhile."""
+        try:
+            return self.blobs.open(image.key)
+        except BlobNotFound:
+            raise ImageNotFound(f"Image {image.image_id} not found.") from None
+
+    def read_image(self, image: StoredImage) -> bytes:
+        """The image's bytes; ImageNotFound if deleted meanwhile."""
+        try:
+            return self.blobs.get(image.key)
+        except BlobNotFound:
+            raise ImageNotFound(f"Image {image.image_id} not found.") from None
 
     def job_metadata(self, job_id: str) -> dict[str, Any] | None:
+        """A stored job's metadata by its exact id; None if there is none (or it is damaged)."""
         canonical = normalize_id(job_id)
         if canonical is None:
             return None
         try:
-            return json.loads((self.root / canonical / METADATA).read_bytes())
-        except (OSError, ValueError):
+            return json.loads(self.blobs.get(metadata_key(canonical)))
+        except (BlobNotFound, OSError, ValueError):
             return None
 
     # --- thumbnails -----------------------------------------------------------------------
     # A cache beside the job's images, never in metadata.json, the index or a listing. A
-    # thumbnail is written under a temporary name and renamed into place, so threads and
-    # workers making the same one at once all succeed and readers never see half a file.
-    # At most MAX_THUMBNAILS are kept per image: a file's access time is when it was last
-    # made or served (set here from one clock, whatever the mount's atime options), and
-    # whoever caches one more removes the least recently used beyond the bound. Removals
-    # race with no harm: a cached file that vanishes before it is opened is made again, and
-    # the last to list the folder sees every file made before it, so the bound holds.
+    # thumbnail is put atomically, so threads and workers making the same one at once all
+    # succeed and readers never see half a file. At most MAX_THUMBNAILS are kept per image:
+    # a blob's use time is when it was last made or served (Blobs.touch), and whoever caches
+    # one more removes the least recently used beyond the bound. Removals race with no harm:
+    # a cached blob that vanishes before it is opened is made again, and the last to list
+    # the folder sees every blob made before it, so the bound holds.
 
-    def find_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Path | None:
-        """The cached thumbnail of `image` for this variant (e.g. `w256`), if one was made;
-        marked as just used."""
-        path = self._thumbnail_path(image, suffix, fmt)
+    def open_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Cached | None:
+        """The cached thumbnail of `image` for this variant (e.g. `w256`), opened and marked
+        as just used; None if none was made (or it was dropped meanwhile)."""
+        key = self._thumbnail_key(image, suffix, fmt)
         try:
-            made = os.stat(path).st_mtime_ns
-        except OSError:
+            self.blobs.touch(key)
+            stream = self.blobs.open(key)
+        except BlobNotFound:
             return None
-        with suppress(OSError):  # a read-only disk still serves it
-            os.utime(path, ns=(time.time_ns(), made))
-        return path
+        try:
+            return Cached(stream, self.blobs.info(key))
+        except BlobNotFound:
+            stream.close()
+            return None
 
-    def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> Path | None:
-        """Cache a thumbnail atomically and return its path.
+    def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> bool:
+        """Cache a thumbnail atomically; whether it was.
 
-        None when it cannot be written (a full or read-only disk): the caller serves the bytes
-        it has, since a cache must not turn a read into a failure. ImageNotFound if the image
-        or its job was deleted meanwhile; then nothing is left behind.
+        False when it cannot be written (a full or read-only disk): the caller serves the
+        bytes it has, since a cache must not turn a read into a failure. ImageNotFound if
+        the image or its job was deleted meanwhile; then nothing is left behind.
         """
-        path = self._thumbnail_path(image, suffix, fmt)
-        temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-        try:
-            path.parent.mkdir(exist_ok=True)
-            self._disk.write_new(temp, data)  # synced: never an empty file to serve
-            now = time.time_ns()  # the clock find_thumbnail uses, finer than the kernel's
-            os.utime(temp, ns=(now, now))
-            os.replace(temp, path)
-        except FileNotFoundError:  # the whole job was deleted meanwhile
-            _unlink(temp)
-            raise ImageNotFound(f"Image {image.image_id} not found.") from None
-        except OSError as exc:
-            _unlink(temp)
-            log.warning("thumbnail of image %s not cached: %s", image.image_id, exc.strerror)
-            return None
-        # delete_image unlinks the index entry before it drops thumbnails: if the entry is
-        # still here, any delete comes later and removes this file too.
-        if not os.path.lexists(self._index / image.image_id):
-            _unlink(path)
+        if not self._index.contains(image.image_id):
             raise ImageNotFound(f"Image {image.image_id} not found.")
-        self._trim_thumbnails(image, keep=path.name)
-        return path
+        key = self._thumbnail_key(image, suffix, fmt)
+        try:
+            self.blobs.put(key, data)
+        except OSError as exc:
+            log.warning("thumbnail of image %s not cached: %s", image.image_id, exc.strerror)
+            return False
+        # delete_image drops the index entry before it drops thumbnails: if the entry is
+        # still here, any delete comes later and removes this blob too.
+        if not self._index.contains(image.image_id):
+            self.blobs.delete(key)
+            if self.job_metadata(image.job_id) is None:  # the put made the job's folder again
+                self.blobs.delete_prefix(f"{image.job_id}/")
+            raise ImageNotFound(f"Image {image.image_id} not found.")
+        self._trim_thumbnails(image, keep=key)
+        return True
 
     def _trim_thumbnails(self, image: StoredImage, *, keep: str) -> None:
         """Remove the least recently used cached thumbnails of `image` beyond MAX_THUMBNAILS
         (never `keep`, the one just made)."""
         used: list[tuple[int, str]] = []
-        with suppress(FileNotFoundError), os.scandir(self.root / image.job_id / _THUMBS) as it:
-            for entry in it:
-                if entry.name.startswith(f"{image.image_id}-") and entry.name != keep:
-                    with suppress(FileNotFoundError):
-                        used.append((entry.stat(follow_symlinks=False).st_atime_ns, entry.path))
+        for key in self.blobs.list(thumbnails_prefix(image.job_id, f"{image.image_id}-")):
+            if key != keep:
+                with suppress(BlobNotFound):
+                    used.append((self.blobs.used_ns(key), key))
         used.sort()
         for _, stale in used[: max(0, len(used) + 1 - MAX_THUMBNAILS)]:
-            _unlink(Path(stale))
+            self.blobs.delete(stale)
 
-    def _thumbnail_path(self, image: StoredImage, suffix: str, fmt: str) -> Path:
-        return self.root / image.job_id / _THUMBS / thumbnail_name(image, suffix, fmt)
-
-    def _drop_thumbnails(self, image: StoredImage) -> None:
-        """Remove every cached thumbnail of one image (and any half-written one)."""
-        try:
-            entries = list(os.scandir(self.root / image.job_id / _THUMBS))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if image.image_id in entry.name:
-                _unlink(Path(entry.path))
+    @staticmethod
+    def _thumbnail_key(image: StoredImage, suffix: str, fmt: str) -> str:
+        return thumbnails_prefix(image.job_id, thumbnail_name(image, suffix, fmt))
 
     # --- deleting -------------------------------------------------------------------------
 
     def delete_image(self, image_id: str) -> StoredImage:
         """Remove the image's file and index entry; mark it deleted in its job's metadata."""
         image = self.find_image(image_id)
-        link = self._index / image.image_id
         try:
-            with self._locked(image.job_id):
-                if not os.path.lexists(link):  # another caller deleted it meanwhile
+            with self._index.locked(image.job_id):
+                if not self._index.contains(image.image_id):  # another caller deleted it
                     raise ImageNotFound(f"Image {image.image_id} not found.")
-                job_dir = self.root / image.job_id
-                metadata = json.loads((job_dir / METADATA).read_bytes())
+                metadata = json.loads(self.blobs.get(metadata_key(image.job_id)))
                 now = utc_now()
                 for entry in metadata.get("images", []):
                     if entry.get("id") == image.image_id:
                         entry["status"] = "deleted"
                         entry["deleted_at"] = now
                 # The metadata first: if it cannot be written, nothing has changed.
-                self._replace(job_dir / METADATA, _dump(metadata))
-                _unlink(link)
-                _unlink(image.path)
-                self._drop_thumbnails(image)
-        except FileNotFoundError:  # the whole job was deleted meanwhile
+                self._put_metadata(image.job_id, metadata)
+                self._index.remove(image.image_id)
+                self.blobs.delete(image.key)
+                for key in list(self.blobs.list(thumbnails_prefix(image.job_id, image.image_id))):
+                    self.blobs.delete(key)
+        except (FileNotFoundError, BlobNotFound):  # the whole job was deleted meanwhile
             raise ImageNotFound(f"Image {image.image_id} not found.") from None
         return image
 
-    def _replace(self, path: Path, data: bytes) -> None:
-        """Atomically replace a file: write a temporary sibling, fsync, rename over."""
-        temp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    def _put_metadata(self, job_id: str, metadata: dict[str, Any]) -> None:
         try:
-            self._disk.write_new(temp, data)
-            os.replace(temp, path)
-            self._disk.sync(path.parent)
+            self.blobs.put(metadata_key(job_id), _dump(metadata))
         except OSError as exc:
-            _unlink(temp)
             if is_disk_full(exc):
                 raise InsufficientStorage("The image store is full; nothing was changed.") from None
             raise
 
-    @contextmanager
-    def _locked(self, job_id: str) -> Iterator[None]:
-        fd = os.open(self.root / job_id / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    def delete_job(self, job_id: str) -> dict[str, Any] | None:
+        """Remove a whole job and return its metadata; None if there is no such job.
+
+        Under the job's lock the index entries go first, so no lookup finds an image that is
+        about to vanish; then the job's blobs go at once (its folder renamed out of sight),
+        so a reader in any process sees the whole job or none of it.
+        """
+        canonical = normalize_id(job_id)
+        if canonical is None:
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+            with self._index.locked(canonical):
+                self.blobs.info(lock_key(canonical))  # still here once we hold the lock?
+                metadata = self.job_metadata(canonical)
+                if not isinstance(metadata, dict):  # damaged: remove it all the same
+                    metadata = {"job_id": canonical, "images": []}
+                for image in metadata.get("images", []):
+                    image_id = normalize_id(str(image.get("id", "")))
+                    if image_id is not None:
+                        self._index.remove(image_id)
+                self.blobs.delete_prefix(f"{canonical}/")
+        except (FileNotFoundError, BlobNotFound):  # another process deleted it first
+            return None
+        return metadata
 
     # --- housekeeping ---------------------------------------------------------------------
 
+    def writable(self) -> bool:
+        """Whether new jobs can be stored now (for /health)."""
+        return self.blobs.writable()
+
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove what crashed writers left: stale staging dirs and dangling index links.
+        """Remove what crashed writers left: staged jobs and dangling index entries."""
+        return self.blobs.sweep(older_than) + self._index.sweep(older_than)
 
-        Other workers write, publish and remove entries meanwhile (every worker sweeps as
-        it boots): an entry that is gone by the time it is looked at is skipped.
-        """
-        removed = 0
-        cutoff = time.time() - older_than
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                if entry.name.startswith(_TMP_PREFIX) and changed_before(entry, cutoff):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    removed += 1
-        with os.scandir(self._index) as entries:
-            for entry in entries:
-                if (
-                    entry.is_symlink()
-                    and not os.path.exists(entry.path)
-                    and changed_before(entry, cutoff)
-                ):
-                    _unlink(Path(entry.path))
-                    removed += 1
-        return removed
-
-    # --- browsing and removing whole jobs ----------------------------------------------------
-    # Jobs are listed newest first by the mtime of their `.lock` file: save_job creates it as
-    # the job's last file and nothing writes it again, whereas the directory's own mtime moves
-    # whenever an image in it is deleted. Jobs stored within one clock tick (a few ms) are
-    # ordered by `created_at`, then by id. A position in that order is the tuple
-    # (stamp_ns, created_at, job_id, offset), where `offset` images of that job were passed.
+    # --- browsing ---------------------------------------------------------------------------
+    # Jobs are listed newest first by their stamp in the index (storage/index.py). Jobs
+    # stored within one clock tick (a few ms) are ordered by `created_at`, then by id. A
+    # position in that order is the tuple (stamp_ns, created_at, job_id, offset), where
+    # `offset` images of that job were passed.
 
     def list_images(
         self,
@@ -430,48 +392,20 @@ class ImageStore:
                     return [item for item, _ in found[:limit]], found[limit - 1][1]
         return [item for item, _ in found], None
 
-    def delete_job(self, job_id: str) -> dict[str, Any] | None:
-        """Remove a whole job and return its metadata; None if there is no such job.
-
-        Under the job's lock the index links go first, so no lookup finds an image that is
-        about to vanish; then the directory is renamed out of sight in one step and removed,
-        so a reader in any process sees the whole job or none of it.
-        """
-        canonical = normalize_id(job_id)
-        if canonical is None:
-            return None
-        trash = self.root / f"{_TMP_PREFIX}deleted-{uuid.uuid4().hex}"
-        try:
-            with self._locked(canonical):
-                if not (self.root / canonical).is_dir():
-                    return None
-                metadata = self.job_metadata(canonical)
-                if not isinstance(metadata, dict):  # damaged: remove it all the same
-                    metadata = {"job_id": canonical, "images": []}
-                for image in metadata.get("images", []):
-                    image_id = normalize_id(str(image.get("id", "")))
-                    if image_id is not None:
-                        _unlink(self._index / image_id)
-                os.rename(self.root / canonical, trash)
-                self._disk.sync(self.root)
-        except FileNotFoundError:  # another process deleted it before we held the lock
-            return None
-        shutil.rmtree(trash, ignore_errors=True)
-        return metadata
-
     def _jobs_from(
         self, after: tuple[int, str, str, int] | None, job_id: str | None
     ) -> Iterator[tuple[tuple[int, str, str], dict[str, Any]]]:
         """(sort key, metadata) of each job in listing order, from the job at `after` on."""
         if job_id is not None:
             canonical = normalize_id(job_id)
-            names = [(self._stamp(canonical) or 0, canonical)] if canonical else []
+            names = [(self._index.stamp(canonical) or 0, canonical)] if canonical else []
         else:
-            names = self._job_stamps()
+            names = self._index.job_order()
+            self._forget_gone(names)
         if after is not None:  # skip the ticks newer than the cursor's
             first = next((n for n, (tick, _) in enumerate(names) if tick <= after[0]), len(names))
             names = names[first:]
-        cache = self._browse_cache()
+        cache = self._created
         i = 0
         while i < len(names):
             tick = names[i][0]
@@ -481,13 +415,13 @@ class ImageStore:
             group = []
             for _, name in names[i:j]:
                 metadata = None
-                created = cache["created"].get(name)
+                created = cache.get(name)
                 if created is None or j - i == 1:
                     metadata = self.job_metadata(name)
                     if not isinstance(metadata, dict):  # deleted since the scan, or damaged
                         continue
                     created = str(metadata.get("created_at", ""))
-                    cache["created"][name] = created
+                    cache[name] = created
                 group.append(((tick, created, name), metadata))
             group.sort(key=lambda item: item[0], reverse=True)
             for key, metadata in group:
@@ -498,70 +432,11 @@ class ImageStore:
                     yield key, metadata
             i = j
 
-    def _job_stamps(self) -> list[tuple[int, str]]:
-        """(stamp_ns, job_id) of every job, newest first.
-
-        Kept per process while the root directory's mtime says no job came or went: every
-        save, delete and staging directory changes it. A scan is trusted only once that
-        mtime is older than the scan by more than a clock tick, so a change made in the
-        same tick as the scan still forces the next request to look again.
-        """
-        cache = self._browse_cache()
-        changed = os.stat(self.root).st_mtime_ns
-        order = cache.get("order")
-        if order is not None and cache.get("trusted") == changed:
-            return order
-        scanned = time.time_ns()
-        known: dict[str, int] = cache["stamps"]
-        fresh: dict[str, int] = {}
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                name = entry.name
-                if not _UUID.match(name) or not entry.is_dir(follow_symlinks=False):
-                    continue  # .index, .tmp-* staging and trash, stray files
-                stamp = known.get(name)
-                if stamp is None:
-                    stamp = self._stamp(name)
-                    if stamp is None:
-                        continue
-                fresh[name] = stamp
-        order = sorted(((stamp, name) for name, stamp in fresh.items()), reverse=True)
-        if len(cache["created"]) > 2 * len(fresh) + 1000:
-            cache["created"] = {k: v for k, v in cache["created"].items() if k in fresh}
-        cache.update(
-            stamps=fresh,
-            order=order,
-            trusted=changed if scanned - changed > 100_000_000 else None,
-        )
-        return order
-
-    def _stamp(self, job_id: str) -> int | None:
-        """The job's listing time: its lock file's mtime, which never changes once written
-        (the directory's, for a job from elsewhere that has no lock file)."""
-        job_dir = self.root / job_id
-        for path in (job_dir / _LOCK, job_dir):
-            with suppress(OSError):
-                return os.stat(path).st_mtime_ns
-        return None
-
-    def _browse_cache(self) -> dict[str, Any]:
-        """This process's memory for listing: lock mtimes and created_at (which never change
-        for a job) and the last scan's order. Shared by the worker's threads."""
-        return self._browse
-
-
-def mtime_of(entry: os.DirEntry[str]) -> float | None:
-    """The mtime of a listed entry (a link's own), or None if it vanished since the listing."""
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def changed_before(entry: os.DirEntry[str], cutoff: float) -> bool:
-    """Whether a listed entry last changed before `cutoff` (False if it has vanished)."""
-    mtime = mtime_of(entry)
-    return mtime is not None and mtime < cutoff
+    def _forget_gone(self, names: list[tuple[int, str]]) -> None:
+        """Keep the created_at memory about the size of the store."""
+        if len(self._created) > 2 * len(names) + 1000:
+            present = {name for _, name in names}
+            self._created = {k: v for k, v in self._created.items() if k in present}
 
 
 def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
@@ -573,8 +448,3 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
 
 def _dump(metadata: dict[str, Any]) -> bytes:
     return strictjson.dumps(metadata, indent=2, ensure_ascii=False).encode() + b"\n"
-
-
-def _unlink(path: Path) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)

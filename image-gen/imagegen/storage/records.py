@@ -50,9 +50,10 @@ from imagegen import strictjson
 from imagegen.errors import InsufficientStorage
 from imagegen.imaging.formats import EXTENSIONS
 from imagegen.storage.durable import Disk, is_disk_full
-from imagegen.storage.images import mtime_of, normalize_id
+from imagegen.storage.fileblobs import mtime_of
+from imagegen.storage.index import normalize_id
+from imagegen.storage.layout import JOBS, TMP_PREFIX
 
-JOBS = ".jobs"
 _ACTIVE = ".active"
 _DELIVERING = ".webhooks"
 _SLOTS = ".slots"
@@ -62,7 +63,7 @@ _SWEEP_LOCK = ".sweep"  # flock()ed by the process sweeping
 _INPUTS = "inputs"
 _INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX
 _MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
 PREVIEW_NAME = re.compile(
     r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp)$"
