@@ -10,10 +10,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imagegen.catalog.models import CATALOG, MODELS, get_model
+from imagegen.catalog.models import CATALOG, MODELS, SNAPSHOTS, get_model
+from imagegen.catalog.pricing import pricing_for
 from imagegen.catalog.spec import ACTIVE, DEPRECATED, LEGACY, SHUT_DOWN
 from imagegen.errors import ValidationError
-from imagegen.imaging.request import ImageRequest, parse_generate_request
+from imagegen.imaging.request import (
+    END_USER_FIELDS,
+    ImageRequest,
+    identified,
+    parse_generate_request,
+    safety_identifier_for,
+)
 
 TODAY = dt.date(2026, 11, 25)
 FLEXIBLE_MODELS = (
@@ -468,7 +475,7 @@ def test_prompt_is_kept_exactly_as_sent() -> None:
 # --- fields and models ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["n", "response_format", "user", "Prompt", ""])
+@pytest.mark.parametrize("field", ["n", "response_format", "seed", "Prompt", ""])
 def test_unknown_field_is_refused_naming_it_and_the_accepted_fields(field: str) -> None:
     error = refused({"prompt": "p", field: "x"})
 
@@ -676,6 +683,51 @@ def test_model_status_follows_its_lifecycle_dates(model: str, day: dt.date, stat
     assert CATALOG[model].describe(day)["status"] == status
 
 
+@pytest.mark.parametrize(("snapshot", "base"), sorted(SNAPSHOTS.items()))
+def test_a_snapshot_is_its_base_under_its_own_id(snapshot: str, base: str) -> None:
+    pinned, moving = CATALOG[snapshot], CATALOG[base]
+
+    assert pinned.snapshot_of == base and moving.snapshot_of is None
+    for name in ("sizes", "size_rule", "options", "option_defaults", "requires", "edits"):
+        assert getattr(pinned, name) == getattr(moving, name), name
+    for day in (TODAY, dt.date(2026, 12, 1), dt.date(2027, 6, 1)):
+        assert pinned.status(day) == moving.status(day)
+    assert pricing_for(snapshot) is pricing_for(base)
+    assert snapshot.startswith(base + "-")
+
+
+def test_a_snapshot_is_covered_by_its_bases_name_but_not_the_other_way() -> None:
+    snapshot, base = CATALOG["gpt-image-2-2026-04-21"], CATALOG["gpt-image-2"]
+
+    assert snapshot.named_in({"gpt-image-2"}) and snapshot.named_in({snapshot.id})
+    assert not base.named_in({snapshot.id})
+    assert not CATALOG["gpt-image-2.5-flare-2026-09-08"].named_in({"gpt-image-2"})
+
+
+def test_only_gpt_image_26_takes_complexity_and_it_defaults_to_high() -> None:
+    takers = {m.id for m in MODELS if "complexity" in m.options}
+
+    assert takers == {"gpt-image-2.6-flare", "gpt-image-2.6-sunburst"}
+    for model in takers:
+        assert CATALOG[model].option_defaults["complexity"] == "high"
+        assert "complexity" in (CATALOG[model].edits.options)
+    result = parse({"prompt": "p", "model": "gpt-image-2.6-flare", "complexity": "medium"})
+    assert result.options == {"complexity": "medium"}
+
+
+def test_the_token_identifier_is_stable_hex_within_openais_limit_and_keeps_the_callers() -> None:
+    value = safety_identifier_for("alice")
+
+    assert value == safety_identifier_for("alice") != safety_identifier_for("bob")
+    assert re.fullmatch(r"imagegen-[0-9a-f]{48}", value)
+    request = parse({"prompt": "p"})
+    assert identified(request, "alice").safety_identifier == value
+    assert identified(request, None).safety_identifier is None
+    own = parse({"prompt": "p", "safety_identifier": "mine"})
+    assert identified(own, "alice").safety_identifier == "mine"
+    assert "safety_identifier" not in identified(own, "alice").as_dict()
+
+
 def test_described_model_states_its_limits() -> None:
     described = CATALOG["dall-e-3"].describe(TODAY)
 
@@ -713,6 +765,9 @@ _FIELDS = st.sampled_from(
         "moderation",
         "output_format",
         "output_compression",
+        "complexity",
+        "safety_identifier",
+        "user",
     ]
 )
 _FIELD_VALUES = st.one_of(
@@ -747,4 +802,12 @@ def test_arbitrary_json_bodies_give_a_valid_request_or_a_validation_error(
     assert 1 <= result.count <= result.model.max_count
     assert result.model.allows_size(result.size)
     assert set(result.options) <= set(result.model.options)
-    assert set(body) <= {"prompt", "count", "model", "size", *result.model.options}
+    assert set(body) <= {
+        "prompt",
+        "count",
+        "model",
+        "size",
+        *END_USER_FIELDS,
+        *result.model.options,
+    }
+    assert result.safety_identifier is None or 0 < len(result.safety_identifier) <= 64

@@ -201,7 +201,7 @@ def test_null_fields_mean_not_given(placeholder_client):
     assert len(response.get_json()["data"]) == 1
 
 
-def test_user_and_safety_identifier_are_accepted_and_not_sent_upstream(client, fake_openai):
+def test_the_callers_safety_identifier_is_sent_upstream_and_wins_over_user(client, fake_openai):
     response = client.post(
         "/v1/images/generations",
         json={"prompt": "x", "model": "gpt-image-2", "user": "u-1", "safety_identifier": "s"},
@@ -209,7 +209,7 @@ def test_user_and_safety_identifier_are_accepted_and_not_sent_upstream(client, f
 
     assert response.status_code == 200
     (call,) = fake_openai.image_requests
-    assert "user" not in call.json and "safety_identifier" not in call.json
+    assert call.json["safety_identifier"] == "s" and "user" not in call.json
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,7 @@ def test_edit_sent_as_json_is_415_in_openai_shape(client, fake_openai):
     assert "multipart/form-data" in error["message"]
 
 
-def test_openai_only_fields_are_translated_or_ignored(client, fake_openai):
+def test_openai_only_fields_are_translated_ignored_or_sent(client, fake_openai):
     response = post_form(
         client,
         "/v1/images/edits",
@@ -264,7 +264,13 @@ def test_openai_only_fields_are_translated_or_ignored(client, fake_openai):
     assert len(body["data"]) == 2 and all("b64_json" in item for item in body["data"])
     assert body["output_format"] == "png"
     (call,) = fake_openai.image_requests
-    assert call.form == {"model": "gpt-image-2", "prompt": "x", "n": "2", "size": "auto"}
+    assert call.form == {
+        "model": "gpt-image-2",
+        "prompt": "x",
+        "n": "2",
+        "size": "auto",
+        "safety_identifier": "abc",  # the caller's own; it wins over `user`
+    }
 
 
 @pytest.mark.parametrize(

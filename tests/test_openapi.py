@@ -18,6 +18,7 @@ from imagegen.api import generate, images, openapi
 from imagegen.catalog.models import CATALOG, MODELS
 from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange
 from imagegen.errors import HTTP_CODES, ServiceError
+from imagegen.imaging.request import END_USER_FIELDS
 from tests.conftest import TEST_KEY
 from tests.gunicorn_server import Service, run_gunicorn
 
@@ -123,7 +124,8 @@ def test_generate_body_is_strict_and_its_values_come_from_the_catalog(spec, toda
     assert props["model"]["default"] == "gpt-image-2"
     assert props["count"]["maximum"] == max(m.max_count for m in usable)
     options = {name for m in usable for name in m.options}
-    assert set(props) == {"prompt", "model", "size", "count", *options}
+    assert set(props) == {"prompt", "model", "size", "count", *options, *END_USER_FIELDS}
+    assert props["safety_identifier"]["maxLength"] == 64
     for model in usable:
         for name, option in model.options.items():
             if isinstance(option, Choice):

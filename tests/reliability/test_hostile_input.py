@@ -464,7 +464,7 @@ def test_shut_down_models_are_refused_with_their_replacement_whatever_else_is_se
 @pytest.mark.parametrize("model", USABLE, ids=lambda m: m.id)
 def test_fields_of_other_models_are_refused_by_name(client, fake_openai, model):
     foreign = sorted(set(ALL_FIELDS) - {"prompt", "count", "model", "size", *model.options})
-    for name in [*foreign, "response_format", "n", "user", "__proto__", "", "PROMPT"]:
+    for name in [*foreign, "response_format", "n", "stream", "__proto__", "", "PROMPT"]:
         response = client.post("/generate", json={"prompt": "x", "model": model.id, name: "x"})
 
         payload = assert_client_error(response, 400, "VALIDATION_ERROR")

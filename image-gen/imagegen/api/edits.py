@@ -92,7 +92,7 @@ def _answer(operation: str) -> ResponseReturnValue:
         default_model=default_model_for(operation, settings.default_model),
         form=multipart,
     )
-    produce = services().maker.producer(image_request, inputs, operation)
+    produce = services().maker.producer(inputs, operation)
     source = inputs.source()
     accepted = respond_async(
         image_request,
@@ -111,7 +111,7 @@ def run_job(image_request: ImageRequest, inputs: ImageInputs, operation: str) ->
     """Make the images through the provider and store them as one job recording its source."""
     return make_images(
         image_request,
-        produce=services().maker.producer(image_request, inputs, operation),
+        produce=services().maker.producer(inputs, operation),
         operation=operation,
         source=inputs.source(),
     )

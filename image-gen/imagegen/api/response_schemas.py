@@ -400,6 +400,7 @@ MODEL_SCHEMAS: dict[str, Schema] = {
                 "enum": ["active", "deprecated", "shut_down", "legacy"],
             },
             "description": string,
+            "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
             "deprecated_on": date,
             "shutdown_on": date,
             "replacement": {"type": ["string", "null"]},

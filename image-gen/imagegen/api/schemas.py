@@ -13,6 +13,7 @@ from imagegen.api.response_schemas import response_schemas
 from imagegen.catalog.spec import Choice, InputSpec, IntRange, ModelSpec
 from imagegen.errors import HTTP_CODES, ServiceError
 from imagegen.imaging.inputs import OPERATIONS
+from imagegen.imaging.request import end_user_schema
 
 Schema = dict[str, Any]
 
@@ -106,6 +107,7 @@ def common_properties(models: list[ModelSpec], default_model: str) -> dict[str, 
                 "Image models take any WxH within bounds (GET /models/{id}).",
             }
         ),
+        **{name: nullable(schema) for name, schema in end_user_schema().items()},
     }
 
 
@@ -187,7 +189,8 @@ def _input_properties(
     options = option_properties(owners, lambda m: specs[m.id].options)
     if not as_json:  # multipart fields are text: never null
         options = {name: _not_null(schema) for name, schema in options.items()}
-    return {**properties, **options}
+    end_user = {name: maybe(schema) for name, schema in end_user_schema().items()}
+    return {**properties, **options, **end_user}
 
 
 def _not_null(schema: Schema) -> Schema:

@@ -5,6 +5,7 @@ Validation reads this data; adding a model means adding an entry here, not new b
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from typing import TypedDict, Unpack
@@ -17,6 +18,12 @@ _GUIDE = "https://developers.openai.com/api/docs/guides/image-generation"
 _DEPRECATIONS = "https://developers.openai.com/api/docs/deprecations"
 
 
+_IMAGES_REFERENCE = "https://developers.openai.com/api/reference/resources/images/methods/generate"
+
+
+_PROMPTING_26 = "https://developers.openai.com/api/docs/guides/image-prompting?model=gpt-image-2.6"
+
+
 _GPT_IMAGE_OPTIONS: dict[str, Choice | IntRange] = {
     "quality": Choice(("low", "medium", "high", "auto")),
     "background": Choice(("transparent", "opaque", "auto")),
@@ -26,6 +33,22 @@ _GPT_IMAGE_OPTIONS: dict[str, Choice | IntRange] = {
 }
 
 
+# Transparent backgrounds, read 2026-12-02:
+#   OpenAI's Images API reference (create image and create image edit, `background`, as
+#   openai-python 3.57.0 carries it; https://developers.openai.com/api/reference/resources/
+#   images/methods/generate): "gpt-image-2.5-sunburst and gpt-image-2.5-flare, including
+#   their 2026-09-08 snapshots, support opaque and transparent backgrounds ... For
+#   gpt-image-2 and gpt-image-2-2026-04-21, this support is in preview."
+#   OpenAI's GPT Image 2.6 prompting guide (https://developers.openai.com/api/docs/guides/
+#   image-prompting?model=gpt-image-2.6): Flare and Sunburst "both support image
+#   generation, editing, and transparent backgrounds."
+# gpt-image-2 is still refused a transparent background: OpenAI calls its support a preview
+# (openai-python PR #3703, 2026-08-20, changed "not supported" to "preview"), and callers of
+# resellers report 400 "Transparent background is not supported for this model"
+# (github.com/Wei-Shaw/sub2api/issues/7150, 2026-09-15; help.apiyi.com/en?p=30331). The
+# report of 400s "since 2026-09-30" could not be verified on any page searched. (OpenAI's
+# CLI reference, developers.openai.com/api/reference/cli/resources/images/index.md, still
+# says requests for gpt-image-2 with a transparent background "will return an error".)
 _GPT_IMAGE_2_OPTIONS = {**_GPT_IMAGE_OPTIONS, "background": Choice(("opaque", "auto"))}
 
 
@@ -33,6 +56,23 @@ _XHIGH_OPTIONS = {
     **_GPT_IMAGE_OPTIONS,
     "quality": Choice(("low", "medium", "high", "xhigh", "max", "auto")),
 }
+
+
+# GPT Image 2.6's `complexity`, read 2026-12-02: OpenAI's Images API reference (create
+# image and create image edit, as openai-python 3.57.0 carries it) takes low|medium|high,
+# "computation spent planning the image, independently of rendering quality", using "the
+# image model's configured default when omitted"; the GPT Image 2.6 prompting guide
+# (https://developers.openai.com/api/docs/guides/image-prompting?model=gpt-image-2.6) is
+# where OpenAI tunes it, for 2.6 only. The default, high, is not on an OpenAI page found:
+# it is what guides written from OpenAI's docs say ("high if omitted",
+# https://apidog.com/blog/gpt-image-2-6-api/, 2026-11-05; docs.leonardo.ai
+# gpt-image-26-sunburst, "Defaults to HIGH"; replicate.com openai/gpt-image-2.6-sunburst's
+# input schema, default high). GPT Image 2.5 does not take it (ComfyUI's
+# OpenAIGPTImageNodeV3: the 2.5 inputs "match the 2.6 models, except ... complexity").
+_GPT_IMAGE_26_OPTIONS = {**_XHIGH_OPTIONS, "complexity": Choice(("low", "medium", "high"))}
+
+
+_GPT_IMAGE_26_DEFAULTS = {"complexity": "high"}
 
 
 _GPT_IMAGE_REQUIRES = (
@@ -115,6 +155,7 @@ def _gpt_image(
     flexible: bool = True,
     options: Mapping[str, Choice | IntRange] = _GPT_IMAGE_OPTIONS,
     input_fidelity: Choice | None = None,
+    defaults: Mapping[str, str] | None = None,
     source: str = _GUIDE,
     **lifecycle: Unpack[_Lifecycle],
 ) -> ModelSpec:
@@ -129,7 +170,7 @@ def _gpt_image(
         per_call=10,
         max_prompt_chars=32_000,
         options=options,
-        option_defaults={"output_format": "png"},
+        option_defaults={"output_format": "png", **(defaults or {})},
         requires=_GPT_IMAGE_REQUIRES,
         source=source,
         edits=_gpt_edits(options, input_fidelity),
@@ -145,37 +186,45 @@ _RETIRING_DEC_2026: _Retirement = {
 }
 
 
-MODELS: tuple[ModelSpec, ...] = (
+_MODELS: tuple[ModelSpec, ...] = (
     _gpt_image(
         "gpt-image-2",
-        "OpenAI's GPT Image 2 (snapshot gpt-image-2-2026-04-21): any "
-        "size within bounds; no transparent background.",
+        "OpenAI's GPT Image 2: any size within bounds; no transparent background (a "
+        "preview at OpenAI, refused by resellers).",
         options=_GPT_IMAGE_2_OPTIONS,
         source="https://developers.openai.com/api/docs/models/gpt-image-2",
     ),
+    # Transparent background and quality up to max: OpenAI's Images API reference, read
+    # 2026-12-02 (see _GPT_IMAGE_2_OPTIONS and _XHIGH_OPTIONS above).
     _gpt_image(
         "gpt-image-2.5-flare",
-        "GPT Image 2.5, the faster tier; quality up to max.",
+        "GPT Image 2.5, the faster tier; quality up to max; transparent background.",
         options=_XHIGH_OPTIONS,
-        source=_DEPRECATIONS,
+        source=_IMAGES_REFERENCE,
     ),
     _gpt_image(
         "gpt-image-2.5-sunburst",
-        "GPT Image 2.5, the detailed tier; quality up to max.",
+        "GPT Image 2.5, the detailed tier; quality up to max; transparent background.",
         options=_XHIGH_OPTIONS,
-        source=_DEPRECATIONS,
+        source=_IMAGES_REFERENCE,
     ),
+    # complexity and transparent backgrounds: the GPT Image 2.6 prompting guide and the
+    # Images API reference, read 2026-12-02 (see _GPT_IMAGE_26_OPTIONS above). OpenAI
+    # publishes no dated snapshot of the 2.6 models (the reference's model list names
+    # gpt-image-2.6-flare and gpt-image-2.6-sunburst alone).
     _gpt_image(
         "gpt-image-2.6-flare",
-        "GPT Image 2.6, the faster tier; quality up to max.",
-        options=_XHIGH_OPTIONS,
-        source=_DEPRECATIONS,
+        "GPT Image 2.6, the faster tier; quality up to max; complexity; transparent background.",
+        options=_GPT_IMAGE_26_OPTIONS,
+        defaults=_GPT_IMAGE_26_DEFAULTS,
+        source=_PROMPTING_26,
     ),
     _gpt_image(
         "gpt-image-2.6-sunburst",
-        "GPT Image 2.6, the detailed tier; quality up to max.",
-        options=_XHIGH_OPTIONS,
-        source=_DEPRECATIONS,
+        "GPT Image 2.6, the detailed tier; quality up to max; complexity; transparent background.",
+        options=_GPT_IMAGE_26_OPTIONS,
+        defaults=_GPT_IMAGE_26_DEFAULTS,
+        source=_PROMPTING_26,
     ),
     _gpt_image(
         "gpt-image-1.5",
@@ -209,6 +258,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="dall-e-3",
         family="dall-e",
+        end_user_field="user",
         description="DALL-E 3: one image per upstream call (count>1 runs calls in parallel). "
         "OpenAI shut it down on 2026-05-12; OpenAI-compatible upstreams may still serve it.",
         sizes=("1024x1024", "1792x1024", "1024x1792"),
@@ -228,6 +278,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="dall-e-2",
         family="dall-e",
+        end_user_field="user",
         description="DALL-E 2: square sizes, up to 10 images in one call. "
         "OpenAI shut it down on 2026-05-12; OpenAI-compatible upstreams may still serve it.",
         sizes=("256x256", "512x512", "1024x1024"),
@@ -260,8 +311,57 @@ MODELS: tuple[ModelSpec, ...] = (
 )
 
 
+# Dated snapshots, read 2026-12-02. A snapshot is validated, capped, priced and retired
+# like its base and sent upstream by its own id.
+#   gpt-image-2-2026-04-21, gpt-image-2.5-flare-2026-09-08, gpt-image-2.5-sunburst-2026-09-08:
+#   OpenAI's Images API reference, create image `model` ("Supported models include ...",
+#   https://developers.openai.com/api/reference/resources/images/methods/generate.md;
+#   openai-python 3.57.0's ImageModel lists the same); the 2.5 dates also on
+#   docs.apiyi.com/en/news/gpt-image-2-5-launch ("they currently point to
+#   gpt-image-2.5-flare-2026-09-08 / gpt-image-2.5-sunburst-2026-09-08").
+#   gpt-image-1.5-2025-12-16: the deprecations page (shut down with gpt-image-1.5 on
+#   2026-12-01), https://developers.openai.com/api/docs/deprecations.
+# No snapshot of gpt-image-1-mini, chatgpt-image-latest or the 2.6 models was found.
+SNAPSHOTS: dict[str, str] = {
+    "gpt-image-2-2026-04-21": "gpt-image-2",
+    "gpt-image-2.5-flare-2026-09-08": "gpt-image-2.5-flare",
+    "gpt-image-2.5-sunburst-2026-09-08": "gpt-image-2.5-sunburst",
+    "gpt-image-1.5-2025-12-16": "gpt-image-1.5",
+}
+
+
+def _snapshot(base: ModelSpec, snapshot_id: str) -> ModelSpec:
+    return dataclasses.replace(
+        base,
+        id=snapshot_id,
+        snapshot_of=base.id,
+        description=f"The {snapshot_id[len(base.id) + 1 :]} snapshot of {base.id}, "
+        "pinned: validated and priced like it.",
+    )
+
+
+def _with_snapshots(models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+    """Each model followed by its snapshots."""
+    return tuple(
+        entry
+        for model in models
+        for entry in (
+            model,
+            *(_snapshot(model, snap) for snap, base in SNAPSHOTS.items() if base == model.id),
+        )
+    )
+
+
+MODELS: tuple[ModelSpec, ...] = _with_snapshots(_MODELS)
+
+
 CATALOG: dict[str, ModelSpec] = {model.id: model for model in MODELS}
 
 
 def get_model(model_id: str) -> ModelSpec | None:
     return CATALOG.get(model_id)
+
+
+def base_id(model_id: str) -> str:
+    """The model a snapshot pins (the id itself for any other model)."""
+    return SNAPSHOTS.get(model_id, model_id)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from imagegen.catalog.models import base_id
+
 PRICES_READ_ON = "2026-11-25"
 
 _GUIDE = "https://developers.openai.com/api/docs/guides/image-generation#calculating-costs"
@@ -248,4 +250,5 @@ FALLBACK = _GPT_IMAGE_2
 
 
 def pricing_for(model_id: str) -> Pricing:
-    return PRICING.get(model_id, FALLBACK)
+    """A model's prices; a snapshot costs what its base costs."""
+    return PRICING.get(base_id(model_id), FALLBACK)

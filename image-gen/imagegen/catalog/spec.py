@@ -188,6 +188,15 @@ class ModelSpec:
     source: str = ""
     edits: InputSpec | None = None  # POST /edit: images (and a prompt) in, images out
     variations: InputSpec | None = None  # POST /variations: one image in, variations out
+    snapshot_of: str | None = None  # a dated snapshot: validated and priced like this base
+    # The upstream field that names the end user: OpenAI's `safety_identifier`, or the
+    # `user` of the DALL-E API (which has no safety_identifier).
+    end_user_field: str = "safety_identifier"
+
+    def named_in(self, names: frozenset[str] | set[str]) -> bool:
+        """Whether a list of model names covers this model: its id, or its base's for a
+        snapshot (a token allowed `gpt-image-2` may pin `gpt-image-2-2026-04-21`)."""
+        return self.id in names or (self.snapshot_of is not None and self.snapshot_of in names)
 
     def status(self, today: dt.date) -> str:
         if self.legacy:
@@ -223,6 +232,7 @@ class ModelSpec:
         """The model as `GET /models` shows it to an agent."""
         return {
             "id": self.id,
+            "snapshot_of": self.snapshot_of,
             "family": self.family,
             "status": self.status(today),
             "description": self.description,

@@ -23,10 +23,14 @@ from imagegen.api.parts import MODEL_ID, input_errors, multipart_body
 from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
-from imagegen.compat.schemas import IGNORED_FIELDS, RESPONSE_FORMATS, components
+from imagegen.compat.schemas import RESPONSE_FORMATS, components
 from imagegen.errors import HTTP_CODES, ModelNotFound, QuotaExceeded, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
-from imagegen.imaging.request import ImageRequest, parse_generate_request, read_json
+from imagegen.imaging.request import (
+    ImageRequest,
+    parse_generate_request,
+    read_json,
+)
 from imagegen.imaging.uploads import is_multipart, read_uploads
 from imagegen.services import services
 
@@ -52,9 +56,9 @@ _ECHO_VALUES = {
     summary="OpenAI's POST /v1/images/generations",
     description="Validated like POST /generate (`n` is `count`) and stored as a job. GPT Image "
     "models answer `b64_json`; DALL-E models answer `url` (an absolute URL of GET "
-    "/images/{image_id} on this service) unless `response_format` is `b64_json`. `user` and "
-    "`safety_identifier` are accepted and ignored. Errors use OpenAI's shape; `code` is the "
-    "service's error code in lower case. Failures a retry cannot fix carry "
+    "/images/{image_id} on this service) unless `response_format` is `b64_json`. "
+    "`safety_identifier` (or `user`) is sent upstream as given. Errors use OpenAI's shape; "
+    "`code` is the service's error code in lower case. Failures a retry cannot fix carry "
     "`x-should-retry: false`.",
     body=json_body("OpenAIImagesRequest"),
     responses={
@@ -200,9 +204,6 @@ def translate_request(body: Any) -> tuple[dict[str, Any], str | None]:
             f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}.",
             details={"field": "response_format"},
         )
-    for name in IGNORED_FIELDS:
-        if not isinstance(fields.pop(name, ""), str):
-            raise ValidationError(f"'{name}' must be a string.", details={"field": name})
     if fields.pop("stream", False) is not False:
         raise ValidationError(
             "Streaming is not supported here; leave 'stream' out or set it to false.",
@@ -267,13 +268,15 @@ def _echoed(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_object(model: ModelSpec) -> dict[str, Any]:
-    """A catalog model as OpenAI's model object (`created` is 0: the catalog has no dates)."""
+    """A catalog model as OpenAI's model object (`created` is 0: the catalog has no dates),
+    plus which model a dated snapshot pins (`snapshot_of`, null for the others)."""
     return {
         "id": model.id,
         "object": "model",
         "created": 0,
         "owned_by": "openai",
         "shutdown_date": model.shutdown_on.isoformat() if model.shutdown_on else None,
+        "snapshot_of": model.snapshot_of,
     }
 
 

@@ -15,8 +15,6 @@ from imagegen.catalog.spec import ModelSpec
 Schema = dict[str, Any]
 
 RESPONSE_FORMATS = ("url", "b64_json")
-# OpenAI's end-user identifiers, for its abuse monitoring; nothing here uses them.
-IGNORED_FIELDS = ("user", "safety_identifier")
 
 
 def components(models: list[ModelSpec], default_model: str, codes: list[str]) -> dict[str, Schema]:
@@ -32,10 +30,6 @@ def components(models: list[ModelSpec], default_model: str, codes: list[str]) ->
 
 def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema:
     """POST /v1/images/generations' body: OpenAI's field names, the catalog's values."""
-    ignored = {
-        name: {"type": ["string", "null"], "description": "Accepted and ignored."}
-        for name in IGNORED_FIELDS
-    }
     return {
         "type": "object",
         "description": "OpenAI's request; null means not given.",
@@ -60,7 +54,6 @@ def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema
                     "description": "DALL-E models only; GPT Image models always answer b64_json.",
                 }
             ),
-            **ignored,
             "stream": {
                 "type": ["boolean", "null"],
                 "enum": [False, None],
@@ -79,12 +72,6 @@ def openai_form_schema(models: list[ModelSpec], default_model: str, operation: s
         "enum": list(RESPONSE_FORMATS),
         "description": "DALL-E models only; GPT Image models always answer b64_json.",
     }
-    properties.update(
-        {
-            name: {"type": "string", "description": "Accepted and ignored."}
-            for name in IGNORED_FIELDS
-        }
-    )
     properties["stream"] = {
         "type": "boolean",
         "enum": [False],
@@ -163,6 +150,7 @@ OPENAI_SCHEMAS: dict[str, Schema] = {
             "created": {**integer, "description": "Always 0: the catalog has no dates."},
             "owned_by": string,
             "shutdown_date": date,
+            "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
         },
     },
     "OpenAIModelList": {

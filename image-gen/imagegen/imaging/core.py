@@ -24,7 +24,7 @@ from imagegen.access.tokens import Caller
 from imagegen.catalog.pricing import Pricing, pricing_for
 from imagegen.errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
 from imagegen.imaging.inputs import ImageInputs
-from imagegen.imaging.request import ImageRequest
+from imagegen.imaging.request import ImageRequest, identified
 from imagegen.observability import metrics
 from imagegen.observability.logs import shorten
 from imagegen.settings import Settings
@@ -34,7 +34,8 @@ from imagegen.upstream.retry import Deadline
 
 log = logging.getLogger(__name__)
 
-Produce = Callable[[Deadline], Generation]
+# Makes the images of a request (the one `make` sends: with its end user's identifier).
+Produce = Callable[[ImageRequest, Deadline], Generation]
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class ImageMaker:
         """
         provider, settings = self.provider, self.settings
         if produce is None:
-            produce = lambda deadline: provider.generate(image_request, deadline)  # noqa: E731
+            produce = provider.generate
         if admission is None:
             admission = self.admit(
                 image_request, caller, input_images=input_count(source), request_id=request_id
@@ -141,8 +142,9 @@ class ImageMaker:
             provider.name,
             shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
         )
+        sent = identified(image_request, caller.name if caller.authenticated else None)
         try:
-            generation = produce(Deadline(settings.request_deadline))
+            generation = produce(sent, Deadline(settings.request_deadline))
         except BaseException:
             _book(self.ledger.release, admission.reservation)
             raise
@@ -178,24 +180,26 @@ class ImageMaker:
         )
         return metadata
 
-    def producer(self, image_request: ImageRequest, inputs: ImageInputs, operation: str) -> Produce:
+    def producer(self, inputs: ImageInputs, operation: str) -> Produce:
         """What makes an edit's or a variation's images: the provider, given these inputs."""
         provider = self.provider
         if operation == "edit":
-            return lambda deadline: provider.edit(image_request, inputs, deadline)
-        return lambda deadline: provider.vary(image_request, inputs, deadline)
+            return lambda request, deadline: provider.edit(request, inputs, deadline)
+        return lambda request, deadline: provider.vary(request, inputs, deadline)
 
 
 def _check_allowed(image_request: ImageRequest, caller: Caller) -> None:
     """A token limited to some models, sizes, qualities or counts asks only for those."""
     limits = caller.limits
-    asked = {
-        "model": (image_request.model.id, limits.models),
-        "size": (image_request.size, limits.sizes),
-        "quality": (image_request.options.get("quality", "auto"), limits.qualities),
+    model, quality = image_request.model, image_request.options.get("quality", "auto")
+    asked = {  # field: (value, the allowed values, whether they cover it)
+        # A snapshot is covered by its base's name (ModelSpec.named_in).
+        "model": (model.id, limits.models, model.named_in(limits.models or set())),
+        "size": (image_request.size, limits.sizes, image_request.size in (limits.sizes or ())),
+        "quality": (quality, limits.qualities, quality in (limits.qualities or ())),
     }
-    for field_name, (value, allowed) in asked.items():
-        if allowed is not None and value not in allowed:
+    for field_name, (value, allowed, covered) in asked.items():
+        if allowed is not None and not covered:
             raise PermissionDenied(
                 f"This token may not use {field_name} {value!r}; it may use: "
                 f"{', '.join(sorted(allowed))}.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,18 @@ from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec
 from imagegen.errors import ValidationError
 
 COMMON_FIELDS = ("prompt", "count", "model", "size")
+# Who the end user is, for OpenAI's abuse monitoring: the caller's own value, sent upstream
+# as given (`safety_identifier` wins; `user` is its deprecated name). Without one, a token's
+# caller is identified by a hash of the token's name (`identified`).
+END_USER_FIELDS = ("safety_identifier", "user")
+# OpenAI's limit for a safety_identifier, read 2026-12-02: "a maximum length of 64
+# characters" (the Responses reference, quoted on learn.microsoft.com, ResponseObject.
+# SafetyIdentifier). A translation of OpenAI's safety-checks guide (w3cschool.cn, 2026-11-09)
+# gives 128 for image requests; no OpenAI page in English was found to confirm it, so the
+# stricter 64 holds here.
+MAX_SAFETY_IDENTIFIER = 64
+_IDENTIFIER_PREFIX = "imagegen-"
+_PRINTABLE = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"  # the schemas' rough form of isprintable
 
 
 def read_json(request: Request) -> Any:
@@ -48,6 +62,9 @@ class ImageRequest:
     count: int
     size: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The end user's identifier sent upstream (never stored or logged): the caller's own,
+    # or after `identified` the hash of its token's name.
+    safety_identifier: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The request as metadata records it."""
@@ -84,12 +101,14 @@ def _checked(
     """Check a body's fields for `model`, which takes the options `taken` on this endpoint."""
     common = set(COMMON_FIELDS) if needs_prompt else set(COMMON_FIELDS) - {"prompt"}
     allowed = common | set(taken)
-    unknown = sorted(str(key)[:64] for key in body if key not in allowed)
+    unknown = sorted(
+        str(key)[:64] for key in body if key not in allowed and key not in END_USER_FIELDS
+    )
     if unknown:
         listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
         raise ValidationError(
             f"Unknown or unsupported field(s) for model {model.id}{endpoint}: {listed}. "
-            f"It accepts: {', '.join(sorted(allowed))}.",
+            f"{_taken_elsewhere(unknown[0])}It accepts: {', '.join(sorted(allowed))}.",
             details={"field": unknown[0]},
         )
     return ImageRequest(
@@ -98,7 +117,69 @@ def _checked(
         count=_count(body, model),
         size=_size(body, model, default_size),
         options=_options(body, model, taken),
+        safety_identifier=_end_user(body),
     )
+
+
+def _taken_elsewhere(name: str) -> str:
+    """A hint naming the models that take an option this one does not ("" if none do)."""
+    takers = [
+        m.id
+        for m in CATALOG.values()
+        if m.snapshot_of is None
+        and (name in m.options or (m.edits is not None and name in m.edits.options))
+    ]
+    return f"'{name}' is taken by {', '.join(takers)} only. " if takers else ""
+
+
+def _end_user(body: dict[str, Any]) -> str | None:
+    """The caller's own end-user identifier: `safety_identifier`, else `user`; empty is none."""
+    for name in END_USER_FIELDS:
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if (
+            not isinstance(value, str)
+            or not value.isprintable()
+            or len(value) > MAX_SAFETY_IDENTIFIER
+        ):
+            raise ValidationError(
+                f"'{name}' must be a string of up to {MAX_SAFETY_IDENTIFIER} printable "
+                "characters: a stable id of your end user (a hash, not an email address).",
+                details={"field": name},
+            )
+        return value
+    return None
+
+
+def end_user_schema() -> dict[str, dict[str, Any]]:
+    """The end-user fields as JSON Schema properties, for the OpenAPI and MCP schemas."""
+    text = {"type": "string", "maxLength": MAX_SAFETY_IDENTIFIER, "pattern": _PRINTABLE}
+    return {
+        "safety_identifier": {
+            **text,
+            "description": "Your end user's stable id (a hash, not an email address), sent "
+            "upstream as given for OpenAI's abuse monitoring; without it a token's caller is "
+            "identified by a hash of the token's name.",
+        },
+        "user": {**text, "description": "The older name of `safety_identifier`."},
+    }
+
+
+def safety_identifier_for(token_name: str) -> str:
+    """The stable identifier of a token's caller: a truncated SHA-256 of the token's name
+    (never of the token), prefixed, within OpenAI's 64 characters."""
+    digest = hashlib.sha256(f"image-gen token name\x00{token_name}".encode()).hexdigest()
+    return _IDENTIFIER_PREFIX + digest[:48]
+
+
+def identified(request: ImageRequest, token_name: str | None) -> ImageRequest:
+    """The request with the end user's identifier to send upstream: the caller's own if it
+    gave one, else the hash of its token's name (`token_name` None: an open service, where
+    every caller would share one identifier, so none is sent)."""
+    if request.safety_identifier is not None or token_name is None:
+        return request
+    return dataclasses.replace(request, safety_identifier=safety_identifier_for(token_name))
 
 
 def _prompt(body: dict[str, Any], model: ModelSpec) -> str:

@@ -73,7 +73,7 @@ def rebuild_from_inputs(
         operation=operation,
         default_model=default_model_for(operation, settings.default_model),
     )
-    return Rebuilt(image_request, maker.producer(image_request, inputs, operation))
+    return Rebuilt(image_request, maker.producer(inputs, operation))
 
 
 REBUILDERS: Mapping[str, Rebuild] = {

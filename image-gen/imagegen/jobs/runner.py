@@ -350,7 +350,7 @@ class JobRunner:
         return self.maker.make(
             image_request,
             caller=caller,
-            produce=produce or self._progressive(job, image_request),
+            produce=produce or self._progressive(job),
             operation=record["operation"],
             source=record.get("source"),
             admission=admission,
@@ -358,14 +358,14 @@ class JobRunner:
             request_id=record.get("request_id"),
         )
 
-    def _progressive(self, job: _Job, image_request: ImageRequest) -> Produce | None:
+    def _progressive(self, job: _Job) -> Produce | None:
         """A generation that reports previews and finished images as they come."""
         if job.record["operation"] != "generate":
             return None
         provider, progress = self.maker.provider, _JobProgress(self, job)
         partials = self.settings.partial_images
-        return lambda deadline: provider.generate_with_progress(
-            image_request, deadline, progress, partials
+        return lambda request, deadline: provider.generate_with_progress(
+            request, deadline, progress, partials
         )
 
     def _restore_caller(self, name: str | None) -> Caller:

@@ -21,7 +21,7 @@ from imagegen.errors import (
 from imagegen.imaging.formats import EXTENSIONS, decode_base64, identify
 from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.placeholder import placeholder_png
-from imagegen.imaging.request import COMMON_FIELDS, ImageRequest
+from imagegen.imaging.request import COMMON_FIELDS, END_USER_FIELDS, ImageRequest
 from imagegen.settings import Settings
 from imagegen.upstream.client import AttemptObserver, OpenAIClient, add_usage
 from imagegen.upstream.errors import (
@@ -270,14 +270,18 @@ class OpenAIProvider:
                 raise
 
     def payload(self, request: ImageRequest, n: int) -> dict[str, Any]:
-        """The upstream JSON body: always `model`; only options the model takes."""
-        return {
+        """The upstream JSON body: always `model` (a snapshot's own id), only options the
+        model takes, and the end user's identifier when there is one."""
+        body = {
             "model": request.model.id,
             "prompt": request.prompt,
             "n": n,
             "size": request.size,
             **request.options,
         }
+        if request.safety_identifier is not None:
+            body[request.model.end_user_field] = request.safety_identifier
+        return body
 
     def _image(self, item: Any, deadline: Deadline, model: ModelSpec) -> GeneratedImage:
         """One `data` item's image: its bytes (decoded or downloaded), checked to be a PNG,
@@ -340,6 +344,8 @@ class OpenAIProvider:
             fields.append(("prompt", request.prompt))
         fields += [("n", str(n)), ("size", request.size)]
         fields += [(name, str(value)) for name, value in request.options.items()]
+        if request.safety_identifier is not None:
+            fields.append((request.model.end_user_field, request.safety_identifier))
         return fields
 
     def form_files(self, inputs: ImageInputs) -> list[FormFile]:
@@ -477,7 +483,12 @@ class OpenAIProvider:
                 details={"field": "model", "replacement": self.current_model},
             )
         if 400 <= exc.status < 500:
-            known = exc.param in (*COMMON_FIELDS, *request.model.options, *_INPUT_FIELDS)
+            known = exc.param in (
+                *COMMON_FIELDS,
+                *END_USER_FIELDS,
+                *request.model.options,
+                *_INPUT_FIELDS,
+            )
             return ValidationError(
                 f"The upstream rejected the request: {exc.message}",
                 details={"field": exc.param} if known else None,
