@@ -16,7 +16,8 @@ tested":
   is then what the last call must answer.
 - A ```json block right after an example (before the next heading or block) must have the
   same keys as the last call's answer, at every level. `<!-- docs-test: abbreviated -->`
-  before it allows it to show only some of them.
+  before it allows it to show only some of them; `<!-- docs-test: may-lack <key> ... -->`
+  names top-level keys an answer shows only in some states (a job's `queue` while queued).
 - `<!-- docs-test: skip <reason> -->` right before a block skips it (reported as skipped).
 - Blocks run with `bash -euo pipefail` in a temporary directory, so `-o file` is harmless.
 """
@@ -92,6 +93,7 @@ class Example:
     json_text: str | None = None
     json_line: int = 0
     abbreviated: bool = False
+    may_lack: frozenset[str] = frozenset()
     skip: str | None = None
     problems: list[str] = field(default_factory=list)
     part: int = 0  # the nth inline span on a line holding several
@@ -266,6 +268,8 @@ def extract_examples(name: str, text: str) -> list[Example]:
             for kind, argument in following.markers:
                 if kind == "abbreviated":
                     example.abbreviated = True
+                elif kind == "may-lack" and argument:
+                    example.may_lack = frozenset(argument.split())
                 else:
                     example.problems.append(f"unknown marker before JSON: {kind} {argument}")
             try:
@@ -427,13 +431,16 @@ def _call_problems(number: int, call: Call, expect: Expect) -> list[str]:
     return problems
 
 
-def key_differences(doc: Any, real: Any, abbreviated: bool, path: str = "$") -> list[str]:
-    """Where the keys of a documented JSON answer differ from the real one (values ignored)."""
+def key_differences(
+    doc: Any, real: Any, abbreviated: bool, path: str = "$", may_lack: frozenset[str] = frozenset()
+) -> list[str]:
+    """Where the keys of a documented JSON answer differ from the real one (values ignored);
+    top-level keys in `may_lack` may be missing from the answer."""
     if isinstance(doc, dict):
         if not isinstance(real, dict):
             return [f"{path}: the docs show an object, the answer has {type(real).__name__}"]
         problems = []
-        extra = sorted(set(doc) - set(real))
+        extra = sorted(set(doc) - set(real) - may_lack)
         missing = sorted(set(real) - set(doc))
         if extra:
             problems.append(f"{path}: the docs show keys the answer lacks: {extra}")
@@ -503,7 +510,10 @@ def _run_problems(example: Example, run: Run) -> list[str]:
             )
         else:
             documented = json.loads(example.json_text)
-            for difference in key_differences(documented, real, example.abbreviated):
+            differences = key_differences(
+                documented, real, example.abbreviated, may_lack=example.may_lack
+            )
+            for difference in differences:
                 problems.append(f"JSON at line {example.json_line}: {difference}")
     return problems
 
@@ -542,7 +552,8 @@ def test_docs_test_markers_are_known_and_sit_on_the_right_blocks():
         for block in blocks:
             for kind, reason in block.markers:
                 where = f"{name}:{block.line}"
-                assert kind in ("skip", "abbreviated"), f"{where}: unknown marker {kind}"
+                known = ("skip", "abbreviated", "may-lack")
+                assert kind in known, f"{where}: unknown marker {kind}"
                 if kind == "skip":
                     assert _is_example(block), f"{where}: a skip marker on a block without curl"
                     assert reason, f"{where}: a skip marker must give its reason"
