@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from imagegen.storage.records import JobRecords
+from imagegen.books.interfaces import JobBook
 
 
-def pending_body(record: dict[str, Any], records: JobRecords | None = None) -> dict[str, Any]:
+def pending_body(record: dict[str, Any], records: JobBook | None = None) -> dict[str, Any]:
     """A job that is not stored yet (queued, running) or failed, as the API shows it."""
     job_id = record["job_id"]
     body: dict[str, Any] = {
