@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = ImageStore(settings.images_dir, fsync=settings.fsync)
     store.prepare()
     store.sweep()
-    books = open_books(settings)  # caps, idempotency keys, asynchronous jobs
+    books = open_books(  # caps, idempotency keys, asynchronous jobs
+        settings.images_dir, fsync=settings.fsync, max_running=settings.max_running_jobs
+    )
     provider = provider_for(settings)
     maker = ImageMaker(settings, store, provider, books.caps)
     runner = JobRunner(books.jobs, maker, settings)

@@ -25,7 +25,6 @@ from flask import Flask, Response, g, request
 
 from imagegen import strictjson
 from imagegen.access.auth import current_caller
-from imagegen.books.interfaces import IdempotencyBook
 from imagegen.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationError
 from imagegen.jobs.webhooks import SECRET_HEADER, URL_HEADER
 from imagegen.services import services
@@ -88,7 +87,7 @@ def register_idempotency(app: Flask) -> None:
 
 def _run_once(key: str) -> Response | None:
     settings = services().settings
-    book: IdempotencyBook = services().idempotency
+    book = services().idempotency  # an IdempotencyBook (books/), shared by every process
     token = current_caller().name
     fingerprint = _fingerprint()
     # A request whose worker died holds the key until its lease ends; then a retry runs.

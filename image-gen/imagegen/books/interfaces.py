@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-
-from imagegen.access.tokens import Limits
-from imagegen.imaging.formats import EXTENSIONS
 
 # A job record is a JSON object; a JobBook relies on these keys: "job_id" (a UUID),
 # "marker" (`new_marker`: its place in the queue), "status" (one of STATUSES) and
@@ -47,16 +45,11 @@ def new_marker(job_id: str) -> str:
     return f"{time.time_ns():020d}-{job_id}"
 
 
-# A running job's previews: partial preview n of image i, or image i once finished.
+# A running job's previews: partial preview n of image i (p<i>-<n>.<ext>), or image i once
+# finished (i<i>.<ext>); jobs.answers.preview_name makes them.
 PREVIEW_NAME = re.compile(
     r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp)$"
 )
-
-
-def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
-    """The name of image `image`'s partial preview `partial` (or of its finished copy)."""
-    ext = EXTENSIONS[fmt]
-    return f"i{image}.{ext}" if partial is None else f"p{image}-{partial}.{ext}"
 
 
 # --- caps -------------------------------------------------------------------------------
@@ -87,6 +80,14 @@ class Reservation:
     usd: float
 
 
+class Caps(Protocol):
+    """Limits as a CapsBook reads them (access.tokens.Limits is one)."""
+
+    def caps(self) -> Mapping[str, float]:
+        """The caps that are set, by name (caps.CAPS): images_per_hour, usd_per_day..."""
+        ...
+
+
 @runtime_checkable
 class CapsBook(Protocol):
     """What each token (and the whole service) has made and spent, in sliding windows.
@@ -102,8 +103,8 @@ class CapsBook(Protocol):
         self,
         token: str,
         *,
-        token_limits: Limits,
-        global_limits: Limits,
+        token_limits: Caps,
+        global_limits: Caps,
         images: int,
         usd: float,
         model: str,
@@ -305,7 +306,7 @@ class JobBook(Protocol):
         ...
 
     def save_preview(self, job_id: str, name: str, data: bytes) -> None:
-        """Keep a preview image of a running job under a `preview_name`."""
+        """Keep a preview image of a running job under a name PREVIEW_NAME matches."""
         ...
 
     def preview(self, job_id: str, name: str) -> Path | None:

@@ -8,11 +8,11 @@ shared database (issue 14) is a second branch here, not a change in any caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from imagegen.books.files import FileJobBook
 from imagegen.books.interfaces import CapsBook, IdempotencyBook, JobBook
 from imagegen.books.sqlite import SQLiteCapsBook, SQLiteIdempotencyBook
-from imagegen.settings import Settings
 
 LEDGER = (".ledger", "ledger.sqlite3")  # under the images directory
 
@@ -26,11 +26,11 @@ class Books:
     jobs: JobBook
 
 
-def open_books(settings: Settings) -> Books:
-    """The books of the service `settings` describe, ready to use (schemas created)."""
-    root = settings.images_dir
-    ledger = root.joinpath(*LEDGER)
+def open_books(images_dir: Path, *, fsync: bool, max_running: int) -> Books:
+    """The books kept under `images_dir`, ready to use (schemas created); `max_running`
+    bounds the jobs running at once over every process sharing them."""
+    ledger = Path(images_dir).joinpath(*LEDGER)
     caps = SQLiteCapsBook(ledger)
     caps.prepare()  # one file holds the caps and the keys: its schema has both tables
-    jobs = FileJobBook(root, fsync=settings.fsync, max_running=settings.max_running_jobs)
+    jobs = FileJobBook(images_dir, fsync=fsync, max_running=max_running)
     return Books(caps=caps, idempotency=SQLiteIdempotencyBook(ledger), jobs=jobs)

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from imagegen import strictjson
-from imagegen.access.tokens import Limits
 from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room
-from imagegen.books.interfaces import GLOBAL, Claim, Reservation
+from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
 from imagegen.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,8 @@ class SQLiteCapsBook(_SQLiteBook):
         self,
         token: str,
         *,
-        token_limits: Limits,
-        global_limits: Limits,
+        token_limits: Caps,
+        global_limits: Caps,
         images: int,
         usd: float,
         model: str,

@@ -31,16 +31,16 @@ from typing import Any
 
 from imagegen import clock
 from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
-from imagegen.books.interfaces import FINAL, JobBook, Lease, new_marker, preview_name
+from imagegen.books.interfaces import FINAL, JobBook, Lease, new_marker
 from imagegen.clock import utc_now
 from imagegen.errors import JobInterrupted, QueueFull, ServiceError
 from imagegen.imaging.core import Admission, ImageMaker, Produce
 from imagegen.imaging.request import ImageRequest
 from imagegen.jobs import webhooks
 from imagegen.jobs.answers import completed_body, emit, pending_body, status_data
+from imagegen.jobs.progress import JobProgress
 from imagegen.jobs.resumable import REBUILDERS
 from imagegen.settings import Settings
-from imagegen.upstream.providers import GeneratedImage
 
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
@@ -387,7 +387,8 @@ class JobRunner:
         """A generation that reports previews and finished images as they come."""
         if job.record["operation"] != "generate":
             return None
-        provider, progress = self.maker.provider, _JobProgress(self, job)
+        progress = JobProgress(self.records, job.job_id, lambda mutate: self._update(job, mutate))
+        provider = self.maker.provider
         partials = self.settings.partial_images
         return lambda deadline: provider.generate_with_progress(
             image_request, deadline, progress, partials
@@ -541,60 +542,3 @@ class JobRunner:
             job.done.wait(max(0.0, deadline - time.monotonic()))
         if self._thread is not None:
             self._thread.join(max(0.0, min(2.0, deadline - time.monotonic())))
-
-
-class _JobProgress:
-    """Records a running job's previews and finished images as the provider reports them."""
-
-    def __init__(self, runner: JobRunner, job: _Job) -> None:
-        self.runner = runner
-        self.job = job
-
-    def partial(self, image: int, index: int, data: bytes, fmt: str) -> None:
-        url = self._save(preview_name(image, fmt, index), data)
-        if url is None:
-            return
-        entry = {"image": image, "partial_image_index": index, "url": url}
-
-        def mutate(record: dict[str, Any]) -> None:
-            record["previews"].append(entry)
-            record["progress"]["partial_images"] += 1
-            emit(record, "partial_image", {"job_id": record["job_id"], **entry})
-
-        self._update(mutate)
-
-    def image(self, image: int, generated: GeneratedImage) -> None:
-        url = self._save(preview_name(image, generated.format), generated.data)
-        entry = {"image": image, "partial_image_index": None, "url": url}
-
-        def mutate(record: dict[str, Any]) -> None:
-            progress = record["progress"]
-            progress["images_done"] += 1
-            if url is not None:
-                record["previews"].append(entry)
-            emit(
-                record,
-                "image",
-                {
-                    "job_id": record["job_id"],
-                    **entry,
-                    "images_done": progress["images_done"],
-                    "count": progress["count"],
-                },
-            )
-
-        self._update(mutate)
-
-    def _save(self, name: str, data: bytes) -> str | None:
-        try:
-            self.runner.records.save_preview(self.job.job_id, name, data)
-        except OSError as exc:
-            log.warning("preview %s of job %s not kept: %s", name, self.job.job_id, exc)
-            return None
-        return f"/jobs/{self.job.job_id}/previews/{name}"
-
-    def _update(self, mutate: Callable[[dict[str, Any]], None]) -> None:
-        try:
-            self.runner._update(self.job, mutate)
-        except OSError as exc:  # progress is a courtesy: never fail the generation for it
-            log.warning("progress of job %s not recorded: %s", self.job.job_id, exc)
