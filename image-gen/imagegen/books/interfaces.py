@@ -19,6 +19,10 @@ only says whether it is still held). An implementation with timed leases (Postgr
 `lease_until` on the row, claimed with `FOR UPDATE SKIP LOCKED`) must let a lease lapse
 `lease_seconds` after its last renewal, and must refuse the writes of an owner whose lease
 has lapsed (`LeaseLost`), so that a job is never run by two owners at once.
+
+Time: the caps' windows and the idempotency leases use the book's clock (tests pass one).
+Books shared by several hosts should take one clock for all of them (the database's), not
+each host's own.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ class CapsBook(Protocol):
     admit exactly k. Windows (caps.CAPS) slide on the book's clock. A reservation counts
     from `reserve` until it leaves the window, unless released; settling changes its
     dollars, not its time. A reservation whose process died stays counted.
+
+    SQLite serialises `reserve` with BEGIN IMMEDIATE. PostgreSQL: read the windows and
+    insert in one transaction that holds a lock on each scope it checks (a transaction
+    advisory lock on the token and on GLOBAL, say), or SERIALIZABLE retried on conflict;
+    `caps.check_room` decides, as here.
     """
 
     def reserve(
@@ -158,7 +167,9 @@ class IdempotencyBook(Protocol):
     at most one is "new" while its claim is held; a claim is held until completed,
     abandoned, or `lease` seconds after it was made (then the next claim takes the key
     over, and the old claim's complete and abandon do nothing). Keys older than `ttl` are
-    forgotten. Times come from the book's clock.
+    forgotten. Times come from the book's clock. PostgreSQL: the look-up and the insert (or
+    the takeover) in one transaction, the row locked (`SELECT ... FOR UPDATE`, or
+    `INSERT ... ON CONFLICT DO NOTHING` and then read).
     """
 
     def claim(self, token: str, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
@@ -225,7 +236,10 @@ class JobBook(Protocol):
 
     `owner` names the process that claims (host and pid, say); `lease_seconds` is how long
     a lease lives without renewal. Files: a flock, held until released or the process dies,
-    so neither is needed; PostgreSQL: the row's owner and `lease_until`.
+    so neither is needed. PostgreSQL: the row's `owner` and `lease_until`; `claim` takes
+    the oldest row that is listed and unheld (`lease_until` passed) with `FOR UPDATE SKIP
+    LOCKED` and sets both in the same transaction; `renew` moves `lease_until` only where
+    `owner` is still its own; a slot is a row of a `slots` table leased the same way.
     """
 
     max_running: int
