@@ -504,6 +504,33 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     assert len(fake_openai.image_requests) == 1
 
 
+def test_a_job_claimed_while_its_claimant_shuts_down_is_let_go_of(
+    make_jobs_app, settings, fake_openai
+):
+    first, claimant = make_jobs_app(max_running_jobs=1), make_jobs_app(max_running_jobs=1)
+    runner = services(claimant).jobs
+    took, go_on = threading.Event(), threading.Event()
+    claim = runner.records.claim
+
+    def slow_claim(*args, **kwargs):
+        claimed = claim(*args, **kwargs)
+        if claimed is not None:
+            took.set()
+            go_on.wait(10)
+        return claimed
+
+    runner.records.claim = slow_claim  # before its dispatcher starts
+    job_id = orphan(first, settings, {"prompt": "let go"})
+    runner.ensure_started()
+    assert took.wait(10), "the claimant never claimed the orphan"
+    runner.shutdown(0)  # while its dispatcher holds the claimed job
+    go_on.set()
+
+    other = make_jobs_app(max_running_jobs=1).test_client()
+    assert finished(other, job_id)["status"] == "completed"
+    assert [r.json["prompt"] for r in fake_openai.image_requests] == ["let go"]
+
+
 def test_an_interrupted_running_job_is_started_again(make_jobs_app, settings, fake_openai):
     job_id = orphan(
         make_jobs_app(max_running_jobs=1),

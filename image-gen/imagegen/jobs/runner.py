@@ -287,16 +287,23 @@ class JobRunner:
                 log.error("running slot lease lost: more jobs than the limit may run")
 
     def _adopt(self, job: _Job) -> None:
+        """Take on a claimed job; if this process is shutting down meanwhile, let go of it
+        (shutdown lets go of the queued ones it sees, and this one it would not)."""
         record = job.record
         status = record["status"]
+        with self._lock:
+            stopping = self._stop.is_set()
+            if not stopping:
+                self._owned[job.job_id] = job
+        if stopping:
+            job.lease.release()
+            return
         log.warning(
             "adopting job job_id=%s status=%s attempts=%d (its process is gone)",
             job.job_id,
             status,
             record["attempts"],
         )
-        with self._lock:
-            self._owned[job.job_id] = job
         stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
@@ -320,8 +327,15 @@ class JobRunner:
                 durable=True,
             )
         with self._lock:
-            self._queue.append(job)
-            self._queue.sort(key=lambda queued: queued.record["marker"])
+            stopping = self._stop.is_set()
+            if stopping:
+                self._owned.pop(job.job_id, None)
+            else:
+                self._queue.append(job)
+                self._queue.sort(key=lambda queued: queued.record["marker"])
+        if stopping:
+            job.lease.release()
+            job.done.set()  # shutdown may be waiting for it
 
     # --- running ----------------------------------------------------------------------
 
