@@ -11,8 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from imagegen.access.ledger import CapExceeded, Ledger
 from imagegen.access.tokens import Limits
+from imagegen.books.interfaces import CapExceeded
+from imagegen.books.sqlite import SQLiteCapsBook
 from imagegen.services import services
 from tests import fake_openai as fake
 from tests.conftest import (
@@ -282,7 +283,7 @@ def test_costs_are_recorded_in_metadata_for_each_basis(settings, make_app, fake_
 
 def test_retry_after_says_when_the_oldest_images_leave_the_window(tmp_path):
     now = [1_000_000.0]
-    ledger = Ledger(tmp_path / "ledger.sqlite3", clock=lambda: now[0])
+    ledger = SQLiteCapsBook(tmp_path / "ledger.sqlite3", clock=lambda: now[0])
     ledger.prepare()
     cap = Limits(images_per_hour=3)
     reserve = lambda n: ledger.reserve(  # noqa: E731
@@ -381,7 +382,7 @@ def test_the_sdk_is_told_not_to_retry_a_cap_that_frees_up_in_an_hour(with_tokens
 )
 def test_the_ledger_never_books_an_amount_that_is_not_finite_dollars(tmp_path, caplog, usd):
     path = tmp_path / "ledger.sqlite3"
-    ledger = Ledger(path)
+    ledger = SQLiteCapsBook(path)
     ledger.prepare()
     caps = {"token_limits": Limits(), "global_limits": Limits(usd_per_day=5.0), "model": "m"}
     reservation = ledger.reserve("alice", images=1, usd=0.25, **caps)
@@ -400,7 +401,7 @@ def test_the_ledger_never_books_an_amount_that_is_not_finite_dollars(tmp_path, c
 def test_the_ledger_forgets_entries_every_window_has_left_behind(tmp_path):
     now = [1_000_000.0]
     path = tmp_path / "ledger.sqlite3"
-    ledger = Ledger(path, clock=lambda: now[0])
+    ledger = SQLiteCapsBook(path, clock=lambda: now[0])
     ledger.prepare()
     for _ in range(499):
         ledger.reserve(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.storage.records import JobRecords
+from imagegen.books.files import FileJobBook
 from tests.conftest import TEST_KEY, wait_for
 from tests.gunicorn_server import HTTPAnswer, Service, launch_gunicorn, parse_http, run_gunicorn
 from tests.test_async_jobs import SECRET, Receiver, verify
@@ -336,7 +336,7 @@ def streams_open(service: Service) -> float:
 @contextlib.contextmanager
 def queued_job(service: Service) -> Iterator[str]:
     """A job that stays queued (the test holds the only running slot): its streams stay open."""
-    holder = JobRecords(service.images, fsync=False, max_running=1).take_slot()
+    holder = FileJobBook(service.images, fsync=False, max_running=1).take_slot()
     assert holder is not None
     try:
         yield submit(service, {"prompt": "watched by many"})["job_id"]

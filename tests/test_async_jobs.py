@@ -20,12 +20,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from imagegen.books.files import FileJobBook
 from imagegen.jobs.prefer import MAX_WAIT, parse_prefer
 from imagegen.jobs.webhooks import sign
 from imagegen.services import services
 from imagegen.settings import Settings
 from imagegen.storage.images import ImageStore
-from imagegen.storage.records import JobRecords
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests import fake_openai as fake
 from tests.conftest import TEST_KEY, wait_for
@@ -85,8 +85,8 @@ def read_events(client: FlaskClient, job_id: str, **headers: str) -> list[dict[s
     return parse_sse(b"".join(response.response).decode())
 
 
-def records_of(settings: Settings) -> JobRecords:
-    return JobRecords(settings.images_dir, fsync=False, max_running=settings.max_running_jobs)
+def records_of(settings: Settings) -> FileJobBook:
+    return FileJobBook(settings.images_dir, fsync=False, max_running=settings.max_running_jobs)
 
 
 # --- the 202 flow ---------------------------------------------------------------------------
@@ -479,8 +479,8 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     took, go_on = threading.Event(), threading.Event()
     take_slot = runner.records.take_slot
 
-    def slow_take_slot():
-        slot = take_slot()
+    def slow_take_slot(*args, **kwargs):
+        slot = take_slot(*args, **kwargs)
         if slot is not None:
             took.set()
             go_on.wait(10)
@@ -502,6 +502,33 @@ def test_a_job_let_go_of_while_a_slot_was_being_taken_for_it_gives_the_slot_back
     other = make_jobs_app(max_running_jobs=1).test_client()
     assert finished(other, job_id)["status"] == "completed"
     assert len(fake_openai.image_requests) == 1
+
+
+def test_a_job_claimed_while_its_claimant_shuts_down_is_let_go_of(
+    make_jobs_app, settings, fake_openai
+):
+    first, claimant = make_jobs_app(max_running_jobs=1), make_jobs_app(max_running_jobs=1)
+    runner = services(claimant).jobs
+    took, go_on = threading.Event(), threading.Event()
+    claim = runner.records.claim
+
+    def slow_claim(*args, **kwargs):
+        claimed = claim(*args, **kwargs)
+        if claimed is not None:
+            took.set()
+            go_on.wait(10)
+        return claimed
+
+    runner.records.claim = slow_claim  # before its dispatcher starts
+    job_id = orphan(first, settings, {"prompt": "let go"})
+    runner.ensure_started()
+    assert took.wait(10), "the claimant never claimed the orphan"
+    runner.shutdown(0)  # while its dispatcher holds the claimed job
+    go_on.set()
+
+    other = make_jobs_app(max_running_jobs=1).test_client()
+    assert finished(other, job_id)["status"] == "completed"
+    assert [r.json["prompt"] for r in fake_openai.image_requests] == ["let go"]
 
 
 def test_an_interrupted_running_job_is_started_again(make_jobs_app, settings, fake_openai):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.access.ledger import Ledger
+from imagegen.books.sqlite import SQLiteCapsBook
 from tests.conftest import wait_for
 from tests.gunicorn_server import Service, run_gunicorn
 from tests.support.scans import change_after_listing
@@ -152,7 +152,7 @@ def test_workers_that_create_the_ledger_at_the_same_moment_all_boot(tmp_path):
         def prepare(path: Path = path, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
-                Ledger(path).prepare()
+                SQLiteCapsBook(path).prepare()
             except Exception as exc:  # what a worker's boot would die of
                 failures.append(repr(exc))
 

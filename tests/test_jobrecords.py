@@ -10,24 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.storage.records import JobRecords, new_marker
+from imagegen.books.files import FileJobBook
+from imagegen.books.interfaces import new_marker
 from tests.support.scans import change_after_listing
 
 
 @pytest.fixture
-def records(tmp_path: Path) -> JobRecords:
-    return JobRecords(tmp_path / "images", fsync=False, max_running=1)
+def records(tmp_path: Path) -> FileJobBook:
+    return FileJobBook(tmp_path / "images", fsync=False, max_running=1)
 
 
-def a_job(records: JobRecords, status: str) -> str:
+def a_job(records: FileJobBook, status: str) -> str:
     """A job record as a runner leaves it: `completed` ones are off the active list."""
     job_id = str(uuid.uuid4())
     record = {"job_id": job_id, "marker": new_marker(job_id), "status": "queued"}
-    ownership = records.create(record)
-    records.write({**record, "status": status})
+    lease = records.submit(record)
+    records.write(lease, {**record, "status": status})
     if status == "completed":
-        records.finish(record)
-    ownership.release()
+        records.finish(lease, record)
+    lease.release()
     return job_id
 
 
@@ -65,15 +66,19 @@ def test_a_service_that_never_queued_a_job_has_nothing_to_sweep(records):
 def test_an_ended_job_waiting_for_its_webhook_is_off_the_queue_and_kept(records):
     job_id = str(uuid.uuid4())
     record = {"job_id": job_id, "marker": new_marker(job_id), "status": "queued"}
-    records.create(record).release()
-    records.write({**record, "status": "completed"})
+    lease = records.submit(record)
+    records.write(lease, {**record, "status": "completed"})
 
-    records.end(record, webhook_pending=True)
+    records.end(lease, record, webhook_pending=True)
+    lease.release()
 
     assert records.active() == []
     assert records.delivering() == [(record["marker"], job_id)]
     assert records.sweep(retention=0) == 0  # its webhook is still to be delivered
-    records.finish(record)
+    delivery = records.claim()  # the next process delivers it
+    assert delivery is not None and delivery.record["job_id"] == job_id
+    records.finish(delivery.lease, record)
+    delivery.lease.release()
     assert records.delivering() == []
     assert records.sweep(retention=0) == 1
 

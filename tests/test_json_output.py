@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from imagegen.books.files import FileJobBook
 from imagegen.jobs import events, webhooks
 from imagegen.storage.images import ImageStore
 from imagegen.storage.layout import Layout
-from imagegen.storage.records import JobRecords
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.conftest import strict_json
 from tests.fake_openai import make_png
@@ -86,12 +86,13 @@ def test_job_metadata_with_a_non_finite_number_is_refused_and_nothing_is_stored(
 
 @pytest.mark.parametrize("value", NOT_FINITE)
 def test_a_job_record_with_a_non_finite_number_is_refused_and_the_old_one_kept(tmp_path, value):
-    records = JobRecords(tmp_path, fsync=False)
+    records = FileJobBook(tmp_path, fsync=False)
     record = {"job_id": "0b6c3f4e-8a51-4f0e-9a57-5d1f3c2b1a00", "marker": "m1", "status": "queued"}
-    records.create(record).release()
+    lease = records.submit(record)
 
     with pytest.raises(ValueError, match="JSON"):
-        records.write({**record, "progress": value})
+        records.write(lease, {**record, "progress": value})
+    lease.release()
 
     assert records.read(record["job_id"]) == record
     assert [p.name for p in (records.root / record["job_id"]).iterdir() if "tmp" in p.name] == []

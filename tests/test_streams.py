@@ -12,18 +12,19 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from imagegen.books.files import FileJobBook
+from imagegen.books.interfaces import Lease
 from imagegen.jobs.events import client_gone
 from imagegen.services import services
-from imagegen.storage.records import JobRecords, Ownership
 from tests.conftest import ALICE, BOB, bearer, line, wait_for
 from tests.test_async_jobs import ASYNC
 
 
 @pytest.fixture
-def holder(settings) -> Iterator[Ownership]:
+def holder(settings) -> Iterator[Lease]:
     """The only running slot (tests run with max_running_jobs=1), held: jobs stay queued,
     so their streams stay open."""
-    slot = JobRecords(settings.images_dir, fsync=False, max_running=1).take_slot()
+    slot = FileJobBook(settings.images_dir, fsync=False, max_running=1).take_slot()
     assert slot is not None
     yield slot
     slot.release()

@@ -25,8 +25,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from imagegen import services as service_registry
     from imagegen.access.auth import register_auth
     from imagegen.access.idempotency import register_idempotency
-    from imagegen.access.ledger import Ledger
     from imagegen.api import edits, generate, health, images, jobs, models, openapi, usage, web
+    from imagegen.books.open import open_books
     from imagegen.compat import openai as compat
     from imagegen.errors import ServiceError, register_error_handlers
     from imagegen.imaging import memory
@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     from imagegen.storage import ownership
     from imagegen.storage.images import ImageStore
     from imagegen.storage.layout import Layout
-    from imagegen.storage.records import JobRecords
     from imagegen.strictjson import StrictJSONProvider
     from imagegen.upstream.providers import provider_for
 
@@ -63,22 +62,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     layout.prepare()
     store = ImageStore.on_disk(layout, fsync=settings.fsync)
     store.sweep()
-    records = JobRecords(
-        settings.images_dir, fsync=settings.fsync, max_running=settings.max_running_jobs
+    books = open_books(  # caps, idempotency keys, asynchronous jobs
+        layout, fsync=settings.fsync, max_running=settings.max_running_jobs
     )
-    ledger = Ledger(layout.ledger_file)
-    ledger.prepare()
     provider = provider_for(settings, on_attempt=metrics.upstream_attempt)
-    maker = ImageMaker(settings, store, provider, ledger)
-    runner = JobRunner(records, maker, settings)
+    maker = ImageMaker(settings, store, provider, books.caps)
+    runner = JobRunner(books.jobs, maker, settings)
     service_registry.attach(
         app,
         service_registry.Services(
             settings=settings,
             store=store,
-            records=records,
+            records=books.jobs,
             provider=provider,
-            ledger=ledger,
+            ledger=books.caps,
+            idempotency=books.idempotency,
             maker=maker,
             jobs=runner,
             streams=StreamLimiter(settings.max_streams, settings.max_streams_per_token),
@@ -99,6 +97,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(mcp.bp)  # /mcp: the tools over the same routes
 
     # A job or webhook left unfinished by a process that died is taken up at once.
-    if records.active() or records.delivering():
+    if books.jobs.active() or books.jobs.delivering():
         runner.ensure_started()
     return app

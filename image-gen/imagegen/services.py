@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 
 if TYPE_CHECKING:
-    from imagegen.access.ledger import Ledger
+    from imagegen.books.interfaces import CapsBook, IdempotencyBook, JobBook
     from imagegen.imaging.core import ImageMaker
     from imagegen.jobs.runner import JobRunner
     from imagegen.jobs.streams import StreamLimiter
     from imagegen.settings import Settings
     from imagegen.storage.images import ImageStore
-    from imagegen.storage.records import JobRecords
     from imagegen.upstream.providers import Provider
 
 _EXTENSION = "imagegen"
@@ -32,9 +31,10 @@ class Services:
 
     settings: Settings
     store: ImageStore  # stored jobs and their images
-    records: JobRecords  # asynchronous jobs while they run
+    records: JobBook  # asynchronous jobs while they run
     provider: Provider  # where images come from
-    ledger: Ledger  # caps and idempotency keys
+    ledger: CapsBook  # what each token made and spent, against the caps
+    idempotency: IdempotencyBook  # Idempotency-Keys and the answers they replay
     maker: ImageMaker  # the one core operation
     jobs: JobRunner  # this process's share of the asynchronous jobs
     streams: StreamLimiter  # bounds on open event streams

@@ -3,9 +3,10 @@
 The key is scoped to the caller's token. The same key with the same request returns the
 stored response (header `Idempotent-Replayed: true`) without a second upstream call, also
 while the first request is still running (the retry waits for it) and from another
-Gunicorn worker: the keys live in the ledger's SQLite database. The same key with another
-request is a 422. Only successful answers (2xx) are kept: after a failure the key is free
-again, so the retry runs. Keys are forgotten after IMAGE_GEN_IDEMPOTENCY_TTL (24 h).
+Gunicorn worker: the keys live in the IdempotencyBook (books/), which every process shares.
+The same key with another request is a 422. Only successful answers (2xx) are kept: after
+a failure the key is free again, so the retry runs. Keys are forgotten after
+IMAGE_GEN_IDEMPOTENCY_TTL (24 h).
 
 A replay is the first request's answer, whatever the retry's own `Prefer`, `Webhook-URL` or
 `Webhook-Secret` ask: the job was queued (or not) and its webhook chosen the first time. The
@@ -24,7 +25,6 @@ from flask import Flask, Response, g, request
 
 from imagegen import strictjson
 from imagegen.access.auth import current_caller
-from imagegen.access.ledger import Ledger
 from imagegen.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationError
 from imagegen.jobs.webhooks import SECRET_HEADER, URL_HEADER
 from imagegen.services import services
@@ -62,10 +62,10 @@ def register_idempotency(app: Flask) -> None:
         claimed = g.pop("idempotency", None)
         if claimed is None:
             return response
-        ledger, token, key, claim = claimed
+        book, token, key, claim = claimed
         if 200 <= response.status_code < 300 and not response.is_streamed:
             headers = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
-            ledger.complete(
+            book.complete(
                 token,
                 key,
                 claim,
@@ -74,20 +74,20 @@ def register_idempotency(app: Flask) -> None:
                 body=response.get_data(),
             )
         else:
-            ledger.abandon(token, key, claim)
+            book.abandon(token, key, claim)
         return response
 
     @app.teardown_request
     def _release(exc: BaseException | None) -> None:
         claimed = g.pop("idempotency", None)
         if claimed is not None:  # the response never reached _store
-            ledger, token, key, claim = claimed
-            ledger.abandon(token, key, claim)
+            book, token, key, claim = claimed
+            book.abandon(token, key, claim)
 
 
 def _run_once(key: str) -> Response | None:
     settings = services().settings
-    ledger: Ledger = services().ledger
+    book = services().idempotency  # an IdempotencyBook (books/), shared by every process
     token = current_caller().name
     fingerprint = _fingerprint()
     # A request whose worker died holds the key until its lease ends; then a retry runs.
@@ -95,9 +95,9 @@ def _run_once(key: str) -> Response | None:
     waited_until = time.monotonic() + settings.request_deadline
     pause = _POLL_FIRST
     while True:
-        claim = ledger.claim(token, key, fingerprint, lease=lease, ttl=settings.idempotency_ttl)
+        claim = book.claim(token, key, fingerprint, lease=lease, ttl=settings.idempotency_ttl)
         if claim.state == "new":
-            g.idempotency = (ledger, token, key, claim.claim)
+            g.idempotency = (book, token, key, claim.claim)
             return None
         if claim.state == "replay":
             log.info("idempotent replay token=%s request_id=%s", token, g.get("request_id"))

@@ -2,7 +2,7 @@
 and a job's previews.
 
 A job is stored (storage.images) once it is completed; an asynchronous job also has a
-record (storage.records) from the moment it is accepted, which is all there is while it is
+record (a JobBook, books/) from the moment it is accepted, which is all there is while it is
 queued or running, or when it failed.
 """
 
@@ -28,6 +28,7 @@ from imagegen.apidoc import (
     retry_later,
     with_request_id,
 )
+from imagegen.books.interfaces import FINAL, PREVIEW_NAME, JobBook
 from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
 from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
 from imagegen.jobs import events, streams
@@ -35,7 +36,6 @@ from imagegen.jobs.answers import completed_body, pending_body
 from imagegen.jobs.submit import POLL_HINT
 from imagegen.services import services
 from imagegen.storage.images import ImageStore, normalize_id
-from imagegen.storage.records import FINAL, PREVIEW_NAME, JobRecords
 
 bp = Blueprint("jobs", __name__)
 
@@ -270,5 +270,5 @@ def _store() -> ImageStore:
     return services().store
 
 
-def _records() -> JobRecords:
+def _records() -> JobBook:
     return services().jobs.records

@@ -8,9 +8,9 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from imagegen.access.auth import current_caller
-from imagegen.access.ledger import Ledger
 from imagegen.access.tokens import Limits
 from imagegen.apidoc import errors, json_response, operation
+from imagegen.books.interfaces import CapsBook
 from imagegen.clock import utc_now
 from imagegen.services import services
 
@@ -30,7 +30,7 @@ bp = Blueprint("usage", __name__)
 def usage() -> ResponseReturnValue:
     """The caller's images and estimated spend (an admin token sees every token)."""
     settings = services().settings
-    ledger: Ledger = services().ledger
+    ledger: CapsBook = services().ledger
     caller = current_caller()
     body: dict[str, Any] = {
         "timestamp": utc_now(),

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imagegen.access.ledger import GLOBAL, CapExceeded, Ledger, Reservation, retry_after_seconds
 from imagegen.access.tokens import Caller
+from imagegen.books.caps import retry_after_seconds
+from imagegen.books.interfaces import GLOBAL, CapExceeded, CapsBook, Reservation
 from imagegen.catalog.pricing import Pricing, pricing_for
 from imagegen.errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
 from imagegen.imaging.inputs import ImageInputs
@@ -52,7 +53,7 @@ class ImageMaker:
     """Makes images for requests and stores them as jobs, within the caps."""
 
     def __init__(
-        self, settings: Settings, store: ImageStore, provider: Provider, ledger: Ledger
+        self, settings: Settings, store: ImageStore, provider: Provider, ledger: CapsBook
     ) -> None:
         self.settings = settings
         self.store = store

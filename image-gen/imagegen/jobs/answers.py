@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from imagegen.storage.records import JobRecords
+from imagegen.books.interfaces import JobBook
+from imagegen.imaging.formats import EXTENSIONS
 
 
-def pending_body(record: dict[str, Any], records: JobRecords | None = None) -> dict[str, Any]:
+def pending_body(record: dict[str, Any], records: JobBook | None = None) -> dict[str, Any]:
     """A job that is not stored yet (queued, running) or failed, as the API shows it."""
     job_id = record["job_id"]
     body: dict[str, Any] = {
@@ -76,3 +77,10 @@ def status_data(record: dict[str, Any]) -> dict[str, Any]:
         "progress": record["progress"],
         "attempts": record["attempts"],
     }
+
+
+def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
+    """The name of image `image`'s partial preview `partial` (or of its finished copy), as
+    JobBook.save_preview keeps it and /jobs/<id>/previews/<name> serves it."""
+    ext = EXTENSIONS[fmt]
+    return f"i{image}.{ext}" if partial is None else f"p{image}-{partial}.{ext}"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from imagegen import strictjson
-from imagegen.storage.records import FINAL, JobRecords
+from imagegen.books.interfaces import FINAL, JobBook
 
 POLL_SECONDS = 0.25  # how often the record is read
 KEEPALIVE_SECONDS = 15.0  # a comment line when nothing else was sent, so proxies keep it open
@@ -37,7 +37,7 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 def follow(
-    records: JobRecords,
+    records: JobBook,
     job_id: str,
     last_id: int,
     *,
@@ -55,7 +55,7 @@ def follow(
     yield f"retry: {RECONNECT_MS}\n\n"
     started = sent_at = noticed = time.monotonic()
     record: dict[str, Any] = {}
-    seen: tuple[int, int] | None = None
+    seen: object | None = None
     while True:
         version = records.version(job_id)
         if version is None:  # deleted meanwhile

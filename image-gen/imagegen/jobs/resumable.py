@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from imagegen.books.interfaces import JobBook
 from imagegen.errors import JobInterrupted
 from imagegen.imaging.core import ImageMaker, Produce
 from imagegen.imaging.formats import EXTENSIONS
@@ -20,7 +21,6 @@ from imagegen.imaging.inputs import ImageInputs, InputImage, default_model_for, 
 from imagegen.imaging.request import ImageRequest, parse_generate_request
 from imagegen.imaging.uploads import MASK_FIELD
 from imagegen.settings import Settings
-from imagegen.storage.records import JobRecords
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,20 @@ class Rebuilt:
 
 
 # From the record, the settings, the records (for inputs kept with the job) and the maker.
-Rebuild = Callable[[dict[str, Any], Settings, JobRecords, ImageMaker], Rebuilt]
+Rebuild = Callable[[dict[str, Any], Settings, JobBook, ImageMaker], Rebuilt]
 
 _DESCRIBED = ("format", "width", "height", "bytes", "sha256")  # what InputImage.record adds
 
 
 def rebuild_generation(
-    record: dict[str, Any], settings: Settings, records: JobRecords, maker: ImageMaker
+    record: dict[str, Any], settings: Settings, records: JobBook, maker: ImageMaker
 ) -> Rebuilt:
     """A generation: its request is all there is."""
     return Rebuilt(parse_generate_request(record["request"], default_model=settings.default_model))
 
 
 def rebuild_from_inputs(
-    record: dict[str, Any], settings: Settings, records: JobRecords, maker: ImageMaker
+    record: dict[str, Any], settings: Settings, records: JobBook, maker: ImageMaker
 ) -> Rebuilt:
     """An edit or variation, from its record and the input images kept with it."""
 

@@ -1,19 +1,20 @@
 """The job runner: each process's share of the asynchronous jobs.
 
 Each Gunicorn worker has one JobRunner: a dispatcher thread and one daemon thread per
-running job. A job is run by the process that accepted it; it holds the job's flock until
-the job is finished and its webhook delivered. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run
-at once over all processes (slot locks); the rest wait, in submission order per process.
+running job. A job is run by the process that accepted it; it holds the job's lease (a
+JobBook's; a flock with the files) until the job is finished and its webhook delivered, and
+the dispatcher renews its leases every tick. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run
+at once over all processes (slot leases); the rest wait, in submission order per process.
 A job that has ended leaves the queue at once: delivering its webhook (retries, backoff)
 takes neither a queue place nor a slot.
 
 Every dispatcher also looks, every `IMAGE_GEN_JOB_POLL_INTERVAL` seconds and at start-up,
-for unfinished jobs nobody holds: their process died (SIGKILL, a crash, a recycled worker, a
-restarted container). A queued one is simply run. A running one is started again if it has
-been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (the interrupted call may already have
-been billed), else failed with JOB_INTERRUPTED. How a job is rebuilt from its record is
-`jobs.resumable`'s table; an edit or variation keeps its input images with its record until
-it ends, so it is resumed the same way.
+for unfinished jobs nobody holds, and claims them: their process died (SIGKILL, a crash, a
+recycled worker, a restarted container). A queued one is simply run. A running one is
+started again if it has been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (the
+interrupted call may already have been billed), else failed with JOB_INTERRUPTED. How a
+job is rebuilt from its record is `jobs.resumable`'s table; an edit or variation keeps its
+input images with its record until it ends, so it is resumed the same way.
 """
 
 from __future__ import annotations
@@ -30,19 +31,22 @@ from typing import Any
 
 from imagegen import clock
 from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
+from imagegen.books.interfaces import FINAL, JobBook, Lease, new_marker
 from imagegen.clock import utc_now
 from imagegen.errors import JobInterrupted, QueueFull, ServiceError
 from imagegen.imaging.core import Admission, ImageMaker, Produce
 from imagegen.imaging.request import ImageRequest
 from imagegen.jobs import webhooks
 from imagegen.jobs.answers import completed_body, emit, pending_body, status_data
+from imagegen.jobs.progress import JobProgress
 from imagegen.jobs.resumable import REBUILDERS
 from imagegen.settings import Settings
-from imagegen.storage.records import FINAL, JobRecords, Ownership, new_marker, preview_name
-from imagegen.upstream.providers import GeneratedImage
 
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
+# How long a lease lives unrenewed where leases are timed: the dispatcher renews them every
+# tick (IMAGE_GEN_JOB_POLL_INTERVAL), so a dead process's jobs are free this long after.
+LEASE_SECONDS = 30.0
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -55,7 +59,7 @@ class _Job:
     """A job this process owns: queued here, running here, or finishing its webhook."""
 
     record: dict[str, Any]
-    ownership: Ownership
+    lease: Lease
     image_request: ImageRequest | None = None
     produce: Produce | None = None
     caller: Caller | None = None
@@ -73,7 +77,7 @@ class _Job:
 class JobRunner:
     """One process's share of the asynchronous jobs: its queue, its running jobs, adoption."""
 
-    def __init__(self, records: JobRecords, maker: ImageMaker, settings: Settings) -> None:
+    def __init__(self, records: JobBook, maker: ImageMaker, settings: Settings) -> None:
         self.records = records
         self.maker = maker
         self.store = maker.store
@@ -81,6 +85,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._owned: dict[str, _Job] = {}
         self._queue: list[_Job] = []  # owned and waiting for a slot, oldest marker first
+        self._slots: set[Lease] = set()  # the slots this process's running jobs hold
         self._wake = threading.Event()
         self._stop = threading.Event()  # set on shutdown: start nothing, cut waits short
         self._thread: threading.Thread | None = None
@@ -91,6 +96,11 @@ class JobRunner:
         """Run jobs in this process (Gunicorn's post_worker_init): adopt at once any job left
         unfinished and any webhook left undelivered by a process that died."""
         self.ensure_started()
+
+    @property
+    def owner(self) -> str:
+        """Who holds this process's leases: the host and the process (after a fork too)."""
+        return f"{socket.gethostname()}/{os.getpid()}"
 
     # --- accepting --------------------------------------------------------------------
 
@@ -127,7 +137,7 @@ class JobRunner:
         request_id: str | None = None,
     ) -> dict[str, Any]:
         """Record and queue a job this process will run; return its record. `inputs` are
-        kept with the record (see JobRecords.create) for the operation's rebuilder."""
+        kept with the record (see JobBook.submit) for the operation's rebuilder."""
         job_id = str(uuid.uuid4())
         now = utc_now()
         record: dict[str, Any] = {
@@ -154,10 +164,14 @@ class JobRunner:
             else {"url": webhook[0], "status": "pending", "attempts": 0, "error": None},
         }
         emit(record, "status", status_data(record))
-        ownership = self.records.create(
-            record, webhook_secret=webhook[1] if webhook else None, inputs=inputs
+        lease = self.records.submit(
+            record,
+            owner=self.owner,
+            lease_seconds=LEASE_SECONDS,
+            webhook_secret=webhook[1] if webhook else None,
+            inputs=inputs,
         )
-        job = _Job(record, ownership, image_request, produce, caller, admission)
+        job = _Job(record, lease, image_request, produce, caller, admission)
         with self._lock:
             self._owned[job_id] = job
             self._queue.append(job)
@@ -181,7 +195,7 @@ class JobRunner:
 
     def notice(self, record: dict[str, Any]) -> None:
         """A reader saw this unfinished job: if nobody holds it, adopt it now."""
-        if record["status"] not in FINAL and not self.records.is_owned(record["job_id"]):
+        if record["status"] not in FINAL and not self.records.is_held(record["job_id"]):
             self.ensure_started()
             self._wake.set()
 
@@ -209,6 +223,7 @@ class JobRunner:
             self._wake.clear()
 
     def _tick(self) -> None:
+        self._renew_leases()
         self._start_queued()
         self._adopt_orphans()
         self._start_queued()
@@ -225,13 +240,14 @@ class JobRunner:
                 if not self._queue:
                     return
                 job = self._queue[0]
-            slot = self.records.take_slot()
+            slot = self.records.take_slot(self.owner, LEASE_SECONDS)
             if slot is None:
                 return
             with self._lock:
                 queued = job in self._queue  # shutdown() may have let go of it meanwhile
                 if queued:
                     self._queue.remove(job)
+                    self._slots.add(slot)
             if not queued:
                 slot.release()
                 continue
@@ -244,36 +260,51 @@ class JobRunner:
 
     def _adopt_orphans(self) -> None:
         """Take every unfinished job, and every undelivered webhook, whose process is gone."""
-        for marker, job_id in self.records.active() + self.records.delivering():
-            if self._stop.is_set():
+        claimed_now: set[str] = set()
+        while not self._stop.is_set():
+            claimed = self.records.claim(self.owner, LEASE_SECONDS)
+            if claimed is None:
                 return
+            job_id = claimed.record["job_id"]
             with self._lock:
-                if job_id in self._owned:
-                    continue
-            ownership = self.records.own(job_id)
-            if ownership is None:
-                if self.records.read(job_id) is None and self.records.marker_age(marker) > 60:
-                    self.records.drop_marker(marker)  # a submission that died half-way
-                continue
-            record = self.records.read(job_id)
-            if record is None or record.get("marker") != marker:
-                ownership.release()
-                if record is None:
-                    self.records.drop_marker(marker)
-                continue
-            self._adopt(_Job(record, ownership))
+                again = job_id in claimed_now or job_id in self._owned
+            if again:  # let go of already this tick (it could not finish): next tick
+                claimed.lease.release()
+                return
+            claimed_now.add(job_id)
+            self._adopt(_Job(claimed.record, claimed.lease))
+
+    def _renew_leases(self) -> None:
+        """Renew the leases of the jobs and slots this process holds; one that has ended
+        while still in use is logged (its job may be another owner's now)."""
+        with self._lock:
+            jobs = list(self._owned.values())
+            slots = list(self._slots)
+        for job in jobs:
+            if not job.lease.renew() and self._owned.get(job.job_id) is job:
+                log.error("lease lost job_id=%s: another process may run it", job.job_id)
+        for slot in slots:
+            if not slot.renew() and slot in self._slots:
+                log.error("running slot lease lost: more jobs than the limit may run")
 
     def _adopt(self, job: _Job) -> None:
+        """Take on a claimed job; if this process is shutting down meanwhile, let go of it
+        (shutdown lets go of the queued ones it sees, and this one it would not)."""
         record = job.record
         status = record["status"]
+        with self._lock:
+            stopping = self._stop.is_set()
+            if not stopping:
+                self._owned[job.job_id] = job
+        if stopping:
+            job.lease.release()
+            return
         log.warning(
             "adopting job job_id=%s status=%s attempts=%d (its process is gone)",
             job.job_id,
             status,
             record["attempts"],
         )
-        with self._lock:
-            self._owned[job.job_id] = job
         stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
@@ -297,12 +328,19 @@ class JobRunner:
                 durable=True,
             )
         with self._lock:
-            self._queue.append(job)
-            self._queue.sort(key=lambda queued: queued.record["marker"])
+            stopping = self._stop.is_set()
+            if stopping:
+                self._owned.pop(job.job_id, None)
+            else:
+                self._queue.append(job)
+                self._queue.sort(key=lambda queued: queued.record["marker"])
+        if stopping:
+            job.lease.release()
+            job.done.set()  # shutdown may be waiting for it
 
     # --- running ----------------------------------------------------------------------
 
-    def _run(self, job: _Job, slot: Ownership) -> None:
+    def _run(self, job: _Job, slot: Lease) -> None:
         try:
             runner = {"pid": os.getpid(), "host": socket.gethostname()}
             self._update(
@@ -323,6 +361,8 @@ class JobRunner:
         except Exception:
             log.exception("job %s: cannot record its progress", job.job_id)
         finally:
+            with self._lock:
+                self._slots.discard(slot)
             slot.release()
             self._wake.set()  # a slot is free
         self._finish(job)
@@ -362,7 +402,8 @@ class JobRunner:
         """A generation that reports previews and finished images as they come."""
         if job.record["operation"] != "generate":
             return None
-        provider, progress = self.maker.provider, _JobProgress(self, job)
+        progress = JobProgress(self.records, job.job_id, lambda mutate: self._update(job, mutate))
+        provider = self.maker.provider
         partials = self.settings.partial_images
         return lambda request, deadline: provider.generate_with_progress(
             request, deadline, progress, partials
@@ -417,16 +458,16 @@ class JobRunner:
             hook = job.record.get("webhook")
             pending = isinstance(hook, dict) and hook.get("status") == "pending"
             self.records.drop_inputs(job.job_id)
-            self.records.end(job.record, webhook_pending=pending)
+            self.records.end(job.lease, job.record, webhook_pending=pending)
             if pending and not self._deliver(job):
                 return  # interrupted by shutdown: the next process delivers it
-            self.records.finish(job.record)
+            self.records.finish(job.lease, job.record)
         except Exception:
             log.exception("job %s: cannot finish", job.job_id)
         finally:
             with self._lock:
                 self._owned.pop(job.job_id, None)
-            job.ownership.release()
+            job.lease.release()
             job.ended.set()
             job.done.set()
 
@@ -487,7 +528,7 @@ class JobRunner:
             job.record["updated_at"] = utc_now()
             if event == "status":
                 emit(job.record, "status", status_data(job.record))
-            self.records.write(job.record, durable=durable)
+            self.records.write(job.lease, job.record, durable=durable)
 
     # --- stopping ---------------------------------------------------------------------
 
@@ -511,65 +552,8 @@ class JobRunner:
                 self._owned.pop(job.job_id, None)
             running = list(self._owned.values())
         for job in queued:
-            job.ownership.release()
+            job.lease.release()
         for job in running:
             job.done.wait(max(0.0, deadline - time.monotonic()))
         if self._thread is not None:
             self._thread.join(max(0.0, min(2.0, deadline - time.monotonic())))
-
-
-class _JobProgress:
-    """Records a running job's previews and finished images as the provider reports them."""
-
-    def __init__(self, runner: JobRunner, job: _Job) -> None:
-        self.runner = runner
-        self.job = job
-
-    def partial(self, image: int, index: int, data: bytes, fmt: str) -> None:
-        url = self._save(preview_name(image, fmt, index), data)
-        if url is None:
-            return
-        entry = {"image": image, "partial_image_index": index, "url": url}
-
-        def mutate(record: dict[str, Any]) -> None:
-            record["previews"].append(entry)
-            record["progress"]["partial_images"] += 1
-            emit(record, "partial_image", {"job_id": record["job_id"], **entry})
-
-        self._update(mutate)
-
-    def image(self, image: int, generated: GeneratedImage) -> None:
-        url = self._save(preview_name(image, generated.format), generated.data)
-        entry = {"image": image, "partial_image_index": None, "url": url}
-
-        def mutate(record: dict[str, Any]) -> None:
-            progress = record["progress"]
-            progress["images_done"] += 1
-            if url is not None:
-                record["previews"].append(entry)
-            emit(
-                record,
-                "image",
-                {
-                    "job_id": record["job_id"],
-                    **entry,
-                    "images_done": progress["images_done"],
-                    "count": progress["count"],
-                },
-            )
-
-        self._update(mutate)
-
-    def _save(self, name: str, data: bytes) -> str | None:
-        try:
-            self.runner.records.save_preview(self.job.job_id, name, data)
-        except OSError as exc:
-            log.warning("preview %s of job %s not kept: %s", name, self.job.job_id, exc)
-            return None
-        return f"/jobs/{self.job.job_id}/previews/{name}"
-
-    def _update(self, mutate: Callable[[dict[str, Any]], None]) -> None:
-        try:
-            self.runner._update(self.job, mutate)
-        except OSError as exc:  # progress is a courtesy: never fail the generation for it
-            log.warning("progress of job %s not recorded: %s", self.job.job_id, exc)

@@ -1,4 +1,4 @@
-"""Asynchronous jobs on disk: their records, ownership, the running-job slots and previews.
+"""The job book on disk: asynchronous jobs' records, their leases, the slots and previews.
 
     <root>/.jobs/<job-uuid>/job.json         the job as it goes: queued, running, completed, failed
     <root>/.jobs/<job-uuid>/lock             flock()ed by the process that owns the job
@@ -17,12 +17,14 @@ sharing the directory) sees the same jobs, and they survive restarts. A finished
 images are stored as an ordinary job by ImageStore.save_job under the same id; the record
 keeps what only an asynchronous job has (progress, previews, events, the error).
 
-Ownership is an exclusive `flock` on the job's lock file, held for as long as a process
-has the job (queued in its memory, running, or delivering its webhook). The kernel drops
-the lock when that process dies, however it dies, so "the lock is free but the job is not
-finished" means exactly "its owner is gone": no heartbeat to tune, no pid that a restarted
-container may reuse. The slots work the same way and bound the jobs running at once across
-all processes.
+A lease (interfaces.Lease) is an exclusive `flock` on the job's lock file, held for as long
+as a process has the job (queued in its memory, running, or delivering its webhook). The
+kernel drops the lock when that process dies, however it dies, so "the lock is free but the
+job is not finished" means exactly "its owner is gone": no heartbeat to tune, no pid that a
+restarted container may reuse. Such a lease never lapses while its process lives, so the
+`owner` and `lease_seconds` of the interface are not needed here, and renewing it only says
+whether it is still held. The slots work the same way and bound the jobs running at once
+across all processes sharing the directory (one host, or a shared filesystem with flock).
 
 The two lists say what is left to do: a job on `.active/` is queued or running and takes a
 place in the queue; one on `.webhooks/` has ended and only its webhook is left, so it takes
@@ -44,11 +46,10 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from imagegen import strictjson
+from imagegen.books.interfaces import FINAL, PREVIEW_NAME, ClaimedJob, Lease, Record
 from imagegen.errors import InsufficientStorage
-from imagegen.imaging.formats import EXTENSIONS
 from imagegen.storage.durable import Disk, is_disk_full
 from imagegen.storage.fileblobs import mtime_of
 from imagegen.storage.index import normalize_id
@@ -65,18 +66,20 @@ _INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
 _TMP_PREFIX = TMP_PREFIX
 _MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
-PREVIEW_NAME = re.compile(
-    r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp)$"
-)
-FINAL = ("completed", "failed")
+# A marker whose record is missing this long is a submission that died half-way.
+_ABANDONED_MARKER = 60.0
 
 
-class Ownership:
+class FileLease:
     """An exclusive flock on one lock file; released by `release()` or by process death."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
         self._mutex = threading.Lock()
+
+    def renew(self) -> bool:
+        """Whether the lock is still held: a flock lasts as long as its process."""
+        return self._fd is not None
 
     def release(self) -> None:
         """Drop the lock; releasing again does nothing. The descriptor is closed exactly
@@ -88,7 +91,7 @@ class Ownership:
             os.close(fd)  # closing the only descriptor drops the flock
 
 
-def _try_flock(path: Path, *, create: bool) -> Ownership | None:
+def _try_flock(path: Path, *, create: bool) -> FileLease | None:
     """The lock on `path` if no other open file holds it; None if held (or missing)."""
     flags = os.O_RDWR | (os.O_CREAT if create else 0)
     try:
@@ -103,11 +106,11 @@ def _try_flock(path: Path, *, create: bool) -> Ownership | None:
     except BaseException:
         os.close(fd)
         raise
-    return Ownership(fd)
+    return FileLease(fd)
 
 
-class JobRecords:
-    """The asynchronous jobs' records under `<root>/.jobs`, shared by every process."""
+class FileJobBook:
+    """The asynchronous jobs under `<root>/.jobs`, shared by every process (a JobBook)."""
 
     def __init__(self, root: Path, *, fsync: bool = True, max_running: int = 4) -> None:
         self.root = Path(root) / JOBS
@@ -128,14 +131,16 @@ class JobRecords:
 
     # --- records --------------------------------------------------------------------------
 
-    def create(
+    def submit(
         self,
-        record: dict[str, Any],
+        record: Record,
         *,
+        owner: str = "",
+        lease_seconds: float = 0.0,
         webhook_secret: str | None = None,
         inputs: Mapping[str, bytes] | None = None,
-    ) -> Ownership:
-        """Write a new job's record and queue it; return the ownership, already held.
+    ) -> FileLease:
+        """Write a new job's record and queue it; return its lease, already held.
 
         The record is written into a staging directory with its lock taken, then renamed
         into place, then listed as active: no other process can take a job before its
@@ -145,12 +150,12 @@ class JobRecords:
         """
         job_id = record["job_id"]
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
-        ownership: Ownership | None = None
+        lease: FileLease | None = None
         try:
             self.prepare()
             staging.mkdir()
-            ownership = _try_flock(staging / _LOCK, create=True)
-            assert ownership is not None  # a new file nobody else has opened
+            lease = _try_flock(staging / _LOCK, create=True)
+            assert lease is not None  # a new file nobody else has opened
             self._disk.write_new(staging / _RECORD, _dump(record))
             if inputs:
                 (staging / _INPUTS).mkdir()
@@ -167,8 +172,8 @@ class JobRecords:
             self._disk.write_new(self._active / record["marker"], b"")
             self._disk.sync(self._active)
         except BaseException as exc:
-            if ownership is not None:
-                ownership.release()
+            if lease is not None:
+                lease.release()
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(OSError):
                 if (self.root / job_id).is_dir():
@@ -179,9 +184,9 @@ class JobRecords:
                     "images, then try again."
                 ) from None
             raise
-        return ownership
+        return lease
 
-    def read(self, job_id: str) -> dict[str, Any] | None:
+    def read(self, job_id: str) -> Record | None:
         """The job's record, or None if there is none (or the id is not a UUID)."""
         canonical = normalize_id(job_id)
         if canonical is None:
@@ -201,15 +206,15 @@ class JobRecords:
             return None
         return stat.st_ino, stat.st_mtime_ns
 
-    def changed_at(self, job_id: str) -> int | None:
+    def _changed_at(self, job_id: str) -> int | None:
         """The record's mtime in ns: a cheap "has it changed" for readers that follow it."""
         try:
             return os.stat(self.root / job_id / _RECORD).st_mtime_ns
         except OSError:
             return None
 
-    def write(self, record: dict[str, Any], *, durable: bool = False) -> None:
-        """Replace the record atomically. Only the job's owner writes it."""
+    def write(self, lease: Lease, record: Record, *, durable: bool = False) -> None:
+        """Replace the record atomically. Only the holder of the job's `lease` writes it."""
         path = self.root / record["job_id"] / _RECORD
         temp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
         try:
@@ -239,21 +244,41 @@ class JobRecords:
         except OSError:
             return None
 
-    # --- ownership, the queue and the slots ---------------------------------------------
+    # --- leases, the queue and the slots -------------------------------------------------
 
-    def own(self, job_id: str) -> Ownership | None:
+    def claim(self, owner: str = "", lease_seconds: float = 0.0) -> ClaimedJob | None:
+        """Take the oldest listed job nobody holds (its process died, or let go of it).
+
+        On the way, a marker whose record never appeared (a submission that died half-way)
+        is dropped once it is old enough."""
+        for marker, job_id in self.active() + self.delivering():
+            lease = self._own(job_id)
+            if lease is None:
+                if self._marker_age(marker) > _ABANDONED_MARKER and self.read(job_id) is None:
+                    self._drop_marker(marker)
+                continue
+            record = self.read(job_id)
+            if record is None or record.get("marker") != marker:
+                lease.release()
+                if record is None:
+                    self._drop_marker(marker)
+                continue
+            return ClaimedJob(record, lease)
+        return None
+
+    def _own(self, job_id: str) -> FileLease | None:
         """Take the job if nobody holds it (its owner died, or it was never taken)."""
         canonical = normalize_id(job_id)
         if canonical is None:
             return None
         return _try_flock(self.root / canonical / _LOCK, create=False)
 
-    def is_owned(self, job_id: str) -> bool:
+    def is_held(self, job_id: str) -> bool:
         """Whether a live process holds the job right now."""
-        ownership = self.own(job_id)
-        if ownership is None:
+        lease = self._own(job_id)
+        if lease is None:
             return (self.root / job_id / _LOCK).exists()
-        ownership.release()
+        lease.release()
         return False
 
     def active(self) -> list[tuple[str, str]]:
@@ -264,32 +289,32 @@ class JobRecords:
         """(marker, job id) of every ended job whose webhook is still to be delivered."""
         return _listed(self._delivering)
 
-    def end(self, record: dict[str, Any], *, webhook_pending: bool) -> None:
+    def end(self, lease: Lease, record: Record, *, webhook_pending: bool) -> None:
         """Take an ended job off the active list (its record says so already): onto the
         delivery list while its webhook is pending, else off every list."""
         marker = record["marker"]
         if not webhook_pending:
-            self.drop_marker(marker)
+            self._drop_marker(marker)
             return
         self._delivering.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # moved already: an adopted delivery
             os.rename(self._active / marker, self._delivering / marker)
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, lease: Lease, record: Record) -> None:
         """Take a job off every list: it has ended and its webhook is done with."""
-        self.drop_marker(record["marker"])
+        self._drop_marker(record["marker"])
 
-    def marker_age(self, marker: str) -> float:
+    def _marker_age(self, marker: str) -> float:
         """Seconds since the marker was listed (its name holds the submission time)."""
         match = _MARKER.match(marker)
         return (time.time_ns() - int(match["ns"])) / 1e9 if match else 0.0
 
-    def drop_marker(self, marker: str) -> None:
+    def _drop_marker(self, marker: str) -> None:
         for listing in (self._active, self._delivering):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(listing / marker)
 
-    def take_slot(self) -> Ownership | None:
+    def take_slot(self, owner: str = "", lease_seconds: float = 0.0) -> FileLease | None:
         """One of the `max_running` slots, if one is free."""
         numbers = list(range(self.max_running))
         random.shuffle(numbers)  # spreads processes over the slots
@@ -390,15 +415,15 @@ class JobRecords:
             if normalize_id(name) != name or name in listed:
                 continue
             record = self.read(name)
-            changed = self.changed_at(name)
+            changed = self._changed_at(name)
             quiet = now - (changed / 1e9 if changed else mtime)
             finished = record is not None and record.get("status") in FINAL
             expired = quiet > retention if finished else quiet > stale
-            if expired and not self.is_owned(name) and self.remove(name):
+            if expired and not self.is_held(name) and self.remove(name):
                 removed += 1
         for marker, job_id in markers:
-            if not (self.root / job_id).is_dir() and self.marker_age(marker) > stale:
-                self.drop_marker(marker)
+            if not (self.root / job_id).is_dir() and self._marker_age(marker) > stale:
+                self._drop_marker(marker)
                 removed += 1
         return removed
 
@@ -420,22 +445,11 @@ def _listed(directory: Path) -> list[tuple[str, str]]:
     return found
 
 
-def new_marker(job_id: str) -> str:
-    """An active-list name that sorts by submission time."""
-    return f"{time.time_ns():020d}-{job_id}"
-
-
 def _input_name(name: str) -> str:
     if not _INPUT_NAME.match(name):
         raise ValueError(f"not an input name: {name!r}")
     return name
 
 
-def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
-    """The file name of image `image`'s partial preview `partial` (or finished copy)."""
-    ext = EXTENSIONS[fmt]
-    return f"i{image}.{ext}" if partial is None else f"p{image}-{partial}.{ext}"
-
-
-def _dump(record: dict[str, Any]) -> bytes:
+def _dump(record: Record) -> bytes:
     return strictjson.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

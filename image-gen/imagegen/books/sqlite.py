@@ -1,15 +1,14 @@
-"""The books: what each token has made and spent, and the idempotency keys, in SQLite.
+"""The caps ledger and the idempotency keys in one SQLite file, for processes on one host.
 
 One SQLite database in WAL mode under the images directory (`.ledger/ledger.sqlite3`) is
 shared by every Gunicorn worker (and every replica on the same host). A reservation is
 checked against the caps and written in one `BEGIN IMMEDIATE` transaction, which SQLite
 serialises across processes, so 50 simultaneous requests against a cap of 10 images admit
-exactly 10.
+exactly 10; an idempotency key is claimed the same way.
 
-Caps are sliding windows: images in the last hour, images and US dollars in the last 24
-hours. A reservation holds the estimate until the upstream answers; it is then settled at
-the real cost, or released if the call failed. A reservation whose process died stays
-counted (the money may have been spent) until it leaves the window.
+A reservation holds the estimate until the upstream answers; it is then settled at the
+real cost, or released if the call failed. A reservation whose process died stays counted
+(the money may have been spent) until it leaves the window.
 """
 
 from __future__ import annotations
@@ -17,32 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imagegen import strictjson
-from imagegen.access.tokens import Limits
+from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room
+from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
 from imagegen.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
-DAY = 86400.0
-# cap name -> (what it counts, window in seconds)
-CAPS: dict[str, tuple[str, float]] = {
-    "images_per_hour": ("images", HOUR),
-    "images_per_day": ("images", DAY),
-    "usd_per_day": ("usd", DAY),
-}
-GLOBAL = "*"  # not a possible token name
 # Spend entries older than every window are deleted now and then (job metadata keeps costs).
 _KEEP = 2 * DAY
 _PRUNE_EVERY = 500
@@ -76,50 +65,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
 """
 
-
 # Entries of one token (or, with the second parameter true, of all) in a window, oldest first.
 _SPEND_IN_WINDOW = {
     "images": "SELECT at, images FROM spend WHERE at > ? AND (? OR token = ?) ORDER BY at",
     "usd": "SELECT at, usd FROM spend WHERE at > ? AND (? OR token = ?) ORDER BY at",
 }
-
-
-class CapExceeded(Exception):
-    """A reservation would cross a cap; `retry_after` is when the window frees room."""
-
-    def __init__(
-        self, *, scope: str, cap: str, limit: float, used: float, retry_after: float | None
-    ) -> None:
-        super().__init__(f"{scope} cap {cap} reached")
-        self.scope = scope
-        self.cap = cap
-        self.limit = limit
-        self.used = used
-        # None: the request alone is larger than the cap, so waiting cannot help.
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Reservation:
-    id: int
-    token: str
-    images: int
-    usd: float
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of claiming an idempotency key.
-
-    state: "new" (run the request, then complete or abandon), "replay" (answer the stored
-    response), "running" (another request holds it), "mismatch" (different body).
-    """
-
-    state: str
-    claim: str = ""
-    status: int = 0
-    headers: dict[str, str] | None = None
-    body: bytes = b""
 
 
 def _switch_to_wal(db: sqlite3.Connection, *, within: float = 30.0) -> None:
@@ -144,8 +94,10 @@ class _ThreadConnection(threading.local):
     pid = 0
 
 
-class Ledger:
-    """Reservations, settled costs and idempotency keys, safe across processes and threads."""
+class _SQLiteBook:
+    """One SQLite file shared by every process and thread: a connection per thread (and
+    per process: SQLite handles cannot cross a fork), write transactions that take the
+    write lock at once."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
@@ -156,8 +108,6 @@ class Ledger:
         """Create the database and its schema (idempotent; every worker may run it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connect().executescript(_SCHEMA)
-
-    # --- connections ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork: SQLite handles cannot cross it)."""
@@ -195,14 +145,16 @@ class Ledger:
                 ) from None
             raise
 
-    # --- caps -----------------------------------------------------------------------------
+
+class SQLiteCapsBook(_SQLiteBook):
+    """Reservations and settled costs (table `spend`), safe across processes and threads."""
 
     def reserve(
         self,
         token: str,
         *,
-        token_limits: Limits,
-        global_limits: Limits,
+        token_limits: Caps,
+        global_limits: Caps,
         images: int,
         usd: float,
         model: str,
@@ -210,14 +162,20 @@ class Ledger:
         """Check every cap and record the reservation, atomically; raise CapExceeded.
 
         ValueError for an amount that is not a finite number of dollars from 0: it would
-        count against every cap for a day (see `_amount`)."""
-        usd = _amount(usd)
+        count against every cap for a day (see `caps.amount`)."""
+        usd = amount(usd)
         with self._transaction() as db:
             now = self.clock()
             for scope, limits in ((token, token_limits), (GLOBAL, global_limits)):
                 for cap, limit in limits.caps().items():
-                    asked = images if CAPS[cap][0] == "images" else usd
-                    self._check(db, scope, cap, limit, asked, now)
+                    column, window = CAPS[cap]
+                    entries = db.execute(
+                        _SPEND_IN_WINDOW[column], (now - window, scope == GLOBAL, scope)
+                    ).fetchall()
+                    asked = images if column == "images" else usd
+                    check_room(
+                        scope=scope, cap=cap, limit=limit, asked=asked, entries=entries, now=now
+                    )
             cursor = db.execute(
                 "INSERT INTO spend (token, at, images, usd, state, model) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?)",
@@ -228,35 +186,13 @@ class Ledger:
                 db.execute("DELETE FROM spend WHERE at < ?", (now - _KEEP,))
             return Reservation(entry, token, images, usd)
 
-    def _check(
-        self, db: sqlite3.Connection, scope: str, cap: str, limit: float, asked: float, now: float
-    ) -> None:
-        column, window = CAPS[cap]
-        query = _SPEND_IN_WINDOW[column]
-        rows = db.execute(query, (now - window, scope == GLOBAL, scope)).fetchall()
-        used = sum(amount for _, amount in rows)
-        if used + asked <= limit + 1e-9:
-            return
-        if asked > limit + 1e-9:
-            raise CapExceeded(scope=scope, cap=cap, limit=limit, used=used, retry_after=None)
-        # Room comes back as the oldest entries leave the window.
-        needed, freed, retry_after = used + asked - limit, 0.0, window
-        for at, amount in rows:
-            freed += amount
-            if freed >= needed - 1e-9:
-                retry_after = at + window - now
-                break
-        raise CapExceeded(
-            scope=scope, cap=cap, limit=limit, used=used, retry_after=max(retry_after, 1.0)
-        )
-
     def settle(self, reservation: Reservation, *, usd: float, job_id: str | None) -> None:
         """Replace the estimate with the real cost once the upstream has answered.
 
         A cost that is not a finite number of dollars from 0 is not booked: the estimate
         stays, and the error is logged."""
         try:
-            usd = _amount(usd)
+            usd = amount(usd)
         except ValueError as exc:
             log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
             usd = reservation.usd
@@ -302,7 +238,9 @@ class Ledger:
         )
         return [name for (name,) in rows]
 
-    # --- idempotency ------------------------------------------------------------------------
+
+class SQLiteIdempotencyBook(_SQLiteBook):
+    """Idempotency keys (table `idempotency`), in the same file as the caps."""
 
     def claim(self, token: str, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         """Claim an idempotency key for this request, or say why it cannot be claimed."""
@@ -350,20 +288,3 @@ class Ledger:
                 "DELETE FROM idempotency WHERE token = ? AND key = ? AND claim = ?",
                 (token, key, claim),
             )
-
-
-def _amount(usd: float) -> float:
-    """The dollars to write; ValueError unless finite and from 0. An infinite or NaN amount
-    in the books would make every later request cross every dollar cap."""
-    try:
-        value = math.nan if isinstance(usd, bool) else float(usd)
-    except (TypeError, ValueError, OverflowError):
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{str(usd)[:40]} is not an amount of US dollars")
-    return value
-
-
-def retry_after_seconds(value: float) -> int:
-    """A Retry-After header value: whole seconds, at least 1."""
-    return max(1, math.ceil(value))

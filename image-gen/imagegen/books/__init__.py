@@ -1,0 +1,13 @@
+"""The books: what the service must remember and share between processes, behind interfaces.
+
+    interfaces.py   the contracts: CapsBook, IdempotencyBook, JobBook (with its leases)
+    caps.py         the caps' rules every CapsBook applies alike (windows, room, amounts)
+    sqlite.py       the caps ledger and the idempotency keys in one SQLite file (the first
+                    implementation: `<images>/.ledger/ledger.sqlite3`)
+    files.py        the asynchronous jobs as files with flock leases (`<images>/.jobs`)
+    open.py         `open_books`: which implementations a service runs with, in one place
+
+A second implementation (PostgreSQL, for replicas on several nodes) is a second set of
+classes that passes the same contract tests (tests/contract/); callers only see the
+interfaces. The image index stays with the image store (storage/) for now.
+"""

@@ -1,0 +1,311 @@
+"""The contract of a JobBook: a job is held by one owner at a time, a released or dead
+owner's job is claimed again (once), writes are seen everywhere, the lists follow a job
+to its end, and the running slots are bounded over every holder. Runs against every
+implementation (conftest.JOBS)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from imagegen.books.interfaces import ClaimedJob, JobBook, Lease, new_marker
+from tests.conftest import wait_for
+from tests.support.books import process_holding, race
+
+LEASE = 1.0  # seconds: short, so a timed lease of a dead owner lapses quickly
+# A dead owner's job is claimable within its lease, plus the time to notice.
+RESUMED_WITHIN = LEASE + 10.0
+
+
+def a_record(**fields: Any) -> dict[str, Any]:
+    job_id = str(uuid.uuid4())
+    return {
+        "job_id": job_id,
+        "marker": new_marker(job_id),
+        "status": "queued",
+        "webhook": None,
+        "progress": {"images_done": 0},
+        **fields,
+    }
+
+
+def submit(book: JobBook, owner: str = "submitter", **kwargs: Any) -> tuple[dict, Lease]:
+    record = a_record()
+    return record, book.submit(record, owner=owner, lease_seconds=LEASE, **kwargs)
+
+
+def claim(book: JobBook, owner: str = "claimant") -> ClaimedJob | None:
+    return book.claim(owner, LEASE)
+
+
+def test_a_submitted_job_is_queued_readable_and_held_by_its_submitter(job_books):
+    book, other = job_books(), job_books()
+
+    record, lease = submit(book)
+
+    assert other.read(record["job_id"]) == record
+    assert other.active() == [(record["marker"], record["job_id"])]
+    assert other.delivering() == []
+    assert other.is_held(record["job_id"])
+    assert lease.renew()
+    assert claim(other) is None
+    assert claim(book, owner="submitter") is None  # a holder's own claim skips its jobs
+    lease.release()
+
+
+def test_a_released_job_is_claimed_once_with_its_record(job_books):
+    book = job_books()
+    record, lease = submit(book)
+
+    lease.release()
+
+    assert not lease.renew()  # ended
+    lease.release()  # again: nothing happens
+    assert not book.is_held(record["job_id"])
+    claimed = claim(job_books())
+    assert claimed is not None
+    assert claimed.record == record
+    assert claimed.lease.renew()
+    assert book.is_held(record["job_id"])
+    assert claim(job_books(), owner="third") is None
+    claimed.lease.release()
+
+
+def test_jobs_are_claimed_oldest_submission_first(job_books):
+    book = job_books()
+    submitted = [submit(book) for _ in range(3)]
+    for _, lease in reversed(submitted):
+        lease.release()
+
+    claimed = [claim(book) for _ in range(3)]
+
+    assert [c.record["job_id"] for c in claimed if c] == [r["job_id"] for r, _ in submitted]
+    assert [job for _, job in book.active()] == [r["job_id"] for r, _ in submitted]
+    assert claim(book) is None
+    for c in claimed:
+        assert c is not None
+        c.lease.release()
+
+
+def test_racing_claimants_each_get_a_different_job_and_every_job_once(job_books):
+    book = job_books()
+    jobs = [submit(book) for _ in range(5)]
+    for _, lease in jobs:
+        lease.release()
+    handles = [job_books() for _ in range(4)]  # as four processes would
+
+    def take_all(n: int) -> list[ClaimedJob]:
+        taken = []
+        for _ in range(10):  # more than there are jobs: stops at the first None
+            got = claim(handles[n % 4], owner=f"claimant-{n}")
+            if got is None:
+                break
+            taken.append(got)
+        return taken
+
+    results = race(12, take_all)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    claimed = [c.record["job_id"] for taken in results for c in taken]
+    assert sorted(claimed) == sorted(r["job_id"] for r, _ in jobs)  # each once, none lost
+    for taken in results:
+        for c in taken:
+            c.lease.release()
+
+
+def test_the_job_of_an_owner_that_died_is_claimed_again(job_books):
+    book = job_books()
+    record = a_record()
+
+    def take() -> Lease:
+        return job_books().submit(record, owner="doomed", lease_seconds=LEASE)
+
+    with process_holding(take) as kill:
+        assert book.read(record["job_id"]) == record
+        assert claim(book) is None  # its owner lives
+        assert book.is_held(record["job_id"])
+        kill()
+
+        claimed = wait_for(lambda: claim(book), RESUMED_WITHIN, "the dead owner's job claimed")
+
+    assert claimed.record["job_id"] == record["job_id"]
+    assert claim(job_books(), owner="third") is None
+    claimed.lease.release()
+
+
+def test_a_renewed_lease_outlives_its_lease_seconds(job_books):
+    book = job_books()
+    record, lease = submit(book)
+
+    for _ in range(3):  # 1.5 lease periods, renewed every half period
+        time.sleep(LEASE / 2)
+        assert lease.renew()
+
+    assert claim(job_books()) is None
+    assert book.is_held(record["job_id"])
+    lease.release()
+
+
+def test_writes_are_seen_by_every_reader_and_change_the_version(job_books):
+    book, reader = job_books(), job_books()
+    record, lease = submit(book)
+    before = reader.version(record["job_id"])
+
+    running = {**record, "status": "running", "progress": {"images_done": 1}}
+    book.write(lease, running)
+
+    assert reader.read(record["job_id"]) == running
+    assert reader.version(record["job_id"]) not in (None, before)
+    book.write(lease, {**running, "status": "completed"}, durable=True)
+    assert reader.read(record["job_id"])["status"] == "completed"
+    lease.release()
+
+
+def test_an_ended_job_leaves_the_queue_and_is_not_claimed_again(job_books):
+    book = job_books()
+    record, lease = submit(book)
+    ended = {**record, "status": "failed"}
+    book.write(lease, ended)
+
+    book.end(lease, ended, webhook_pending=False)
+    lease.release()
+
+    assert book.active() == [] and book.delivering() == []
+    assert claim(job_books()) is None
+    assert book.read(record["job_id"]) == ended  # the record stays until removed
+
+
+def test_an_ended_job_with_its_webhook_pending_is_claimed_for_delivery(job_books):
+    book = job_books()
+    record, lease = submit(book)
+    ended = {**record, "status": "completed", "webhook": {"status": "pending", "attempts": 0}}
+    book.write(lease, ended)
+
+    book.end(lease, ended, webhook_pending=True)
+    lease.release()  # its process died before delivering
+
+    assert book.active() == []
+    assert book.delivering() == [(record["marker"], record["job_id"])]
+    delivery = claim(job_books())
+    assert delivery is not None and delivery.record == ended
+    book.finish(delivery.lease, ended)
+    delivery.lease.release()
+    assert book.delivering() == [] and claim(book) is None
+
+
+def test_inputs_and_the_webhook_secret_are_kept_with_the_job_until_dropped(job_books):
+    book = job_books()
+    image = b"\x89PNG\r\n\x1a\n-an-input-"
+    record, lease = submit(book, webhook_secret="whsec-1234", inputs={"image-1.png": image})
+    other = job_books()
+
+    assert other.read_input(record["job_id"], "image-1.png") == image
+    assert other.webhook_secret(record["job_id"]) == "whsec-1234"
+    assert "whsec-1234" not in str(other.read(record["job_id"]))  # not in the record
+    book.drop_inputs(record["job_id"])
+    assert other.read_input(record["job_id"], "image-1.png") is None
+    lease.release()
+
+
+def test_previews_are_kept_under_their_names(job_books):
+    book = job_books()
+    record, lease = submit(book)
+
+    book.save_preview(record["job_id"], "p0-1.png", b"partial")
+
+    path = job_books().preview(record["job_id"], "p0-1.png")
+    assert path is not None and path.read_bytes() == b"partial"
+    assert book.preview(record["job_id"], "p0-2.png") is None
+    with pytest.raises(ValueError):
+        book.save_preview(record["job_id"], "../job.json", b"x")
+    lease.release()
+
+
+def test_running_slots_are_bounded_over_every_holder(job_books):
+    first, second = job_books(max_running=2), job_books(max_running=2)
+
+    held = [first.take_slot("one", LEASE), second.take_slot("two", LEASE)]
+
+    assert all(held)
+    assert first.take_slot("one", LEASE) is None
+    assert job_books(max_running=2).busy_slots() == 2
+    held[0].release()
+    assert second.busy_slots() == 1
+    again = second.take_slot("two", LEASE)
+    assert again is not None
+    for slot in (held[1], again):
+        slot.release()
+    assert first.busy_slots() == 0
+
+
+def test_racing_for_slots_never_holds_more_than_max_running(job_books):
+    handles = [job_books(max_running=3) for _ in range(4)]
+
+    results = race(12, lambda n: handles[n % 4].take_slot(f"racer-{n}", LEASE))
+
+    taken = [slot for slot in results if slot is not None and not isinstance(slot, Exception)]
+    assert len(taken) == 3, results
+    assert handles[0].busy_slots() == 3
+    for slot in taken:
+        slot.release()
+
+
+def test_the_slot_of_an_owner_that_died_is_free_again(job_books):
+    book = job_books(max_running=1)
+
+    with process_holding(lambda: job_books(max_running=1).take_slot("doomed", LEASE)) as kill:
+        assert book.take_slot("claimant", LEASE) is None
+        assert book.busy_slots() == 1
+        kill()
+
+        slot = wait_for(
+            lambda: book.take_slot("claimant", LEASE), RESUMED_WITHIN, "the dead owner's slot"
+        )
+
+    assert book.busy_slots() == 1
+    slot.release()
+
+
+def test_a_removed_job_is_gone_for_every_reader(job_books):
+    book = job_books()
+    record, lease = submit(book)
+    ended = {**record, "status": "completed"}
+    book.write(lease, ended)
+    book.end(lease, ended, webhook_pending=False)
+    lease.release()
+
+    assert job_books().remove(record["job_id"])
+
+    assert book.read(record["job_id"]) is None
+    assert book.version(record["job_id"]) is None
+    assert not book.remove(record["job_id"])
+
+
+@pytest.mark.parametrize("job_id", ["../../etc", "not-a-uuid", "", "0" * 36])
+def test_ids_that_are_not_uuids_name_no_job(job_books, job_id):
+    book = job_books()
+
+    assert book.read(job_id) is None
+    assert not book.remove(job_id)
+    assert book.preview(job_id, "p0-1.png") is None
+
+
+def test_sweeping_removes_old_finished_jobs_and_keeps_unfinished_ones(job_books):
+    book = job_books()
+    done, done_lease = submit(book)
+    ended = {**done, "status": "completed"}
+    book.write(done_lease, ended)
+    book.finish(done_lease, ended)
+    done_lease.release()
+    waiting, waiting_lease = submit(book)
+    waiting_lease.release()
+
+    assert book.sweep(retention=3600) == 0
+    assert book.sweep(retention=0) == 1
+
+    assert book.read(done["job_id"]) is None
+    assert book.read(waiting["job_id"]) == waiting
+    assert [job for _, job in book.active()] == [waiting["job_id"]]
