@@ -13,9 +13,14 @@ from typing import TYPE_CHECKING
 __version__ = "1.0.0"
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flask import Flask
 
+    from imagegen.services import Services
     from imagegen.settings import Settings
+    from imagegen.storage.layout import Layout
+    from imagegen.upstream.client import AttemptReport
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -26,22 +31,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from imagegen.access.auth import register_auth
     from imagegen.access.idempotency import register_idempotency
     from imagegen.api import edits, generate, health, images, jobs, models, openapi, usage, web
-    from imagegen.books.open import open_books
     from imagegen.compat import openai as compat
-    from imagegen.errors import ServiceError, register_error_handlers
+    from imagegen.errors import register_error_handlers
     from imagegen.imaging import memory
-    from imagegen.imaging.core import ImageMaker
-    from imagegen.jobs.runner import JobRunner
-    from imagegen.jobs.streams import StreamLimiter
     from imagegen.mcp import server as mcp
     from imagegen.observability import metrics
     from imagegen.observability.logs import configure_logging, register_request_logging
     from imagegen.settings import Settings
-    from imagegen.storage import ownership
-    from imagegen.storage.images import ImageStore
-    from imagegen.storage.layout import Layout
     from imagegen.strictjson import StrictJSONProvider
-    from imagegen.upstream.providers import provider_for
 
     settings = settings or Settings.from_env()
     configure_logging()
@@ -55,33 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["job_path"] = jobs.JobPathConverter
 
     # --- services: the stores, the books, the provider, the core operation, the runner ---
-    refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
-    if refusal:
-        raise ServiceError(refusal)
-    layout = Layout(settings.images_dir, metrics=settings.metrics_dir)
-    layout.prepare()
-    store = ImageStore.on_disk(layout, fsync=settings.fsync)
-    store.sweep()
-    books = open_books(  # caps, idempotency keys, asynchronous jobs
-        layout, fsync=settings.fsync, max_running=settings.max_running_jobs
-    )
-    provider = provider_for(settings, on_attempt=metrics.upstream_attempt)
-    maker = ImageMaker(settings, store, provider, books.caps)
-    runner = JobRunner(books.jobs, maker, settings)
-    service_registry.attach(
-        app,
-        service_registry.Services(
-            settings=settings,
-            store=store,
-            records=books.jobs,
-            provider=provider,
-            ledger=books.caps,
-            idempotency=books.idempotency,
-            maker=maker,
-            jobs=runner,
-            streams=StreamLimiter(settings.max_streams, settings.max_streams_per_token),
-        ),
-    )
+    layout, built = build_services(settings, on_attempt=metrics.upstream_attempt)
+    service_registry.attach(app, built)
 
     # --- request hooks, in the order they run ----------------------------------------------
     register_error_handlers(app)
@@ -97,6 +69,46 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(mcp.bp)  # /mcp: the tools over the same routes
 
     # A job or webhook left unfinished by a process that died is taken up at once.
-    if books.jobs.active() or books.jobs.delivering():
-        runner.ensure_started()
+    if built.records.active() or built.records.delivering():
+        built.jobs.ensure_started()
     return app
+
+
+def build_services(
+    settings: Settings, *, on_attempt: Callable[[AttemptReport], None] | None = None
+) -> tuple[Layout, Services]:
+    """The images directory's layout, checked, and every service built on it: the image
+    store, the books (caps, idempotency keys, jobs), the upstream provider (reporting each
+    attempt to `on_attempt`), the core operation, the job runner and the stream bounds."""
+    from imagegen.books.open import open_books
+    from imagegen.errors import ServiceError
+    from imagegen.imaging.core import ImageMaker
+    from imagegen.jobs.runner import JobRunner
+    from imagegen.jobs.streams import StreamLimiter
+    from imagegen.services import Services
+    from imagegen.storage import ownership
+    from imagegen.storage.images import ImageStore
+    from imagegen.storage.layout import Layout
+    from imagegen.upstream.providers import provider_for
+
+    refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
+    if refusal:
+        raise ServiceError(refusal)
+    layout = Layout(settings.images_dir, metrics=settings.metrics_dir)
+    layout.prepare()
+    store = ImageStore.on_disk(layout, fsync=settings.fsync)
+    store.sweep()
+    books = open_books(layout, fsync=settings.fsync, max_running=settings.max_running_jobs)
+    provider = provider_for(settings, on_attempt=on_attempt)
+    maker = ImageMaker(settings, store, provider, books.caps)
+    return layout, Services(
+        settings=settings,
+        store=store,
+        records=books.jobs,
+        provider=provider,
+        ledger=books.caps,
+        idempotency=books.idempotency,
+        maker=maker,
+        jobs=JobRunner(books.jobs, maker, settings),
+        streams=StreamLimiter(settings.max_streams, settings.max_streams_per_token),
+    )
