@@ -108,8 +108,9 @@ def show_job(job_id: str) -> ResponseReturnValue:
         header_param("Last-Event-ID", "The id of the last event received."),
         query(
             "last_event_id",
-            "As Last-Event-ID, for clients that cannot set headers.",
-            {"type": "integer", "minimum": 0},
+            "As Last-Event-ID, for clients that cannot set headers: an event id (a whole "
+            "number); like the header, anything else is ignored and the stream starts anew.",
+            {"type": "string"},
         ),
     ],
     responses={
