@@ -1,6 +1,6 @@
 """Benchmark image-gen under real Gunicorn against the fake OpenAI server (issue 2, "Speed").
 
-Starts `tests/fake_openai.py` as a subprocess (so it never shares a GIL with the load
+Starts `tests/support/fake_openai.py` as a subprocess (so it never shares a GIL with the load
 generator) and the service as `python -m gunicorn -c image-gen/gunicorn.conf.py wsgi:app`,
 then prints four figures and how they compare with their targets:
 
@@ -45,7 +45,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "image-gen"
 GUNICORN_CONF = APP_DIR / "gunicorn.conf.py"
-FAKE_SCRIPT = REPO / "tests" / "fake_openai.py"
+FAKE_SCRIPT = REPO / "tests" / "support" / "fake_openai.py"
 HOST = "127.0.0.1"
 FAKE_KEY = "sk-bench-not-a-real-key"
 UPSTREAM_AUTH = {"Authorization": f"Bearer {FAKE_KEY}"}  # the fake wants one; any will do
@@ -286,7 +286,7 @@ def _stop(process: subprocess.Popen[bytes], before_kill: Callable[[], None] | No
 
 
 class FakeUpstream:
-    """`tests/fake_openai.py` in its own process, on a free loopback port."""
+    """`tests/support/fake_openai.py` in its own process, on a free loopback port."""
 
     def __init__(self, workdir: Path, *, latency: float, image_bytes: int | None) -> None:
         self.workdir = workdir
@@ -919,7 +919,7 @@ def populate_store(root: Path, jobs: int, image_bytes: int) -> tuple[list[tuple[
     from imagegen.storage.images import ImageStore
     from imagegen.storage.layout import Layout
     from imagegen.upstream.providers import GeneratedImage, Generation
-    from tests.fake_openai import make_png
+    from tests.support.fake_openai import make_png
 
     Layout(root).prepare()
     store = ImageStore.on_disk(root, fsync=False)

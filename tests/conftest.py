@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from imagegen import clock, create_app
-from imagegen.access.tokens import digest_of, parse_tokens
+from imagegen.access.tokens import parse_tokens
 from imagegen.services import services
 from imagegen.settings import Settings
 from imagegen.storage.ownership import Process
-from tests.fake_openai import FakeOpenAI
-from tests.gunicorn_server import Service, run_gunicorn
 from tests.support.clock import PinnedClock, run_day
-
-# A key shaped like a real one, so a leak of any part of it is easy to find.
-TEST_KEY = "sk-proj-TESTKEY-imagegen-0123456789abcdefABCDEF"
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.gunicorn_server import Service, run_gunicorn
+from tests.support.service import (
+    TEST_KEY,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -138,50 +133,6 @@ def placeholder_client(settings: Settings, make_app: Callable[..., Flask]) -> Fl
     ).test_client()
 
 
-# The service's own books under the images directory: not images, jobs or the index.
-SERVICE_STATE = frozenset({".ledger", ".metrics"})
-
-
-def job_files(images_dir: Path) -> list[str]:
-    """Every path under the images directory, relative and sorted (the index included),
-    except the service's own state (the ledger, metrics)."""
-    if not images_dir.exists():
-        return []
-    return sorted(
-        str(p.relative_to(images_dir))
-        for p in images_dir.rglob("*")
-        if p.relative_to(images_dir).parts[0] not in SERVICE_STATE
-    )
-
-
-def read_metadata(images_dir: Path, job_id: str) -> dict[str, Any]:
-    return strict_json((images_dir / job_id / "metadata.json").read_text())
-
-
-def strict_json(text: str | bytes) -> Any:
-    """json.loads as strict parsers read JSON: NaN, Infinity and -Infinity are errors."""
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-# --- client tokens ----------------------------------------------------------------------------
-ALICE = "igt_alice-0123456789abcdefghijklmnop"
-BOB = "igt_bob-0123456789abcdefghijklmnopqr"
-OPS = "igt_ops-0123456789abcdefghijklmnopqrs"
-
-
-def line(name: str, secret: str, *options: str) -> str:
-    """A tokens-file line for this token (stored hashed, as in production)."""
-    return " ".join([name, "sha256:" + digest_of(secret).hex(), *options])
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
 @pytest.fixture
 def with_tokens(settings: Settings, make_app: Callable[..., Flask]) -> Callable[..., FlaskClient]:
     """A client of an app whose tokens file has these lines (plus setting overrides)."""
@@ -192,17 +143,6 @@ def with_tokens(settings: Settings, make_app: Callable[..., Flask]) -> Callable[
         ).test_client()
 
     return build
-
-
-# --- the OpenAI-compatible routes through the official SDK, against a real Gunicorn ---------
-# What the SDK sends as its api_key: a client token, never the service's OpenAI key.
-CLIENT_TOKEN = "client-token-not-the-openai-key"
-
-
-def sdk(service: Service, **options) -> openai.OpenAI:
-    """The official SDK pointed at this service; no retries unless asked."""
-    options.setdefault("max_retries", 0)
-    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=CLIENT_TOKEN, timeout=30, **options)
 
 
 @pytest.fixture(scope="module")
@@ -249,37 +189,3 @@ def another_users(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], os.stat_r
         return owner
 
     return hand_over
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(mount: Path, options: str) -> Iterator[Path]:
-    """A fresh tmpfs mounted on `mount` (created) with `options` such as "size=2m", unmounted
-    afterwards. Skips the test, saying why, without root or when mounting fails."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount.mkdir(exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll `predicate` every 20 ms until it returns something truthy, and return that;
-    fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")

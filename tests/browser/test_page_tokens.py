@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import (
+from tests.support.browser import (
     call,
     cards,
     console_errors,
@@ -23,8 +23,8 @@ from tests.browser.conftest import (
     save_full_page,
     wait,
 )
-from tests.conftest import ALICE, BOB, OPS, bearer, line
-from tests.gunicorn_server import run_gunicorn
+from tests.support.gunicorn_server import run_gunicorn
+from tests.support.service import ALICE, BOB, OPS, bearer, line
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 
 from imagegen.catalog.models import MODELS
 from imagegen.catalog.spec import SHUT_DOWN
-from tests.browser.conftest import (
+from tests.support.browser import (
     call,
     cards,
     console_errors,
@@ -24,7 +24,7 @@ from tests.browser.conftest import (
     save_full_page,
     wait,
 )
-from tests.gunicorn_server import run_gunicorn
+from tests.support.gunicorn_server import run_gunicorn
 
 pytestmark = pytest.mark.slow
 

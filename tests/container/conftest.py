@@ -3,7 +3,7 @@
 The stack runs where a Linux user runs it: a checkout in a temporary folder (the
 repository's own docker-compose.yml, images/ and secrets/ with their READMEs, the key file
 mode 600), every file owned by uid 1000, `docker compose up` with no chown and no .env.
-An override adds a fake OpenAI upstream (tests/fake_openai.py in a stock python:3.13-slim
+An override adds a fake OpenAI upstream (tests/support/fake_openai.py in a stock python:3.13-slim
 container) on the Compose network and shortens the healthcheck interval. Every wait is
 bounded; teardown removes containers, networks, volumes, the image tag, and gives the
 folder back to the test runner.

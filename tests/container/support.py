@@ -245,7 +245,7 @@ class Stack:
 
 def write_override(directory: Path) -> Path:
     """The test-only Compose override: the fake upstream and a quick healthcheck."""
-    fake = REPO / "tests" / "fake_openai.py"
+    fake = REPO / "tests" / "support" / "fake_openai.py"
     override = directory / OVERRIDE
     override.write_text(
         f"""\

@@ -8,7 +8,7 @@ import pytest
 from imagegen.errors import ImageNotFound
 from imagegen.storage.images import ImageStore
 from imagegen.upstream.providers import GeneratedImage, Generation
-from tests.fake_openai import make_png
+from tests.support.fake_openai import make_png
 
 
 def job(store: ImageStore, prompt: str, count: int = 2) -> dict:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from imagegen.books.interfaces import ClaimedJob, JobBook, Lease, new_marker
-from tests.conftest import wait_for
 from tests.support.books import process_holding, race
+from tests.support.service import wait_for
 
 LEASE = 1.0  # seconds: short, so a timed lease of a dead owner lapses quickly
 # A dead owner's job is claimable within its lease, plus the time to notice.

@@ -24,7 +24,7 @@ import pytest
 
 from imagegen.imaging.placeholder import placeholder_png
 from imagegen.services import services
-from tests.reliability.conftest import store_problems
+from tests.support.reliability import store_problems
 
 pytestmark = pytest.mark.slow
 

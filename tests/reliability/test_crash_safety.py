@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from imagegen.storage.images import ImageStore
-from tests.reliability.conftest import store_problems
+from tests.support.reliability import store_problems
 
 pytestmark = pytest.mark.slow
 

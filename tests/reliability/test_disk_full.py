@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import fake_openai as fake
-from tests.conftest import mounted_tmpfs
-from tests.reliability.conftest import assert_client_error, snapshot, store_problems
+from tests.support import fake_openai as fake
+from tests.support.reliability import assert_client_error, snapshot, store_problems
+from tests.support.service import mounted_tmpfs
 
 DISK_BYTES = 2 * 1024 * 1024
 

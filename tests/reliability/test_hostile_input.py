@@ -21,12 +21,8 @@ from hypothesis import strategies as st
 
 from imagegen.catalog.models import MODELS
 from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec
-from tests.reliability.conftest import (
-    assert_client_error,
-    snapshot,
-    store_problems,
-)
 from tests.support.clock import run_day
+from tests.support.reliability import assert_client_error, snapshot, store_problems
 
 TODAY = run_day()  # what the `today` fixture pins every test here to
 USABLE = [m for m in MODELS if m.status(TODAY) != SHUT_DOWN]
@@ -79,7 +75,8 @@ def field_accepts(model: ModelSpec, name: str, value: Any) -> bool:
     """Whether the catalog entry accepts `value` for field `name`.
 
     An absent field takes its default (prompt has none); JSON null means absent too (as
-    tests/test_catalog.py's test_null_count_means_the_default_like_every_other_field says).
+    test_null_count_means_the_default_like_every_other_field in
+    tests/unit/catalog/test_catalog.py says).
     """
     if value is _ABSENT or value is None:
         return name != "prompt"

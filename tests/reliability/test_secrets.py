@@ -15,9 +15,9 @@ import pytest
 from imagegen.services import services
 from imagegen.settings import Settings
 from imagegen.upstream.client import OpenAIClient
-from tests import fake_openai as fake
-from tests.conftest import TEST_KEY
-from tests.reliability.conftest import leaked
+from tests.support import fake_openai as fake
+from tests.support.reliability import leaked
+from tests.support.service import TEST_KEY
 
 ECHO = f"Incorrect API key provided: {TEST_KEY}. Your key is {TEST_KEY[:20]}... ({TEST_KEY})"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests import fake_openai as fake
-from tests.reliability.conftest import assert_client_error, snapshot, store_problems
+from tests.support import fake_openai as fake
+from tests.support.reliability import assert_client_error, snapshot, store_problems
 
 EMPTY_STORE = {".index": ("dir", "")}
 
