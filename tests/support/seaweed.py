@@ -94,6 +94,7 @@ class SeaweedFS:
             arguments += [f"-{component}.port={port}", f"-{component}.port.grpc={grpc}"]
         arguments += [f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         arguments += ["-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+        arguments += ["-s3.autoCreateBucket=false"]  # as AWS: a PUT to no bucket fails
         return arguments
 
     def start(self) -> None:
@@ -151,15 +152,16 @@ class SeaweedFS:
                 with suppress(OSError):
                     os.unlink(f"/tmp/seaweedfs-{name}.sock")
 
-    def client(self, *, attempts: int = 3) -> Any:
-        """A boto3 S3 client for this server, configured as the service's would be."""
+    def client(self, *, attempts: int = 3, secret_key: str = SECRET_KEY) -> Any:
+        """A boto3 S3 client for this server, configured as the service's would be (through
+        the AWS variables)."""
         from imagegen.storage.s3blobs import s3_client
 
         variables = {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
         }
         saved = {name: os.environ.get(name) for name in variables}
         os.environ.update(variables)
