@@ -4,6 +4,7 @@ the bucket's keys, configuration from the AWS variables, and how its failures ar
 from __future__ import annotations
 
 import errno
+import io
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,17 @@ def test_delete_prefix_removes_more_than_one_batch(seaweed_client: Any, prefix: 
     assert _names(seaweed_client, prefix) == [f"{prefix}/other/a"]
 
 
+def test_a_stream_past_the_multipart_threshold_goes_up_in_parts(seaweed_client: Any, prefix: str):
+    blobs = S3Blobs(BUCKET, prefix, seaweed_client)
+    data = bytes(range(256)) * (9 * 4096 + 3)  # 9 MiB: over boto3's 8 MiB threshold
+
+    info = blobs.put(f"{JOB}/big.bin", io.BytesIO(data))
+
+    assert info == blobs.info(f"{JOB}/big.bin") and info.size == len(data)
+    assert "-" in info.etag  # a multipart upload's etag: <md5 of md5s>-<parts>
+    assert blobs.get(f"{JOB}/big.bin") == data
+
+
 def test_an_unreachable_endpoint_is_storage_unavailable(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_ports(1)[0]}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
@@ -89,6 +101,8 @@ def test_an_unreachable_endpoint_is_storage_unavailable(monkeypatch: pytest.Monk
     for call in (blobs.get, blobs.info, blobs.open, lambda key: list(blobs.list(key))):
         with pytest.raises(BlobStoreUnavailable):
             call("a/b")
+    with pytest.raises(BlobStoreUnavailable):
+        blobs.put("a/b", io.BytesIO(b"a stream"))
     with pytest.raises(BlobStoreUnavailable) as raised:
         blobs.put("a/b", b"x")
     assert isinstance(raised.value, OSError)  # what the interface promises callers

@@ -26,6 +26,7 @@ STORAGE_UNAVAILABLE (errors.StorageUnavailable).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -48,6 +50,7 @@ _DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatc
 _WRITTEN = "written-ns"  # object metadata: when this store wrote it, in ns
 _BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _UPLOADERS = 8  # a publication uploads this many blobs at once
+_CHUNK = 1 << 16
 
 
 class BlobStoreUnavailable(ConnectionError):
@@ -89,10 +92,12 @@ class S3Blobs:
             return stream.read()
 
     def open(self, key: str) -> BinaryIO:
-        """The object's body, streamed as it is read (the caller closes it)."""
+        """The object's body, streamed as it is read (the caller closes it); a connection
+        lost while reading is BlobStoreUnavailable, as everywhere."""
         name = self._name(key)
         with _translated(key):
-            return self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+        return io.BufferedReader(_Body(body, key), _CHUNK)  # type: ignore[return-value]
 
     def info(self, key: str) -> BlobInfo:
         name = self._name(key)
@@ -230,6 +235,28 @@ class S3Publication:
             self._pool = None
 
 
+class _Body(io.RawIOBase):
+    """An object's streamed body whose read errors are the interface's."""
+
+    def __init__(self, body: Any, key: str) -> None:
+        self._body = body
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with _translated(self._key):
+            data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
 # --- the client and its errors -----------------------------------------------------------------
 
 
@@ -282,17 +309,27 @@ def _translated(key: str) -> Iterator[None]:
     """botocore's errors as the interface's: BlobNotFound, BlobStoreUnavailable, OSError."""
     try:
         yield
-    except ClientError as exc:
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
+        raise _translation(exc, key) from exc
+
+
+def _translation(exc: BaseException, key: str) -> BaseException:
+    if isinstance(exc, Boto3Error):  # upload_fileobj's S3UploadFailedError wraps the cause
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, BotoCoreError | ClientError):
+            return _translation(cause, key)
+        return OSError(errno.EIO, f"S3 upload failed: {type(exc).__name__}")
+    if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in _MISSING:
-            raise BlobNotFound(key) from None
+            return BlobNotFound(key)
         if code in _UNAVAILABLE or status >= 500:
-            raise BlobStoreUnavailable(errno.EAGAIN, f"S3 answered {code or status}") from exc
+            return BlobStoreUnavailable(errno.EAGAIN, f"S3 answered {code or status}")
         number = errno.EACCES if code in _DENIED else errno.EIO
-        raise OSError(number, f"S3 answered {code}: {error.get('Message', '')}"[:200]) from exc
-    except NoCredentialsError as exc:
-        raise BlobStoreUnavailable(errno.EACCES, "no S3 credentials were found") from exc
-    except BotoCoreError as exc:  # connection refused, timeouts, endpoint not found...
-        raise BlobStoreUnavailable(errno.EAGAIN, f"S3 not reachable: {type(exc).__name__}") from exc
+        return OSError(number, f"S3 answered {code}: {error.get('Message', '')}"[:200])
+    if isinstance(exc, NoCredentialsError):
+        return BlobStoreUnavailable(errno.EACCES, "no S3 credentials were found")
+    # connection refused, timeouts, endpoint not found, a body cut short...
+    return BlobStoreUnavailable(errno.EAGAIN, f"S3 not reachable: {type(exc).__name__}")
