@@ -14,6 +14,8 @@ What S3 cannot do as a disk does, and what this store does instead:
   publishing leaves blobs without a marker under `<job>/`, which the service never shows
   (it goes by the index and the marker); a bucket lifecycle rule can expire them, and
   should abort incomplete multipart uploads.
+- `delete_prefix` is not one step: it lists, then deletes in batches of 1000 keys (one
+  request for any job the service writes), so a reader may see some blobs gone first.
 - `modified_ns` is this process's clock when it wrote the blob (object metadata
   `written-ns`), finer than Last-Modified's seconds; objects others wrote use Last-Modified.
 
