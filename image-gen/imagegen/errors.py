@@ -133,6 +133,13 @@ class InsufficientStorage(ServiceError):
     code = "INSUFFICIENT_STORAGE"
 
 
+class StorageUnavailable(RetryLater):
+    """The shared blob store (S3) cannot be reached now; nothing new was started."""
+
+    status = 503
+    code = "STORAGE_UNAVAILABLE"
+
+
 class ModelNotFound(ServiceError):
     status = 404
     code = "MODEL_NOT_FOUND"

@@ -1,18 +1,21 @@
 """The implementations the contract tests run against, one fixture parameter each.
 
-A second blob store (S3) or image index adds a factory to its table; the tests in this folder
-then run against it unchanged. For the books, every call of a fixture's factory opens another
-handle on the same books, as another process or replica would (its own connections, its own
-locks); a second implementation (PostgreSQL, say) adds its entry to each table, with a fresh,
-empty set of books per test:
+A blob store or image index adds a factory to its table; the tests in this folder then run
+against it unchanged ("s3" is S3Blobs on a real SeaweedFS server, tests/support/seaweed.py,
+one per session, each test under a prefix of its own; skipped only without the `weed` binary).
+For the books, every call of a fixture's factory opens another handle on the same books, as
+another process or replica would (its own connections, its own locks); a second implementation
+(PostgreSQL, say) adds its entry to each table, with a fresh, empty set of books per test:
 
     CAPS["postgresql"] = lambda where, clock: PostgresCapsBook(dsn_for(where), clock=clock)
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +27,21 @@ from imagegen.storage.fileblobs import FileBlobs
 from imagegen.storage.images import ImageStore
 from imagegen.storage.index import FileIndex
 from imagegen.storage.layout import Layout
+from imagegen.storage.s3blobs import S3Blobs
 from tests.support.books import BookClock
+from tests.support.seaweed import SeaweedFS, SeaweedUnavailable, weed_binary
+
+BUCKET = "contract"
 
 
-def _file_blobs(tmp_path: Path) -> Blobs:
+def _file_blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
     (tmp_path / "blobs").mkdir()
     return FileBlobs(tmp_path / "blobs", fsync=False)
+
+
+def _s3_blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
+    client = request.getfixturevalue("seaweed_client")
+    return S3Blobs(BUCKET, f"tests/{uuid.uuid4().hex}", client)
 
 
 def _file_store(tmp_path: Path) -> ImageStore:
@@ -38,20 +50,41 @@ def _file_store(tmp_path: Path) -> ImageStore:
     return ImageStore(FileBlobs(layout.root, fsync=False), FileIndex(layout, fsync=False))
 
 
-BLOB_STORES: dict[str, Callable[[Path], Blobs]] = {"file": _file_blobs}
+BLOB_STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Blobs]] = {
+    "file": _file_blobs,
+    "s3": _s3_blobs,
+}
 IMAGE_STORES: dict[str, Callable[[Path], ImageStore]] = {"file": _file_store}
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blobs]:
     """An empty blob store of each implementation."""
-    yield BLOB_STORES[request.param](tmp_path)
+    yield BLOB_STORES[request.param](request, tmp_path)
 
 
 @pytest.fixture(params=sorted(IMAGE_STORES))
 def image_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImageStore]:
     """An empty image store over each blob store and index pair."""
     yield IMAGE_STORES[request.param](tmp_path)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS server for the session, with the bucket BUCKET."""
+    try:
+        weed_binary()
+    except SeaweedUnavailable as exc:
+        pytest.skip(f"S3 contract tests need SeaweedFS: {exc}")
+    with SeaweedFS.started(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed_client(seaweed: SeaweedFS) -> Any:
+    """One boto3 client for the session (making one takes a few hundred ms)."""
+    return seaweed.client()
 
 
 def _sqlite_caps(where: Path, clock: BookClock) -> CapsBook:

@@ -6,8 +6,8 @@ which. A whole job is published at once: its blobs are staged, then made visible
 them, so a reader that goes by the marker never sees half a job). Failures other than a
 missing key are OSError (ENOSPC or EDQUOT when the store is full).
 
-FileBlobs (storage/fileblobs.py) is the first implementation; tests/contract/test_blobs.py
-holds the contract every implementation passes.
+FileBlobs (storage/fileblobs.py) and S3Blobs (storage/s3blobs.py) implement it;
+tests/contract/test_blobs.py holds the contract every implementation passes.
 """
 
 from __future__ import annotations
