@@ -337,6 +337,17 @@ def test_variations_keep_their_json_form(client, fake_openai):
     assert fake_openai.image_requests == []
 
 
+def test_a_json_edit_over_a_mebibyte_takes_an_idempotency_key(client, fake_openai):
+    big = {"prompt": "x", "images": [ref(rgba_png(pad_to=1_200_000))]}
+
+    first = client.post("/v1/images/edits", json=big, headers={"Idempotency-Key": "edit-1"})
+    replay = client.post("/v1/images/edits", json=big, headers={"Idempotency-Key": "edit-1"})
+
+    assert first.status_code == replay.status_code == 200, first.get_json()
+    assert replay.get_json() == first.get_json()
+    assert len(fake_openai.image_requests) == 1
+
+
 # --- the openai SDK against Gunicorn ------------------------------------------------------------
 
 
