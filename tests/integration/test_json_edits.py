@@ -13,6 +13,7 @@ import pytest
 
 from imagegen.catalog.models import CATALOG
 from imagegen.catalog.spec import Choice
+from tests.support.mcp import result_of, rpc, tools_by_name
 from tests.support.pictures import PNG, jpeg, rgba_png, webp
 from tests.support.service import job_files, read_metadata, sdk
 
@@ -346,6 +347,18 @@ def test_a_json_edit_over_a_mebibyte_takes_an_idempotency_key(client, fake_opena
     assert first.status_code == replay.status_code == 200, first.get_json()
     assert replay.get_json() == first.get_json()
     assert len(fake_openai.image_requests) == 1
+
+
+def test_mcp_edit_image_takes_the_same_references(client, fake_openai):
+    schema = tools_by_name(client)["edit_image"]["inputSchema"]["properties"]
+    assert {"images", "mask"} <= set(schema)
+    arguments = {"prompt": "a red fox", "images": [ref(PNG)]}
+
+    answer = rpc(client, "tools/call", {"name": "edit_image", "arguments": arguments})
+
+    job = result_of(answer)["structuredContent"]
+    assert job["status"] == "completed"
+    assert fake_openai.image_requests[-1].files[0].data == PNG
 
 
 # --- the openai SDK against Gunicorn ------------------------------------------------------------
