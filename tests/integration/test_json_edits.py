@@ -85,6 +85,15 @@ def test_data_url_edit_goes_upstream_exactly_as_the_multipart_form(client, fake_
     assert sources[0]["images"][0]["origin"] == "upload"
 
 
+def test_data_url_scheme_and_type_are_case_insensitive(client, fake_openai):
+    url = data_url(PNG, "IMAGE/PNG").replace("data:", "DATA:").replace(";base64", ";BASE64")
+
+    response = client.post("/v1/images/edits", json={"prompt": "x", "images": [{"image_url": url}]})
+
+    assert response.status_code == 200, response.get_json()
+    assert fake_openai.image_requests[-1].files[0].data == PNG
+
+
 def test_edit_route_takes_images_and_a_mask_as_data_urls(client, fake_openai, images_dir):
     image, mask = rgba_png(16, 16), rgba_png(16, 16)
 
@@ -214,6 +223,8 @@ def test_moderation_goes_upstream_where_the_catalog_lets_edits_take_it(
         (f"ftp://localhost/images/{MISSING}", "does not fetch"),
         ("file:///etc/passwd", "does not fetch"),
         ("cat.png", "does not fetch"),
+        ("http://[::1/images/x", "does not fetch"),
+        ("\x00\n", "does not fetch"),
         ("data:image/png;base64,@@@not base64@@@", "not valid base64"),
         ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),  # unpadded
         (f"data:image/png;base64,{base64.b64encode(PNG).decode()[:20]}\n==", "not valid base64"),

@@ -41,7 +41,7 @@ from imagegen.storage.index import normalize_id
 REFERENCE_FIELDS = ("images", "mask")  # OpenAI's JSON form
 # The declared types a data URL may carry; the content decides the format, as for uploads.
 DATA_URL_TYPES = frozenset({*CONTENT_TYPES.values(), "image/jpg"})
-_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.ASCII)
+_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.ASCII | re.I)
 _MAX_SHOWN = 64  # characters of a caller's value quoted in a message
 
 
@@ -59,7 +59,10 @@ class ImageLinks:
 
     def image_id(self, url: str) -> str | None:
         """The image id an http(s) URL (or a bare path) of GET /images/<id> names, else None."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unclosed IPv6 host: not a URL of this service
+            return None
         if parts.query or parts.fragment or not parts.path.startswith(self.prefix):
             return None
         foreign = parts.scheme not in ("http", "https") or parts.netloc.lower() != self.host
