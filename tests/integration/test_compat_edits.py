@@ -237,13 +237,20 @@ def openai_error(response) -> dict:
     return body["error"]
 
 
-def test_edit_sent_as_json_is_415_in_openai_shape(client, fake_openai):
-    response = client.post("/v1/images/edits", json={"prompt": "x", "image": "a.png"})
+def test_edit_neither_multipart_nor_json_is_415_in_openai_shape(client, fake_openai):
+    response = client.post("/v1/images/edits", data="prompt=x", content_type="text/plain")
 
     assert response.status_code == 415
     error = openai_error(response)
     assert error["code"] == "unsupported_media_type"
-    assert "multipart/form-data" in error["message"]
+    assert "multipart/form-data" in error["message"] and "JSON" in error["message"]
+
+
+def test_variation_sent_as_json_is_415_in_openai_shape(client, fake_openai):
+    response = client.post("/v1/images/variations", json={"image": "a.png"})
+
+    assert response.status_code == 415
+    assert "multipart/form-data" in openai_error(response)["message"]
 
 
 def test_openai_only_fields_are_translated_ignored_or_sent(client, fake_openai):

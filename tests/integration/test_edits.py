@@ -335,13 +335,22 @@ def test_malformed_json_inputs_are_refused(client, fake_openai, body, field):
     assert fake_openai.image_requests == []
 
 
-def test_json_bodies_keep_the_one_mebibyte_limit(client, fake_openai):
-    body = json.dumps({"prompt": "x" * (1024 * 1024 + 10), "image_id": "x"})
+def test_edit_json_takes_the_upload_limit_and_variation_json_one_mebibyte(
+    settings, make_app, fake_openai
+):
+    # An edit's JSON may carry its images as data URLs (OpenAI's JSON form), so it has the
+    # multipart body's limit; a variation's JSON only names stored images.
+    client = make_app(settings, max_upload_total_bytes=2 * 1024 * 1024).test_client()
+    over_the_upload_limit = json.dumps({"prompt": "x" * (2 * 1024 * 1024 + 10), "image_id": "x"})
+    over_a_mebibyte = json.dumps({"image_id": "x", "padding": "x" * (1024 * 1024 + 10)})
 
-    response = client.post("/edit", data=body, content_type="application/json")
+    edit = client.post("/edit", data=over_the_upload_limit, content_type="application/json")
+    variation = client.post("/variations", data=over_a_mebibyte, content_type="application/json")
 
-    assert response.status_code == 413
-    assert response.get_json()["code"] == "PAYLOAD_TOO_LARGE"
+    assert edit.status_code == 413 and variation.status_code == 413
+    assert edit.get_json()["code"] == variation.get_json()["code"] == "PAYLOAD_TOO_LARGE"
+    assert "IMAGE_GEN_MAX_UPLOAD_TOTAL_BYTES" in edit.get_json()["error"]
+    assert fake_openai.image_requests == []
 
 
 # --- refusing bad uploads ---------------------------------------------------------------------

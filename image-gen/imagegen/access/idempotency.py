@@ -38,6 +38,9 @@ _KEPT_HEADERS = ("Content-Type", "Location", "Preference-Applied", "Retry-After"
 # Request headers only the first request acts on; a replay names those it was sent.
 _NOT_REPLAYED = ("Prefer", URL_HEADER, SECRET_HEADER)
 IGNORED_HEADER = "Idempotent-Replay-Ignored"
+# Routes whose JSON bodies may carry images as data URLs (OpenAI's JSON edit form): they take
+# the upload limit, as multipart bodies do (imaging.uploads.read_edit_json).
+_JSON_UPLOAD_ENDPOINTS = frozenset({"edits.edit", "compat.create_edit"})
 _POLL_FIRST, _POLL_MAX = 0.05, 0.5
 
 
@@ -131,9 +134,12 @@ def _fingerprint() -> str:
     """
     digest = hashlib.sha256()
     digest.update(f"{request.method} {request.path}\n".encode())
-    if request.mimetype == "multipart/form-data":
+    if request.mimetype == "multipart/form-data" or (
+        request.is_json and request.endpoint in _JSON_UPLOAD_ENDPOINTS
+    ):
         # Uploads may be larger than a JSON body: the upload routes' own limit applies.
         request.max_content_length = services().settings.max_upload_total_bytes
+    if request.mimetype == "multipart/form-data":
         form: dict[str, Any] = {k: request.form.getlist(k) for k in sorted(request.form)}
         files = []
         for name in sorted(request.files):

@@ -140,10 +140,14 @@ def input_errors(*, schema: str = "Error", stored: bool = True) -> dict[str, Any
     if not stored:
         responses.update(errors(429, 500, 502, 504, 507, schema=schema))
     else:
-        responses["404"]["description"] = "No stored image has an `image_id` (IMAGE_NOT_FOUND)."
+        responses["404"]["description"] = (
+            "No stored image has the id named (`image_id`, a `file_id`, or an `image_url` of "
+            "/images/{image_id}) (IMAGE_NOT_FOUND)."
+        )
     responses["413"]["description"] = (
-        "The multipart body is over IMAGE_GEN_MAX_UPLOAD_TOTAL_BYTES, one file over "
-        "IMAGE_GEN_MAX_UPLOAD_BYTES, or a JSON body over 1 MiB."
+        "The multipart body (or an edit's JSON body) is over IMAGE_GEN_MAX_UPLOAD_TOTAL_BYTES, "
+        "one file (or data URL image) over IMAGE_GEN_MAX_UPLOAD_BYTES, or a variation's JSON "
+        "body over 1 MiB."
     )
     responses["415"]["description"] = (
         "The body is neither multipart/form-data nor application/json."

@@ -282,13 +282,63 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
         properties["mask_id"] = nullable(
             {**image_id, "description": "A stored PNG with an alpha channel to use as the mask."}
         )
+    ways: list[Schema] = [{"required": ["image_id"]}, {"required": ["image_ids"]}]
+    if operation == "edit":  # OpenAI's JSON form too (not mixed with the ids)
+        properties.update(reference_properties(max_images))
+        ways.append({"required": ["images"]})
     schema: Schema = {
         "type": "object",
-        "description": "Images by id; the other fields as for the multipart form.",
-        "anyOf": [{"required": ["image_id"]}, {"required": ["image_ids"]}],
+        "description": "Images by id"
+        + (", or as OpenAI's `images` references" if operation == "edit" else "")
+        + "; the other fields as for the multipart form.",
+        "anyOf": ways,
         "additionalProperties": False,
         "properties": properties,
     }
     if "prompt" in properties:
         schema["required"] = ["prompt"]
     return schema
+
+
+def reference_properties(max_images: int) -> dict[str, Schema]:
+    """OpenAI's JSON edit form: `images` and `mask` as references (imaging.references)."""
+    return {
+        "images": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": max_images,
+            "items": image_reference("An image to start from."),
+            "description": "The images to start from, in order (OpenAI's JSON form).",
+        },
+        "mask": image_reference(
+            "A PNG with an alpha channel and the first image's dimensions; its fully "
+            "transparent areas are edited."
+        ),
+    }
+
+
+def image_reference(description: str) -> Schema:
+    """One image reference: exactly one of `image_url` or `file_id`."""
+    return {
+        "type": "object",
+        "description": description,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "image_url": {
+                "type": "string",
+                "minLength": 1,
+                "description": "A base64 data URL (data:image/png;base64,..., also image/jpeg "
+                "or image/webp), decoded and checked like an upload; or the URL of an image "
+                "this service stores (/images/{image_id}, on this host). No other URL is "
+                "fetched.",
+            },
+            "file_id": {
+                "type": "string",
+                "pattern": UUID_PATTERN,
+                "description": "An image id of this service (as `image_id`); OpenAI Files ids "
+                "are refused: the service cannot read your OpenAI account's files.",
+            },
+        },
+    }

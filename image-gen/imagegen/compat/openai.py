@@ -19,19 +19,20 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, UnsupportedMedi
 from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
-from imagegen.api.parts import MODEL_ID, input_errors, multipart_body
+from imagegen.api.parts import MODEL_ID, input_body, input_errors, multipart_body
 from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.compat.schemas import RESPONSE_FORMATS, components
 from imagegen.errors import HTTP_CODES, ModelNotFound, QuotaExceeded, ServiceError, ValidationError
 from imagegen.imaging.inputs import default_model_for, parse_edit_request
+from imagegen.imaging.references import ImageLinks, read_references
 from imagegen.imaging.request import (
     ImageRequest,
     parse_generate_request,
     read_json,
 )
-from imagegen.imaging.uploads import is_multipart, read_uploads
+from imagegen.imaging.uploads import is_multipart, read_edit_json, read_uploads
 from imagegen.services import services
 
 bp = Blueprint("compat", __name__, url_prefix="/v1")
@@ -83,14 +84,18 @@ def create_image() -> ResponseReturnValue:
     "createImageEditOpenAI",
     tag="openai-compatible",
     schemas=components,
-    summary="OpenAI's POST /v1/images/edits (multipart)",
-    description="Validated like POST /edit (`n` is `count`) and stored as a job; one image as "
-    "`image`, several as `image[]`, and an optional `mask`. Answers and errors as POST "
-    "/v1/images/generations.",
-    body=multipart_body("OpenAIEditForm"),
+    summary="OpenAI's POST /v1/images/edits (multipart or JSON)",
+    description="Validated like POST /edit (`n` is `count`) and stored as a job. Multipart: one "
+    "image as `image`, several as `image[]`, and an optional `mask`. JSON (OpenAI's form): "
+    "`images`, a list of `{image_url}` or `{file_id}` references, and an optional `mask` "
+    "reference; an `image_url` is a base64 `data:image/...` URL (decoded and checked like an "
+    "upload) or the URL of an image this service stores (no other URL is fetched), a `file_id` "
+    "is an image id of this service (OpenAI Files ids are refused). The images go upstream as "
+    "multipart either way. Answers and errors as POST /v1/images/generations.",
+    body=input_body("OpenAIEditForm", "OpenAIEditRequest"),
     responses={
         "200": json_response("The images.", "OpenAIImagesResponse"),
-        **input_errors(schema="OpenAIError", stored=False),
+        **input_errors(schema="OpenAIError"),
     },
 )
 def create_edit() -> ResponseReturnValue:
@@ -118,16 +123,22 @@ def create_variation() -> ResponseReturnValue:
 
 
 def _from_images(operation: str) -> dict[str, Any]:
-    """Read an OpenAI multipart edit or variation, run it as a job, answer ImagesResponse."""
+    """Read an OpenAI edit (multipart or JSON) or variation (multipart), run it as a job,
+    answer ImagesResponse."""
     settings = services().settings
-    if not is_multipart(request):
+    form: dict[str, Any]
+    if is_multipart(request):
+        form, inputs = read_uploads(request, settings)
+        if form.get("stream", "").strip().lower() == "false":  # multipart: booleans as text
+            del form["stream"]
+    elif request.is_json and operation == "edit":  # OpenAI's JSON form: image references
+        body = read_edit_json(request, settings)
+        form, inputs = read_references(body, services().store, settings, ImageLinks.of(request))
+    else:
         raise UnsupportedMediaType(
             "Send the request as multipart/form-data with the image file(s), as OpenAI's API "
-            "takes it."
+            "takes it" + (", or as JSON with 'images' references." if operation == "edit" else ".")
         )
-    form, inputs = read_uploads(request, settings)
-    if form.get("stream", "").strip().lower() == "false":  # multipart sends booleans as text
-        del form["stream"]
     fields, response_format = translate_request(form)
     try:
         image_request = parse_edit_request(

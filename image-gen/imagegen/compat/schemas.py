@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.api.response_schemas import FORMATS, date, integer, string
-from imagegen.api.schemas import common_properties, input_form_schema, nullable, option_properties
+from imagegen.api.schemas import (
+    common_properties,
+    input_form_schema,
+    input_json_schema,
+    nullable,
+    option_properties,
+)
 from imagegen.apidoc import ref as _ref
 from imagegen.catalog.spec import ModelSpec
 
@@ -22,6 +28,7 @@ def components(models: list[ModelSpec], default_model: str, codes: list[str]) ->
     return {
         "OpenAIImagesRequest": openai_request_schema(models, default_model),
         "OpenAIEditForm": openai_form_schema(models, default_model, "edit"),
+        "OpenAIEditRequest": openai_edit_json_schema(models, default_model),
         "OpenAIVariationForm": openai_form_schema(models, default_model, "variation"),
         **openai_error_schema(codes),
         **OPENAI_SCHEMAS,
@@ -61,6 +68,32 @@ def openai_request_schema(models: list[ModelSpec], default_model: str) -> Schema
             },
         },
     }
+
+
+def openai_edit_json_schema(models: list[ModelSpec], default_model: str) -> Schema:
+    """OpenAI's JSON edit: `images` and `mask` references, `n`, and POST /edit's fields."""
+    schema = input_json_schema(models, default_model, "edit")
+    properties = schema["properties"]
+    count = properties.pop("count")
+    for name in ("image_id", "image_ids", "mask_id"):
+        properties.pop(name, None)
+    properties["n"] = count
+    properties["response_format"] = nullable(
+        {
+            "type": "string",
+            "enum": list(RESPONSE_FORMATS),
+            "description": "DALL-E models only; GPT Image models always answer b64_json.",
+        }
+    )
+    properties["stream"] = {
+        "type": ["boolean", "null"],
+        "enum": [False, None],
+        "description": "Streaming is not supported.",
+    }
+    del schema["anyOf"]
+    schema["description"] = "OpenAI's JSON edit: images as references; null means not given."
+    schema["required"] = [*schema.get("required", []), "images"]
+    return schema
 
 
 def openai_form_schema(models: list[ModelSpec], default_model: str, operation: str) -> Schema:

@@ -1,7 +1,9 @@
-"""Where an edit's input images come from: multipart uploads, or stored images named by id.
+"""Where an edit's input images come from: multipart uploads, stored images named by id, or
+the references of OpenAI's JSON edit form.
 
 Uploads are read within the service's upload limits and checked by content; a JSON body
-names images the service already stores (`image_id`, `image_ids`, `mask_id`).
+names images the service already stores (`image_id`, `image_ids`, `mask_id`), or carries
+OpenAI's `images` and `mask` references (imaging.references reads those).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from imagegen.errors import ValidationError
 from imagegen.imaging.inputs import MAX_INPUT_IMAGES, ImageInputs, InputImage, capital
+from imagegen.imaging.request import read_json
 from imagegen.settings import Settings
 from imagegen.storage.images import ImageStore
 
@@ -25,6 +28,19 @@ MASK_FIELD = "mask"
 
 def is_multipart(req: Request) -> bool:
     return req.mimetype == "multipart/form-data"
+
+
+def read_edit_json(req: Request, settings: Settings) -> Any:
+    """The JSON body of an edit, which may carry images as data URLs: like a multipart body it
+    may be `max_upload_total_bytes`; over it is 413."""
+    req.max_content_length = settings.max_upload_total_bytes
+    try:
+        return read_json(req)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(
+            f"The JSON body is larger than {settings.max_upload_total_bytes:,} bytes, the most "
+            "this service takes in one request (IMAGE_GEN_MAX_UPLOAD_TOTAL_BYTES)."
+        ) from None
 
 
 def read_uploads(req: Request, settings: Settings) -> tuple[dict[str, str], ImageInputs]:
@@ -94,6 +110,11 @@ def _upload(item: FileStorage, field: str, label: str, limit: int) -> InputImage
     data = item.stream.read(limit + 1)
     if item.filename:
         label = f"{label} ({item.filename[:64]!r})"
+    return uploaded(data, field, label, limit)
+
+
+def uploaded(data: bytes, field: str, label: str, limit: int) -> InputImage:
+    """Bytes the caller sent (a file part, a data URL) as an input image: 413 over `limit`."""
     if len(data) > limit:
         raise RequestEntityTooLarge(
             f"{capital(label)} is larger than {limit:,} bytes, the most this service takes "
@@ -148,18 +169,20 @@ def read_stored(
                 f"'{name}' must be an image id (a string).", details={"field": name}
             )
     images = tuple(
-        _stored(store, image_id, field, f"image {image_id[:64]}", settings.max_upload_bytes)
+        stored_image(store, image_id, field, f"image {image_id[:64]}", settings.max_upload_bytes)
         for image_id in ids
     )
     mask = None
     if mask_id is not None:
-        mask = _stored(
+        mask = stored_image(
             store, mask_id, "mask_id", f"the mask {mask_id[:64]}", settings.max_upload_bytes
         )
     return fields, ImageInputs(images, mask)
 
 
-def _stored(store: ImageStore, image_id: str, field: str, label: str, limit: int) -> InputImage:
+def stored_image(
+    store: ImageStore, image_id: str, field: str, label: str, limit: int
+) -> InputImage:
     stored = store.find_image(image_id)
     if stored.size > limit:
         raise ValidationError(
