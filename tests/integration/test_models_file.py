@@ -16,6 +16,7 @@ from imagegen.catalog import operator
 from imagegen.settings import Settings
 from tests.support import fake_openai as fake
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.mcp import tools_by_name
 from tests.support.service import ALICE, TEST_KEY, bearer, line, read_metadata
 
 XAI_KEY = "xai-key-0123456789-never-shown"
@@ -158,7 +159,10 @@ def test_get_models_shows_operator_models_and_where_they_come_from(routed):
 
 def test_openapi_and_mcp_schemas_name_operator_models(routed):
     spec = json.dumps(routed.get("/openapi.json").get_json())
-    assert "grok-imagine-image" in spec and "team-image" in spec
+    tools = json.dumps(tools_by_name(routed))
+
+    for text in (spec, tools):
+        assert "grok-imagine-image" in text and "team-image" in text
 
 
 def test_a_token_may_be_limited_to_an_operator_model(routed_app, fake_openai):

@@ -117,11 +117,6 @@ class ModelsFile:
         entry = self.models.get(model_id)
         return entry.route if entry is not None else Route()
 
-    @property
-    def routed(self) -> bool:
-        """Whether any model is served by anything but the default upstream alone."""
-        return any(entry.route.chain != (DEFAULT_UPSTREAM,) for entry in self.models.values())
-
 
 @dataclass(frozen=True)
 class ModelsLoad:
