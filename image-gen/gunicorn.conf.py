@@ -77,14 +77,29 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
 def on_starting(server: _Server) -> None:
-    """Read the client tokens file, which every worker then serves with, and start the
-    counters of /metrics at zero: remove the last run's count files.
+    """Read the models file and the client tokens file, which every worker then serves with,
+    and start the counters of /metrics at zero: remove the last run's count files.
 
-    A bad tokens file stops the start here, naming its line. Neither step imports the app
-    (`imagegen.access.tokens` needs only the standard library,
+    A bad models file stops the start here naming its key path, a bad tokens file naming its
+    line. No step imports the app (`imagegen.catalog.operator` needs only the catalog,
+    `imagegen.access.tokens` only the standard library,
     `imagegen.observability.countfiles` only prometheus_client), so workers load its code
     afresh.
     """
+    models_file = os.environ.get("IMAGE_GEN_MODELS_FILE", "").strip()
+    if models_file:  # first: the tokens' `models=` may name its models
+        from imagegen.catalog import operator
+
+        try:
+            models = operator.hold(Path(models_file))
+        except operator.ModelsFileError as exc:
+            raise RuntimeError(f"IMAGE_GEN_MODELS_FILE: {exc}") from None
+        server.log.info(
+            "models file: %d models, %d upstreams read from %s",
+            len(models.file.models),
+            len(models.file.upstreams),
+            models.path,
+        )
     tokens_file = os.environ.get("IMAGE_GEN_TOKENS_FILE", "").strip()
     if tokens_file:
         from imagegen.access import tokens
@@ -101,10 +116,22 @@ def on_starting(server: _Server) -> None:
 
 
 def on_reload(server: _Server) -> None:
-    """SIGHUP (`docker compose kill -s HUP`): read the tokens file again before Gunicorn
-    replaces its workers, which then serve with it. A file that cannot be used is logged with
-    its line, and the last good tokens stay: the service never stops over it."""
+    """SIGHUP (`docker compose kill -s HUP`): read the models file and the tokens file again
+    before Gunicorn replaces its workers, which then serve with them. A file that cannot be
+    used is logged with its key path or line, and the last good one stays: the service never
+    stops over it."""
     from imagegen.access import tokens
+    from imagegen.catalog import operator
+
+    models = operator.reload_held()
+    if models is not None:
+        held_models, models_error = models
+        if models_error is None:
+            server.log.info("models file reloaded from %s", held_models.path)
+        else:
+            server.log.error(
+                "models file NOT reloaded, the last good one stays in use: %s", models_error
+            )
 
     reloaded = tokens.reload_held()
     if reloaded is None:

@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["job_path"] = jobs.JobPathConverter
 
     # --- services: the stores, the books, the provider, the core operation, the runner ---
-    layout, built = build_services(settings, on_attempt=metrics.upstream_attempt)
+    layout, built = build_services(
+        settings, on_attempt=metrics.upstream_attempt, on_fallback=metrics.upstream_fallback
+    )
     service_registry.attach(app, built)
 
     # --- request hooks, in the order they run ----------------------------------------------
@@ -75,12 +77,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def build_services(
-    settings: Settings, *, on_attempt: Callable[[AttemptReport], None] | None = None
+    settings: Settings,
+    *,
+    on_attempt: Callable[[AttemptReport], None] | None = None,
+    on_fallback: Callable[[str, str, str], None] | None = None,
 ) -> tuple[Layout, Services]:
     """The images directory's layout, checked, and every service built on it: the image
     store, the books (caps, idempotency keys, jobs), the upstream provider (reporting each
-    attempt to `on_attempt`), the core operation, the job runner and the stream bounds."""
+    attempt to `on_attempt`, each fallback to another upstream to `on_fallback`), the core
+    operation, the job runner and the stream bounds."""
     from imagegen.books.open import open_books
+    from imagegen.catalog import operator
     from imagegen.errors import ServiceError
     from imagegen.imaging.core import ImageMaker
     from imagegen.jobs.runner import JobRunner
@@ -89,7 +96,7 @@ def build_services(
     from imagegen.storage import ownership
     from imagegen.storage.images import ImageStore
     from imagegen.storage.layout import Layout
-    from imagegen.upstream.providers import provider_for
+    from imagegen.upstream.routing import routed_provider_for
 
     refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
     if refusal:
@@ -99,7 +106,8 @@ def build_services(
     store = ImageStore.on_disk(layout, fsync=settings.fsync)
     store.sweep()
     books = open_books(layout, fsync=settings.fsync, max_running=settings.max_running_jobs)
-    provider = provider_for(settings, on_attempt=on_attempt)
+    operator.install(settings.models_file)  # the catalog: built-in and the operator's models
+    provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)
     return layout, Services(
         settings=settings,

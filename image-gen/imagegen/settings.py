@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imagegen import clock
 from imagegen.access.tokens import Limits, Token, TokenFileError, TokensLoad, tokens_for
+from imagegen.catalog import operator
 from imagegen.catalog.models import get_model
 from imagegen.catalog.spec import SHUT_DOWN
 from imagegen.storage import ownership
@@ -62,6 +63,8 @@ class Settings:
     tokens_file: Path | None = None
     tokens: tuple[Token, ...] | None = field(default=None, repr=False)
     tokens_load: TokensLoad | None = None  # when and how the tokens were read (for /health)
+    # The operator's models file (IMAGE_GEN_MODELS_FILE): aliases, new models, upstreams.
+    models_load: operator.ModelsLoad | None = None
     cap_images_per_hour: int | None = None
     cap_images_per_day: int | None = None
     cap_usd_per_day: float | None = None
@@ -128,6 +131,11 @@ class Settings:
             )
 
     @property
+    def models_file(self) -> operator.ModelsFile | None:
+        """The models file's checked contents, if there is one."""
+        return self.models_load.file if self.models_load is not None else None
+
+    @property
     def api_key_configured(self) -> bool:
         return bool(self.api_key)
 
@@ -173,6 +181,14 @@ class Settings:
                     f"IMAGE_GEN_WEBHOOK_SECRET_FILE {secret_file} cannot be read: "
                     f"{why or type(exc).__name__}"
                 ) from None
+        models_file = env.get("IMAGE_GEN_MODELS_FILE", "").strip()
+        if models_file:  # before the tokens, whose `models=` may name its models
+            try:
+                models_load = operator.models_for(Path(models_file))
+            except operator.ModelsFileError as exc:
+                raise SettingsError(f"IMAGE_GEN_MODELS_FILE: {exc}") from None
+            operator.install(models_load.file)
+            kwargs["models_load"] = models_load
         tokens_file = env.get("IMAGE_GEN_TOKENS_FILE", "").strip()
         if tokens_file:
             try:

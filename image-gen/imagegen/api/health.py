@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from imagegen import __version__
 from imagegen.access.tokens import TokensLoad
 from imagegen.apidoc import errors, json_response, operation
+from imagegen.catalog.operator import ModelsLoad
 from imagegen.clock import utc_now
 from imagegen.services import services
 
@@ -45,6 +46,8 @@ def health() -> ResponseReturnValue:
     }
     if settings.tokens_load is not None:
         body["tokens"] = _tokens_state(settings.tokens_load)
+    if settings.models_load is not None:
+        body["models_file"] = _models_state(settings.models_load)
     return jsonify(body), 200 if storage_ok else 503
 
 
@@ -56,4 +59,17 @@ def _tokens_state(load: TokensLoad) -> dict[str, Any]:
         "last_reload": "failed" if load.failed_at else "ok",
         "reload_failed_at": load.failed_at,
         "reload_failed_line": load.failed_line,
+    }
+
+
+def _models_state(load: ModelsLoad) -> dict[str, Any]:
+    """When this worker's models file was read, what it names (never a key), and whether the
+    latest reload (SIGHUP) failed, in which case the last good file is served."""
+    return {
+        "loaded_at": load.loaded_at,
+        "last_reload": "failed" if load.failed_at else "ok",
+        "reload_failed_at": load.failed_at,
+        "reload_failed_key": load.failed_key,
+        "models": sorted(load.file.models),
+        "upstreams": sorted(load.file.upstreams),
     }

@@ -11,6 +11,7 @@ from flask.typing import ResponseReturnValue
 from imagegen import clock
 from imagegen.api.parts import MODEL_ID
 from imagegen.apidoc import errors, json_response, operation
+from imagegen.catalog import operator
 from imagegen.catalog.models import MODELS, get_model
 from imagegen.catalog.pricing import pricing_for
 from imagegen.catalog.spec import ModelSpec
@@ -59,5 +60,10 @@ def show_model(model_id: str) -> ResponseReturnValue:
 
 
 def _entry(model: ModelSpec, today: dt.date) -> dict[str, Any]:
-    """A model's catalog entry with its prices (what caps reserve and how costs settle)."""
-    return {**model.describe(today), "pricing": pricing_for(model.id).as_dict()}
+    """A model's catalog entry with its prices (what caps reserve and how costs settle) and
+    where it comes from: the catalog or the operator's models file, and its upstream."""
+    return {
+        **model.describe(today),
+        **operator.origin(services().settings.models_file, model.id),
+        "pricing": pricing_for(model.id).as_dict(),
+    }

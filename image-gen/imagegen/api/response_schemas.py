@@ -303,6 +303,13 @@ def job_schemas(codes: list[str]) -> dict[str, Schema]:
     }
 
 
+# A file the Gunicorn master reads again on SIGHUP (tokens, models): when, and how it went.
+_RELOADED: Schema = {
+    "loaded_at": {"type": "string", "format": "date-time"},
+    "last_reload": {"type": "string", "enum": ["ok", "failed"]},
+    "reload_failed_at": {"type": ["string", "null"], "format": "date-time"},
+}
+
 SERVICE_SCHEMAS: dict[str, Schema] = {
     "UsageFigures": {
         "type": "object",
@@ -368,13 +375,21 @@ SERVICE_SCHEMAS: dict[str, Schema] = {
                 "good tokens are in use.",
                 "required": ["loaded_at", "last_reload"],
                 "properties": {
-                    "loaded_at": {"type": "string", "format": "date-time"},
-                    "last_reload": {"type": "string", "enum": ["ok", "failed"]},
-                    "reload_failed_at": {
-                        "type": ["string", "null"],
-                        "format": "date-time",
-                    },
+                    **_RELOADED,
                     "reload_failed_line": {"type": ["integer", "null"], "minimum": 1},
+                },
+            },
+            "models_file": {
+                "type": "object",
+                "description": "With a models file (IMAGE_GEN_MODELS_FILE): when this "
+                "worker's copy was read, its models and upstreams (never a key), and whether "
+                "the latest reload (SIGHUP) failed, in which case the last good one is in use.",
+                "required": ["loaded_at", "last_reload"],
+                "properties": {
+                    **_RELOADED,
+                    "reload_failed_key": {"type": ["string", "null"]},
+                    "models": {"type": "array", "items": string},
+                    "upstreams": {"type": "array", "items": string},
                 },
             },
         },
@@ -401,6 +416,26 @@ MODEL_SCHEMAS: dict[str, Schema] = {
             },
             "description": string,
             "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
+            "origin": {
+                "type": "string",
+                "enum": ["catalog", "models_file"],
+                "description": "Where the model comes from: the built-in catalog or the "
+                "operator's models file (IMAGE_GEN_MODELS_FILE); `source` is the page its "
+                "facts were read from.",
+            },
+            "like": {
+                "type": ["string", "null"],
+                "description": "An operator alias's base model: validated and priced like it.",
+            },
+            "upstream": {
+                "type": "string",
+                "description": "The upstream that serves it (`default`: OPENAI_BASE_URL).",
+            },
+            "fallbacks": {
+                "type": "array",
+                "items": string,
+                "description": "Upstreams tried in order on a 429, 5xx or timeout.",
+            },
             "deprecated_on": date,
             "shutdown_on": date,
             "replacement": {"type": ["string", "null"]},

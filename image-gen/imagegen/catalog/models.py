@@ -352,16 +352,47 @@ def _with_snapshots(models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
     )
 
 
-MODELS: tuple[ModelSpec, ...] = _with_snapshots(_MODELS)
+BUILT_IN: tuple[ModelSpec, ...] = _with_snapshots(_MODELS)
+
+
+# The catalog this process serves with: the built-in models, then the operator's from the
+# models file (catalog/operator.py installs them, in place, so every importer sees them).
+MODELS: list[ModelSpec] = list(BUILT_IN)
 
 
 CATALOG: dict[str, ModelSpec] = {model.id: model for model in MODELS}
+
+
+_BUILT_IN: dict[str, ModelSpec] = dict(CATALOG)
+
+
+_ALIASES: dict[str, str] = {}  # an operator alias -> the catalog model it is like
 
 
 def get_model(model_id: str) -> ModelSpec | None:
     return CATALOG.get(model_id)
 
 
+def get_built_in(model_id: str) -> ModelSpec | None:
+    """A model of the catalog itself (snapshots included), never an operator's."""
+    return _BUILT_IN.get(model_id)
+
+
 def base_id(model_id: str) -> str:
-    """The model a snapshot pins (the id itself for any other model)."""
+    """The model a snapshot pins or an operator alias is like (the id itself otherwise)."""
+    model_id = _ALIASES.get(model_id, model_id)
     return SNAPSHOTS.get(model_id, model_id)
+
+
+def origin(model_id: str) -> tuple[str, str | None]:
+    """Where a served model comes from: "catalog" or "models_file", and an alias's base."""
+    return ("catalog" if model_id in _BUILT_IN else "models_file"), _ALIASES.get(model_id)
+
+
+def use_operator_models(models: list[ModelSpec], aliases: dict[str, str]) -> None:
+    """Serve the built-in models plus these (new models and aliases of built-in ones)."""
+    MODELS[:] = [*BUILT_IN, *models]
+    CATALOG.clear()
+    CATALOG.update((model.id, model) for model in MODELS)
+    _ALIASES.clear()
+    _ALIASES.update(aliases)

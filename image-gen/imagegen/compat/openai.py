@@ -21,7 +21,7 @@ from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
 from imagegen.api.parts import MODEL_ID, input_body, input_errors, multipart_body
 from imagegen.apidoc import errors, json_body, json_response, operation
-from imagegen.catalog.models import MODELS, get_model
+from imagegen.catalog.models import MODELS, get_model, origin
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
 from imagegen.compat.schemas import RESPONSE_FORMATS, components
 from imagegen.errors import HTTP_CODES, ModelNotFound, QuotaExceeded, ServiceError, ValidationError
@@ -280,7 +280,9 @@ def _echoed(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def model_object(model: ModelSpec) -> dict[str, Any]:
     """A catalog model as OpenAI's model object (`created` is 0: the catalog has no dates),
-    plus which model a dated snapshot pins (`snapshot_of`, null for the others)."""
+    plus which model a dated snapshot pins (`snapshot_of`, null for the others) and where it
+    comes from (`origin`: the catalog or the models file; `like`: an alias's base)."""
+    source, like = origin(model.id)
     return {
         "id": model.id,
         "object": "model",
@@ -288,6 +290,8 @@ def model_object(model: ModelSpec) -> dict[str, Any]:
         "owned_by": "openai",
         "shutdown_date": model.shutdown_on.isoformat() if model.shutdown_on else None,
         "snapshot_of": model.snapshot_of,
+        "origin": source,
+        "like": like,
     }
 
 

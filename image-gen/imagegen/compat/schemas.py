@@ -184,6 +184,8 @@ OPENAI_SCHEMAS: dict[str, Schema] = {
             "owned_by": string,
             "shutdown_date": date,
             "snapshot_of": {"type": ["string", "null"], "description": "A snapshot's base."},
+            "origin": {"type": "string", "enum": ["catalog", "models_file"]},
+            "like": {"type": ["string", "null"], "description": "An operator alias's base."},
         },
     },
     "OpenAIModelList": {

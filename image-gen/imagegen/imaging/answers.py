@@ -52,4 +52,6 @@ def job_response(metadata: dict[str, Any]) -> dict[str, Any]:
         body["client"] = metadata["client"]
     if metadata.get("cost"):
         body["cost"] = metadata["cost"]
+    if metadata.get("served_by"):  # the named upstream (models file) that made the images
+        body["served_by"] = metadata["served_by"]
     return body

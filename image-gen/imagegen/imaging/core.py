@@ -156,6 +156,8 @@ class ImageMaker:
             "client": caller.name,
             "cost": cost,
         }
+        if generation.served_by is not None:  # a named upstream of the models file
+            extra["served_by"] = generation.served_by
         if source is not None:
             extra["source"] = source
         try:
@@ -170,7 +172,7 @@ class ImageMaker:
         _book(self.ledger.settle, admission.reservation, usd=cost["usd"], job_id=metadata["job_id"])
         log.info(
             "generated request_id=%s job_id=%s client=%s model=%s count=%d cost_usd=%.4f "
-            "seconds=%.2f",
+            "seconds=%.2f upstream=%s",
             request_id,
             metadata["job_id"],
             caller.name,
@@ -178,6 +180,7 @@ class ImageMaker:
             len(metadata["images"]),
             cost["usd"],
             time.perf_counter() - started,
+            generation.served_by or "default",
         )
         return metadata
 

@@ -194,6 +194,12 @@ UPSTREAM_ATTEMPTS = Counter(
     ("endpoint", "status"),
     registry=None,
 )
+UPSTREAM_FALLBACKS = Counter(
+    "imagegen_upstream_fallbacks_total",
+    "Requests passed from one named upstream to the next (models file), by both and why.",
+    ("from_upstream", "to_upstream", "code"),
+    registry=None,
+)
 IMAGES = Counter(
     "imagegen_images_generated_total",
     "Images made and stored, by model and operation.",
@@ -220,6 +226,7 @@ _FAMILIES: tuple[tuple[Counter | Gauge | Histogram, tuple[float, ...]], ...] = (
     (EVENT_STREAMS, ()),
     (UPSTREAM_DURATION, _UPSTREAM_BUCKETS),
     (UPSTREAM_ATTEMPTS, ()),
+    (UPSTREAM_FALLBACKS, ()),
     (IMAGES, ()),
     (ERRORS, ()),
     (CAP_REFUSALS, ()),
@@ -372,6 +379,11 @@ def upstream_attempt(report: AttemptReport) -> None:
     endpoint = _endpoint(report.method, report.url)
     _series(UPSTREAM_DURATION, endpoint, _outcome(status)).observe(report.seconds)
     _series(UPSTREAM_ATTEMPTS, endpoint, status).inc()
+
+
+def upstream_fallback(from_upstream: str, to_upstream: str, code: str) -> None:
+    """Count one request passed on to the next upstream (the router's `on_fallback`)."""
+    _series(UPSTREAM_FALLBACKS, from_upstream, to_upstream, code).inc()
 
 
 def _endpoint(method: str, url: str) -> str:

@@ -72,6 +72,7 @@ class Generation:
     # What the upstream says it made (quality, size, background, output_format), e.g. when
     # "auto" was asked for.
     upstream: dict[str, Any] | None = None
+    served_by: str | None = None  # the named upstream that made it (upstream/routing.py)
 
 
 class Progress(Protocol):
@@ -549,9 +550,16 @@ def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = Non
         return PlaceholderProvider()
     if not settings.api_key:
         return MissingKeyProvider()
+    return openai_provider(settings, settings.base_url, settings.api_key, on_attempt=on_attempt)
+
+
+def openai_provider(
+    settings: Settings, base_url: str, api_key: str, *, on_attempt: AttemptObserver | None = None
+) -> OpenAIProvider:
+    """OpenAI (or a compatible upstream) at `base_url`, timed and retried as the settings say."""
     client = OpenAIClient(
-        settings.base_url,
-        settings.api_key,
+        base_url,
+        api_key,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         retry=RetryPolicy(

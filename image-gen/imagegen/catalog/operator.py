@@ -1,0 +1,411 @@
+"""The operator's models file (IMAGE_GEN_MODELS_FILE): aliases, new models, named upstreams.
+
+A TOML file, read at start-up and on SIGHUP like the tokens file (the Gunicorn master reads
+it, every worker serves with what it holds; a file broken on a reload keeps the last good
+one). Every mistake names its key path, e.g. `models."team-image".count.max: must be an
+integer`. Only the standard library and the catalog are imported, so the master can read it
+without loading the app.
+
+    [upstreams.xai]                 # a named upstream besides the default one
+    kind = "openai"                 # "openai" or "azure"
+    base_url = "https://api.x.ai/v1"
+    key_file = "/run/secrets/xai_key"
+
+    [models."team-image"]           # an alias: validated like its base, sent by its own name
+    like = "gpt-image-2"
+    fallbacks = ["xai"]
+
+    [models."grok-imagine-image"]   # a new model, in the catalog's terms
+    family = "openai-compatible"
+    sizes = ["1024x1024"]
+    count = { min = 1, max = 4 }
+    upstream = "xai"
+
+    [models."gpt-image-2"]          # a built-in model served by an Azure deployment
+    deployment = "img-prod"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from imagegen.catalog import models as catalog
+from imagegen.catalog.spec import Choice, IntRange, ModelSpec
+from imagegen.clock import utc_now
+
+DEFAULT_UPSTREAM = "default"  # OPENAI_BASE_URL and OPENAI_API_KEY_FILE
+KINDS = ("openai", "azure")
+OPERATOR_FAMILY = "openai-compatible"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+_ROUTE_KEYS = ("upstream", "fallbacks", "deployment")
+_ALIAS_KEYS = ("like", "description", *_ROUTE_KEYS)
+_NEW_KEYS = (
+    "family",
+    "description",
+    "sizes",
+    "default_size",
+    "count",
+    "per_call",
+    "max_prompt_chars",
+    "options",
+    *_ROUTE_KEYS,
+)
+_UPSTREAM_KEYS = ("kind", "base_url", "endpoint", "key_file", "api_version")
+_MAX_PROMPT_CHARS = 32_000
+
+
+class ModelsFileError(ValueError):
+    """The models file cannot be used; the message names the key path at fault."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key  # the key path at fault, when one is
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """A named upstream: where it is and the file holding its key (never the key)."""
+
+    name: str
+    kind: str  # "openai" or "azure"
+    base_url: str
+    key_file: Path | None = None
+    api_version: str | None = None  # Azure's api-version
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which upstream serves a model, those tried after it, and its Azure deployment."""
+
+    upstream: str = DEFAULT_UPSTREAM
+    fallbacks: tuple[str, ...] = ()
+    deployment: str | None = None
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The upstreams in the order they are tried."""
+        return (self.upstream, *self.fallbacks)
+
+
+@dataclass(frozen=True)
+class OperatorModel:
+    """One `[models."<id>"]` entry: its spec, where it comes from and how it is routed."""
+
+    spec: ModelSpec
+    route: Route
+    like: str | None = None  # an alias's base
+    built_in: bool = False  # an override of a catalog model (its spec unchanged)
+
+
+@dataclass(frozen=True)
+class ModelsFile:
+    """The whole file, checked: its models (by id) and named upstreams (by name)."""
+
+    models: Mapping[str, OperatorModel] = field(default_factory=dict)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+
+    def route(self, model_id: str) -> Route:
+        """The route of a model (the default upstream for one the file does not name)."""
+        entry = self.models.get(model_id)
+        return entry.route if entry is not None else Route()
+
+
+@dataclass(frozen=True)
+class ModelsLoad:
+    """The file read from `path` at `loaded_at`; `failed_at` and `failed_key` say that a later
+    reload failed (the models are then the last good ones)."""
+
+    path: Path
+    file: ModelsFile = field(repr=False)
+    loaded_at: str
+    failed_at: str | None = None
+    failed_key: str | None = None
+
+
+def _fail(key: str, message: str) -> ModelsFileError:
+    return ModelsFileError(f"{key}: {message}", key=key)
+
+
+def _path(*parts: str) -> str:
+    return ".".join(parts)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    """Read and check the whole file; raise ModelsFileError naming the first bad key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelsFileError(
+            f"the models file {path} does not exist (IMAGE_GEN_MODELS_FILE names it)"
+        ) from None
+    except OSError as exc:
+        raise ModelsFileError(f"cannot read the models file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ModelsFileError(f"the models file {path} is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelsFileError(f"the models file {path} is not valid TOML: {exc}") from None
+    return parse_models_file(data, base=Path(path).parent)
+
+
+def parse_models_file(data: Mapping[str, Any], *, base: Path = Path()) -> ModelsFile:
+    """Check parsed TOML: upstreams first (models name them), then each model."""
+    _known(data, ("models", "upstreams"), "")
+    upstreams = {
+        name: _upstream(name, entry, base)
+        for name, entry in _table(data.get("upstreams", {}), "upstreams").items()
+    }
+    models: dict[str, OperatorModel] = {}
+    for model_id, entry in _table(data.get("models", {}), "models").items():
+        key = _path("models", _quoted(model_id))
+        if not _NAME.match(model_id):
+            raise _fail(key, "a model id is 1-128 letters, digits, '.', '_', ':' or '-'")
+        models[model_id] = _model(model_id, _table(entry, key), key, upstreams)
+    return ModelsFile(models, upstreams)
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(key or "the file", "must be a table")
+    return value
+
+
+def _known(entry: Mapping[str, Any], known: tuple[str, ...], key: str) -> None:
+    for name in entry:
+        if name not in known:
+            where = _path(key, name) if key else name
+            raise _fail(where, f"unknown key (known here: {', '.join(known)})")
+
+
+def _string(entry: Mapping[str, Any], name: str, key: str, *, required: bool = False) -> str | None:
+    value = entry.get(name)
+    if value is None:
+        if required:
+            raise _fail(_path(key, name), "is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(_path(key, name), "must be a non-empty string")
+    return value.strip()
+
+
+def _integer(entry: Mapping[str, Any], name: str, key: str, low: int, high: int) -> int | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(_path(key, name), "must be an integer")
+    if not low <= value <= high:
+        raise _fail(_path(key, name), f"must be from {low} to {high}")
+    return value
+
+
+def _upstream(name: str, entry: Any, base: Path) -> UpstreamConfig:
+    key = _path("upstreams", _quoted(name))
+    entry = _table(entry, key)
+    if not _UPSTREAM_NAME.match(name) or name == DEFAULT_UPSTREAM:
+        raise _fail(
+            key,
+            "an upstream name is 1-32 lower-case letters, digits, '_' or '-' "
+            f"(and not {DEFAULT_UPSTREAM!r}, the OPENAI_BASE_URL upstream)",
+        )
+    _known(entry, _UPSTREAM_KEYS, key)
+    kind = _string(entry, "kind", key, required=True)
+    if kind not in KINDS:
+        raise _fail(_path(key, "kind"), f"must be one of {', '.join(KINDS)}")
+    url_key = "endpoint" if kind == "azure" and "endpoint" in entry else "base_url"
+    if kind == "openai" and "endpoint" in entry:
+        raise _fail(_path(key, "endpoint"), "is for azure upstreams; use base_url")
+    if kind == "openai" and "api_version" in entry:
+        raise _fail(_path(key, "api_version"), "is for azure upstreams")
+    if "endpoint" in entry and "base_url" in entry:
+        raise _fail(_path(key, "endpoint"), "give base_url or endpoint, not both")
+    url = _string(entry, url_key, key, required=True)
+    assert url is not None
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise _fail(_path(key, url_key), "must be an http:// or https:// URL")
+    key_file = _string(entry, "key_file", key, required=True)
+    assert key_file is not None
+    key_path = base / key_file
+    if not key_path.is_file():
+        raise _fail(_path(key, "key_file"), f"the file {key_path} does not exist")
+    return UpstreamConfig(
+        name=name,
+        kind=kind,
+        base_url=url.rstrip("/"),
+        key_file=key_path,
+        api_version=_string(entry, "api_version", key),
+    )
+
+
+def _route(entry: Mapping[str, Any], key: str, upstreams: Mapping[str, Any]) -> Route:
+    known = (DEFAULT_UPSTREAM, *upstreams)
+    upstream = _string(entry, "upstream", key) or DEFAULT_UPSTREAM
+    if upstream not in known:
+        raise _fail(_path(key, "upstream"), f"no upstream {upstream!r} (known: {', '.join(known)})")
+    fallbacks = entry.get("fallbacks", [])
+    if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+        raise _fail(_path(key, "fallbacks"), "must be a list of upstream names")
+    for index, name in enumerate(fallbacks):
+        if name not in known:
+            raise _fail(
+                f"{_path(key, 'fallbacks')}[{index}]",
+                f"no upstream {name!r} (known: {', '.join(known)})",
+            )
+    chain = (upstream, *fallbacks)
+    if len(set(chain)) != len(chain):
+        raise _fail(_path(key, "fallbacks"), "names an upstream twice (or the model's own)")
+    return Route(upstream, tuple(fallbacks), _string(entry, "deployment", key))
+
+
+def _model(
+    model_id: str, entry: dict[str, Any], key: str, upstreams: Mapping[str, Any]
+) -> OperatorModel:
+    built_in = catalog.get_built_in(model_id)
+    if built_in is not None:
+        _known(entry, _ROUTE_KEYS, key)
+        return OperatorModel(built_in, _route(entry, key, upstreams), built_in=True)
+    if "like" in entry:
+        _known(entry, _ALIAS_KEYS, key)
+        like = _string(entry, "like", key, required=True)
+        assert like is not None
+        base = catalog.get_built_in(like)
+        if base is None:
+            raise _fail(_path(key, "like"), f"{like!r} is not a catalog model (GET /models)")
+        description = _string(entry, "description", key) or f"An alias of {like}."
+        spec = replace(base, id=model_id, snapshot_of=None, description=description)
+        return OperatorModel(spec, _route(entry, key, upstreams), like=like)
+    if "family" not in entry:
+        raise _fail(key, f"needs `like` (an alias) or `family = {OPERATOR_FAMILY!r}` (a new model)")
+    _known(entry, _NEW_KEYS, key)
+    return OperatorModel(_new_model(model_id, entry, key), _route(entry, key, upstreams))
+
+
+def _new_model(model_id: str, entry: dict[str, Any], key: str) -> ModelSpec:
+    """A model the catalog does not know, from its sizes, counts and options."""
+    if entry["family"] != OPERATOR_FAMILY:
+        raise _fail(_path(key, "family"), f"must be {OPERATOR_FAMILY!r}")
+    sizes = entry.get("sizes")
+    if not isinstance(sizes, list) or not sizes:
+        raise _fail(_path(key, "sizes"), "must be a non-empty list of sizes like '1024x1024'")
+    for index, size in enumerate(sizes):
+        if not isinstance(size, str) or not (_SIZE.match(size) or size == "auto"):
+            raise _fail(f"{_path(key, 'sizes')}[{index}]", "must be 'WxH' or 'auto'")
+    default_size = _string(entry, "default_size", key) or sizes[0]
+    if default_size not in sizes:
+        raise _fail(_path(key, "default_size"), "must be one of the sizes")
+    count_key = _path(key, "count")
+    count = _table(entry.get("count", {}), count_key)
+    _known(count, ("min", "max"), count_key)
+    _integer(count, "min", count_key, 1, 1)  # the service always takes 1 and up
+    max_count = _integer(count, "max", count_key, 1, 10) or 1
+    per_call = _integer(entry, "per_call", key, 1, max_count) or max_count
+    prompt = _integer(entry, "max_prompt_chars", key, 1, _MAX_PROMPT_CHARS)
+    return ModelSpec(
+        id=model_id,
+        family=OPERATOR_FAMILY,
+        description=_string(entry, "description", key) or "An operator's model.",
+        sizes=tuple(sizes),
+        default_size=default_size,
+        max_count=max_count,
+        per_call=per_call,
+        max_prompt_chars=prompt or _MAX_PROMPT_CHARS,
+        options=_options(entry.get("options", {}), _path(key, "options")),
+        source="models_file",
+    )
+
+
+def _options(value: Any, key: str) -> dict[str, Choice | IntRange]:
+    """`options = { quality = ["low", "high"], steps = { min = 1, max = 50 } }`."""
+    options: dict[str, Choice | IntRange] = {}
+    for name, spec in _table(value, key).items():
+        where = _path(key, name)
+        if not re.match(r"^[a-z][a-z0-9_]{0,39}$", name) or name in ("model", "prompt", "n"):
+            raise _fail(where, "an option name is lower-case letters, digits and '_'")
+        if isinstance(spec, list) and spec and all(isinstance(v, str) and v for v in spec):
+            options[name] = Choice(tuple(spec))
+        elif isinstance(spec, dict):
+            _known(spec, ("min", "max"), where)
+            low = _integer(spec, "min", where, -(2**31), 2**31)
+            high = _integer(spec, "max", where, -(2**31), 2**31)
+            if low is None or high is None or low > high:
+                raise _fail(where, "needs integers min <= max")
+            options[name] = IntRange(low, high)
+        else:
+            raise _fail(where, "must be a list of strings or { min, max }")
+    return options
+
+
+# --- the models file a process serves with ---------------------------------------------
+# As with the tokens file: under Gunicorn the master holds it, and every worker forks with it.
+
+_held: ModelsLoad | None = None
+
+
+def hold(path: Path) -> ModelsLoad:
+    """Read the models file and hold it for the processes forked from this one (Gunicorn's
+    master, at start-up); the catalog includes its models. Raises ModelsFileError."""
+    global _held
+    path = Path(path).absolute()
+    _held = ModelsLoad(path, load_models_file(path), utc_now())
+    install(_held.file)
+    return _held
+
+
+def reload_held() -> tuple[ModelsLoad, ModelsFileError | None] | None:
+    """Read the held file again (SIGHUP): what is now held and the error if the file could
+    not be used (the last good one stays). None if nothing is held."""
+    global _held
+    if _held is None:
+        return None
+    try:
+        _held = ModelsLoad(_held.path, load_models_file(_held.path), utc_now())
+    except ModelsFileError as exc:
+        _held = dataclasses.replace(_held, failed_at=utc_now(), failed_key=exc.key)
+        return _held, exc
+    install(_held.file)
+    return _held, None
+
+
+def models_for(path: Path) -> ModelsLoad:
+    """The models file this process serves with: its master's for `path`, else the file as
+    it is now. Raises ModelsFileError."""
+    path = Path(path).absolute()
+    if _held is not None and _held.path == path:
+        return _held
+    return ModelsLoad(path, load_models_file(path), utc_now())
+
+
+def install(models_file: ModelsFile | None) -> None:
+    """Make the catalog this process serves with: the built-in models and the file's."""
+    entries = models_file.models.values() if models_file is not None else ()
+    catalog.use_operator_models(
+        [entry.spec for entry in entries if not entry.built_in],
+        {entry.spec.id: entry.like for entry in entries if entry.like is not None},
+    )
+
+
+def origin(models_file: ModelsFile | None, model_id: str) -> dict[str, Any]:
+    """Where a model comes from, as GET /models shows it: `origin` (the catalog or the models
+    file), an alias's base (`like`), its `upstream` and `fallbacks`."""
+    entry = models_file.models.get(model_id) if models_file is not None else None
+    if entry is None:
+        return {"origin": "catalog", "like": None, "upstream": DEFAULT_UPSTREAM, "fallbacks": []}
+    return {
+        "origin": "catalog" if entry.built_in else "models_file",
+        "like": entry.like,
+        "upstream": entry.route.upstream,
+        "fallbacks": list(entry.route.fallbacks),
+    }

@@ -1,0 +1,262 @@
+"""The operator's models file through HTTP: aliases and new models, named upstreams, fallback
+from a 429ing upstream to the next (two fake upstreams) and none on a refusal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from imagegen.access.tokens import parse_tokens
+from imagegen.catalog import operator
+from imagegen.settings import Settings
+from tests.support import fake_openai as fake
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.mcp import tools_by_name
+from tests.support.service import ALICE, TEST_KEY, bearer, line, read_metadata
+
+XAI_KEY = "xai-key-0123456789-never-shown"
+
+MODELS_FILE = """
+[upstreams.xai]
+kind = "openai"
+base_url = "{second}"
+key_file = "xai_key"
+
+[models."team-image"]
+like = "gpt-image-2"
+fallbacks = ["xai"]
+
+[models."grok-imagine-image"]
+family = "openai-compatible"
+sizes = ["1024x1024", "1536x1024"]
+count = {{ min = 1, max = 4 }}
+options = {{ quality = ["standard", "hd"] }}
+upstream = "xai"
+
+[models."gpt-image-2"]
+deployment = "img-prod"
+"""
+
+
+@pytest.fixture(scope="module")
+def second_upstream() -> Iterator[FakeOpenAI]:
+    """Another fake upstream (the named upstream `xai`)."""
+    with FakeOpenAI() as second:
+        yield second
+
+
+@pytest.fixture
+def xai(second_upstream: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    second_upstream.reset()
+    yield second_upstream
+    second_upstream.reset()
+
+
+@pytest.fixture
+def models_file(tmp_path: Path, xai: FakeOpenAI) -> Iterator[Path]:
+    """The models file above, its `xai` upstream the second fake; the catalog is the built-in
+    one again afterwards."""
+    (tmp_path / "xai_key").write_text(XAI_KEY + "\n")
+    path = tmp_path / "models.toml"
+    path.write_text(MODELS_FILE.format(second=xai.base_url))
+    yield path
+    operator.install(None)
+
+
+@pytest.fixture
+def routed_app(
+    settings: Settings, make_app: Callable[..., Flask], models_file: Path
+) -> Callable[..., Flask]:
+    """An app serving the models file (plus setting overrides), upstream retries off. The
+    catalog includes its models at once, as Settings.from_env does before reading tokens."""
+    load = operator.models_for(models_file)
+    operator.install(load.file)
+
+    def build(**overrides: object) -> Flask:
+        return make_app(settings, models_load=load, max_retries=0, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def routed(routed_app: Callable[..., Flask]) -> FlaskClient:
+    return routed_app().test_client()
+
+
+def generate(client: FlaskClient, **body: object) -> tuple[int, dict]:
+    answer = client.post("/generate", json={"prompt": "a lighthouse", **body})
+    return answer.status_code, answer.get_json()
+
+
+# --- aliases and new models -----------------------------------------------------------------
+
+
+def test_an_alias_is_validated_like_its_base_and_sent_by_its_own_name(routed, fake_openai):
+    status, body = generate(routed, model="team-image", size="2048x1152", quality="low")
+
+    assert status == 200, body
+    assert body["model"] == "team-image"
+    (call,) = fake_openai.image_requests
+    assert call.json["model"] == "team-image"
+    assert call.json["size"] == "2048x1152"
+    assert body["served_by"] == "default"
+    # gpt-image-2 takes no transparent background, so neither does its alias.
+    status, refused = generate(routed, model="team-image", background="transparent")
+    assert status == 400 and refused["code"] == "VALIDATION_ERROR"
+    assert len(fake_openai.image_requests) == 1
+
+
+def test_a_new_model_is_served_by_its_upstream_within_its_own_sizes_and_counts(
+    routed, fake_openai, xai, images_dir
+):
+    status, body = generate(routed, model="grok-imagine-image", count=2, quality="hd")
+
+    assert status == 200, body
+    assert fake_openai.image_requests == []
+    (call,) = xai.image_requests
+    assert call.json["model"] == "grok-imagine-image" and call.json["quality"] == "hd"
+    assert call.header("authorization") == f"Bearer {XAI_KEY}"
+    assert body["served_by"] == "xai"
+    assert read_metadata(images_dir, body["job_id"])["served_by"] == "xai"
+    for asked in ({"size": "2048x2048"}, {"count": 5}, {"quality": "low"}):
+        status, refused = generate(routed, model="grok-imagine-image", **asked)
+        assert status == 400 and refused["code"] == "VALIDATION_ERROR", asked
+    assert len(xai.image_requests) == 1
+
+
+def test_get_models_shows_operator_models_and_where_they_come_from(routed):
+    listed = {m["id"]: m for m in routed.get("/models").get_json()["models"]}
+
+    alias, new, built_in = (
+        listed["team-image"],
+        listed["grok-imagine-image"],
+        listed["gpt-image-2"],
+    )
+    assert (alias["origin"], alias["like"], alias["upstream"]) == (
+        "models_file",
+        "gpt-image-2",
+        "default",
+    )
+    assert alias["fallbacks"] == ["xai"] and alias["sizes"] == built_in["sizes"]
+    assert alias["pricing"] == built_in["pricing"]  # priced like its base
+    assert (new["origin"], new["family"], new["upstream"]) == (
+        "models_file",
+        "openai-compatible",
+        "xai",
+    )
+    assert new["count"] == {"min": 1, "max": 4} and new["sizes"] == ["1024x1024", "1536x1024"]
+    assert (built_in["origin"], built_in["like"]) == ("catalog", None)
+    assert listed["dall-e-2"]["origin"] == "catalog"
+    assert routed.get("/models/team-image").get_json()["like"] == "gpt-image-2"
+    v1 = {m["id"]: m for m in routed.get("/v1/models").get_json()["data"]}
+    assert v1["team-image"]["origin"] == "models_file" and v1["team-image"]["like"] == "gpt-image-2"
+
+
+def test_openapi_and_mcp_schemas_name_operator_models(routed):
+    spec = json.dumps(routed.get("/openapi.json").get_json())
+    tools = json.dumps(tools_by_name(routed))
+
+    for text in (spec, tools):
+        assert "grok-imagine-image" in text and "team-image" in text
+
+
+def test_a_token_may_be_limited_to_an_operator_model(routed_app, fake_openai):
+    tokens = parse_tokens([line("alice", ALICE, "models=team-image")])
+    client = routed_app(tokens=tokens, tokens_file=Path("tokens")).test_client()
+
+    allowed = client.post(
+        "/generate", json={"prompt": "p", "model": "team-image"}, headers=bearer(ALICE)
+    )
+    refused = client.post(
+        "/generate", json={"prompt": "p", "model": "gpt-image-2"}, headers=bearer(ALICE)
+    )
+
+    assert allowed.status_code == 200, allowed.get_json()
+    assert refused.status_code == 403
+
+
+# --- fallbacks ------------------------------------------------------------------------------
+
+
+def test_a_429_from_the_upstream_falls_back_to_the_next_which_is_named(
+    routed, fake_openai, xai, images_dir
+):
+    fake_openai.enqueue(fake.rate_limited(retry_after="0"))
+
+    status, body = generate(routed, model="team-image")
+
+    assert status == 200, body
+    assert len(fake_openai.image_requests) == 1
+    (call,) = xai.image_requests
+    assert call.json["model"] == "team-image"
+    assert body["served_by"] == "xai"
+    assert read_metadata(images_dir, body["job_id"])["served_by"] == "xai"
+    scraped = routed.get("/metrics").get_data(as_text=True)
+    assert (
+        'imagegen_upstream_fallbacks_total{code="RATE_LIMIT_EXCEEDED",from_upstream="default",'
+        'to_upstream="xai"} 1.0' in scraped
+    )
+
+
+@pytest.mark.parametrize(
+    "failure", [fake.server_error(503), fake.drop_connection()], ids=["5xx", "connection"]
+)
+def test_a_5xx_or_a_dropped_connection_falls_back_too(routed, fake_openai, xai, failure):
+    fake_openai.enqueue(failure)
+
+    status, body = generate(routed, model="team-image")
+
+    assert status == 200, body
+    assert body["served_by"] == "xai" and len(xai.image_requests) == 1
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [fake.bad_request("Invalid size", param="size"), fake.moderation_blocked()],
+    ids=["400", "safety"],
+)
+def test_a_refusal_is_answered_without_trying_another_upstream(routed, fake_openai, xai, refusal):
+    fake_openai.enqueue(refusal)
+
+    status, body = generate(routed, model="team-image")
+
+    assert status == 400, body
+    assert len(fake_openai.image_requests) == 1
+    assert xai.image_requests == []
+
+
+def test_the_last_upstreams_failure_is_the_answer(routed, fake_openai, xai):
+    fake_openai.enqueue(fake.rate_limited(retry_after="0"))
+    xai.enqueue(fake.server_error(500))
+
+    status, body = generate(routed, model="team-image")
+
+    assert status == 502 and body["code"] == "UPSTREAM_ERROR"
+    assert len(fake_openai.image_requests) == 1 and len(xai.image_requests) == 1
+
+
+def test_no_upstream_key_appears_in_health_models_or_logs(
+    routed, fake_openai, caplog, images_dir, models_file
+):
+    fake_openai.enqueue(fake.rate_limited(retry_after="0"))
+    status, body = generate(routed, model="team-image")
+    assert status == 200
+
+    health = routed.get("/health").get_json()
+    assert health["models_file"]["upstreams"] == ["xai"]
+    assert health["models_file"]["last_reload"] == "ok"
+    seen = [
+        json.dumps(health),
+        routed.get("/models").get_data(as_text=True),
+        caplog.text,
+        json.dumps(read_metadata(images_dir, body["job_id"])),
+        repr(operator.models_for(models_file)),
+        repr(operator.models_for(models_file).file),
+    ]
+    for text in seen:
+        assert XAI_KEY not in text and TEST_KEY not in text

@@ -1,0 +1,178 @@
+"""The models file's checks: every mistake names its key path; the catalog serves its models."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagegen.catalog import models as catalog
+from imagegen.catalog import operator
+from imagegen.catalog.pricing import pricing_for
+from imagegen.settings import Settings, SettingsError
+from imagegen.upstream.routing import upstream_for
+
+KEY = "sk-upstream-secret-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _built_in_catalog() -> Iterator[None]:
+    yield
+    operator.install(None)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "key"
+    path.write_text(KEY)
+    return path
+
+
+def parse(text: str, base: Path = Path()) -> operator.ModelsFile:
+    return operator.parse_models_file(tomllib.loads(text), base=base)
+
+
+def refusal(text: str, base: Path = Path()) -> str:
+    with pytest.raises(operator.ModelsFileError) as raised:
+        parse(text, base)
+    return str(raised.value)
+
+
+def test_an_alias_is_its_base_under_its_own_name():
+    parsed = parse('[models."team-image"]\nlike = "gpt-image-2"\n')
+
+    entry = parsed.models["team-image"]
+    base = catalog.get_built_in("gpt-image-2")
+    assert base is not None
+    assert entry.like == "gpt-image-2" and entry.spec.id == "team-image"
+    assert entry.spec.sizes == base.sizes and entry.spec.options == base.options
+    assert entry.route.chain == ("default",)
+
+
+def test_a_new_model_is_written_in_the_catalogs_terms():
+    parsed = parse(
+        '[models."grok-imagine-image"]\nfamily = "openai-compatible"\n'
+        'sizes = ["1024x1024"]\ncount = { min = 1, max = 4 }\n'
+        'options = { quality = ["standard", "hd"], steps = { min = 1, max = 50 } }\n'
+    )
+
+    spec = parsed.models["grok-imagine-image"].spec
+    assert (spec.family, spec.sizes, spec.default_size) == (
+        "openai-compatible",
+        ("1024x1024",),
+        "1024x1024",
+    )
+    assert spec.max_count == 4 and spec.per_call == 4
+    assert spec.options["quality"].check("quality", "hd") == "hd"
+    assert spec.options["steps"].check("steps", 50) == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[models."team-image"]\nfamily = "openai-compatible"\nsizes = ["1024x1024"]\n'
+            'count = { max = "four" }\n',
+            'models."team-image".count.max: must be an integer',
+        ),
+        ('[models."team-image"]\nlike = "gpt-image-2"\ncolour = "red"\n', "colour: unknown key"),
+        ('[models."team-image"]\nlike = "gpt-image-9"\n', 'models."team-image".like:'),
+        ('[models."x"]\nfamily = "diffusion"\nsizes = ["1024x1024"]\n', 'models."x".family'),
+        ('[models."x"]\nfamily = "openai-compatible"\nsizes = ["big"]\n', 'models."x".sizes[0]'),
+        ('[models."x"]\nsizes = ["1024x1024"]\n', 'models."x": needs `like`'),
+        ('[models."x"]\nlike = "gpt-image-2"\nupstream = "xai"\n', 'models."x".upstream'),
+        ('[models."gpt-image-2"]\nlike = "dall-e-2"\n', 'models."gpt-image-2".like: unknown'),
+        ('[upstreams.xai]\nkind = "anthropic"\n', 'upstreams."xai".kind: must be one of'),
+        ('[upstreams.xai]\nkind = "openai"\nbase_url = "ftp://x"\n', 'upstreams."xai".base_url'),
+        ('[upstreams.default]\nkind = "openai"\n', 'upstreams."default": an upstream name'),
+        ("[elsewhere]\n", "elsewhere: unknown key"),
+    ],
+)
+def test_every_mistake_names_its_key_path(text, message):
+    assert message in refusal(text)
+
+
+def test_a_fallback_must_be_a_known_upstream_named_once(key_file):
+    upstream = f'[upstreams.xai]\nkind = "openai"\nbase_url = "http://x"\nkey_file = "{key_file}"\n'
+
+    missing = refusal(upstream + '[models."m"]\nlike = "gpt-image-2"\nfallbacks = ["xai", "z"]\n')
+    twice = refusal(upstream + '[models."m"]\nlike = "gpt-image-2"\nfallbacks = ["default"]\n')
+
+    assert missing.startswith("models.\"m\".fallbacks[1]: no upstream 'z'")
+    assert twice.startswith('models."m".fallbacks: names an upstream twice')
+
+
+def test_a_missing_key_file_is_named_and_a_key_is_never_shown(tmp_path, key_file):
+    missing = refusal(
+        '[upstreams.xai]\nkind = "openai"\nbase_url = "http://x"\nkey_file = "nope"\n', tmp_path
+    )
+    parsed = parse(
+        f'[upstreams.xai]\nkind = "openai"\nbase_url = "http://x/v1/"\nkey_file = "{key_file}"\n'
+    )
+
+    assert missing.startswith('upstreams."xai".key_file: the file')
+    assert parsed.upstreams["xai"].base_url == "http://x/v1"
+    provider = upstream_for(parsed.upstreams["xai"], Settings())
+    for shown in (repr(parsed), repr(parsed.upstreams), repr(provider), repr(vars(provider))):
+        assert KEY not in shown
+
+
+def test_azure_upstreams_and_deployments_are_read_but_not_built_yet(key_file):
+    parsed = parse(
+        f'[upstreams.corp]\nkind = "azure"\nendpoint = "https://corp.openai.azure.com"\n'
+        f'key_file = "{key_file}"\napi_version = "2025-04-01-preview"\n'
+        '[models."gpt-image-2"]\ndeployment = "img-prod"\nupstream = "corp"\n'
+    )
+
+    corp = parsed.upstreams["corp"]
+    assert (corp.kind, corp.base_url, corp.api_version) == (
+        "azure",
+        "https://corp.openai.azure.com",
+        "2025-04-01-preview",
+    )
+    assert parsed.models["gpt-image-2"].route.deployment == "img-prod"
+    assert parsed.models["gpt-image-2"].built_in
+    with pytest.raises(SettingsError, match="azure upstreams need"):
+        upstream_for(corp, Settings())
+
+
+def test_the_catalog_serves_the_files_models_until_it_is_replaced():
+    operator.install(parse('[models."team-image"]\nlike = "gpt-image-2"\n'))
+
+    assert catalog.get_model("team-image") is not None
+    assert "team-image" in [model.id for model in catalog.MODELS]
+    assert pricing_for("team-image") == pricing_for("gpt-image-2")
+    assert catalog.origin("team-image") == ("models_file", "gpt-image-2")
+
+    operator.install(None)
+    assert catalog.get_model("team-image") is None
+    assert catalog.origin("gpt-image-2") == ("catalog", None)
+
+
+def test_a_bad_file_at_start_stops_the_settings_naming_the_key(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('[models."team-image"]\nlike = "gpt-image-2"\ncount = 3\n')
+
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"IMAGE_GEN_MODELS_FILE": str(path), "IMAGE_GEN_PROVIDER": "placeholder"})
+
+    assert str(raised.value).startswith('IMAGE_GEN_MODELS_FILE: models."team-image".count:')
+
+
+def test_a_bad_reload_keeps_the_last_good_file_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(operator, "_held", None)
+    path = tmp_path / "models.toml"
+    path.write_text('[models."team-image"]\nlike = "gpt-image-2"\n')
+    operator.hold(path)
+    path.write_text('[models."team-image"]\nlike = "gpt-image-2"\nsize = 1\n')
+
+    reloaded = operator.reload_held()
+
+    assert reloaded is not None
+    held, error = reloaded
+    assert error is not None and error.key == 'models."team-image".size'
+    assert held.failed_key == 'models."team-image".size' and held.failed_at is not None
+    assert "team-image" in held.file.models and catalog.get_model("team-image") is not None
+    assert operator.models_for(path) is held
