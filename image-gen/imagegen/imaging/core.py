@@ -131,18 +131,7 @@ class ImageMaker:
             )
         caller = admission.caller
         started = time.perf_counter()
-        log.info(
-            "generating request_id=%s operation=%s client=%s model=%s count=%d size=%s "
-            "provider=%s prompt=%s",
-            request_id,
-            operation,
-            caller.name,
-            image_request.model.id,
-            image_request.count,
-            image_request.size,
-            provider.name,
-            shorten(image_request.prompt) if settings.log_prompts else "[not logged]",
-        )
+        self._log_start(image_request, caller, operation, request_id)
         sent = identified(image_request, caller.name if caller.authenticated else None)
         try:
             generation = produce(sent, Deadline(settings.request_deadline))
@@ -183,6 +172,22 @@ class ImageMaker:
             generation.served_by or "default",
         )
         return metadata
+
+    def _log_start(
+        self, image_request: ImageRequest, caller: Caller, operation: str, request_id: str | None
+    ) -> None:
+        log.info(
+            "generating request_id=%s operation=%s client=%s model=%s count=%d size=%s "
+            "provider=%s prompt=%s",
+            request_id,
+            operation,
+            caller.name,
+            image_request.model.id,
+            image_request.count,
+            image_request.size,
+            self.provider.name,
+            shorten(image_request.prompt) if self.settings.log_prompts else "[not logged]",
+        )
 
     def producer(self, inputs: ImageInputs, operation: str) -> Produce:
         """What makes an edit's or a variation's images: the provider, given these inputs."""
