@@ -43,6 +43,8 @@ def health() -> ResponseReturnValue:
         "version": __version__,
         "timestamp": utc_now(),
     }
+    if settings.provider == "azure":
+        body["upstream"] = settings.upstream
     if settings.tokens_load is not None:
         body["tokens"] = _tokens_state(settings.tokens_load)
     return jsonify(body), 200 if storage_ok else 503

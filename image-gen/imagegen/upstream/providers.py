@@ -541,27 +541,45 @@ def checked_usage(report: Any, depth: int = 1) -> dict[str, Any]:
     return counts
 
 
-def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
-    """The provider the settings ask for: the placeholder, OpenAI (or a compatible upstream)
-    with the key, or one that explains the missing key. `on_attempt` hears of each upstream
-    attempt (the metrics count them)."""
-    if settings.provider == "placeholder":
-        return PlaceholderProvider()
-    if not settings.api_key:
-        return MissingKeyProvider()
-    client = OpenAIClient(
-        settings.base_url,
-        settings.api_key,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retry=RetryPolicy(
+def client_options(settings: Settings, on_attempt: AttemptObserver | None = None) -> dict[str, Any]:
+    """The upstream client's timeouts, retry policy and byte caps, from the settings."""
+    return {
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "retry": RetryPolicy(
             max_retries=settings.max_retries,
             backoff_base=settings.retry_backoff,
             max_retry_after=settings.max_retry_wait,
         ),
-        max_response_bytes=settings.max_upstream_bytes,
-        max_image_bytes=settings.max_image_bytes,
-        on_attempt=on_attempt,
+        "max_response_bytes": settings.max_upstream_bytes,
+        "max_image_bytes": settings.max_image_bytes,
+        "on_attempt": on_attempt,
+    }
+
+
+def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
+    """The provider the settings ask for: the placeholder, OpenAI (or a compatible upstream)
+    with the key, Azure OpenAI, or one that explains the missing key. `on_attempt` hears of
+    each upstream attempt (the metrics count them)."""
+    if settings.provider == "placeholder":
+        return PlaceholderProvider()
+    if not settings.api_key:
+        return MissingKeyProvider()
+    if settings.provider == "azure":
+        from imagegen.upstream.azure import azure_provider, deployments_from
+
+        assert settings.azure_endpoint is not None  # Settings refuses azure without one
+        return azure_provider(
+            settings.azure_endpoint,
+            settings.api_key,
+            settings.azure_api_version,
+            deployments_from(dict(settings.azure_deployments)),
+            settings.azure_api == "v1",
+            settings=settings,
+            on_attempt=on_attempt,
+        )
+    client = OpenAIClient(
+        settings.base_url, settings.api_key, **client_options(settings, on_attempt)
     )
     return OpenAIProvider(
         client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
