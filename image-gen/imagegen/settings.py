@@ -302,6 +302,8 @@ def _provider(env: Mapping[str, str]) -> str:
             f"both AZURE_OPENAI_ENDPOINT and {' and '.join(openai)} are set: say which upstream "
             "to use with IMAGE_GEN_PROVIDER=azure or IMAGE_GEN_PROVIDER=openai"
         )
+    if env.get("OPENAI_API_KEY", "").strip():
+        log.warning("AZURE_OPENAI_ENDPOINT is set: OPENAI_API_KEY is not used")
     return "azure"
 
 

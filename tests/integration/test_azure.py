@@ -84,17 +84,23 @@ def test_edit_on_azure_posts_the_form_to_the_deployments_edits_path(azure_client
     assert [part.name for part in call.files] == ["image"]
 
 
+@pytest.mark.parametrize("operation", ["generate", "edit"])
 def test_the_deployment_mapping_names_the_deployment_in_path_and_body(
-    azure_settings, make_app, fake_openai
+    azure_settings, make_app, fake_openai, operation
 ):
     fake_openai.azure_deployments = {"img-prod"}
-    client = make_app(azure_settings, azure_deployments=(("gpt-image-2", "img-prod"),))
+    app = make_app(azure_settings, azure_deployments=(("gpt-image-2", "img-prod"),))
+    client = app.test_client()
 
-    response = client.test_client().post("/generate", json={"prompt": "a lighthouse"})
+    if operation == "generate":
+        response = client.post("/generate", json={"prompt": "a lighthouse"})
+    else:
+        response = _edit(client)
 
     assert response.status_code == 200, response.get_json()
     (call,) = fake_openai.image_requests
     assert call.deployment == "img-prod" and call.fields["model"] == "img-prod"
+    assert response.get_json()["model"] == "gpt-image-2"
 
 
 def test_a_missing_deployment_says_which_and_how_to_map_it(azure_client, fake_openai):
@@ -104,7 +110,8 @@ def test_a_missing_deployment_says_which_and_how_to_map_it(azure_client, fake_op
 
     assert response.status_code == 400
     message = response.get_json()["error"]
-    assert "'gpt-image-2'" in message and "IMAGE_GEN_AZURE_DEPLOYMENTS" in message
+    assert "no deployment" in message and "IMAGE_GEN_AZURE_DEPLOYMENTS" in message
+    assert response.get_json()["code"] == "VALIDATION_ERROR"
 
 
 @pytest.mark.parametrize("operation", ["generate", "edit"])

@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from imagegen.errors import ServiceError, ValidationError
-from imagegen.imaging.inputs import ImageInputs
-from imagegen.imaging.request import ImageRequest
-from imagegen.settings import Settings
-from imagegen.upstream.client import AttemptObserver, OpenAIClient
-from imagegen.upstream.errors import APIStatusError, OpenAIError
-from imagegen.upstream.providers import Generation, OpenAIProvider, client_options
+from imagegen.upstream.client import OpenAIClient
+from imagegen.upstream.errors import APIStatusError
 from imagegen.upstream.retry import Deadline
-from imagegen.upstream.transport import _Response
+from imagegen.upstream.transport import FormFile, _Response
 
 # Azure's image content filter answers 400 with error.code "contentFilter" (image how-to),
 # "content_policy_violation", or "content_filter" with innererror.code
@@ -39,21 +34,70 @@ _FILTER_INNER = "ResponsibleAIPolicyViolation"
 class AzureClient(OpenAIClient):
     """OpenAIClient on Azure's URLs, with the key in `api-key` and Azure's error bodies read.
 
-    Classic: the deployment is the body's `model` (as the openai SDK's AzureOpenAI does) and
-    every call carries `api-version`. v1: OpenAI's paths under `{endpoint}/openai/v1`.
+    Every call names the model's deployment as `model` (`deployment_for`); the classic form
+    puts it in the path too (as the openai SDK's AzureOpenAI does) with `api-version`. v1:
+    OpenAI's paths under `{endpoint}/openai/v1`.
     """
 
     def __init__(
-        self, endpoint: str, api_key: str, *, api_version: str, v1: bool, **options: Any
+        self,
+        endpoint: str,
+        api_key: str,
+        *,
+        api_version: str,
+        v1: bool,
+        deployment_for: Callable[[str], str] = lambda model: model,
+        **options: Any,
     ) -> None:
         root = azure_root(endpoint)
         super().__init__(f"{root}/openai/v1" if v1 else f"{root}/openai", api_key, **options)
         self.api_version = api_version
         self.v1 = v1
+        self.deployment_for = deployment_for
 
     def __repr__(self) -> str:
         api = "v1" if self.v1 else f"api_version={self.api_version!r}"
         return f"AzureClient(base_url={self.base_url!r}, {api})"
+
+    def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
+        """OpenAI's call with the deployment as `model`."""
+        return super().generate_images(self._deployed(payload), deadline)
+
+    def stream_images(
+        self,
+        payload: Mapping[str, Any],
+        deadline: Deadline,
+        on_event: Callable[[dict[str, Any]], None],
+        *,
+        path: str = "images/generations",
+    ) -> dict[str, Any]:
+        """OpenAI's streamed call with the deployment as `model`."""
+        return super().stream_images(self._deployed(payload), deadline, on_event, path=path)
+
+    def edit_images(
+        self, fields: Sequence[tuple[str, str]], files: Sequence[FormFile], deadline: Deadline
+    ) -> dict[str, Any]:
+        """OpenAI's multipart edit with the deployment as `model`."""
+        deployed = [
+            (name, self.deployment_for(value) if name == "model" else value)
+            for name, value in fields
+        ]
+        return super().edit_images(deployed, files, deadline)
+
+    def create_variation(
+        self, fields: Sequence[tuple[str, str]], files: Sequence[FormFile], deadline: Deadline
+    ) -> dict[str, Any]:
+        """Azure OpenAI has no image variations: refused here as the model not served,
+        without a call."""
+        raise APIStatusError(
+            400, "Azure OpenAI serves no image variations", code="model_not_found", param="model"
+        )
+
+    def _deployed(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        model = payload.get("model")
+        if not isinstance(model, str):
+            return dict(payload)
+        return {**payload, "model": self.deployment_for(model)}
 
     def url_for(self, path: str, model: str | None) -> str:
         """v1: OpenAI's path; classic: the deployment's path with `api-version`."""
@@ -71,18 +115,24 @@ class AzureClient(OpenAIClient):
 
     def _status_error(self, response: _Response) -> APIStatusError:
         """OpenAI's reading, plus Azure's shapes: a top-level `{"statusCode", "message"}`
-        (its gateway's 401/403) and content-filter codes, which become `content_filter`
-        and are never retried."""
+        (its gateway's 401/403), content-filter codes (they become `content_filter` and are
+        never retried), and a missing deployment, told as the request's fault with the
+        setting that maps deployments (as a 404 it would read "model not served")."""
         error = super()._status_error(response)
         body = _json_object(response.body)
-        inner = body.get("error") if isinstance(body.get("error"), dict) else None
-        if inner is None and isinstance(body.get("message"), str):
+        details = body.get("error") if isinstance(body.get("error"), dict) else None
+        if details is None and isinstance(body.get("message"), str):
             error.message = self.redact(body["message"])[:500]
-        details = inner or {}
-        nested = details.get("innererror") or details.get("inner_error")
+        nested = (details or {}).get("innererror") or (details or {}).get("inner_error")
         inner_code = nested.get("code") if isinstance(nested, dict) else None
         if str(error.code or "").lower() in _FILTER_CODES or inner_code == _FILTER_INNER:
             error.code, error.should_retry = "content_filter", False
+        if error.code == "DeploymentNotFound":
+            error.status, error.param = 400, None
+            error.message = (
+                "the Azure OpenAI resource has no deployment of that name for this model; "
+                "the operator maps models to deployments with IMAGE_GEN_AZURE_DEPLOYMENTS"
+            )
         return error
 
 
@@ -95,9 +145,11 @@ def azure_root(endpoint: str) -> str:
     return root
 
 
-def is_v1_endpoint(endpoint: str) -> bool:
-    """Whether the endpoint names the v1 API itself (`.../openai/v1`)."""
-    return endpoint.strip().rstrip("/").endswith("/openai/v1")
+def deployments_from(mapping: Mapping[str, str]) -> Callable[[str], str]:
+    """A `deployment_for`: the mapped deployment, or the model id itself (Azure deployments
+    are often named after their model)."""
+    table = dict(mapping)
+    return lambda model: table.get(model, model)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -106,84 +158,3 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-class AzureProvider(OpenAIProvider):
-    """OpenAIProvider whose calls name the model's Azure deployment as `model`."""
-
-    name = "azure"
-
-    def __init__(
-        self,
-        client: AzureClient,
-        *,
-        deployment_for: Callable[[str], str],
-        max_parallel: int,
-        current_model: str,
-    ) -> None:
-        super().__init__(client, max_parallel=max_parallel, current_model=current_model)
-        self.deployment_for = deployment_for
-
-    def payload(self, request: ImageRequest, n: int) -> dict[str, Any]:
-        """OpenAI's body with the deployment as `model`."""
-        return {**super().payload(request, n), "model": self.deployment_for(request.model.id)}
-
-    def form_fields(self, request: ImageRequest, n: int) -> list[tuple[str, str]]:
-        """OpenAI's form fields with the deployment as `model`."""
-        deployment = self.deployment_for(request.model.id)
-        return [
-            (name, deployment if name == "model" else value)
-            for name, value in super().form_fields(request, n)
-        ]
-
-    def vary(self, request: ImageRequest, inputs: ImageInputs, deadline: Deadline) -> Generation:
-        """Azure OpenAI serves no image variations (its API has generations and edits)."""
-        raise ValidationError(
-            "Azure OpenAI has no image variations; use /edit with a prompt instead.",
-            details={"field": "model"},
-        )
-
-    def _service_error(self, exc: OpenAIError, request: ImageRequest) -> ServiceError:
-        """OpenAI's translation, but a missing deployment says which one and how to map it."""
-        if isinstance(exc, APIStatusError) and exc.code == "DeploymentNotFound":
-            deployment = self.deployment_for(request.model.id)
-            return ValidationError(
-                f"The Azure OpenAI resource has no deployment {deployment!r} for model "
-                f"{request.model.id}; the operator maps models to deployments with "
-                "IMAGE_GEN_AZURE_DEPLOYMENTS.",
-                details={"field": "model"},
-            )
-        return super()._service_error(exc, request)
-
-
-def deployments_from(mapping: Mapping[str, str]) -> Callable[[str], str]:
-    """A `deployment_for`: the mapped deployment, or the model id itself (Azure deployments
-    are often named after their model)."""
-    table = dict(mapping)
-    return lambda model: table.get(model, model)
-
-
-def azure_provider(
-    endpoint: str,
-    key: str,
-    api_version: str,
-    deployment_for: Callable[[str], str],
-    v1: bool,
-    *,
-    settings: Settings,
-    on_attempt: AttemptObserver | None = None,
-) -> AzureProvider:
-    """An Azure OpenAI provider; `settings` gives the timeouts, retries and parallelism."""
-    client = AzureClient(
-        endpoint,
-        key,
-        api_version=api_version,
-        v1=v1,
-        **client_options(settings, on_attempt),
-    )
-    return AzureProvider(
-        client,
-        deployment_for=deployment_for,
-        max_parallel=settings.max_parallel_upstream,
-        current_model=settings.default_model,
-    )

@@ -23,6 +23,7 @@ from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.placeholder import placeholder_png
 from imagegen.imaging.request import COMMON_FIELDS, END_USER_FIELDS, ImageRequest
 from imagegen.settings import Settings
+from imagegen.upstream.azure import AzureClient, deployments_from
 from imagegen.upstream.client import AttemptObserver, OpenAIClient, add_usage
 from imagegen.upstream.errors import (
     APIConnectionError,
@@ -31,7 +32,8 @@ from imagegen.upstream.errors import (
     InvalidResponseError,
     OpenAIError,
 )
-from imagegen.upstream.retry import Deadline, RetryPolicy
+from imagegen.upstream.options import client_options
+from imagegen.upstream.retry import Deadline
 from imagegen.upstream.transport import FormFile
 
 log = logging.getLogger(__name__)
@@ -541,20 +543,30 @@ def checked_usage(report: Any, depth: int = 1) -> dict[str, Any]:
     return counts
 
 
-def client_options(settings: Settings, on_attempt: AttemptObserver | None = None) -> dict[str, Any]:
-    """The upstream client's timeouts, retry policy and byte caps, from the settings."""
-    return {
-        "connect_timeout": settings.connect_timeout,
-        "read_timeout": settings.read_timeout,
-        "retry": RetryPolicy(
-            max_retries=settings.max_retries,
-            backoff_base=settings.retry_backoff,
-            max_retry_after=settings.max_retry_wait,
-        ),
-        "max_response_bytes": settings.max_upstream_bytes,
-        "max_image_bytes": settings.max_image_bytes,
-        "on_attempt": on_attempt,
-    }
+def azure_provider(
+    endpoint: str,
+    key: str,
+    api_version: str,
+    deployment_for: Callable[[str], str],
+    v1: bool,
+    *,
+    settings: Settings,
+    on_attempt: AttemptObserver | None = None,
+) -> OpenAIProvider:
+    """Azure OpenAI (upstream.azure): `settings` gives timeouts, retries and parallelism."""
+    client = AzureClient(
+        endpoint,
+        key,
+        api_version=api_version,
+        v1=v1,
+        deployment_for=deployment_for,
+        **client_options(settings, on_attempt),
+    )
+    provider = OpenAIProvider(
+        client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
+    )
+    provider.name = "azure"
+    return provider
 
 
 def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
@@ -565,10 +577,7 @@ def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = Non
         return PlaceholderProvider()
     if not settings.api_key:
         return MissingKeyProvider()
-    if settings.provider == "azure":
-        from imagegen.upstream.azure import azure_provider, deployments_from
-
-        assert settings.azure_endpoint is not None  # Settings refuses azure without one
+    if settings.provider == "azure" and settings.azure_endpoint:
         return azure_provider(
             settings.azure_endpoint,
             settings.api_key,
