@@ -20,7 +20,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY_FILE = "/run/secrets/openai_api_key"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-PROVIDERS = ("openai", "placeholder")
+DEFAULT_AZURE_KEY_FILE = "/run/secrets/azure_openai_api_key"
+# The classic Azure path needs a dated api-version. Azure's image generation how-to uses
+# 2025-04-01-preview for GPT Image generations and edits on the deployment path (the GA
+# inference version it lists, 2024-10-21, serves DALL-E 3 only); read 2026-12-02 at
+# https://learn.microsoft.com/en-us/azure/ai-services/openai/how-to/dall-e and
+# https://learn.microsoft.com/en-us/azure/foundry/openai/api-version-lifecycle (which
+# recommends the v1 API, IMAGE_GEN_AZURE_API=v1, that needs none).
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+AZURE_APIS = ("deployments", "v1")
+PROVIDERS = ("openai", "azure", "placeholder")
 
 
 class SettingsError(ValueError):
@@ -36,6 +45,13 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     api_key_source: str = "none"  # "secret_file", "env" or "none": never the path or the value
     base_url: str = DEFAULT_BASE_URL
+    # Azure OpenAI (provider "azure"): the resource endpoint, the API form ("deployments":
+    # the classic per-deployment path with api-version; "v1"), and model -> deployment pairs
+    # (a model not named is served by a deployment of its own name).
+    azure_endpoint: str | None = None
+    azure_api: str = "deployments"
+    azure_api_version: str = DEFAULT_AZURE_API_VERSION
+    azure_deployments: tuple[tuple[str, str], ...] = ()
     default_model: str = "gpt-image-2"
     # Upstream timing. A GPT Image call at high quality takes minutes; the request deadline
     # bounds one /generate end to end (all attempts), and stays below Gunicorn's timeout.
@@ -104,6 +120,7 @@ class Settings:
             )
         if not self.base_url.startswith(("https://", "http://")):
             raise SettingsError("OPENAI_BASE_URL must be an http(s) URL")
+        self._check_azure()
         if self.max_retries < 0 or self.max_parallel_upstream < 1:
             raise SettingsError("retry and parallelism settings must be positive")
         if not 0 <= self.partial_images <= 3:
@@ -130,6 +147,34 @@ class Settings:
                 "use; GET /models lists them"
             )
 
+    def _check_azure(self) -> None:
+        if self.provider != "azure":
+            return
+        if not self.azure_endpoint or not self.azure_endpoint.startswith(("https://", "http://")):
+            raise SettingsError(
+                "the azure provider needs AZURE_OPENAI_ENDPOINT, an http(s) URL such as "
+                "https://<resource>.openai.azure.com"
+            )
+        if self.azure_api not in AZURE_APIS:
+            raise SettingsError(f"IMAGE_GEN_AZURE_API must be one of {', '.join(AZURE_APIS)}")
+        if not self.api_key:
+            raise SettingsError(
+                "AZURE_OPENAI_ENDPOINT is set but no Azure OpenAI key was found: mount it as "
+                "the secret named by AZURE_OPENAI_API_KEY_FILE (default "
+                f"{DEFAULT_AZURE_KEY_FILE})"
+            )
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        """What /health says of the upstream: its kind and, for Azure, the API form and
+        version. Never the key, and never a path or URL that could carry one."""
+        if self.provider != "azure":
+            return {"kind": self.provider}
+        described = {"kind": "azure", "api": self.azure_api}
+        if self.azure_api == "deployments":
+            described["api_version"] = self.azure_api_version
+        return described
+
     @property
     def models_file(self) -> operator.ModelsFile | None:
         """The models file's checked contents, if there is one."""
@@ -155,12 +200,17 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from the environment; the key from its secret file first."""
         env = os.environ if environ is None else environ
-        api_key, source = _read_api_key(env)
+        provider = _provider(env)
+        if provider == "azure":
+            api_key, source = _read_api_key(env, azure=True)
+        else:
+            api_key, source = _read_api_key(env)
         kwargs: dict[str, object] = {
             "images_dir": Path(env.get("IMAGE_GEN_IMAGES_DIR", "images")),
-            "provider": env.get("IMAGE_GEN_PROVIDER", "openai").strip().lower(),
+            "provider": provider,
             "api_key": api_key,
             "api_key_source": source,
+            **(_azure_settings(env) if provider == "azure" else {}),
             "base_url": env.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_BASE_URL,
             "log_prompts": _bool(env, "IMAGE_GEN_LOG_PROMPTS", True),
             "fsync": _bool(env, "IMAGE_GEN_FSYNC", True),
@@ -256,9 +306,56 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
-def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
-    """Return (key, source). The secret file wins; the variable is a development fallback."""
-    path = Path(env.get("OPENAI_API_KEY_FILE", "").strip() or DEFAULT_KEY_FILE)
+def _provider(env: Mapping[str, str]) -> str:
+    """IMAGE_GEN_PROVIDER, or "azure" when AZURE_OPENAI_ENDPOINT is set and nothing names
+    OpenAI; both configured without IMAGE_GEN_PROVIDER to choose is refused."""
+    named = env.get("IMAGE_GEN_PROVIDER", "").strip().lower()
+    if named or not env.get("AZURE_OPENAI_ENDPOINT", "").strip():
+        return named or "openai"
+    openai = [name for name in ("OPENAI_API_KEY_FILE", "OPENAI_BASE_URL") if env.get(name, "")]
+    if openai:
+        raise SettingsError(
+            f"both AZURE_OPENAI_ENDPOINT and {' and '.join(openai)} are set: say which upstream "
+            "to use with IMAGE_GEN_PROVIDER=azure or IMAGE_GEN_PROVIDER=openai"
+        )
+    if env.get("OPENAI_API_KEY", "").strip():
+        log.warning("AZURE_OPENAI_ENDPOINT is set: OPENAI_API_KEY is not used")
+    return "azure"
+
+
+def _azure_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The Azure fields from AZURE_OPENAI_ENDPOINT, IMAGE_GEN_AZURE_API, OPENAI_API_VERSION
+    and IMAGE_GEN_AZURE_DEPLOYMENTS ("model=deployment,..."). An endpoint ending in
+    /openai/v1 selects the v1 API."""
+    endpoint = env.get("AZURE_OPENAI_ENDPOINT", "").strip().rstrip("/")
+    api = env.get("IMAGE_GEN_AZURE_API", "").strip().lower()
+    if not api:
+        api = "v1" if endpoint.endswith("/openai/v1") else "deployments"
+    pairs = []
+    for entry in env.get("IMAGE_GEN_AZURE_DEPLOYMENTS", "").split(","):
+        if not entry.strip():
+            continue
+        model, equals, deployment = (part.strip() for part in entry.partition("="))
+        if not equals or not model or not deployment:
+            raise SettingsError(
+                "IMAGE_GEN_AZURE_DEPLOYMENTS takes model=deployment pairs separated by "
+                f"commas, not {entry.strip()!r}"
+            )
+        pairs.append((model, deployment))
+    return {
+        "azure_endpoint": endpoint or None,
+        "azure_api": api,
+        "azure_api_version": env.get("OPENAI_API_VERSION", "").strip() or DEFAULT_AZURE_API_VERSION,
+        "azure_deployments": tuple(pairs),
+    }
+
+
+def _read_api_key(env: Mapping[str, str], *, azure: bool = False) -> tuple[str | None, str]:
+    """Return (key, source). The secret file wins; the variable is a development fallback.
+    With `azure`, AZURE_OPENAI_API_KEY_FILE and AZURE_OPENAI_API_KEY are read instead."""
+    prefix = "AZURE_OPENAI" if azure else "OPENAI"
+    default = DEFAULT_AZURE_KEY_FILE if azure else DEFAULT_KEY_FILE
+    path = Path(env.get(f"{prefix}_API_KEY_FILE", "").strip() or default)
     try:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -269,7 +366,7 @@ def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
             "cannot read the API key file %s: %s. %s",
             path,
             exc.strerror,
-            ownership.denied(path, ownership.READ_FILE, "secrets/openai_api_key.txt"),
+            ownership.denied(path, ownership.READ_FILE, f"secrets/{Path(default).name}.txt"),
         )
         key = ""
     except OSError as exc:
@@ -280,11 +377,12 @@ def _read_api_key(env: Mapping[str, str]) -> tuple[str | None, str]:
         key = ""
     if key:
         return key, "secret_file"
-    key = env.get("OPENAI_API_KEY", "").strip()
+    key = env.get(f"{prefix}_API_KEY", "").strip()
     if key:
         log.warning(
-            "using OPENAI_API_KEY from the environment; mount it as the Docker secret "
-            "openai_api_key in production"
+            "using %s_API_KEY from the environment; mount it as the Docker secret %s in production",
+            prefix,
+            Path(default).name,
         )
         return key, "env"
     return None, "none"

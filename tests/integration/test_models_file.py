@@ -260,3 +260,34 @@ def test_no_upstream_key_appears_in_health_models_or_logs(
     ]
     for text in seen:
         assert XAI_KEY not in text and TEST_KEY not in text
+
+
+AZURE_KEY = "0123456789abcdef0123456789abcdef"  # Azure keys are hex: shown nowhere either
+
+
+def test_an_azure_upstream_of_the_file_serves_its_model_on_the_deployment_it_names(
+    settings, make_app, tmp_path, second_upstream
+):
+    second_upstream.reset()
+    (tmp_path / "azure_key").write_text(AZURE_KEY + "\n")
+    path = tmp_path / "azure.toml"
+    path.write_text(
+        f'[upstreams.corp]\nkind = "azure"\nendpoint = "{second_upstream.origin}"\n'
+        'key_file = "azure_key"\napi_version = "2025-04-01-preview"\n'
+        '[models."gpt-image-2"]\ndeployment = "img-prod"\nupstream = "corp"\n'
+    )
+    load = operator.models_for(path)
+    operator.install(load.file)
+    try:
+        client = make_app(settings, models_load=load, max_retries=0).test_client()
+        status, body = generate(client, model="gpt-image-2")
+    finally:
+        operator.install(None)
+
+    assert status == 200, body
+    assert body["served_by"] == "corp"
+    (call,) = second_upstream.image_requests
+    assert call.route == "/openai/deployments/img-prod/images/generations"
+    assert call.query == {"api-version": "2025-04-01-preview"}
+    assert call.auth_kind == "api-key" and call.header("authorization") is None
+    assert AZURE_KEY not in json.dumps(body)

@@ -2,6 +2,12 @@
 
 The server listens on a real socket and speaks OpenAI's wire format for
 ``POST /v1/images/{generations,edits,variations}`` and ``GET /v1/models``.
+It also speaks Azure OpenAI's two forms of the same calls: the classic
+``POST /openai/deployments/<deployment>/images/{generations,edits}?api-version=...``
+with an ``api-key`` header (a missing api-version answers Azure's 404), and
+``POST /openai/v1/images/...`` with ``api-key`` or a bearer token.  Each
+recorded request says what it carried: ``route``, ``query``, ``auth_kind``
+(bearer | api-key), ``deployment`` and ``fields``.
 Image URLs handed out for DALL-E models point at ``GET /files/<token>.png``
 on the same server.  A request with ``stream: true`` is answered as OpenAI
 streams: Server-Sent Events (``image_generation.partial_image`` x
@@ -28,6 +34,7 @@ import contextlib
 import http.server
 import itertools
 import json
+import re
 import secrets
 import signal
 import socket
@@ -44,14 +51,18 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
+    "AZURE_API_VERSION",
     "FakeOpenAI",
     "FakeResponse",
     "FileSpec",
     "RecordedRequest",
     "UploadedFile",
+    "azure_content_filter",
+    "azure_error",
+    "azure_rate_limited",
     "bad_request",
     "content_policy_violation",
     "drop_connection",
@@ -87,6 +98,27 @@ IMAGE_ENDPOINTS = {
     "/v1/images/edits": "edits",
     "/v1/images/variations": "variations",
 }
+# Azure OpenAI: the classic per-deployment path, and the v1 API's (read 2026-12-02,
+# https://learn.microsoft.com/en-us/azure/ai-services/openai/how-to/dall-e and
+# https://learn.microsoft.com/en-us/azure/foundry/openai/api-version-lifecycle).
+AZURE_DEPLOYMENT_PATH = re.compile(
+    r"^/openai/deployments/(?P<deployment>[^/]+)/images/(?P<endpoint>generations|edits|variations)$"
+)
+AZURE_V1_ENDPOINTS = {
+    "/openai/v1/images/generations": "generations",
+    "/openai/v1/images/edits": "edits",
+    "/openai/v1/images/variations": "variations",
+}
+AZURE_API_VERSION = "2025-04-01-preview"
+AZURE_ACCESS_DENIED_MESSAGE = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API "
+    "endpoint for your resource."
+)
+AZURE_CONTENT_FILTER_MESSAGE = (
+    "Your request was rejected as a result of our safety system. Your prompt may contain "
+    "text that is not allowed by our safety system."
+)
 MODELS = ("gpt-image-1", "gpt-image-1-mini", "dall-e-2", "dall-e-3")
 _MAX_STORED_FILES = 4096
 _MAX_N = 10
@@ -247,6 +279,43 @@ def error(
         body=json.dumps(body).encode(),
         headers=dict(headers or {}),
     )
+
+
+def azure_error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    inner: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> FakeResponse:
+    """An Azure OpenAI JSON error: ``{"error": {code, message[, innererror]}}``."""
+    details: dict[str, Any] = {"code": code, "message": message}
+    if inner is not None:
+        details["innererror"] = dict(inner)
+    return FakeResponse(
+        kind="raw",
+        status=status,
+        body=json.dumps({"error": details}).encode(),
+        headers=dict(headers or {}),
+    )
+
+
+def azure_content_filter() -> FakeResponse:
+    """400 from Azure's content filter, with its ResponsibleAIPolicyViolation inner error."""
+    results = {"violence": {"filtered": True, "severity": "medium"}}
+    inner = {"code": "ResponsibleAIPolicyViolation", "content_filter_results": results}
+    return azure_error(400, "content_filter", AZURE_CONTENT_FILTER_MESSAGE, inner=inner)
+
+
+def azure_rate_limited(retry_after: int = 1) -> FakeResponse:
+    """429 as Azure sends it: code "429", the wait in the message and in Retry-After."""
+    message = (
+        "Requests to the Images_Generations Operation under Azure OpenAI API version "
+        f"{AZURE_API_VERSION} have exceeded call rate limit of your current pricing tier. "
+        f"Please retry after {retry_after} seconds."
+    )
+    return azure_error(429, "429", message, headers={"retry-after": str(retry_after)})
 
 
 def invalid_api_key() -> FakeResponse:
@@ -438,6 +507,36 @@ class RecordedRequest:
     form: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
 
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return urlsplit(self.path).path
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last value of each)."""
+        return dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+
+    @property
+    def auth_kind(self) -> Literal["bearer", "api-key"] | None:
+        """How the key came: an ``api-key`` header, a bearer token, or not at all."""
+        if self.header("api-key"):
+            return "api-key"
+        if (self.header("authorization") or "").lower().startswith("bearer "):
+            return "bearer"
+        return None
+
+    @property
+    def deployment(self) -> str | None:
+        """The Azure deployment named in a classic Azure path."""
+        match = AZURE_DEPLOYMENT_PATH.match(self.route)
+        return match["deployment"] if match else None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The request's fields: the JSON object, or the multipart text fields."""
+        return self.params
+
     def header(self, name: str, default: str | None = None) -> str | None:
         """Case-insensitive header lookup."""
         wanted = name.lower()
@@ -614,6 +713,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._models(record, path[len("/v1/models/") :])
         elif path in IMAGE_ENDPOINTS and self.command == "POST":
             self._images(record, IMAGE_ENDPOINTS[path])
+        elif path.startswith("/openai/") and self.command == "POST":
+            self._azure(record, path)
         else:
             self._play(error(404, f"Invalid URL ({self.command} {path})", "invalid_request_error"))
 
@@ -625,9 +726,37 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return f"http://{host}" if host else self.server.fake.origin
 
     def _auth_failure(self, record: RecordedRequest) -> FakeResponse | None:
-        if self.server.fake.require_auth and not record.header("authorization"):
+        if not self.server.fake.require_auth:
+            return None
+        if record.route.startswith("/openai/"):
+            # Azure: the classic path takes the key only as api-key; v1 takes either.
+            v1 = record.route.startswith("/openai/v1/")
+            if record.auth_kind == "api-key" or (v1 and record.auth_kind == "bearer"):
+                return None
+            return azure_error(401, "401", AZURE_ACCESS_DENIED_MESSAGE)
+        if not record.header("authorization"):
             return error(401, MISSING_API_KEY_MESSAGE, "invalid_request_error")
         return None
+
+    def _azure(self, record: RecordedRequest, path: str) -> None:
+        """Azure's image paths: the v1 form as OpenAI's; the classic one needs an
+        api-version (Azure answers 404 without one) and, when the fake lists deployments,
+        one of them."""
+        if path in AZURE_V1_ENDPOINTS:
+            self._images(record, AZURE_V1_ENDPOINTS[path])
+            return
+        match = AZURE_DEPLOYMENT_PATH.match(path)
+        known = self.server.fake.azure_deployments
+        if match is None or not record.query.get("api-version"):
+            self._play(azure_error(404, "404", "Resource not found"))
+        elif known is not None and match["deployment"] not in known:
+            message = (
+                "The API deployment for this resource does not exist. If you created the "
+                "deployment within the last 5 minutes, please wait a moment and try again."
+            )
+            self._play(azure_error(404, "DeploymentNotFound", message))
+        else:
+            self._images(record, match["endpoint"])
 
     def _models(self, record: RecordedRequest, model: str | None) -> None:
         failure = self._auth_failure(record)
@@ -819,6 +948,8 @@ class FakeOpenAI:
         self.require_auth: bool = True
         self.verbose: bool = False
         self.requests: list[RecordedRequest] = []
+        # Azure deployments the classic path serves (None: any name).
+        self.azure_deployments: set[str] | None = None
         self._lock = threading.Lock()
         self._queue: deque[FakeResponse] = deque()
         self._default: FakeResponse | None = None
@@ -910,6 +1041,7 @@ class FakeOpenAI:
         self.latency = 0.0
         self.image_bytes = None
         self.require_auth = True
+        self.azure_deployments = None
 
     def enqueue(self, *responses: FakeResponse) -> None:
         """Queue behaviours consumed in order by the next ``/images/*`` calls."""
@@ -928,9 +1060,9 @@ class FakeOpenAI:
 
     @property
     def image_requests(self) -> list[RecordedRequest]:
-        """Recorded requests to ``/v1/images/*``."""
+        """Recorded requests to ``/v1/images/*`` and Azure's image paths."""
         with self._lock:
-            return [r for r in self.requests if urlsplit(r.path).path in IMAGE_ENDPOINTS]
+            return [r for r in self.requests if _is_image_route(r.route)]
 
     # -- internals used by the handler -------------------------------------
 
@@ -1148,6 +1280,14 @@ def _upload_failure(record: RecordedRequest, endpoint: str) -> FakeResponse | No
             "Invalid mask image - mask size does not match image size.", "mask", "invalid_image"
         )
     return None
+
+
+def _is_image_route(path: str) -> bool:
+    return (
+        path in IMAGE_ENDPOINTS
+        or path in AZURE_V1_ENDPOINTS
+        or AZURE_DEPLOYMENT_PATH.match(path) is not None
+    )
 
 
 def _family(model: Any, endpoint: str) -> Literal["gpt", "dall-e-2", "dall-e-3"]:

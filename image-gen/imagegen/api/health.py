@@ -44,6 +44,8 @@ def health() -> ResponseReturnValue:
         "version": __version__,
         "timestamp": utc_now(),
     }
+    if settings.provider == "azure":
+        body["upstream"] = settings.upstream
     if settings.tokens_load is not None:
         body["tokens"] = _tokens_state(settings.tokens_load)
     if settings.models_load is not None:

@@ -360,6 +360,17 @@ SERVICE_SCHEMAS: dict[str, Schema] = {
             "api_key_configured": boolean,
             "api_key_source": {"type": "string", "enum": ["secret_file", "env", "none"]},
             "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "upstream": {
+                "type": "object",
+                "description": "With Azure OpenAI: the API form (deployments or v1) and, "
+                "for deployments, the api-version sent. Never the key or endpoint.",
+                "required": ["kind"],
+                "properties": {
+                    "kind": string,
+                    "api": {"type": "string", "enum": ["deployments", "v1"]},
+                    "api_version": string,
+                },
+            },
             "default_model": string,
             "storage_writable": boolean,
             "auth_required": {

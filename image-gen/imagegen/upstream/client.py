@@ -107,7 +107,9 @@ class OpenAIClient:
     def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
         """POST the payload to /images/generations; return the parsed success body."""
         body = strictjson.dumps(payload).encode()
-        return self._post_images("images/generations", body, "application/json", deadline)
+        return self._post_images(
+            "images/generations", body, "application/json", deadline, _model(payload)
+        )
 
     def download(self, url: str, deadline: Deadline, max_redirects: int = 3) -> bytes:
         """GET an image URL from an upstream answer, following only safe redirects."""
@@ -154,18 +156,19 @@ class OpenAIClient:
     ) -> dict[str, Any]:
         """One multipart POST with the same retries, deadline and error redaction as JSON."""
         body, content_type = encode_multipart(fields, files)
-        return self._post_images(path, body, content_type, deadline)
+        model = next((value for name, value in fields if name == "model"), None)
+        return self._post_images(path, body, content_type, deadline, model)
 
     def _post_images(
-        self, path: str, body: bytes, content_type: str, deadline: Deadline
+        self, path: str, body: bytes, content_type: str, deadline: Deadline, model: str | None
     ) -> dict[str, Any]:
         """POST a body to an Images API path, retried within the deadline; the success body."""
         headers = {
-            "Authorization": f"Bearer {self._api_key}",
+            **self.auth_headers(),
             "Content-Type": content_type,
             "Accept": "application/json",
         }
-        url = f"{self.base_url}/{path}"
+        url = self.url_for(path, model)
         response = self._with_retries(
             lambda: self._checked(
                 self._send("POST", url, body, headers, deadline, self.max_response_bytes)
@@ -173,6 +176,14 @@ class OpenAIClient:
             deadline,
         )
         return _images_answer(response.body)
+
+    def url_for(self, path: str, model: str | None) -> str:
+        """The URL of an Images API path (`model` is the body's; OpenAI's URLs do not name it)."""
+        return f"{self.base_url}/{path}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry the key: OpenAI's bearer token."""
+        return {"Authorization": f"Bearer {self._api_key}"}
 
     # --- machinery ------------------------------------------------------------------------
 
@@ -362,11 +373,11 @@ class OpenAIClient:
         """
         body = strictjson.dumps({**payload, "stream": True}).encode()
         headers = {
-            "Authorization": f"Bearer {self._api_key}",
+            **self.auth_headers(),
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
         }
-        url = f"{self.base_url}/{path}"
+        url = self.url_for(path, _model(payload))
         started: list[bool] = []
         return self._with_retries(
             lambda: self._attempt(
@@ -456,6 +467,11 @@ class OpenAIClient:
         if not isinstance(event.get("b64_json"), str):
             raise InvalidResponseError(f"the upstream's {kind} event has no image")
         return {**event, "type": kind}
+
+
+def _model(payload: Mapping[str, Any]) -> str | None:
+    model = payload.get("model")
+    return model if isinstance(model, str) else None
 
 
 def _images_answer(body: bytes) -> dict[str, Any]:

@@ -22,8 +22,7 @@ from imagegen.imaging.formats import EXTENSIONS, decode_base64, identify
 from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.placeholder import placeholder_png
 from imagegen.imaging.request import COMMON_FIELDS, END_USER_FIELDS, ImageRequest
-from imagegen.settings import Settings
-from imagegen.upstream.client import AttemptObserver, OpenAIClient, add_usage
+from imagegen.upstream.client import OpenAIClient, add_usage
 from imagegen.upstream.errors import (
     APIConnectionError,
     APIStatusError,
@@ -31,7 +30,7 @@ from imagegen.upstream.errors import (
     InvalidResponseError,
     OpenAIError,
 )
-from imagegen.upstream.retry import Deadline, RetryPolicy
+from imagegen.upstream.retry import Deadline
 from imagegen.upstream.transport import FormFile
 
 log = logging.getLogger(__name__)
@@ -540,37 +539,3 @@ def checked_usage(report: Any, depth: int = 1) -> dict[str, Any]:
                 raise ValueError(f"{name!r} is not a whole number from 0 to {MAX_USAGE_TOKENS:,}")
             counts[key] = value
     return counts
-
-
-def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
-    """The provider the settings ask for: the placeholder, OpenAI (or a compatible upstream)
-    with the key, or one that explains the missing key. `on_attempt` hears of each upstream
-    attempt (the metrics count them)."""
-    if settings.provider == "placeholder":
-        return PlaceholderProvider()
-    if not settings.api_key:
-        return MissingKeyProvider()
-    return openai_provider(settings, settings.base_url, settings.api_key, on_attempt=on_attempt)
-
-
-def openai_provider(
-    settings: Settings, base_url: str, api_key: str, *, on_attempt: AttemptObserver | None = None
-) -> OpenAIProvider:
-    """OpenAI (or a compatible upstream) at `base_url`, timed and retried as the settings say."""
-    client = OpenAIClient(
-        base_url,
-        api_key,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retry=RetryPolicy(
-            max_retries=settings.max_retries,
-            backoff_base=settings.retry_backoff,
-            max_retry_after=settings.max_retry_wait,
-        ),
-        max_response_bytes=settings.max_upstream_bytes,
-        max_image_bytes=settings.max_image_bytes,
-        on_attempt=on_attempt,
-    )
-    return OpenAIProvider(
-        client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
-    )

@@ -18,13 +18,16 @@ from imagegen.errors import RateLimited, UpstreamError, UpstreamTimeout
 from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.request import ImageRequest
 from imagegen.settings import Settings, SettingsError
-from imagegen.upstream.client import AttemptObserver
+from imagegen.upstream.azure import AzureClient, deployments_from
+from imagegen.upstream.client import AttemptObserver, OpenAIClient
+from imagegen.upstream.options import client_options
 from imagegen.upstream.providers import (
     Generation,
+    MissingKeyProvider,
+    OpenAIProvider,
+    PlaceholderProvider,
     Progress,
     Provider,
-    openai_provider,
-    provider_for,
 )
 from imagegen.upstream.retry import Deadline
 
@@ -36,17 +39,80 @@ FALLBACK_ERRORS = (RateLimited, UpstreamError, UpstreamTimeout)
 FallbackObserver = Callable[[str, str, str], None]  # (from upstream, to upstream, error code)
 
 
+def azure_provider(
+    endpoint: str,
+    key: str,
+    api_version: str,
+    deployment_for: Callable[[str], str],
+    v1: bool,
+    *,
+    settings: Settings,
+    on_attempt: AttemptObserver | None = None,
+) -> OpenAIProvider:
+    """Azure OpenAI (upstream.azure): `settings` gives timeouts, retries and parallelism."""
+    client = AzureClient(
+        endpoint,
+        key,
+        api_version=api_version,
+        v1=v1,
+        deployment_for=deployment_for,
+        **client_options(settings, on_attempt),
+    )
+    provider = OpenAIProvider(
+        client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
+    )
+    provider.name = "azure"
+    return provider
+
+
+def provider_for(settings: Settings, *, on_attempt: AttemptObserver | None = None) -> Provider:
+    """The provider the settings ask for: the placeholder, OpenAI (or a compatible upstream)
+    with the key, Azure OpenAI, or one that explains the missing key. `on_attempt` hears of
+    each upstream attempt (the metrics count them)."""
+    if settings.provider == "placeholder":
+        return PlaceholderProvider()
+    if not settings.api_key:
+        return MissingKeyProvider()
+    if settings.provider == "azure" and settings.azure_endpoint:
+        return azure_provider(
+            settings.azure_endpoint,
+            settings.api_key,
+            settings.azure_api_version,
+            deployment_for(settings),
+            settings.azure_api == "v1",
+            settings=settings,
+            on_attempt=on_attempt,
+        )
+    return openai_provider(settings, settings.base_url, settings.api_key, on_attempt=on_attempt)
+
+
+def openai_provider(
+    settings: Settings, base_url: str, api_key: str, *, on_attempt: AttemptObserver | None = None
+) -> OpenAIProvider:
+    """OpenAI (or a compatible upstream) at `base_url`, timed and retried as the settings say."""
+    client = OpenAIClient(base_url, api_key, **client_options(settings, on_attempt))
+    return OpenAIProvider(
+        client, max_parallel=settings.max_parallel_upstream, current_model=settings.default_model
+    )
+
+
+def deployment_for(settings: Settings) -> Callable[[str], str]:
+    """A model's Azure deployment: the models file's `deployment`, else the
+    IMAGE_GEN_AZURE_DEPLOYMENTS mapping, else the model id itself."""
+    mapped = dict(settings.azure_deployments)
+    models_file = settings.models_file
+    if models_file is not None:
+        for model_id, entry in models_file.models.items():
+            if entry.route.deployment:
+                mapped[model_id] = entry.route.deployment
+    return deployments_from(mapped)
+
+
 def upstream_for(
     config: UpstreamConfig, settings: Settings, *, on_attempt: AttemptObserver | None = None
 ) -> Provider:
     """The provider for one named upstream of the models file, with its key read from its
     key file (the key goes no further than its client)."""
-    if config.kind == "azure":
-        raise SettingsError(
-            f"upstream {config.name!r}: azure upstreams need the Azure upstream kind, "
-            'which this build does not have yet; use kind = "openai" with Azure\'s '
-            "/openai/v1/ base_url for now"
-        )
     assert config.key_file is not None
     try:
         key = config.key_file.read_text(encoding="utf-8").strip()
@@ -57,6 +123,16 @@ def upstream_for(
         ) from None
     if not key:
         raise SettingsError(f"upstream {config.name!r}: its key_file {config.key_file} is empty")
+    if config.kind == "azure":  # base_url is the resource's endpoint (or its /openai/v1)
+        return azure_provider(
+            config.base_url,
+            key,
+            config.api_version or settings.azure_api_version,
+            deployment_for(settings),
+            config.base_url.rstrip("/").endswith("/openai/v1"),
+            settings=settings,
+            on_attempt=on_attempt,
+        )
     return openai_provider(settings, config.base_url, key, on_attempt=on_attempt)
 
 

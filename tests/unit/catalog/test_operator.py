@@ -119,7 +119,7 @@ def test_a_missing_key_file_is_named_and_a_key_is_never_shown(tmp_path, key_file
         assert KEY not in shown
 
 
-def test_azure_upstreams_and_deployments_are_read_but_not_built_yet(key_file):
+def test_azure_upstreams_and_deployments_are_read_and_built(key_file):
     parsed = parse(
         f'[upstreams.corp]\nkind = "azure"\nendpoint = "https://corp.openai.azure.com"\n'
         f'key_file = "{key_file}"\napi_version = "2025-04-01-preview"\n'
@@ -134,8 +134,9 @@ def test_azure_upstreams_and_deployments_are_read_but_not_built_yet(key_file):
     )
     assert parsed.models["gpt-image-2"].route.deployment == "img-prod"
     assert parsed.models["gpt-image-2"].built_in
-    with pytest.raises(SettingsError, match="azure upstreams need"):
-        upstream_for(corp, Settings())
+    provider = upstream_for(corp, Settings())
+    assert provider.name == "azure"
+    assert KEY not in repr(provider) and KEY not in repr(vars(provider))
 
 
 def test_the_catalog_serves_the_files_models_until_it_is_replaced():
