@@ -7,10 +7,13 @@ hours. A book finds the entries in a window; these functions decide.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
-from imagegen.books.interfaces import CapExceeded
+from imagegen.books.interfaces import CapExceeded, Reservation
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -62,6 +65,16 @@ def amount(usd: float) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{str(usd)[:40]} is not an amount of US dollars")
     return value
+
+
+def settled_amount(reservation: Reservation, usd: float) -> float:
+    """The real cost to book in place of the estimate; the estimate (logged) when `usd` is
+    not a finite amount of dollars from 0."""
+    try:
+        return amount(usd)
+    except ValueError as exc:
+        log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
+        return reservation.usd
 
 
 def retry_after_seconds(value: float) -> int:

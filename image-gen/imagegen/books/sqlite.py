@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegen import strictjson
-from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room
+from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room, settled_amount
 from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
 from imagegen.errors import InsufficientStorage
 
@@ -191,11 +191,7 @@ class SQLiteCapsBook(_SQLiteBook):
 
         A cost that is not a finite number of dollars from 0 is not booked: the estimate
         stays, and the error is logged."""
-        try:
-            usd = amount(usd)
-        except ValueError as exc:
-            log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
-            usd = reservation.usd
+        usd = settled_amount(reservation, usd)
         with self._transaction() as db:
             db.execute(
                 "UPDATE spend SET usd = ?, state = 'settled', job_id = ? WHERE id = ?",
