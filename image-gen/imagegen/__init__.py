@@ -98,7 +98,12 @@ def build_services(
     layout.prepare()
     store = ImageStore.on_disk(layout, fsync=settings.fsync)
     store.sweep()
-    books = open_books(layout, fsync=settings.fsync, max_running=settings.max_running_jobs)
+    books = open_books(
+        layout,
+        fsync=settings.fsync,
+        max_running=settings.max_running_jobs,
+        database_url=settings.database_url,
+    )
     provider = provider_for(settings, on_attempt=on_attempt)
     maker = ImageMaker(settings, store, provider, books.caps)
     return layout, Services(

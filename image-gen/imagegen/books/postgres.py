@@ -22,6 +22,7 @@ instead, as the SQLite books use theirs. Times are stored as seconds since the e
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,19 +52,49 @@ _SPEND_IN_WINDOW = {
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 
 
+def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
+) -> ConnectionPool:
+    """A pool of connections to `url`, opened in the background (a database that is down
+    at start makes requests wait `timeout` and fail, not the start)."""
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        open=True,
+        name="imagegen-books",
+        kwargs={"connect_timeout": 5, "application_name": "image-gen"},
+    )
+
+
 class _PostgresBook:
     """A book on a connection pool shared by the process's threads."""
 
     def __init__(self, pool: ConnectionPool, *, clock: Callable[[], float] | None = None) -> None:
         self.pool = pool
         self.clock = clock
+        self._pid = os.getpid()
+        self._inherited: list[ConnectionPool] = []
+
+    def _pool(self) -> ConnectionPool:
+        """The pool, or after a fork a new one like it: the parent's connections and the
+        pool's threads do not cross a fork (kept, never closed: closing would end the
+        parent's sessions)."""
+        if self._pid != os.getpid():
+            old = self.pool
+            self._inherited.append(old)
+            url = old.conninfo if isinstance(old.conninfo, str) else old.conninfo()
+            self.pool = open_pool(url, min_size=old.min_size, max_size=old.max_size)
+            self._pid = os.getpid()
+        return self.pool
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection from the pool inside one transaction (committed on success). An
         unreachable database is DatabaseUnavailable, never a DSN in a message."""
         try:
-            with self.pool.connection() as db, db.transaction():
+            with self._pool().connection() as db, db.transaction():
                 yield db
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
