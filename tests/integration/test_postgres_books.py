@@ -93,3 +93,37 @@ def test_a_url_that_is_not_postgresql_is_refused_without_echoing_it():
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"IMAGE_GEN_DATABASE_URL": "mysql://u:hunter2@h/d"})
     assert "hunter2" not in str(refused.value)
+
+
+def drop(database_url: str) -> None:
+    """Drop the test's database under the app's feet (its connections are ended)."""
+    name = database_url.rsplit("/", 1)[1]
+    server_url = database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(server_url, autocommit=True) as db:
+        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_health_reports_the_database_and_an_unreachable_one_is_a_503(
+    client_for_database, fake_openai, database_url, caplog
+):
+    client = client_for_database(database_url)
+    healthy = client.get("/health")
+    assert healthy.status_code == 200
+    assert healthy.get_json()["database"] == "ok"
+    assert client.post("/generate", json={"prompt": "a fox"}).status_code == 200
+
+    drop(database_url)
+    refused = client.post("/generate", json={"prompt": "a fox"})
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "DATABASE_UNAVAILABLE"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert len(fake_openai.image_requests) == 1  # nothing was asked of the upstream
+    unhealthy = client.get("/health")
+    assert unhealthy.status_code == 503
+    assert unhealthy.get_json()["status"] == "unhealthy"
+    assert unhealthy.get_json()["database"] == "unavailable"
+    assert "postgresql://" not in caplog.text + unhealthy.get_data(as_text=True)
+
+
+def test_health_has_no_database_entry_on_sqlite(client):
+    assert "database" not in client.get("/health").get_json()

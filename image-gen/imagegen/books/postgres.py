@@ -100,6 +100,15 @@ class _PostgresBook:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
+    def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the database answers a query within about `timeout` seconds (/health)."""
+        try:
+            with self._pool().connection(timeout=timeout) as db:
+                db.execute("SELECT 1")
+            return True
+        except (*_UNAVAILABLE, psycopg.DatabaseError):
+            return False
+
     def _now(self, db: psycopg.Connection[Any]) -> float:
         """The book's time: its clock, or the database server's."""
         if self.clock is not None:
