@@ -2,6 +2,7 @@
 
     interfaces.py   the contracts: CapsBook, IdempotencyBook, JobBook (with its leases)
     caps.py         the caps' rules every CapsBook applies alike (windows, room, amounts)
+    keys.py         the idempotency keys' rules every IdempotencyBook applies alike
     sqlite.py       the caps ledger and the idempotency keys in one SQLite file (the first
                     implementation: `<images>/.ledger/ledger.sqlite3`)
     postgres.py     the caps ledger and the idempotency keys in PostgreSQL (replicas on

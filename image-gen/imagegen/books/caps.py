@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from imagegen.books.interfaces import CapExceeded, Reservation
 
@@ -53,6 +53,25 @@ def check_room(
     raise CapExceeded(
         scope=scope, cap=cap, limit=limit, used=used, retry_after=max(retry_after, 1.0)
     )
+
+
+def check_every_cap(
+    checks: Sequence[tuple[str, Mapping[str, float]]],
+    *,
+    images: int,
+    usd: float,
+    now: float,
+    entries: Callable[[str, float, str], Sequence[tuple[float, float]]],
+) -> None:
+    """Raise CapExceeded unless the request fits every cap of every (scope, caps) in
+    `checks`; `entries(column, since, scope)` reads a scope's (time, amount) entries of
+    "images" or "usd" after `since`, oldest first (scope GLOBAL: every token's)."""
+    for scope, caps in checks:
+        for cap, limit in caps.items():
+            column, window = CAPS[cap]
+            asked = images if column == "images" else usd
+            found = entries(column, now - window, scope)
+            check_room(scope=scope, cap=cap, limit=limit, asked=asked, entries=found, now=now)
 
 
 def amount(usd: float) -> float:

@@ -32,8 +32,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagegen import strictjson
-from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room, settled_amount
+from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
 from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
+from imagegen.books.keys import stored_claim
 from imagegen.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,15 @@ class PostgresCapsBook(_PostgresBook):
             db.execute(_LOCK, (f"caps:token:{token}",))
             db.execute(_LOCK if checks[1][1] else _LOCK_SHARED, ("caps:*",))
             now = self._now(db)
-            for scope, caps in checks:
-                for cap, limit in caps.items():
-                    column, window = CAPS[cap]
-                    entries = db.execute(
-                        _SPEND_IN_WINDOW[column], (now - window, scope == GLOBAL, scope)
-                    ).fetchall()
-                    asked = images if column == "images" else usd
-                    check_room(
-                        scope=scope, cap=cap, limit=limit, asked=asked, entries=entries, now=now
-                    )
+            check_every_cap(
+                checks,
+                images=images,
+                usd=usd,
+                now=now,
+                entries=lambda column, since, scope: db.execute(
+                    _SPEND_IN_WINDOW[column], (since, scope == GLOBAL, scope)
+                ).fetchall(),
+            )
             row = db.execute(
                 "INSERT INTO spend (token, at, images, usd, state, model) "
                 "VALUES (%s, %s, %s, %s, 'reserved', %s) RETURNING id",
@@ -255,14 +255,9 @@ class PostgresIdempotencyBook(_PostgresBook):
         ).fetchone()
         if row is None:  # abandoned since the insert met it
             return None
-        stored, state, lease_until, status, headers, body = row
-        if stored != fingerprint:
-            return Claim("mismatch")
-        if state == "done":
-            return Claim("replay", status=status, headers=strictjson.loads(headers), body=body)
-        if lease_until > now:
-            return Claim("running")
-        log.warning("idempotency key of %s taken over: its request's lease ran out", token)
+        found = stored_claim(row, token, fingerprint, now)
+        if found is not None:
+            return found
         db.execute(
             "UPDATE idempotency SET claim = %s, created = %s, lease_until = %s "
             "WHERE token = %s AND key = %s",
