@@ -29,8 +29,9 @@ def open_books(
     layout: Layout, *, fsync: bool, max_running: int, database_url: str | None = None
 ) -> Books:
     """The books kept where `layout` (and `database_url`, when set) say, ready to use
-    (schemas created); `max_running` bounds the jobs running at once over every process
-    sharing them."""
+    (schemas created or migrated: with a database that cannot be reached the start fails
+    after the pool's timeout); `max_running` bounds the jobs running at once over every
+    process sharing them."""
     jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
     if database_url:
         from imagegen.books.migrations import migrate

@@ -7,7 +7,7 @@ psycopg 3 over a `psycopg_pool.ConnectionPool`; the schema is `migrations.MIGRAT
 - `reserve` runs in one transaction that first takes transaction advisory locks on the
   token's scope and on the service's (GLOBAL; shared when the service has no caps to
   check, exclusive when it has), always in that order, so no two transactions wait on each
-  other in a circle; it then reads the windows, decides with `caps.check_room` and inserts.
+  other in a circle; it then reads the windows, decides with `caps.check_every_cap` and inserts.
   Two reservations of one token, or two checks of the service caps, never overlap, over
   every process and host, so N concurrent reservations against room for k admit exactly k.
 - `claim` inserts the key with `INSERT ... ON CONFLICT DO NOTHING`; when the key exists
@@ -56,8 +56,8 @@ _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
-    """A pool of connections to `url`, opened in the background (a database that is down
-    at start makes requests wait `timeout` and fail, not the start)."""
+    """A pool of connections to `url`, connecting in the background; a caller waits at most
+    `timeout` seconds for a connection (then DatabaseUnavailable from the books)."""
     return ConnectionPool(
         url,
         min_size=min_size,
