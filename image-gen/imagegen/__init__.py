@@ -105,7 +105,12 @@ def build_services(
     layout.prepare()
     store = ImageStore.on_disk(layout, fsync=settings.fsync)
     store.sweep()
-    books = open_books(layout, fsync=settings.fsync, max_running=settings.max_running_jobs)
+    books = open_books(
+        layout,
+        fsync=settings.fsync,
+        max_running=settings.max_running_jobs,
+        database_url=settings.database_url,
+    )
     operator.install(settings.models_file)  # the catalog: built-in and the operator's models
     provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)

@@ -171,6 +171,19 @@ class QueueFull(RetryLater):
     code = "QUEUE_FULL"
 
 
+class DatabaseUnavailable(RetryLater):
+    """The shared database (IMAGE_GEN_DATABASE_URL) cannot be reached; nothing was done."""
+
+    status = 503
+    code = "DATABASE_UNAVAILABLE"
+
+    def __init__(self, message: str = "", *, retry_after: float | None = 5) -> None:
+        super().__init__(
+            message or "The database cannot be reached; nothing was done. Try again later.",
+            retry_after=retry_after,
+        )
+
+
 class TooManyStreams(RetryLater):
     """This worker already serves as many event streams as it may."""
 

@@ -107,6 +107,10 @@ class Settings:
     webhook_attempts: int = 6
     webhook_backoff: float = 2.0
     webhook_timeout: float = 10.0
+    # IMAGE_GEN_DATABASE_URL (or _FILE): postgresql://... keeps the caps and the idempotency
+    # keys in PostgreSQL, shared by replicas on any host; None: SQLite under the images
+    # directory. It may hold a password: never in repr, logs or /health.
+    database_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Absolute, fixed at start-up: Flask's send_file reads a relative path against the
@@ -138,6 +142,10 @@ class Settings:
             raise SettingsError("job and webhook intervals and timeouts must be more than zero")
         if self.idempotency_ttl <= 0:
             raise SettingsError("IMAGE_GEN_IDEMPOTENCY_TTL must be more than zero seconds")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise SettingsError("IMAGE_GEN_DATABASE_URL must be a postgresql:// URL")
         if min(self.connect_timeout, self.read_timeout, self.request_deadline) <= 0:
             raise SettingsError("timeouts and the request deadline must be more than zero")
         model = get_model(self.default_model)
@@ -223,14 +231,8 @@ class Settings:
         kwargs["webhook_hosts"] = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
         secret_file = env.get("IMAGE_GEN_WEBHOOK_SECRET_FILE", "").strip()
         if secret_file:
-            try:
-                kwargs["webhook_secret"] = Path(secret_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else None
-                raise SettingsError(
-                    f"IMAGE_GEN_WEBHOOK_SECRET_FILE {secret_file} cannot be read: "
-                    f"{why or type(exc).__name__}"
-                ) from None
+            kwargs["webhook_secret"] = _secret_file("IMAGE_GEN_WEBHOOK_SECRET_FILE", secret_file)
+        kwargs["database_url"] = _read_database_url(env)
         models_file = env.get("IMAGE_GEN_MODELS_FILE", "").strip()
         if models_file:  # before the tokens, whose `models=` may name its models
             try:
@@ -304,6 +306,25 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if not raw:
         return default
     return raw in ("1", "true", "yes", "on")
+
+
+def _secret_file(name: str, path: str) -> str:
+    """The stripped content of the secret file setting `name` names; errors name the file,
+    never what it holds."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else None
+        raise SettingsError(f"{name} {path} cannot be read: {why or type(exc).__name__}") from None
+
+
+def _read_database_url(env: Mapping[str, str]) -> str | None:
+    """IMAGE_GEN_DATABASE_URL_FILE's content (a secret), else IMAGE_GEN_DATABASE_URL; None
+    when neither is set."""
+    path = env.get("IMAGE_GEN_DATABASE_URL_FILE", "").strip()
+    if path:
+        return _secret_file("IMAGE_GEN_DATABASE_URL_FILE", path) or None
+    return env.get("IMAGE_GEN_DATABASE_URL", "").strip() or None
 
 
 def _provider(env: Mapping[str, str]) -> str:

@@ -29,6 +29,7 @@ from imagegen.storage.index import FileIndex
 from imagegen.storage.layout import Layout
 from imagegen.storage.s3blobs import S3Blobs
 from tests.support.books import BookClock
+from tests.support.postgres import pool_for
 from tests.support.seaweed import SeaweedFS, SeaweedUnavailable, weed_binary
 
 BUCKET = "contract"
@@ -99,13 +100,37 @@ def _sqlite_keys(where: Path, clock: BookClock) -> IdempotencyBook:
     return book
 
 
+def _postgres_caps(where: Path, clock: BookClock) -> CapsBook:
+    from imagegen.books.migrations import migrate
+    from imagegen.books.postgres import PostgresCapsBook
+
+    pool = pool_for(where)
+    migrate(pool)
+    return PostgresCapsBook(pool, clock=clock)
+
+
+def _postgres_keys(where: Path, clock: BookClock) -> IdempotencyBook:
+    from imagegen.books.migrations import migrate
+    from imagegen.books.postgres import PostgresIdempotencyBook
+
+    pool = pool_for(where)
+    migrate(pool)
+    return PostgresIdempotencyBook(pool, clock=clock)
+
+
 def _file_jobs(where: Path, max_running: int) -> JobBook:
     return FileJobBook(where / "images", fsync=False, max_running=max_running)
 
 
 # implementation name -> (the test's directory, the clock) -> a new handle on its books
-CAPS: dict[str, Callable[[Path, BookClock], CapsBook]] = {"sqlite": _sqlite_caps}
-KEYS: dict[str, Callable[[Path, BookClock], IdempotencyBook]] = {"sqlite": _sqlite_keys}
+CAPS: dict[str, Callable[[Path, BookClock], CapsBook]] = {
+    "sqlite": _sqlite_caps,
+    "postgresql": _postgres_caps,
+}
+KEYS: dict[str, Callable[[Path, BookClock], IdempotencyBook]] = {
+    "sqlite": _sqlite_keys,
+    "postgresql": _postgres_keys,
+}
 # implementation name -> (the test's directory, max_running) -> a new handle on its books
 JOBS: dict[str, Callable[[Path, int], JobBook]] = {"files": _file_jobs}
 

@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from imagegen import __version__
 from imagegen.access.tokens import TokensLoad
 from imagegen.apidoc import errors, json_response, operation
+from imagegen.books.interfaces import CapsBook
 from imagegen.catalog.operator import ModelsLoad
 from imagegen.clock import utc_now
 from imagegen.services import services
@@ -24,7 +25,9 @@ bp = Blueprint("health", __name__)
     summary="Is the service up and configured (never the key)",
     responses={
         "200": json_response("Healthy.", "Health"),
-        "503": json_response("The image store is not writable.", "Health"),
+        "503": json_response(
+            "The image store is not writable, or the database cannot be reached.", "Health"
+        ),
         **errors(500),
     },
 )
@@ -32,8 +35,10 @@ def health() -> ResponseReturnValue:
     """Status, whether a key is configured (never the key), provider, default model, version."""
     settings = services().settings
     storage_ok = services().store.writable()
+    database = _database_state(services().ledger)
+    healthy = storage_ok and database != "unavailable"
     body: dict[str, Any] = {
-        "status": "healthy" if storage_ok else "unhealthy",
+        "status": "healthy" if healthy else "unhealthy",
         "api_key_configured": settings.api_key_configured,
         "api_key_source": settings.api_key_source,
         "provider": settings.provider,
@@ -46,11 +51,22 @@ def health() -> ResponseReturnValue:
     }
     if settings.provider == "azure":
         body["upstream"] = settings.upstream
+    if database is not None:
+        body["database"] = database
     if settings.tokens_load is not None:
         body["tokens"] = _tokens_state(settings.tokens_load)
     if settings.models_load is not None:
         body["models_file"] = _models_state(settings.models_load)
-    return jsonify(body), 200 if storage_ok else 503
+    return jsonify(body), 200 if healthy else 503
+
+
+def _database_state(ledger: CapsBook) -> str | None:
+    """ "ok" or "unavailable" with the books in PostgreSQL (never its URL); None on SQLite."""
+    from imagegen.books.postgres import PostgresCapsBook
+
+    if not isinstance(ledger, PostgresCapsBook):
+        return None
+    return "ok" if ledger.reachable() else "unavailable"
 
 
 def _tokens_state(load: TokensLoad) -> dict[str, Any]:

@@ -373,6 +373,12 @@ SERVICE_SCHEMAS: dict[str, Schema] = {
             },
             "default_model": string,
             "storage_writable": boolean,
+            "database": {
+                "type": "string",
+                "enum": ["ok", "unavailable"],
+                "description": "With IMAGE_GEN_DATABASE_URL: whether PostgreSQL answers "
+                "(unavailable: unhealthy, 503).",
+            },
             "auth_required": {
                 **boolean,
                 "description": "Whether callers need a client token (false: open).",

@@ -2,12 +2,16 @@
 
     interfaces.py   the contracts: CapsBook, IdempotencyBook, JobBook (with its leases)
     caps.py         the caps' rules every CapsBook applies alike (windows, room, amounts)
+    keys.py         the idempotency keys' rules every IdempotencyBook applies alike
     sqlite.py       the caps ledger and the idempotency keys in one SQLite file (the first
                     implementation: `<images>/.ledger/ledger.sqlite3`)
+    postgres.py     the caps ledger and the idempotency keys in PostgreSQL (replicas on
+                    several hosts: IMAGE_GEN_DATABASE_URL)
+    migrations.py   the PostgreSQL schema as numbered migrations, applied under a lock
     files.py        the asynchronous jobs as files with flock leases (`<images>/.jobs`)
     open.py         `open_books`: which implementations a service runs with, in one place
 
-A second implementation (PostgreSQL, for replicas on several nodes) is a second set of
-classes that passes the same contract tests (tests/contract/); callers only see the
-interfaces. The image index stays with the image store (storage/) for now.
+Every implementation passes the same contract tests (tests/contract/); callers only see the
+interfaces. The jobs stay on files, and the image index with the image store (storage/),
+for now.
 """

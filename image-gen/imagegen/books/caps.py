@@ -7,10 +7,13 @@ hours. A book finds the entries in a window; these functions decide.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from imagegen.books.interfaces import CapExceeded
+from imagegen.books.interfaces import CapExceeded, Reservation
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -52,6 +55,25 @@ def check_room(
     )
 
 
+def check_every_cap(
+    checks: Sequence[tuple[str, Mapping[str, float]]],
+    *,
+    images: int,
+    usd: float,
+    now: float,
+    entries: Callable[[str, float, str], Sequence[tuple[float, float]]],
+) -> None:
+    """Raise CapExceeded unless the request fits every cap of every (scope, caps) in
+    `checks`; `entries(column, since, scope)` reads a scope's (time, amount) entries of
+    "images" or "usd" after `since`, oldest first (scope GLOBAL: every token's)."""
+    for scope, caps in checks:
+        for cap, limit in caps.items():
+            column, window = CAPS[cap]
+            asked = images if column == "images" else usd
+            found = entries(column, now - window, scope)
+            check_room(scope=scope, cap=cap, limit=limit, asked=asked, entries=found, now=now)
+
+
 def amount(usd: float) -> float:
     """The dollars to write; ValueError unless finite and from 0. An infinite or NaN amount
     in the books would make every later request cross every dollar cap."""
@@ -62,6 +84,16 @@ def amount(usd: float) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{str(usd)[:40]} is not an amount of US dollars")
     return value
+
+
+def settled_amount(reservation: Reservation, usd: float) -> float:
+    """The real cost to book in place of the estimate; the estimate (logged) when `usd` is
+    not a finite amount of dollars from 0."""
+    try:
+        return amount(usd)
+    except ValueError as exc:
+        log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
+        return reservation.usd
 
 
 def retry_after_seconds(value: float) -> int:

@@ -1,8 +1,9 @@
 """`open_books`: the books a service starts with, chosen in one place.
 
-Today the only choice is the embedded one: SQLite for the caps and the idempotency keys,
-files with flock leases for the asynchronous jobs, all under the images directory. A
-shared database (issue 14) is a second branch here, not a change in any caller.
+Unset database URL: the embedded books, SQLite for the caps and the idempotency keys, files
+with flock leases for the asynchronous jobs, all under the images directory. A
+`postgresql://` URL (IMAGE_GEN_DATABASE_URL): the caps and the idempotency keys in that
+database (books/postgres.py), its schema migrated first; the jobs stay on files for now.
 """
 
 from __future__ import annotations
@@ -24,10 +25,23 @@ class Books:
     jobs: JobBook
 
 
-def open_books(layout: Layout, *, fsync: bool, max_running: int) -> Books:
-    """The books kept where `layout` says, ready to use (schemas created); `max_running`
-    bounds the jobs running at once over every process sharing them."""
+def open_books(
+    layout: Layout, *, fsync: bool, max_running: int, database_url: str | None = None
+) -> Books:
+    """The books kept where `layout` (and `database_url`, when set) say, ready to use
+    (schemas created or migrated: with a database that cannot be reached the start fails
+    after the pool's timeout); `max_running` bounds the jobs running at once over every
+    process sharing them."""
+    jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
+    if database_url:
+        from imagegen.books.migrations import migrate
+        from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook, open_pool
+
+        pool = open_pool(database_url)
+        migrate(pool)
+        return Books(
+            caps=PostgresCapsBook(pool), idempotency=PostgresIdempotencyBook(pool), jobs=jobs
+        )
     caps = SQLiteCapsBook(layout.ledger_file)
     caps.prepare()  # one file holds the caps and the keys: its schema has both tables
-    jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
     return Books(caps=caps, idempotency=SQLiteIdempotencyBook(layout.ledger_file), jobs=jobs)

@@ -14,7 +14,6 @@ real cost, or released if the call failed. A reservation whose process died stay
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -26,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from imagegen import strictjson
-from imagegen.books.caps import CAPS, DAY, HOUR, amount, check_room
+from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
 from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
+from imagegen.books.keys import stored_claim
 from imagegen.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
@@ -166,16 +166,15 @@ class SQLiteCapsBook(_SQLiteBook):
         usd = amount(usd)
         with self._transaction() as db:
             now = self.clock()
-            for scope, limits in ((token, token_limits), (GLOBAL, global_limits)):
-                for cap, limit in limits.caps().items():
-                    column, window = CAPS[cap]
-                    entries = db.execute(
-                        _SPEND_IN_WINDOW[column], (now - window, scope == GLOBAL, scope)
-                    ).fetchall()
-                    asked = images if column == "images" else usd
-                    check_room(
-                        scope=scope, cap=cap, limit=limit, asked=asked, entries=entries, now=now
-                    )
+            check_every_cap(
+                [(token, token_limits.caps()), (GLOBAL, global_limits.caps())],
+                images=images,
+                usd=usd,
+                now=now,
+                entries=lambda column, since, scope: db.execute(
+                    _SPEND_IN_WINDOW[column], (since, scope == GLOBAL, scope)
+                ).fetchall(),
+            )
             cursor = db.execute(
                 "INSERT INTO spend (token, at, images, usd, state, model) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?)",
@@ -191,11 +190,7 @@ class SQLiteCapsBook(_SQLiteBook):
 
         A cost that is not a finite number of dollars from 0 is not booked: the estimate
         stays, and the error is logged."""
-        try:
-            usd = amount(usd)
-        except ValueError as exc:
-            log.error("reservation %d settled at its estimate: %s", reservation.id, exc)
-            usd = reservation.usd
+        usd = settled_amount(reservation, usd)
         with self._transaction() as db:
             db.execute(
                 "UPDATE spend SET usd = ?, state = 'settled', job_id = ? WHERE id = ?",
@@ -253,14 +248,9 @@ class SQLiteIdempotencyBook(_SQLiteBook):
                 (token, key),
             ).fetchone()
             if row is not None:
-                stored, state, lease_until, status, headers, body = row
-                if stored != fingerprint:
-                    return Claim("mismatch")
-                if state == "done":
-                    return Claim("replay", status=status, headers=json.loads(headers), body=body)
-                if lease_until > now:
-                    return Claim("running")
-                log.warning("idempotency key of %s taken over: its request's lease ran out", token)
+                found = stored_claim(row, token, fingerprint, now)
+                if found is not None:
+                    return found
             claim = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
             db.execute(
                 "INSERT OR REPLACE INTO idempotency "

@@ -1,0 +1,107 @@
+"""The PostgreSQL books' schema, as numbered migrations applied once each, in order.
+
+`migrate` runs at start in every process; under a session advisory lock one process applies
+what is missing while the others wait, then find it done. Table `schema_version` records
+each applied version. A migration is never edited once released: a change is a new entry
+at the end of MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+# The advisory lock key of the migrations (any fixed bigint; "imgmigr" in ASCII).
+MIGRATION_LOCK = 0x696D676D696772
+LOCK_TIMEOUT = "120s"  # how long a replica waits for another's migrations before failing
+
+# (version, name, SQL): applied in order, each in its own transaction with its record.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial",
+        """
+        CREATE TABLE spend (
+            id BIGSERIAL PRIMARY KEY,
+            token TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            images INTEGER NOT NULL,
+            usd DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL,
+            model TEXT NOT NULL,
+            job_id TEXT
+        );
+        CREATE INDEX spend_at ON spend (at);
+        CREATE INDEX spend_token_at ON spend (token, at);
+        CREATE TABLE idempotency (
+            token TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL,
+            claim TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            lease_until DOUBLE PRECISION NOT NULL,
+            status INTEGER,
+            headers TEXT,
+            body BYTEA,
+            PRIMARY KEY (token, key)
+        );
+        CREATE INDEX idempotency_created ON idempotency (created);
+        """,
+    ),
+]
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+def migrate(
+    pool: ConnectionPool, migrations: list[tuple[int, str, str]] | None = None
+) -> list[int]:
+    """Bring the schema up to date; the versions this call applied (none when another
+    process had done it). Blocks while another process migrates (at most LOCK_TIMEOUT)."""
+    with pool.connection() as db:
+        db.autocommit = True
+        db.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            return apply_missing(db, MIGRATIONS if migrations is None else migrations)
+        finally:
+            db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            db.execute("RESET lock_timeout")
+
+
+def apply_missing(db: psycopg.Connection[Any], migrations: list[tuple[int, str, str]]) -> list[int]:
+    """Apply the migrations not yet recorded, with the migration lock held by `db`
+    (autocommit: each migration in its own transaction)."""
+    with db.transaction():
+        db.execute(_VERSION_TABLE)
+    done = {row[0] for row in db.execute("SELECT version FROM schema_version")}
+    applied = []
+    for version, name, sql in migrations:
+        if version in done:
+            continue
+        with db.transaction():
+            db.execute(sql.encode())
+            db.execute(
+                "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name)
+            )
+        log.info("database schema: applied migration %04d_%s", version, name)
+        applied.append(version)
+    return applied
+
+
+def schema_versions(pool: ConnectionPool) -> list[int]:
+    """The versions recorded as applied, in order."""
+    with pool.connection() as db:
+        return [row[0] for row in db.execute("SELECT version FROM schema_version ORDER BY 1")]

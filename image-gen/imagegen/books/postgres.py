@@ -1,0 +1,285 @@
+"""The caps ledger and the idempotency keys in PostgreSQL, shared by replicas on any host.
+
+psycopg 3 over a `psycopg_pool.ConnectionPool`; the schema is `migrations.MIGRATIONS`
+(`migrations.migrate` before first use). Same tables and rules as the SQLite books
+(books/sqlite.py, books/caps.py):
+
+- `reserve` runs in one transaction that first takes transaction advisory locks on the
+  token's scope and on the service's (GLOBAL; shared when the service has no caps to
+  check, exclusive when it has), always in that order, so no two transactions wait on each
+  other in a circle; it then reads the windows, decides with `caps.check_every_cap` and inserts.
+  Two reservations of one token, or two checks of the service caps, never overlap, over
+  every process and host, so N concurrent reservations against room for k admit exactly k.
+- `claim` inserts the key with `INSERT ... ON CONFLICT DO NOTHING`; when the key exists
+  it locks the row (`SELECT ... FOR UPDATE`) and replays, refuses, or takes over a claim
+  whose lease ran out, in the same transaction.
+
+Time: with `clock=None` (the service) every time comes from the database server
+(`clock_timestamp()`), one clock for every replica; a `clock` given (the tests) is used
+instead, as the SQLite books use theirs. Times are stored as seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from imagegen import strictjson
+from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
+from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
+from imagegen.books.keys import stored_claim
+from imagegen.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+_KEEP = 2 * DAY  # spend entries older than every window are deleted now and then
+_PRUNE_EVERY = 500
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+# The advisory lock of a caps scope: a 64-bit hash of its name (a collision only makes two
+# scopes wait for each other).
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))"
+_SPEND_IN_WINDOW = {
+    "images": "SELECT at, images FROM spend WHERE at > %s AND (%s OR token = %s) ORDER BY at",
+    "usd": "SELECT at, usd FROM spend WHERE at > %s AND (%s OR token = %s) ORDER BY at",
+}
+_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+
+
+def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
+) -> ConnectionPool:
+    """A pool of connections to `url`, connecting in the background; a caller waits at most
+    `timeout` seconds for a connection (then DatabaseUnavailable from the books)."""
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        open=True,
+        name="imagegen-books",
+        kwargs={"connect_timeout": 5, "application_name": "image-gen"},
+    )
+
+
+class _PostgresBook:
+    """A book on a connection pool shared by the process's threads."""
+
+    def __init__(self, pool: ConnectionPool, *, clock: Callable[[], float] | None = None) -> None:
+        self.pool = pool
+        self.clock = clock
+        self._pid = os.getpid()
+        self._inherited: list[ConnectionPool] = []
+
+    def _pool(self) -> ConnectionPool:
+        """The pool, or after a fork a new one like it: the parent's connections and the
+        pool's threads do not cross a fork (kept, never closed: closing would end the
+        parent's sessions)."""
+        if self._pid != os.getpid():
+            old = self.pool
+            self._inherited.append(old)
+            url = old.conninfo if isinstance(old.conninfo, str) else old.conninfo()
+            self.pool = open_pool(url, min_size=old.min_size, max_size=old.max_size)
+            self._pid = os.getpid()
+        return self.pool
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection from the pool inside one transaction (committed on success). An
+        unreachable database is DatabaseUnavailable, never a DSN in a message."""
+        try:
+            with self._pool().connection() as db, db.transaction():
+                yield db
+        except _UNAVAILABLE as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the database answers a query within about `timeout` seconds (/health)."""
+        try:
+            with self._pool().connection(timeout=timeout) as db:
+                db.execute("SELECT 1")
+            return True
+        except (*_UNAVAILABLE, psycopg.DatabaseError):
+            return False
+
+    def _now(self, db: psycopg.Connection[Any]) -> float:
+        """The book's time: its clock, or the database server's."""
+        if self.clock is not None:
+            return float(self.clock())
+        row = db.execute(_NOW).fetchone()
+        assert row is not None
+        return float(row[0])
+
+
+class PostgresCapsBook(_PostgresBook):
+    """Reservations and settled costs (table `spend`), exact across replicas."""
+
+    def reserve(
+        self,
+        token: str,
+        *,
+        token_limits: Caps,
+        global_limits: Caps,
+        images: int,
+        usd: float,
+        model: str,
+    ) -> Reservation:
+        """Check every cap and record the reservation in one locked transaction; raise
+        CapExceeded, or ValueError for dollars that are not a finite amount from 0."""
+        usd = amount(usd)
+        checks = [(token, token_limits.caps()), (GLOBAL, global_limits.caps())]
+        with self._transaction() as db:
+            db.execute(_LOCK, (f"caps:token:{token}",))
+            db.execute(_LOCK if checks[1][1] else _LOCK_SHARED, ("caps:*",))
+            now = self._now(db)
+            check_every_cap(
+                checks,
+                images=images,
+                usd=usd,
+                now=now,
+                entries=lambda column, since, scope: db.execute(
+                    _SPEND_IN_WINDOW[column], (since, scope == GLOBAL, scope)
+                ).fetchall(),
+            )
+            row = db.execute(
+                "INSERT INTO spend (token, at, images, usd, state, model) "
+                "VALUES (%s, %s, %s, %s, 'reserved', %s) RETURNING id",
+                (token, now, images, usd, model),
+            ).fetchone()
+            assert row is not None
+            entry = int(row[0])
+            if entry % _PRUNE_EVERY == 0:  # forget what every window has left behind
+                db.execute("DELETE FROM spend WHERE at < %s", (now - _KEEP,))
+            return Reservation(entry, token, images, usd)
+
+    def settle(self, reservation: Reservation, *, usd: float, job_id: str | None) -> None:
+        """Replace the estimate with the real cost (an invalid cost keeps the estimate)."""
+        usd = settled_amount(reservation, usd)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE spend SET usd = %s, state = 'settled', job_id = %s WHERE id = %s",
+                (usd, job_id, reservation.id),
+            )
+
+    def release(self, reservation: Reservation) -> None:
+        """Give the reservation back: the upstream call failed and made nothing."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM spend WHERE id = %s", (reservation.id,))
+
+    def usage(self, token: str | None) -> dict[str, Any]:
+        """Images and US dollars in each window, for one token or (None) the whole service."""
+        scope = token or GLOBAL
+        everyone = scope == GLOBAL
+        with self._transaction() as db:
+            now = self._now(db)
+            row = db.execute(
+                "SELECT COALESCE(SUM(images) FILTER (WHERE at > %s), 0), "
+                "COALESCE(SUM(images), 0), COALESCE(SUM(usd), 0), "
+                "COALESCE(SUM(usd) FILTER (WHERE state = 'reserved'), 0) "
+                "FROM spend WHERE at > %s AND (%s OR token = %s)",
+                (now - HOUR, now - DAY, everyone, scope),
+            ).fetchone()
+        assert row is not None
+        hour, images_day, usd_day, reserved = row
+        return {
+            "images_last_hour": int(hour),
+            "images_last_day": int(images_day),
+            "usd_last_day": round(float(usd_day), 6),
+            "usd_reserved": round(float(reserved), 6),
+        }
+
+    def tokens_seen(self) -> list[str]:
+        """Names of the tokens with entries in the last day, sorted."""
+        with self._transaction() as db:
+            since = self._now(db) - DAY
+            rows = db.execute(
+                "SELECT DISTINCT token FROM spend WHERE at > %s ORDER BY token", (since,)
+            ).fetchall()
+        return [name for (name,) in rows]
+
+
+class PostgresIdempotencyBook(_PostgresBook):
+    """Idempotency keys (table `idempotency`), one claim per key across replicas."""
+
+    def claim(self, token: str, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """Claim an idempotency key for this request, or say why it cannot be claimed."""
+        with self._transaction() as db:
+            now = self._now(db)
+            # This key's expired entry, and now and then every expired one.
+            db.execute(
+                "DELETE FROM idempotency WHERE token = %s AND key = %s AND created < %s",
+                (token, key, now - ttl),
+            )
+            if secrets.randbelow(_PRUNE_EVERY) == 0:
+                db.execute("DELETE FROM idempotency WHERE created < %s", (now - ttl,))
+            claim = secrets.token_hex(16)
+            for _ in range(3):  # the row met by the insert can be abandoned before we lock it
+                inserted = db.execute(
+                    "INSERT INTO idempotency "
+                    "(token, key, fingerprint, state, claim, created, lease_until) "
+                    "VALUES (%s, %s, %s, 'running', %s, %s, %s) "
+                    "ON CONFLICT (token, key) DO NOTHING RETURNING claim",
+                    (token, key, fingerprint, claim, now, now + lease),
+                ).fetchone()
+                if inserted is not None:
+                    return Claim("new", claim=claim)
+                found = self._existing(db, token, key, fingerprint, claim, now=now, lease=lease)
+                if found is not None:
+                    return found
+            return Claim("running")
+
+    def _existing(
+        self,
+        db: psycopg.Connection[Any],
+        token: str,
+        key: str,
+        fingerprint: str,
+        claim: str,
+        *,
+        now: float,
+        lease: float,
+    ) -> Claim | None:
+        """The key is taken: lock its row, then replay, refuse, or take over a lapsed claim."""
+        row = db.execute(
+            "SELECT fingerprint, state, lease_until, status, headers, body "
+            "FROM idempotency WHERE token = %s AND key = %s FOR UPDATE",
+            (token, key),
+        ).fetchone()
+        if row is None:  # abandoned since the insert met it
+            return None
+        found = stored_claim(row, token, fingerprint, now)
+        if found is not None:
+            return found
+        db.execute(
+            "UPDATE idempotency SET claim = %s, created = %s, lease_until = %s "
+            "WHERE token = %s AND key = %s",
+            (claim, now, now + lease, token, key),
+        )
+        return Claim("new", claim=claim)
+
+    def complete(
+        self, token: str, key: str, claim: str, *, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        """Store the response of a held claim, so retries replay it."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE idempotency SET state = 'done', status = %s, headers = %s, body = %s "
+                "WHERE token = %s AND key = %s AND claim = %s",
+                (status, strictjson.dumps(headers), body, token, key, claim),
+            )
+
+    def abandon(self, token: str, key: str, claim: str) -> None:
+        """Free a held claim's key whose request failed, so a retry runs it again."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM idempotency WHERE token = %s AND key = %s AND claim = %s",
+                (token, key, claim),
+            )

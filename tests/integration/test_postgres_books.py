@@ -1,0 +1,129 @@
+"""IMAGE_GEN_DATABASE_URL: the caps and the idempotency keys in PostgreSQL, through the HTTP
+API, against a real server (tests/support/postgres.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from imagegen.settings import Settings
+from tests.support.postgres import dsn_for
+from tests.support.service import ALICE, BOB, bearer, line
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return dsn_for(tmp_path)
+
+
+def test_caps_are_kept_in_the_database_and_usage_reads_them(
+    with_tokens, fake_openai, database_url, images_dir
+):
+    client = with_tokens(
+        line("alice", ALICE, "images_per_hour=3"), line("bob", BOB), database_url=database_url
+    )
+    ok = client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=bearer(ALICE))
+    assert ok.status_code == 200
+    refused = client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=bearer(ALICE))
+    assert refused.status_code == 429
+    assert refused.get_json()["code"] == "QUOTA_EXCEEDED"
+    assert 3500 <= int(refused.headers["Retry-After"]) <= 3600
+    assert client.post("/generate", json={"prompt": "a"}, headers=bearer(BOB)).status_code == 200
+    assert len(fake_openai.image_requests) == 2
+
+    usage = client.get("/usage", headers=bearer(ALICE)).get_json()
+    assert usage["token"]["images_last_hour"] == 2
+    assert usage["global"]["images_last_hour"] == 3
+    with psycopg.connect(database_url) as db:
+        rows = db.execute("SELECT token, images, state FROM spend ORDER BY id").fetchall()
+    assert rows == [("alice", 2, "settled"), ("bob", 1, "settled")]
+    assert not (images_dir / ".ledger" / "ledger.sqlite3").exists()
+
+
+def test_a_second_app_on_the_same_database_shares_the_caps(
+    with_tokens, fake_openai, database_url, tmp_path
+):
+    tokens = (line("alice", ALICE, "images_per_hour=2"),)
+    first = with_tokens(*tokens, database_url=database_url)
+    other = with_tokens(*tokens, database_url=database_url, images_dir=tmp_path / "elsewhere")
+    assert first.post("/generate", json={"prompt": "a"}, headers=bearer(ALICE)).status_code == 200
+    assert other.post("/generate", json={"prompt": "a"}, headers=bearer(ALICE)).status_code == 200
+    refused = other.post("/generate", json={"prompt": "a"}, headers=bearer(ALICE))
+    assert refused.status_code == 429
+
+
+def test_an_idempotency_key_replays_from_the_database(
+    client_for_database, fake_openai, database_url
+):
+    client = client_for_database(database_url)
+    headers = {"Idempotency-Key": "k-pg-1"}
+    first = client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=headers)
+    again = client.post("/generate", json={"count": 2, "prompt": "a fox"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = client.post("/generate", json={"prompt": "a cat"}, headers=headers)
+    assert other.status_code == 422
+    assert len(fake_openai.image_requests) == 1
+    with psycopg.connect(database_url) as db:
+        assert db.execute("SELECT state FROM idempotency").fetchall() == [("done",)]
+
+
+@pytest.fixture
+def client_for_database(settings, make_app):
+    return lambda url: make_app(settings, database_url=url).test_client()
+
+
+def test_the_url_comes_from_a_secret_file_and_is_never_shown(tmp_path: Path):
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://app:s3cret-pw@db.example:5432/images\n")
+    settings = Settings.from_env({"IMAGE_GEN_DATABASE_URL_FILE": str(secret)})
+    assert settings.database_url == "postgresql://app:s3cret-pw@db.example:5432/images"
+    assert "s3cret" not in repr(settings)
+    direct = Settings.from_env({"IMAGE_GEN_DATABASE_URL": "postgres://u@h/d"})
+    assert direct.database_url == "postgres://u@h/d"
+    assert Settings.from_env({}).database_url is None
+
+
+def test_a_url_that_is_not_postgresql_is_refused_without_echoing_it():
+    from imagegen.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"IMAGE_GEN_DATABASE_URL": "mysql://u:hunter2@h/d"})
+    assert "hunter2" not in str(refused.value)
+
+
+def drop(database_url: str) -> None:
+    """Drop the test's database under the app's feet (its connections are ended)."""
+    name = database_url.rsplit("/", 1)[1]
+    server_url = database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(server_url, autocommit=True) as db:
+        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_health_reports_the_database_and_an_unreachable_one_is_a_503(
+    client_for_database, fake_openai, database_url, caplog
+):
+    client = client_for_database(database_url)
+    healthy = client.get("/health")
+    assert healthy.status_code == 200
+    assert healthy.get_json()["database"] == "ok"
+    assert client.post("/generate", json={"prompt": "a fox"}).status_code == 200
+
+    drop(database_url)
+    refused = client.post("/generate", json={"prompt": "a fox"})
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "DATABASE_UNAVAILABLE"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert len(fake_openai.image_requests) == 1  # nothing was asked of the upstream
+    unhealthy = client.get("/health")
+    assert unhealthy.status_code == 503
+    assert unhealthy.get_json()["status"] == "unhealthy"
+    assert unhealthy.get_json()["database"] == "unavailable"
+    assert "postgresql://" not in caplog.text + unhealthy.get_data(as_text=True)
+
+
+def test_health_has_no_database_entry_on_sqlite(client):
+    assert "database" not in client.get("/health").get_json()
