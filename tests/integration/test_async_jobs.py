@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -431,9 +432,11 @@ def orphan(
     job_id = submit(client).get_json()["job_id"]
     services(app).jobs.shutdown(0)  # lets go of it, as a dead process would
     holder.release()
-    if record:
+    if record:  # rewritten as the service writes records: whole, by a rename
         path = settings.images_dir / ".jobs" / job_id / "job.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **record}))
+        staged = path.with_name("job.json.test-tmp")
+        staged.write_text(json.dumps({**json.loads(path.read_text()), **record}))
+        os.replace(staged, path)
     return job_id
 
 

@@ -555,5 +555,5 @@ class JobRunner:
             job.lease.release()
         for job in running:
             job.done.wait(max(0.0, deadline - time.monotonic()))
-        if self._thread is not None:
-            self._thread.join(max(0.0, min(2.0, deadline - time.monotonic())))
+        if self._thread is not None:  # the dispatcher ends within its tick: wait for it
+            self._thread.join(2.0)
