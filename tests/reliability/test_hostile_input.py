@@ -184,7 +184,9 @@ def odd_ids(jobs: list[dict[str, Any]], deleted: str) -> list[str]:
     hostile ones plus near misses of real ids, job ids and a deleted image's id."""
     image = jobs[0]["images"][0]["id"]
     job = jobs[0]["job_id"]
-    fullwidth = image.replace("a", "\uff41").replace("1", "\uff11")
+    # Every character in its fullwidth form (NFKC folds it back to the id): replacing only
+    # some letters left an id without them unchanged (a 200, about 1 run in 70).
+    fullwidth = image.translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)})
     return [
         *HOSTILE_SUFFIXES,
         f"../{job}/metadata.json",
