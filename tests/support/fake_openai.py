@@ -71,7 +71,9 @@ __all__ = [
     "insufficient_quota",
     "invalid_api_key",
     "invalid_b64",
+    "make_gif",
     "make_png",
+    "make_svg",
     "model_not_found",
     "moderation_blocked",
     "non_json",
@@ -184,6 +186,47 @@ def make_png(
         if room >= 0:
             padding = _png_chunk(PAD_CHUNK_TYPE, bytes(room))
     return header + padding + idat + iend
+
+
+def make_gif(
+    width: int = DEFAULT_SIDE,
+    height: int = DEFAULT_SIDE,
+    frames: int = 2,
+    rgb: tuple[int, int, int] = (0, 0, 0),
+    delay_ms: int = 200,
+) -> bytes:
+    """Return a valid looping animated GIF89a of ``frames`` solid frames (stdlib only).
+
+    The image data is LZW with 7-bit literals: 8-bit codes, a clear code before every 126
+    pixels, so the code size never grows and each code is one byte.
+    """
+    palette = bytes(rgb) + bytes((255 - rgb[0], 255 - rgb[1], 255 - rgb[2])) + bytes(3 * 126)
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF6, 0, 0) + palette)
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    pixels = width * height
+    for frame in range(frames):
+        out += b"\x21\xf9\x04\x04" + struct.pack("<H", delay_ms // 10) + b"\x00\x00"
+        out += b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
+        codes = bytearray()
+        for start in range(0, pixels, 126):
+            codes.append(0x80)  # clear
+            codes += bytes([frame % 2]) * min(126, pixels - start)
+        codes.append(0x81)  # end of information
+        out.append(7)
+        for start in range(0, len(codes), 255):
+            block = codes[start : start + 255]
+            out += bytes([len(block)]) + block
+        out.append(0)
+    return bytes(out + b"\x3b")
+
+
+def make_svg(width: int = DEFAULT_SIDE, height: int = DEFAULT_SIDE) -> bytes:
+    """Return a small valid SVG drawing of ``width`` x ``height``."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><rect width="{width}" height="{height}" '
+        'fill="#c81e1e"/><circle cx="50%" cy="50%" r="25%" fill="#fff"/></svg>'
+    ).encode()
 
 
 def _image_dims(size: Any) -> tuple[int, int]:
@@ -1090,7 +1133,9 @@ class FakeOpenAI:
         with self._lock:
             self._connections.discard(conn)
 
-    def _next_image(self, size: Any) -> bytes:
+    def _next_image(self, size: Any, params: Mapping[str, Any] | None = None) -> bytes:
+        """The next image: PNG, or the GIF (``frame_count`` frames) or SVG ``output_format``
+        asks for, as GPT Image 2.6 answers."""
         fixed = self.image_bytes
         if fixed is not None:
             return fixed
@@ -1098,6 +1143,13 @@ class FakeOpenAI:
             counter = next(self._counter)
             pad_to = self._pad_to
         width, height = _image_dims(size)
+        fmt = (params or {}).get("output_format")
+        if fmt == "gif":
+            count = str((params or {}).get("frame_count") or 9)
+            frames = min(int(count), 16) if count.isdigit() and int(count) >= 1 else 9
+            return make_gif(width, height, frames, _colour(counter))
+        if fmt == "svg":
+            return make_svg(width, height)
         return make_png(width, height, _colour(counter), pad_to)
 
     def _store_file(self, spec: FileSpec) -> str:
@@ -1132,7 +1184,7 @@ class FakeOpenAI:
                 return {"url": plan.url}
             if plan.file is not None:
                 return {"url": f"{origin}/files/{self._store_file(plan.file)}"}
-            image = self._next_image(params.get("size"))
+            image = self._next_image(params.get("size"), params)
             if as_url:
                 name = self._store_file(FileSpec(body=image))
                 return {"url": f"{origin}/files/{name}"}

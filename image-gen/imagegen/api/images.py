@@ -23,7 +23,7 @@ from imagegen.api.parts import IMAGE_HEADERS, IMAGE_ID, IMAGE_PARAMETERS, UUID_P
 from imagegen.apidoc import bare, errors, json_response, operation, query
 from imagegen.errors import ValidationError
 from imagegen.imaging import thumbnails
-from imagegen.imaging.formats import CONTENT_TYPES
+from imagegen.imaging.formats import CONTENT_TYPES, SVG_POLICY
 from imagegen.services import services
 from imagegen.storage.images import ImageStore, StoredImage, normalize_id, thumbnail_name
 
@@ -77,7 +77,12 @@ def get_image(image_id: str) -> ResponseReturnValue:
     if variant is not None:
         return _thumbnail(store, image, variant)
     stream = store.open_image(image)
-    return _send(stream, image.size, image.modified, image.content_type, image.image_id, image.name)
+    response = _send(
+        stream, image.size, image.modified, image.content_type, image.image_id, image.name
+    )
+    if image.format == "svg":  # a drawing opened from here may not script this origin
+        response.headers["Content-Security-Policy"] = SVG_POLICY
+    return response
 
 
 @bp.delete("/images/<path:image_id>")
@@ -111,7 +116,25 @@ def _thumbnail(store: ImageStore, image: StoredImage, variant: thumbnails.Varian
     Its ETag names the image and the variant (`<id>-w256.png`), so every variant validates
     on its own; the bytes behind one ETag never change, as the image itself never does.
     """
-    fmt = variant.format or image.format
+    if image.format == "svg":  # a drawing scales by itself: its thumbnail is the drawing
+        if variant.format is not None:
+            raise ValidationError(
+                f"Image {image.image_id} is an SVG drawing; it is not turned into "
+                f"{variant.format.upper()}. Fetch it without 'format': it scales by itself.",
+                details={"field": "format"},
+            )
+        response = _send(
+            store.open_image(image),
+            image.size,
+            image.modified,
+            image.content_type,
+            image.image_id,
+            image.name,
+        )
+        response.headers["Content-Security-Policy"] = SVG_POLICY
+        return response
+    # A GIF's thumbnail is a still of its first frame, a PNG unless another format is asked.
+    fmt = variant.format or ("png" if image.format == "gif" else image.format)
     name = thumbnail_name(image, variant.suffix, fmt)
     mimetype = CONTENT_TYPES[fmt]
     cached = store.open_thumbnail(image, variant.suffix, fmt)  # None if dropped meanwhile
@@ -141,6 +164,7 @@ def _send(
     response.expires = int(time.time() + MAX_AGE)  # type: ignore[assignment]
     response.set_etag(etag)
     response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    response.headers["X-Content-Type-Options"] = "nosniff"
     try:  # in place: a 304, a 206 for a range, or the whole 200
         response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
     except RequestedRangeNotSatisfiable:

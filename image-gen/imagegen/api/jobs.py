@@ -30,7 +30,7 @@ from imagegen.apidoc import (
 )
 from imagegen.books.interfaces import FINAL, PREVIEW_NAME, JobBook
 from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
-from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
+from imagegen.imaging.formats import OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS, SVG_POLICY
 from imagegen.jobs import events, streams
 from imagegen.jobs.answers import completed_body, pending_body
 from imagegen.jobs.submit import POLL_HINT
@@ -203,7 +203,7 @@ def _stream_token() -> str | None:
         path_param(
             "name",
             "The preview's name, as in its URL.",
-            "^(p[0-9]{1,2}-[0-9]|i[0-9]{1,2})[.](png|jpg|webp)$",
+            "^(p[0-9]{1,2}-[0-9]|i[0-9]{1,2})[.](png|jpg|webp|gif|svg)$",
         ),
     ],
     responses={"200": binary("The preview, typed by its format.", {}), **errors(404, 500)},
@@ -215,9 +215,11 @@ def job_preview(job_id: str, name: str) -> ResponseReturnValue:
         raise ImageNotFound(f"Preview {name[:64]!r} of job {job_id[:64]!r} not found.")
     match = PREVIEW_NAME.match(name)
     assert match is not None  # preview() checked the name
-    fmt = next(f for f, ext in EXTENSIONS.items() if ext == match["ext"])
-    response = send_file(path, mimetype=CONTENT_TYPES[fmt], max_age=3600, conditional=True)
+    fmt = next(f for f, ext in OUTPUT_EXTENSIONS.items() if ext == match["ext"])
+    response = send_file(path, mimetype=OUTPUT_CONTENT_TYPES[fmt], max_age=3600, conditional=True)
     response.headers["X-Content-Type-Options"] = "nosniff"
+    if fmt == "svg":
+        response.headers["Content-Security-Policy"] = SVG_POLICY
     return response
 
 

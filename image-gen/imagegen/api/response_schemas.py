@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.apidoc import ref as _ref
-from imagegen.imaging.formats import CONTENT_TYPES
+from imagegen.imaging.formats import OUTPUT_CONTENT_TYPES
 from imagegen.settings import PROVIDERS
 
 Schema = dict[str, Any]
 
-FORMATS = list(CONTENT_TYPES)
+FORMATS = list(OUTPUT_CONTENT_TYPES)
 string: Schema = {"type": "string"}
 integer: Schema = {"type": "integer"}
 boolean: Schema = {"type": "boolean"}

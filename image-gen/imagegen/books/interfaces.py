@@ -52,7 +52,7 @@ def new_marker(job_id: str) -> str:
 # A running job's previews: partial preview n of image i (p<i>-<n>.<ext>), or image i once
 # finished (i<i>.<ext>); jobs.answers.preview_name makes them.
 PREVIEW_NAME = re.compile(
-    r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp)$"
+    r"^(?:p(?P<image>[0-9]{1,2})-(?P<index>[0-9])|i(?P<done>[0-9]{1,2}))\.(?P<ext>png|jpg|webp|gif|svg)$"
 )
 
 

@@ -10,7 +10,17 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import TypedDict, Unpack
 
-from imagegen.catalog.spec import MIB, Choice, InputSpec, IntRange, ModelSpec, Requires, SizeRule
+from imagegen.catalog.spec import (
+    MIB,
+    Choice,
+    FrameSheet,
+    InputSpec,
+    IntRange,
+    ModelSpec,
+    OutputRule,
+    Requires,
+    SizeRule,
+)
 
 _GUIDE = "https://developers.openai.com/api/docs/guides/image-generation"
 
@@ -69,15 +79,66 @@ _XHIGH_OPTIONS = {
 # gpt-image-26-sunburst, "Defaults to HIGH"; replicate.com openai/gpt-image-2.6-sunburst's
 # input schema, default high). GPT Image 2.5 does not take it (ComfyUI's
 # OpenAIGPTImageNodeV3: the 2.5 inputs "match the 2.6 models, except ... complexity").
-_GPT_IMAGE_26_OPTIONS = {**_XHIGH_OPTIONS, "complexity": Choice(("low", "medium", "high"))}
+# GIF and SVG output, read 2026-12-03: OpenAI's Images API reference (create image and
+# create image edit) as w3cschool.cn translates it, updated 2026-11-11
+# (https://www.w3cschool.cn/openai_api/openai_api-reference-resources-images-methods-edit.html):
+# `frame_count` 2-16, default 9, "only with output_format=gif", the size must fit "the
+# model's GIF size limits"; GIF output takes no streaming, partial images, mask or output
+# compression and needs GIF preview access on the account; `frame_duration_ms` at least 20,
+# default 200, rounded to 10 ms, at most 655,350 ms per frame as encoded. SVG: one image,
+# drawn by an authoring model from a reference image (`complexity` sets the reference).
+# The GIF size limits are not numbers on an OpenAI page: the frames are laid out on one
+# sheet (dev.to/super_lewis, "animated-gifs-and-markup-guided-edits", 2026-11-05: six
+# 1024x1024 frames were refused, the sheet "4096 px on its long side"), billed in steps of
+# 2-8, 9, 10-12 and 13-16 frames (docs.comfy.org/built-in-nodes/OpenAIGPTImageGIFNode), and
+# the sheet keeps the still image's budget of 8,294,400 pixels, frames in multiples of 16
+# (docs.apiyi.com/en/api-capabilities/gpt-image-2/gpt-image-2-6, 2026-11-09: measured
+# largest square frames 960 for 2-9 frames, 816 for 10-12, 720 for 13-16, which is that
+# budget over 9, 12 and 16 cells). Transparent GIF and SVG backgrounds: the ComfyUI node
+# takes `background` for GIFs; an SVG is transparent where it draws nothing.
+_GIF_SHEET = FrameSheet(steps=(8, 9, 12, 16), multiple=16, min_pixels=655_360, max_pixels=8_294_400)
 
 
-_GPT_IMAGE_26_DEFAULTS = {"complexity": "high"}
+_GPT_IMAGE_26_OUTPUTS = (
+    OutputRule(
+        "gif",
+        mask=False,
+        partials=False,
+        frames=_GIF_SHEET,
+        default_size="auto",
+        source=_IMAGES_REFERENCE,
+    ),
+    OutputRule("svg", max_count=1, partials=False, source=_IMAGES_REFERENCE),
+)
+
+
+_GPT_IMAGE_26_OPTIONS = {
+    **_XHIGH_OPTIONS,
+    "complexity": Choice(("low", "medium", "high")),
+    "output_format": Choice(("png", "jpeg", "webp", "gif", "svg")),
+    "frame_count": IntRange(2, 16),
+    "frame_duration_ms": IntRange(20, 655_350),
+}
+
+
+_GPT_IMAGE_26_DEFAULTS: dict[str, str | int] = {
+    "complexity": "high",
+    "frame_count": 9,
+    "frame_duration_ms": 200,
+}
 
 
 _GPT_IMAGE_REQUIRES = (
     Requires("output_compression", "output_format", ("jpeg", "webp")),
     Requires("background", "output_format", ("png", "webp"), value="transparent"),
+)
+
+
+_GPT_IMAGE_26_REQUIRES = (
+    Requires("output_compression", "output_format", ("jpeg", "webp")),
+    Requires("background", "output_format", ("png", "webp", "gif", "svg"), value="transparent"),
+    Requires("frame_count", "output_format", ("gif",)),
+    Requires("frame_duration_ms", "output_format", ("gif",)),
 )
 
 
@@ -155,7 +216,9 @@ def _gpt_image(
     flexible: bool = True,
     options: Mapping[str, Choice | IntRange] = _GPT_IMAGE_OPTIONS,
     input_fidelity: Choice | None = None,
-    defaults: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str | int] | None = None,
+    requires: tuple[Requires, ...] = _GPT_IMAGE_REQUIRES,
+    outputs: tuple[OutputRule, ...] = (),
     source: str = _GUIDE,
     **lifecycle: Unpack[_Lifecycle],
 ) -> ModelSpec:
@@ -171,7 +234,8 @@ def _gpt_image(
         max_prompt_chars=32_000,
         options=options,
         option_defaults={"output_format": "png", **(defaults or {})},
-        requires=_GPT_IMAGE_REQUIRES,
+        requires=requires,
+        output_rules=outputs,
         source=source,
         edits=_gpt_edits(options, input_fidelity),
         **lifecycle,
@@ -214,16 +278,22 @@ _MODELS: tuple[ModelSpec, ...] = (
     # gpt-image-2.6-flare and gpt-image-2.6-sunburst alone).
     _gpt_image(
         "gpt-image-2.6-flare",
-        "GPT Image 2.6, the faster tier; quality up to max; complexity; transparent background.",
+        "GPT Image 2.6, the faster tier; quality up to max; complexity; transparent background; "
+        "animated GIF and SVG output.",
         options=_GPT_IMAGE_26_OPTIONS,
         defaults=_GPT_IMAGE_26_DEFAULTS,
+        requires=_GPT_IMAGE_26_REQUIRES,
+        outputs=_GPT_IMAGE_26_OUTPUTS,
         source=_PROMPTING_26,
     ),
     _gpt_image(
         "gpt-image-2.6-sunburst",
-        "GPT Image 2.6, the detailed tier; quality up to max; complexity; transparent background.",
+        "GPT Image 2.6, the detailed tier; quality up to max; complexity; transparent background; "
+        "animated GIF and SVG output.",
         options=_GPT_IMAGE_26_OPTIONS,
         defaults=_GPT_IMAGE_26_DEFAULTS,
+        requires=_GPT_IMAGE_26_REQUIRES,
+        outputs=_GPT_IMAGE_26_OUTPUTS,
         source=_PROMPTING_26,
     ),
     _gpt_image(

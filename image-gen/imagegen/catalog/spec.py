@@ -126,6 +126,77 @@ class OutputBounds:
         return {"max_edge": self.max_edge, "max_pixels": self.max_pixels}
 
 
+@dataclass(frozen=True)
+class FrameSheet:
+    """How an animation's frames are made: laid out on one sheet, whose cells are the frame
+    count rounded up to a step; the sheet must fit the model's pixel budget.
+
+    `size` then names one frame (edges multiples of `multiple`); `steps` are the largest
+    frame count of each step with its cell count, as the frames are billed.
+    """
+
+    steps: tuple[int, ...]  # the top frame count of each step: 8, 9, 12, 16
+    multiple: int
+    min_pixels: int
+    max_pixels: int
+
+    def cells(self, frame_count: int) -> int:
+        """The cells of the sheet for `frame_count` frames (its billing step)."""
+        return next((top for top in self.steps if frame_count <= top), self.steps[-1])
+
+    def allows(self, size: str, frame_count: int) -> bool:
+        if size == "auto":
+            return True
+        match = _SIZE.fullmatch(size)
+        if not match:
+            return False
+        width, height = int(match[1]), int(match[2])
+        sheet = width * height * self.cells(frame_count)
+        return (
+            width % self.multiple == 0
+            and height % self.multiple == 0
+            and self.min_pixels <= sheet <= self.max_pixels
+        )
+
+    def describe(self, frame_count: int) -> str:
+        return (
+            f"'auto' or one frame's WxH with both edges multiples of {self.multiple}, where "
+            f"the frame's pixels times {self.cells(frame_count)} (the sheet of {frame_count} "
+            f"frames) come to {self.min_pixels:,} to {self.max_pixels:,}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frame_steps": list(self.steps),
+            "multiple_of": self.multiple,
+            "min_sheet_pixels": self.min_pixels,
+            "max_sheet_pixels": self.max_pixels,
+        }
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """What a model's output format changes: fewer images, no mask or previews, frames."""
+
+    format: str
+    max_count: int | None = None  # None: the model's own
+    mask: bool = True  # an edit may carry a mask
+    partials: bool = True  # the upstream can stream partial previews
+    frames: FrameSheet | None = None  # an animation: `size` is one frame's
+    default_size: str | None = None  # None: the model's own
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_count": self.max_count,
+            "mask": self.mask,
+            "partial_images": self.partials,
+            "frames": self.frames.as_dict() if self.frames else None,
+            "default_size": self.default_size,
+            "source": self.source,
+        }
+
+
 MIB = 1024 * 1024
 
 
@@ -178,7 +249,9 @@ class ModelSpec:
     per_call: int  # images one upstream call may return; count above it fans out
     max_prompt_chars: int
     options: Mapping[str, Choice | IntRange] = field(default_factory=dict)
-    option_defaults: Mapping[str, str] = field(default_factory=dict)  # upstream's defaults
+    option_defaults: Mapping[str, str | int] = field(default_factory=dict)  # upstream's
+    # Output formats with rules of their own (GIF, SVG); the others follow the model's.
+    output_rules: tuple[OutputRule, ...] = ()
     requires: tuple[Requires, ...] = ()
     size_rule: SizeRule | None = None
     deprecated_on: dt.date | None = None
@@ -212,6 +285,10 @@ class ModelSpec:
         if self.status(today) != DEPRECATED:
             return []
         return [f"Model {self.id} shuts down on {self.shutdown_on}; move to {self.replacement}."]
+
+    def output_rule(self, fmt: str | None) -> OutputRule | None:
+        """The rule of an output format (None: the model's own rules apply)."""
+        return next((rule for rule in self.output_rules if rule.format == fmt), None)
 
     def allows_size(self, size: str) -> bool:
         return size in self.sizes or bool(self.size_rule and self.size_rule.allows(size))
@@ -249,6 +326,7 @@ class ModelSpec:
                 name: {**spec.describe(), "default": self.option_defaults.get(name)}
                 for name, spec in self.options.items()
             },
+            "output_formats": {rule.format: rule.as_dict() for rule in self.output_rules},
             "edits": self.edits.describe() if self.edits else None,
             "variations": self.variations.describe() if self.variations else None,
             "source": self.source,

@@ -86,7 +86,7 @@ class ImageMaker:
             estimate = pricing.estimate(
                 quality=image_request.options.get("quality"),
                 size=image_request.size,
-                count=image_request.count,
+                count=image_request.count * _priced_frames(image_request),
                 input_images=input_images,
             )
         try:
@@ -292,3 +292,15 @@ def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
         "usd": real if real is not None else admission.estimated_usd,
         "basis": basis,
     }
+
+
+def _priced_frames(image_request: ImageRequest) -> int:
+    """The stills an image's estimate prices: one, or for an animation the cells of the
+    sheet its frames are laid out on (the frame step it is billed at). An SVG is estimated
+    as its reference image; the authoring model's tokens settle from the upstream's usage."""
+    model, options = image_request.model, image_request.options
+    rule = model.output_rule(options.get("output_format"))
+    if rule is None or rule.frames is None:
+        return 1
+    frames = options.get("frame_count", model.option_defaults.get("frame_count", 1))
+    return rule.frames.cells(int(frames))

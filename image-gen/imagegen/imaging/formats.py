@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import binascii
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 _simd_b64decode: Callable[..., bytes] | None  # pybase64's b64decode(text, validate=True)
 try:  # SIMD base64: 1.4 MB in 0.1 ms where binascii's byte loop takes 3-7 ms (bench/README.md)
@@ -13,8 +15,16 @@ try:  # SIMD base64: 1.4 MB in 0.1 ms where binascii's byte loop takes 3-7 ms (b
 except ImportError:  # pragma: no cover - pybase64 is a pinned runtime dependency
     _simd_b64decode = None
 
+# Raster formats: what the service takes in (uploads, data URLs) and makes thumbnails as.
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# What a model may make: the rasters, and GPT Image 2.6's animated GIF and SVG.
+OUTPUT_CONTENT_TYPES = {**CONTENT_TYPES, "gif": "image/gif", "svg": "image/svg+xml"}
+OUTPUT_EXTENSIONS = {**EXTENSIONS, "gif": "gif", "svg": "svg"}
+# An SVG is served under this policy: no script, no fetch, its own inline styles only, so
+# a drawing opened straight from the service cannot act on the service's origin.
+SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+MAX_SVG_BYTES = 8 * 1024 * 1024
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -56,6 +66,23 @@ def identify(data: bytes) -> ImageInfo | None:
             return _webp(data)
     except (struct.error, IndexError):
         return None
+    return None
+
+
+def identify_output(data: bytes) -> ImageInfo | None:
+    """Like `identify`, and also a whole GIF or SVG, as a model may make them.
+
+    An SVG must be UTF-8 XML whose root is an `svg` element, with no document type (so no
+    entity can be declared or expanded), at most MAX_SVG_BYTES; its size comes from its
+    `width` and `height` in pixels, else from its `viewBox` (0x0 when it states neither).
+    """
+    info = identify(data)
+    if info is not None:
+        return info
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif(data)
+    if data.lstrip()[:1] == b"<":
+        return _svg(data)
     return None
 
 
@@ -123,6 +150,50 @@ def _webp(data: bytes) -> ImageInfo | None:
         height = int.from_bytes(data[27:30], "little") + 1
         return _sized("webp", width, height)
     return None
+
+
+def _gif(data: bytes) -> ImageInfo | None:
+    if len(data) < 14 or not data.rstrip(b"\x00").endswith(b";"):
+        return None  # no trailer: truncated
+    width, height = struct.unpack("<HH", data[6:10])
+    return _sized("gif", width, height)
+
+
+_LENGTH = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:px)?\s*")
+
+
+def _svg(data: bytes) -> ImageInfo | None:
+    if len(data) > MAX_SVG_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "<!DOCTYPE" in text.upper() or "<!ENTITY" in text.upper():
+        return None  # a DTD could declare entities (billion laughs); a drawing needs none
+    try:
+        # No DTD (refused above), and expat fetches no external entity: nothing to defuse.
+        root = ElementTree.fromstring(text)  # noqa: S314
+    except (ElementTree.ParseError, ValueError):
+        return None
+    if root.tag not in ("svg", "{http://www.w3.org/2000/svg}svg"):
+        return None
+    width, height = _svg_length(root.get("width")), _svg_length(root.get("height"))
+    if width is None or height is None:
+        box = (root.get("viewBox") or "").replace(",", " ").split()
+        try:
+            width, height = round(float(box[2])), round(float(box[3]))
+        except (IndexError, ValueError, OverflowError):
+            width = height = 0
+    if not (0 <= width <= 65_535 and 0 <= height <= 65_535):
+        return None
+    return ImageInfo("svg", width, height)
+
+
+def _svg_length(value: str | None) -> int | None:
+    """A width or height in pixels ("512", "512px"); None for percentages, ems and the like."""
+    match = _LENGTH.fullmatch(value or "")
+    return round(float(match[1])) if match else None
 
 
 def _sized(fmt: str, width: int, height: int) -> ImageInfo | None:

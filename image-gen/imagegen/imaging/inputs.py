@@ -127,6 +127,12 @@ def parse_edit_request(
         endpoint=f" {OPERATIONS[operation]}",
     )
     check_inputs(model, spec, inputs)
+    rule = model.output_rule(image_request.options.get("output_format"))
+    if inputs.mask is not None and rule is not None and not rule.mask:
+        raise ValidationError(
+            f"{model.id} takes no mask for {rule.format.upper()} output.",
+            details={"field": inputs.mask.field},
+        )
     return image_request
 
 

@@ -1,11 +1,15 @@
-"""Deterministic placeholder PNGs: the keyless provider's images, drawn with the stdlib."""
+"""Deterministic placeholder images: the keyless provider's, drawn with the stdlib (PNG,
+SVG) and Pillow (an animated GIF of mosaics)."""
 
 from __future__ import annotations
 
 import colorsys
 import hashlib
+import io
 import struct
 import zlib
+
+from PIL import Image
 
 GRID = 8
 
@@ -40,6 +44,63 @@ def placeholder_png(prompt: str, width: int, height: int, index: int = 0) -> byt
             _chunk(b"IEND", b""),
         )
     )
+
+
+def placeholder_image(
+    fmt: str,
+    prompt: str,
+    width: int,
+    height: int,
+    index: int = 0,
+    *,
+    frames: int = 2,
+    duration_ms: int = 200,
+) -> bytes:
+    """A placeholder in `fmt` ("png", "svg" or "gif"), deterministic like `placeholder_png`."""
+    if fmt == "svg":
+        return placeholder_svg(prompt, width, height, index)
+    if fmt == "gif":
+        return placeholder_gif(prompt, width, height, index, frames, duration_ms)
+    return placeholder_png(prompt, width, height, index)
+
+
+def placeholder_svg(prompt: str, width: int, height: int, index: int = 0) -> bytes:
+    """An SVG drawing of the mosaic: one rectangle per cell, colours from the prompt's hash."""
+    digest = hashlib.sha256(f"{index}\x00{prompt}".encode()).digest()
+    palette = _palette(digest)
+    seeds = hashlib.sha512(digest).digest()
+    cells = [
+        f'<rect x="{c * width / GRID:g}" y="{r * height / GRID:g}" width="{width / GRID:g}" '
+        f'height="{height / GRID:g}" fill="#{palette[seeds[r * GRID + c] % len(palette)].hex()}"/>'
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><desc>image-gen placeholder {digest.hex()}</desc>'
+        + "".join(cells)
+        + "</svg>"
+    ).encode()
+
+
+def placeholder_gif(
+    prompt: str, width: int, height: int, index: int, frames: int, duration_ms: int
+) -> bytes:
+    """An animated GIF of `frames` mosaics, each shown `duration_ms`, looping."""
+    pictures = [
+        Image.open(io.BytesIO(placeholder_png(f"{prompt}\x00frame {n}", width, height, index)))
+        for n in range(frames)
+    ]
+    out = io.BytesIO()
+    pictures[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=pictures[1:],
+        duration=duration_ms,
+        loop=0,
+    )
+    return out.getvalue()
 
 
 def _palette(digest: bytes) -> list[bytes]:

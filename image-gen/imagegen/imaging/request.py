@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from imagegen import clock, strictjson
 from imagegen.catalog.models import CATALOG
-from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec
+from imagegen.catalog.spec import SHUT_DOWN, Choice, IntRange, ModelSpec, OutputRule
 from imagegen.errors import ValidationError
 
 COMMON_FIELDS = ("prompt", "count", "model", "size")
@@ -111,12 +111,15 @@ def _checked(
             f"{_taken_elsewhere(unknown[0])}It accepts: {', '.join(sorted(allowed))}.",
             details={"field": unknown[0]},
         )
+    prompt = _prompt(body, model) if needs_prompt else ""
+    options = _options(body, model, taken)
+    rule = model.output_rule(options.get("output_format"))
     return ImageRequest(
-        prompt=_prompt(body, model) if needs_prompt else "",
+        prompt=prompt,
         model=model,
-        count=_count(body, model),
-        size=_size(body, model, default_size),
-        options=_options(body, model, taken),
+        count=_count(body, model, rule),
+        size=_size(body, model, default_size, rule, options),
+        options=options,
         safety_identifier=_end_user(body),
     )
 
@@ -202,22 +205,42 @@ def _prompt(body: dict[str, Any], model: ModelSpec) -> str:
     return prompt
 
 
-def _count(body: dict[str, Any], model: ModelSpec) -> int:
+def _count(body: dict[str, Any], model: ModelSpec, rule: OutputRule | None) -> int:
     count = body.get("count")
     if count is None:
         count = 1
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= model.max_count:
+    most = model.max_count if rule is None or rule.max_count is None else rule.max_count
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+        kind = f" {rule.format.upper()}" if most != model.max_count and rule else ""
         raise ValidationError(
-            f"'count' must be an integer from 1 to {model.max_count} for {model.id}.",
+            f"'count' must be an integer from 1 to {most} for{kind} {model.id}"
+            + (" images." if kind else "."),
             details={"field": "count"},
         )
     return count
 
 
-def _size(body: dict[str, Any], model: ModelSpec, default_size: str) -> str:
+def _size(
+    body: dict[str, Any],
+    model: ModelSpec,
+    default_size: str,
+    rule: OutputRule | None,
+    options: Mapping[str, Any],
+) -> str:
     size = body.get("size")
+    frames, kind = (rule.frames, rule.format.upper()) if rule else (None, "")
     if size is None:
-        size = default_size
+        size = rule.default_size if rule and rule.default_size else default_size
+    if frames is not None:  # an animation: `size` is one frame's
+        frame_count = options.get("frame_count", model.option_defaults.get("frame_count", 1))
+        if not isinstance(size, str) or not frames.allows(size, int(frame_count)):
+            raise ValidationError(
+                f"'size' {size!r} is not accepted for a {kind} of "
+                f"{frame_count} frames by {model.id}. It accepts "
+                f"{frames.describe(int(frame_count))}.",
+                details={"field": "size"},
+            )
+        return size
     if not isinstance(size, str) or not model.allows_size(size):
         accepted = ", ".join(model.sizes)
         if model.size_rule:

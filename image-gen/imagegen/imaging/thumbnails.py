@@ -43,6 +43,7 @@ MAX_PIXELS = max(model.largest_output.max_pixels for model in MODELS)
 MAX_CONCURRENT = 2
 _INTEGER = re.compile(r"^[0-9]{1,6}$")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+_DECODED = [*_PIL_FORMATS, "GIF"]  # a GIF's thumbnail is of its first frame
 _SAVE_OPTIONS: dict[str, tuple[str, dict[str, int]]] = {  # Pillow's format name, its options
     "png": ("PNG", {"compress_level": 6}),
     "jpeg": ("JPEG", {"quality": 85}),
@@ -151,7 +152,7 @@ def render(source: BinaryIO, variant: Variant, fmt: str, image_id: str) -> bytes
 
 
 def _render(source: BinaryIO, variant: Variant, fmt: str, image_id: str) -> bytes | None:
-    with Image.open(source, formats=list(_PIL_FORMATS)) as image:
+    with Image.open(source, formats=_DECODED) as image:
         if image.width * image.height > MAX_PIXELS:
             raise ServiceError(
                 f"Image {image_id} is {image.width}x{image.height} pixels, too large to make "

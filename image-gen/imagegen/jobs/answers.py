@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from imagegen.books.interfaces import JobBook
-from imagegen.imaging.formats import EXTENSIONS
+from imagegen.imaging.formats import OUTPUT_EXTENSIONS
 
 
 def pending_body(record: dict[str, Any], records: JobBook | None = None) -> dict[str, Any]:
@@ -82,5 +82,5 @@ def status_data(record: dict[str, Any]) -> dict[str, Any]:
 def preview_name(image: int, fmt: str, partial: int | None = None) -> str:
     """The name of image `image`'s partial preview `partial` (or of its finished copy), as
     JobBook.save_preview keeps it and /jobs/<id>/previews/<name> serves it."""
-    ext = EXTENSIONS[fmt]
+    ext = OUTPUT_EXTENSIONS[fmt]
     return f"i{image}.{ext}" if partial is None else f"p{image}-{partial}.{ext}"

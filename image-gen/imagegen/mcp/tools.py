@@ -12,7 +12,7 @@ from typing import Any
 
 from imagegen import strictjson
 from imagegen.catalog.spec import SHUT_DOWN
-from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
+from imagegen.imaging.formats import CONTENT_TYPES, OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS
 from imagegen.mcp import protocol
 from imagegen.mcp.loopback import Answer, absolute, call
 from imagegen.mcp.protocol import THUMBNAIL_FORMAT, THUMBNAIL_WIDTH, UUID, is_structured
@@ -342,9 +342,9 @@ def resource(image: dict[str, Any], *, titled: bool = True) -> dict[str, Any]:
     fmt = image.get("format") or "png"
     entry: dict[str, Any] = {
         "uri": absolute(image["url"]),
-        "name": f"{image['id']}.{EXTENSIONS.get(fmt, fmt)}",
+        "name": f"{image['id']}.{OUTPUT_EXTENSIONS.get(fmt, fmt)}",
         "description": _image_description(image),
-        "mimeType": CONTENT_TYPES.get(fmt, "application/octet-stream"),
+        "mimeType": OUTPUT_CONTENT_TYPES.get(fmt, "application/octet-stream"),
     }
     if titled and image.get("prompt"):
         entry["title"] = shorten(image["prompt"], 80)

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from imagegen import strictjson
 from imagegen.clock import utc_now
 from imagegen.errors import ImageNotFound, InsufficientStorage
-from imagegen.imaging.formats import CONTENT_TYPES, EXTENSIONS
+from imagegen.imaging.formats import EXTENSIONS, OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS
 from imagegen.storage import durable
 from imagegen.storage.blobs import BlobInfo, BlobNotFound, Blobs, Publication
 from imagegen.storage.durable import is_disk_full
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # with them. The least recently used go first.
 MAX_THUMBNAILS = 16
 _THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
-_FORMATS = {ext: fmt for fmt, ext in EXTENSIONS.items()}
+_FORMATS = {ext: fmt for fmt, ext in OUTPUT_EXTENSIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class StoredImage:
 
     @property
     def content_type(self) -> str:
-        return CONTENT_TYPES[self.format]
+        return OUTPUT_CONTENT_TYPES[self.format]
 
     @property
     def name(self) -> str:
@@ -162,14 +162,14 @@ class ImageStore:
         images = []
         for number, image in enumerate(generation.images, start=1):
             image_id = str(uuid.uuid4())
-            name = image_name(number, image_id, EXTENSIONS[image.format])
+            name = image_name(number, image_id, OUTPUT_EXTENSIONS[image.format])
             publication.put(name, image.data)
             images.append(
                 {
                     "id": image_id,
                     "file": name,
                     "format": image.format,
-                    "content_type": CONTENT_TYPES[image.format],
+                    "content_type": OUTPUT_CONTENT_TYPES[image.format],
                     # The size asked for, as the original service reported it; the
                     # pixels the upstream actually sent are in width and height.
                     "size": request.get("size")

@@ -28,7 +28,7 @@ from imagegen.storage.layout import Layout, lock_key
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LINK_TARGET = re.compile(
-    r"^\.\./(?P<key>(?P<job>[0-9a-f-]{36})/[0-9]{3}-(?P<image>[0-9a-f-]{36})\.(?:png|jpg|webp))$"
+    r"^\.\./(?P<key>(?P<job>[0-9a-f-]{36})/[0-9]{3}-(?P<image>[0-9a-f-]{36})\.(?:png|jpg|webp|gif|svg))$"
 )
 
 

@@ -18,9 +18,9 @@ from imagegen.errors import (
     UpstreamTimeout,
     ValidationError,
 )
-from imagegen.imaging.formats import EXTENSIONS, decode_base64, identify
+from imagegen.imaging.formats import EXTENSIONS, decode_base64, identify, identify_output
 from imagegen.imaging.inputs import ImageInputs
-from imagegen.imaging.placeholder import placeholder_png
+from imagegen.imaging.placeholder import placeholder_image
 from imagegen.imaging.request import COMMON_FIELDS, END_USER_FIELDS, ImageRequest
 from imagegen.upstream.client import OpenAIClient, add_usage
 from imagegen.upstream.errors import (
@@ -41,6 +41,7 @@ _ECHOED = ("quality", "size", "background", "output_format")
 _MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
 _INPUT_FIELDS = ("image", "image[]", "mask")
 _PLACEHOLDER_MAX_EDGE = 2048  # placeholder edits at size "auto" follow the input, up to this
+_PLACEHOLDER_GIF_FRAME = 512  # a placeholder GIF's frames at size "auto"
 # A usage report is believed only if every count in it is a whole number from 0 to this. One
 # upstream call reports well under 1.5 million tokens (10 images of gpt-image-2 at its
 # largest size and dearest quality, or an edit with 16 inputs), so this is about 70 times
@@ -115,9 +116,7 @@ class PlaceholderProvider:
     def generate(self, request: ImageRequest, deadline: Deadline) -> Generation:
         width, height = _dimensions(request.size)
         images = [
-            GeneratedImage(
-                placeholder_png(request.prompt, width, height, index), "png", width, height
-            )
+            _placeholder(request, request.prompt, width, height, index)
             for index in range(request.count)
         ]
         return Generation(images, placeholder=True)
@@ -152,8 +151,7 @@ class PlaceholderProvider:
             width, height = _dimensions(request.size)
         key = f"{seed}\x00{digest.hexdigest()}"
         images = [
-            GeneratedImage(placeholder_png(key, width, height, index), "png", width, height)
-            for index in range(request.count)
+            _placeholder(request, key, width, height, index) for index in range(request.count)
         ]
         return Generation(images, placeholder=True)
 
@@ -212,7 +210,12 @@ class OpenAIProvider:
         one upstream call per image so each preview belongs to one image, the calls in
         parallel. Otherwise the calls are `generate`'s, each reporting its images as it ends.
         """
-        streaming = partial_images > 0 and request.model.family == "gpt-image"
+        rule = request.model.output_rule(request.options.get("output_format"))
+        streaming = (
+            partial_images > 0
+            and request.model.family == "gpt-image"
+            and (rule is None or rule.partials)  # GIF and SVG stream no previews
+        )
 
         def send(start: int, n: int) -> dict[str, Any]:
             payload = self.payload(request, n)
@@ -300,12 +303,14 @@ class OpenAIProvider:
             raise InvalidResponseError("an upstream image has neither 'b64_json' nor 'url'")
         if len(data) > self.client.max_image_bytes:
             raise InvalidResponseError("an upstream image is larger than allowed")
-        info = identify(data)
+        info = identify_output(data)
         if info is None:
             raise InvalidResponseError(
-                "the upstream sent bytes that are not a PNG, JPEG or WebP image"
+                "the upstream sent bytes that are not a whole PNG, JPEG, WebP, GIF or SVG image"
             )
-        too_large = _beyond_model(model, info.width, info.height)
+        # A drawing's width and height are coordinates, not pixels made: only rasters are
+        # held to the model's largest output.
+        too_large = None if info.format == "svg" else _beyond_model(model, info.width, info.height)
         if too_large:
             raise InvalidResponseError(f"the upstream sent {too_large}")
         revised = item.get("revised_prompt")
@@ -508,6 +513,25 @@ def _beyond_model(model: ModelSpec, width: int, height: int) -> str | None:
         f"a {width}x{height} image, larger than {model.id} makes "
         f"(at most {bounds.max_edge} pixels a side and {bounds.max_pixels:,} in all)"
     )
+
+
+def _placeholder(
+    request: ImageRequest, seed: str, width: int, height: int, index: int
+) -> GeneratedImage:
+    """A placeholder in the requested output format: a mosaic PNG (also for JPEG and WebP,
+    as before), an SVG drawing, or a GIF of `frame_count` mosaics."""
+    fmt = request.options.get("output_format")
+    fmt = fmt if fmt in ("gif", "svg") else "png"
+    frames = request.options.get("frame_count", request.model.option_defaults.get("frame_count"))
+    duration = request.options.get(
+        "frame_duration_ms", request.model.option_defaults.get("frame_duration_ms", 200)
+    )
+    if fmt == "gif" and request.size == "auto":
+        width = height = _PLACEHOLDER_GIF_FRAME
+    data = placeholder_image(
+        fmt, seed, width, height, index, frames=int(frames or 2), duration_ms=int(duration)
+    )
+    return GeneratedImage(data, fmt, width, height)
 
 
 def _dimensions(size: str) -> tuple[int, int]:
