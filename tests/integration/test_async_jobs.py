@@ -596,6 +596,29 @@ def test_an_edit_whose_process_died_is_run_again_from_the_inputs_it_kept(
     assert done["cost"]["estimated_usd"] == finished(client, fresh)["cost"]["estimated_usd"] > 0
 
 
+def test_a_markup_edit_whose_process_died_is_run_again_with_its_markup(
+    make_jobs_app, settings, fake_openai
+):
+    image, markup = fake.make_png(16, 16, (10, 200, 10)), rgba_png(16, 16)
+    files = [("image", "cup.png", image), ("markup", "notes.png", markup)]
+    job_id = orphan(
+        make_jobs_app(max_running_jobs=1),
+        settings,
+        async_edit(files, model="gpt-image-2.6-flare"),
+        status="running",
+        attempts=1,
+    )
+    kept = settings.images_dir / ".jobs" / job_id / "inputs"
+    assert sorted(path.name for path in kept.iterdir()) == ["image-1.png", "markup.png"]
+
+    client = make_jobs_app(max_running_jobs=1).test_client()
+
+    done = finished(client, job_id)
+    assert done["status"] == "completed" and done["attempts"] == 2
+    (call,) = fake_openai.image_requests
+    assert [(f.name, f.data) for f in call.files] == [("image", image), ("markup", markup)]
+
+
 def test_an_edit_whose_kept_inputs_are_gone_fails_with_a_clear_error(
     make_jobs_app, settings, fake_openai
 ):

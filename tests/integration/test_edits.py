@@ -179,14 +179,16 @@ def test_input_fidelity_is_taken_by_gpt_image_1_5_only(client, fake_openai, toda
     assert len(fake_openai.image_requests) == 1
 
 
-def test_moderation_is_not_an_edit_option(client, fake_openai):
-    response = edit(client, PNG, moderation="low")
+def test_moderation_is_an_edit_option_of_gpt_image_models(client, fake_openai):
+    taken = edit(client, PNG, moderation="low")
+    bad = edit(client, PNG, moderation="high")
 
-    assert response.status_code == 400
-    body = response.get_json()
-    assert body["field"] == "moderation"
-    assert "gpt-image-2 edits" in body["error"]
-    assert fake_openai.image_requests == []
+    assert taken.status_code == 200, taken.get_json()
+    assert fake_openai.image_requests[0].form["moderation"] == "low"
+    assert bad.status_code == 400
+    assert bad.get_json()["field"] == "moderation"
+    assert "low, auto" in bad.get_json()["error"]
+    assert len(fake_openai.image_requests) == 1
 
 
 def test_models_endpoint_describes_what_each_model_edits(client):
@@ -195,7 +197,14 @@ def test_models_endpoint_describes_what_each_model_edits(client):
     gpt = described["gpt-image-2"]["edits"]
     assert gpt["max_images"] == 16 and gpt["mask"] is True
     assert gpt["formats"] == ["png", "jpeg", "webp"]
-    assert set(gpt["options"]) == {"quality", "background", "output_format", "output_compression"}
+    assert set(gpt["options"]) == {
+        "quality",
+        "background",
+        "moderation",
+        "output_format",
+        "output_compression",
+    }
+    assert gpt["markup"] is False and described["gpt-image-2.6-flare"]["edits"]["markup"] is True
     assert described["gpt-image-1.5"]["edits"]["options"]["input_fidelity"]["enum"] == [
         "high",
         "low",

@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from imagegen.catalog.models import CATALOG
-from imagegen.catalog.spec import Choice
 from tests.support.mcp import result_of, rpc, tools_by_name
 from tests.support.pictures import PNG, jpeg, rgba_png, webp
 from tests.support.service import job_files, read_metadata, sdk
@@ -187,26 +186,28 @@ def test_stream_false_null_fields_and_the_end_user_are_taken(client, fake_openai
 def test_moderation_goes_upstream_where_the_catalog_lets_edits_take_it(
     client, fake_openai, monkeypatch
 ):
-    refused = client.post(
+    taken = client.post(
         "/v1/images/edits", json={"prompt": "x", "images": [ref(PNG)], "moderation": "low"}
     )
-    assert refused.status_code == 400
-    assert openai_error(refused)["param"] == "moderation"
-    assert "gpt-image-2 edits" in openai_error(refused)["message"]
+    assert taken.status_code == 200, taken.get_json()
+    assert fake_openai.image_requests[-1].form["moderation"] == "low"
 
     model = CATALOG["gpt-image-2"]
     assert model.edits is not None
     edits = dataclasses.replace(
-        model.edits, options={**model.edits.options, "moderation": Choice(("low", "auto"))}
+        model.edits,
+        options={k: v for k, v in model.edits.options.items() if k != "moderation"},
     )
     monkeypatch.setitem(CATALOG, "gpt-image-2", dataclasses.replace(model, edits=edits))
 
-    taken = client.post(
+    refused = client.post(
         "/v1/images/edits", json={"prompt": "x", "images": [ref(PNG)], "moderation": "low"}
     )
 
-    assert taken.status_code == 200, taken.get_json()
-    assert fake_openai.image_requests[-1].form["moderation"] == "low"
+    assert refused.status_code == 400
+    assert openai_error(refused)["param"] == "moderation"
+    assert "gpt-image-2 edits" in openai_error(refused)["message"]
+    assert len(fake_openai.image_requests) == 1
 
 
 # --- refused ----------------------------------------------------------------------------------

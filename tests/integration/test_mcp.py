@@ -252,7 +252,8 @@ def test_edit_image_schema_offers_only_models_that_edit(placeholder_client):
 
     assert "dall-e-3" not in props["model"]["enum"] and "dall-e-2" in props["model"]["enum"]
     assert {"image_id", "image_ids", "mask_id", "prompt"} <= set(props)
-    assert "moderation" not in props  # the edits endpoint does not take it
+    assert props["moderation"]["enum"] == ["low", "auto"]  # GPT Image edits take it
+    assert "markup_id" in props  # GPT Image 2.6's markup-guided edits
 
 
 def test_a_2025_03_26_client_gets_no_titles_output_schemas_or_structured_results(

@@ -120,8 +120,9 @@ def body_accepted(model: ModelSpec, body: dict[str, Any]) -> bool:
 def base_body(model: ModelSpec, field: str) -> dict[str, Any]:
     """A valid body for `model` into which `field` can be put."""
     body: dict[str, Any] = {"prompt": "a red kite over dunes", "model": model.id}
-    if field == "output_compression":
-        body["output_format"] = "jpeg"
+    for rule in model.requires:  # e.g. output_compression needs jpeg, frame_count a GIF
+        if rule.option == field and rule.value is None:
+            body[rule.other] = rule.allowed[0]
     return body
 
 

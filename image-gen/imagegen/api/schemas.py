@@ -240,6 +240,8 @@ def input_form_schema(
             "description": "A PNG with an alpha channel and the first image's dimensions; "
             "its fully transparent areas are edited.",
         }
+    if any(spec.markup for _, spec in able):
+        properties["markup"] = {**binary, "description": MARKUP_DESCRIPTION}
     if "prompt" in properties:
         required.setdefault("required", []).append("prompt")
     return {
@@ -282,6 +284,10 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
         properties["mask_id"] = nullable(
             {**image_id, "description": "A stored PNG with an alpha channel to use as the mask."}
         )
+    if any(spec.markup for _, spec in able):
+        properties["markup_id"] = nullable(
+            {**image_id, "description": f"A stored markup. {MARKUP_DESCRIPTION}"}
+        )
     ways: list[Schema] = [{"required": ["image_id"]}, {"required": ["image_ids"]}]
     if operation == "edit":  # OpenAI's JSON form too (not mixed with the ids)
         properties.update(reference_properties(max_images))
@@ -300,6 +306,12 @@ def input_json_schema(models: list[ModelSpec], default_model: str, operation: st
     return schema
 
 
+MARKUP_DESCRIPTION = (
+    "A PNG with an alpha channel and the first image's dimensions, clear except where it "
+    "marks what to change (arrows, circles, notes); not with a mask. GPT Image 2.6 only."
+)
+
+
 def reference_properties(max_images: int) -> dict[str, Schema]:
     """OpenAI's JSON edit form: `images` and `mask` as references (imaging.references)."""
     return {
@@ -314,6 +326,7 @@ def reference_properties(max_images: int) -> dict[str, Schema]:
             "A PNG with an alpha channel and the first image's dimensions; its fully "
             "transparent areas are edited."
         ),
+        "markup": image_reference(MARKUP_DESCRIPTION),
     }
 
 

@@ -178,10 +178,21 @@ _EDITS_REFERENCE = "https://platform.openai.com/docs/api-reference/images/create
 _VARIATIONS_REFERENCE = "https://platform.openai.com/docs/api-reference/images/createVariation"
 
 
+# `moderation` on edits, read 2026-12-03: OpenAI's OpenAPI description (2.3.0) lists it
+# (low | auto, default auto) among the image edit's fields, EditImageBodyJsonParam as
+# generated from it (docs.rs/crate/openai-client-base/0.16.0, src/models/
+# edit_image_body_json_param.rs; hexdocs.pm/ex_openai/2.0.0-beta2, ExOpenAI.Components.
+# EditImageBodyJsonParam): the 2025-11 reference left it out. Sent in either form.
+# Markup-guided edits (GPT Image 2.6), read 2026-12-03: "a transparent PNG overlay (arrows,
+# circles, annotations) with the same dimensions as the first reference image ... honored
+# by models with markup-guided editing (OpenAI gpt-image-2.6)" (openrouter.ai/docs/
+# client-sdks/python/components/markup.md); sent as the `markup` part, like the mask; not
+# combinable with a mask (issue 16; apidog.com/blog/gpt-image-2-6-api, 2026-11-05, "a
+# markup edit"). OpenAI's own page for the field was not found in English.
 def _gpt_edits(
-    options: Mapping[str, Choice | IntRange], input_fidelity: Choice | None
+    options: Mapping[str, Choice | IntRange], input_fidelity: Choice | None, markup: bool
 ) -> InputSpec:
-    taken = {name: spec for name, spec in options.items() if name != "moderation"}
+    taken = dict(options)
     if input_fidelity is not None:
         taken["input_fidelity"] = input_fidelity
     return InputSpec(
@@ -190,6 +201,7 @@ def _gpt_edits(
         max_image_bytes=50 * MIB,
         options=taken,
         mask=True,
+        markup=markup,
         default_size="auto",
         source=_EDITS_REFERENCE,
     )
@@ -219,6 +231,7 @@ def _gpt_image(
     defaults: Mapping[str, str | int] | None = None,
     requires: tuple[Requires, ...] = _GPT_IMAGE_REQUIRES,
     outputs: tuple[OutputRule, ...] = (),
+    markup: bool = False,
     source: str = _GUIDE,
     **lifecycle: Unpack[_Lifecycle],
 ) -> ModelSpec:
@@ -237,7 +250,7 @@ def _gpt_image(
         requires=requires,
         output_rules=outputs,
         source=source,
-        edits=_gpt_edits(options, input_fidelity),
+        edits=_gpt_edits(options, input_fidelity, markup),
         **lifecycle,
     )
 
@@ -284,6 +297,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         defaults=_GPT_IMAGE_26_DEFAULTS,
         requires=_GPT_IMAGE_26_REQUIRES,
         outputs=_GPT_IMAGE_26_OUTPUTS,
+        markup=True,
         source=_PROMPTING_26,
     ),
     _gpt_image(
@@ -294,6 +308,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         defaults=_GPT_IMAGE_26_DEFAULTS,
         requires=_GPT_IMAGE_26_REQUIRES,
         outputs=_GPT_IMAGE_26_OUTPUTS,
+        markup=True,
         source=_PROMPTING_26,
     ),
     _gpt_image(

@@ -215,6 +215,9 @@ class InputSpec:
     prompt: bool = True  # variations take no prompt
     mask: bool = False  # takes a mask: a PNG with an alpha channel, the first image's size
     max_mask_bytes: int = 4 * MIB
+    # Takes a markup: a transparent PNG the size of the first image, drawn on (arrows,
+    # circles, notes) where the edit goes; never with a mask.
+    markup: bool = False
     square: bool = False  # input images must be square
     transparent_without_mask: bool = False  # no mask: the image's own alpha is the mask
     default_size: str | None = None  # None: the model's default size
@@ -229,6 +232,7 @@ class InputSpec:
             "prompt": self.prompt,
             "mask": self.mask,
             "max_mask_bytes": self.max_mask_bytes if self.mask else None,
+            "markup": self.markup,
             "square": self.square,
             "default_size": self.default_size,
             "options": {name: spec.describe() for name, spec in self.options.items()},

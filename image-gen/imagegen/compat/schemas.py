@@ -75,7 +75,7 @@ def openai_edit_json_schema(models: list[ModelSpec], default_model: str) -> Sche
     schema = input_json_schema(models, default_model, "edit")
     properties = schema["properties"]
     count = properties.pop("count")
-    for name in ("image_id", "image_ids", "mask_id"):
+    for name in ("image_id", "image_ids", "mask_id", "markup_id"):
         properties.pop(name, None)
     properties["n"] = count
     properties["response_format"] = nullable(

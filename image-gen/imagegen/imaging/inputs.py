@@ -88,13 +88,22 @@ class ImageInputs:
 
     images: tuple[InputImage, ...]
     mask: InputImage | None = None
+    markup: InputImage | None = None  # GPT Image 2.6: where to edit, drawn on a clear PNG
 
     def source(self) -> dict[str, Any]:
         """The job's `source` metadata: where each input came from and its digest."""
-        return {
+        source = {
             "images": [image.record() for image in self.images],
             "mask": self.mask.record() if self.mask else None,
         }
+        if self.markup is not None:
+            source["markup"] = self.markup.record()
+        return source
+
+    @property
+    def extras(self) -> tuple[InputImage, ...]:
+        """The mask and the markup, those sent."""
+        return tuple(image for image in (self.mask, self.markup) if image is not None)
 
 
 def parse_edit_request(
@@ -205,6 +214,8 @@ def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None
                 details={"field": image.field},
             )
     first = images[0]
+    if inputs.markup is not None:
+        _check_markup(model, spec, inputs.markup, first, mask, several=len(images) > 1)
     if mask is None:
         if spec.transparent_without_mask and not first.has_alpha():
             raise ValidationError(
@@ -215,24 +226,80 @@ def check_inputs(model: ModelSpec, spec: InputSpec, inputs: ImageInputs) -> None
         return
     if not spec.mask:
         raise ValidationError(f"{model.id} takes no mask.", details={"field": mask.field})
-    if mask.format != "png" or not mask.has_alpha():
+    _check_overlay(
+        model,
+        mask,
+        first,
+        "mask",
+        "fully transparent where the image should change",
+        spec.max_mask_bytes,
+        several=len(images) > 1,
+    )
+
+
+def _check_markup(
+    model: ModelSpec,
+    spec: InputSpec,
+    markup: InputImage,
+    first: InputImage,
+    mask: InputImage | None,
+    *,
+    several: bool,
+) -> None:
+    """A markup: only where the model takes one, never with a mask, and an overlay."""
+    if not spec.markup:
+        able = [m.id for m in CATALOG.values() if m.edits is not None and m.edits.markup]
         raise ValidationError(
-            f"The mask must be a PNG with an alpha channel (fully transparent where the image "
-            f"should change); {mask.label} is a {mask.format.upper()} image"
-            + (" without one." if mask.format == "png" else "."),
-            details={"field": mask.field},
+            f"{model.id} takes no markup. Models that do: {', '.join(able) or 'none'}.",
+            details={"field": markup.field},
         )
-    if len(mask.data) >= spec.max_mask_bytes:
+    if mask is not None:
         raise ValidationError(
-            f"The mask is {len(mask.data):,} bytes; {model.id} takes masks under "
-            f"{_megabytes(spec.max_mask_bytes)}.",
-            details={"field": mask.field},
+            "Send a mask or a markup, not both: the markup shows where to edit, the mask "
+            "which pixels may change.",
+            details={"field": markup.field},
         )
-    if (mask.width, mask.height) != (first.width, first.height):
+    _check_overlay(
+        model,
+        markup,
+        first,
+        "markup",
+        "clear except where you drew",
+        spec.max_image_bytes,
+        several=several,
+    )
+
+
+def _check_overlay(
+    model: ModelSpec,
+    overlay: InputImage,
+    first: InputImage,
+    what: str,
+    meaning: str,
+    max_bytes: int,
+    *,
+    several: bool,
+) -> None:
+    """A mask or a markup: a PNG with an alpha channel, under `max_bytes`, with the first
+    image's dimensions."""
+    if overlay.format != "png" or not overlay.has_alpha():
         raise ValidationError(
-            f"The mask is {mask.width}x{mask.height}; it must have the dimensions of the "
-            f"{'first ' if len(images) > 1 else ''}image, {first.width}x{first.height}.",
-            details={"field": mask.field},
+            f"The {what} must be a PNG with an alpha channel ({meaning}); {overlay.label} is a "
+            f"{overlay.format.upper()} image"
+            + (" without one." if overlay.format == "png" else "."),
+            details={"field": overlay.field},
+        )
+    if len(overlay.data) >= max_bytes:
+        raise ValidationError(
+            f"The {what} is {len(overlay.data):,} bytes; {model.id} takes {what}s under "
+            f"{_megabytes(max_bytes)}.",
+            details={"field": overlay.field},
+        )
+    if (overlay.width, overlay.height) != (first.width, first.height):
+        raise ValidationError(
+            f"The {what} is {overlay.width}x{overlay.height}; it must have the dimensions of "
+            f"the {'first ' if several else ''}image, {first.width}x{first.height}.",
+            details={"field": overlay.field},
         )
 
 

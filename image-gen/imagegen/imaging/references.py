@@ -38,7 +38,7 @@ from imagegen.settings import Settings
 from imagegen.storage.images import ImageStore
 from imagegen.storage.index import normalize_id
 
-REFERENCE_FIELDS = ("images", "mask")  # OpenAI's JSON form
+REFERENCE_FIELDS = ("images", "mask", "markup")  # OpenAI's JSON form
 # The declared types a data URL may carry; the content decides the format, as for uploads.
 DATA_URL_TYPES = frozenset({*CONTENT_TYPES.values(), "image/jpg"})
 _DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.ASCII | re.I)
@@ -88,7 +88,7 @@ def read_references(
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object.")
     fields = dict(body)
-    for name in ("image", "image[]", "image_id", "image_ids", "mask_id"):
+    for name in ("image", "image[]", "image_id", "image_ids", "mask_id", "markup_id"):
         if name in fields:
             raise ValidationError(
                 f"'{name}' is not part of OpenAI's JSON edit form: send the images as "
@@ -97,6 +97,7 @@ def read_references(
                 details={"field": name},
             )
     refs, mask_ref = fields.pop("images", None), fields.pop("mask", None)
+    markup_ref = fields.pop("markup", None)
     if not isinstance(refs, list) or not refs:
         raise ValidationError(
             "'images' must be a non-empty list of image references, each "
@@ -111,13 +112,16 @@ def read_references(
     named = [(f"images[{n}]", f"image {n + 1}", ref) for n, ref in enumerate(refs)]
     if mask_ref is not None:
         named.append(("mask", "the mask", mask_ref))
+    if markup_ref is not None:
+        named.append(("markup", "the markup", markup_ref))
     checked = [(field, label, _shape(ref, field)) for field, label, ref in named]
     read = [
         _read(kind, value, field, label, store, settings, links)
         for field, label, (kind, value) in checked
     ]
+    markup = read.pop() if markup_ref is not None else None
     mask = read.pop() if mask_ref is not None else None
-    return fields, ImageInputs(tuple(read), mask)
+    return fields, ImageInputs(tuple(read), mask, markup)
 
 
 def _shape(ref: Any, field: str) -> tuple[str, str]:

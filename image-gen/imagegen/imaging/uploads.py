@@ -2,8 +2,8 @@
 the references of OpenAI's JSON edit form.
 
 Uploads are read within the service's upload limits and checked by content; a JSON body
-names images the service already stores (`image_id`, `image_ids`, `mask_id`), or carries
-OpenAI's `images` and `mask` references (imaging.references reads those).
+names images the service already stores (`image_id`, `image_ids`, `mask_id`, `markup_id`), or
+carries OpenAI's `images`, `mask` and `markup` references (imaging.references reads those).
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ IMAGE_FIELDS = ("image", "image[]")  # file fields for input images; `image[]` a
 
 
 MASK_FIELD = "mask"
+
+
+MARKUP_FIELD = "markup"  # GPT Image 2.6's markup-guided edits
+
+
+_EXTRA_FIELDS = (MASK_FIELD, MARKUP_FIELD)  # one file each
 
 
 def is_multipart(req: Request) -> bool:
@@ -66,7 +72,7 @@ def read_uploads(req: Request, settings: Settings) -> tuple[dict[str, str], Imag
     fields: dict[str, str] = {}
     for key in form:
         values = form.getlist(key)
-        if key in (*IMAGE_FIELDS, MASK_FIELD):
+        if key in (*IMAGE_FIELDS, *_EXTRA_FIELDS):
             raise ValidationError(
                 f"'{key}' must be sent as a file (e.g. curl -F '{key}=@picture.png').",
                 details={"field": key},
@@ -77,11 +83,11 @@ def read_uploads(req: Request, settings: Settings) -> tuple[dict[str, str], Imag
                 details={"field": key[:64]},
             )
         fields[key] = values[0]
-    unexpected = sorted(key[:64] for key in files if key not in (*IMAGE_FIELDS, MASK_FIELD))
+    unexpected = sorted(key[:64] for key in files if key not in (*IMAGE_FIELDS, *_EXTRA_FIELDS))
     if unexpected:
         raise ValidationError(
             f"Unexpected file field(s): {', '.join(unexpected[:10])}. Send the images as "
-            "'image' (repeated for several) and the mask as 'mask'.",
+            "'image' (repeated for several), the mask as 'mask' and a markup as 'markup'.",
             details={"field": unexpected[0]},
         )
     uploads = [(name, item) for name in IMAGE_FIELDS for item in files.getlist(name)]
@@ -94,16 +100,19 @@ def read_uploads(req: Request, settings: Settings) -> tuple[dict[str, str], Imag
         _upload(item, name, f"image {number}", settings.max_upload_bytes)
         for number, (name, item) in enumerate(uploads, start=1)
     )
-    masks = files.getlist(MASK_FIELD)
-    if len(masks) > 1:
-        raise ValidationError("Send at most one 'mask'.", details={"field": MASK_FIELD})
-    mask = _upload(masks[0], MASK_FIELD, "the mask", settings.max_upload_bytes) if masks else None
+    extras: dict[str, InputImage | None] = {}
+    for name in _EXTRA_FIELDS:
+        parts = files.getlist(name)
+        if len(parts) > 1:
+            raise ValidationError(f"Send at most one '{name}'.", details={"field": name})
+        label = f"the {name}"
+        extras[name] = _upload(parts[0], name, label, settings.max_upload_bytes) if parts else None
     if not images:
         raise ValidationError(
             "An image to start from is required: upload it as the file field 'image'.",
             details={"field": "image"},
         )
-    return fields, ImageInputs(images, mask)
+    return fields, ImageInputs(images, extras[MASK_FIELD], extras[MARKUP_FIELD])
 
 
 def _upload(item: FileStorage, field: str, label: str, limit: int) -> InputImage:
@@ -136,6 +145,7 @@ def read_stored(
     fields = dict(body)
     single, several = fields.pop("image_id", None), fields.pop("image_ids", None)
     mask_id = fields.pop("mask_id", None)
+    markup_id = fields.pop("markup_id", None)
     if single is not None and several is not None:
         raise ValidationError(
             "Send 'image_id' or 'image_ids', not both.", details={"field": "image_ids"}
@@ -163,6 +173,8 @@ def read_stored(
     named = [(field, image_id) for image_id in ids]
     if mask_id is not None:
         named.append(("mask_id", mask_id))
+    if markup_id is not None:
+        named.append(("markup_id", markup_id))
     for name, value in named:
         if not isinstance(value, str):
             raise ValidationError(
@@ -172,12 +184,16 @@ def read_stored(
         stored_image(store, image_id, field, f"image {image_id[:64]}", settings.max_upload_bytes)
         for image_id in ids
     )
-    mask = None
+    mask = markup = None
     if mask_id is not None:
         mask = stored_image(
             store, mask_id, "mask_id", f"the mask {mask_id[:64]}", settings.max_upload_bytes
         )
-    return fields, ImageInputs(images, mask)
+    if markup_id is not None:
+        markup = stored_image(
+            store, markup_id, "markup_id", f"the markup {markup_id[:64]}", settings.max_upload_bytes
+        )
+    return fields, ImageInputs(images, mask, markup)
 
 
 def stored_image(

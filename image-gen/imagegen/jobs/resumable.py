@@ -19,7 +19,7 @@ from imagegen.imaging.core import ImageMaker, Produce
 from imagegen.imaging.formats import EXTENSIONS
 from imagegen.imaging.inputs import ImageInputs, InputImage, default_model_for, parse_edit_request
 from imagegen.imaging.request import ImageRequest, parse_generate_request
-from imagegen.imaging.uploads import MASK_FIELD
+from imagegen.imaging.uploads import MARKUP_FIELD, MASK_FIELD
 from imagegen.settings import Settings
 
 
@@ -66,7 +66,10 @@ def rebuild_from_inputs(
         for n, entry in enumerate(source["images"], start=1)
     )
     mask = kept("mask", source["mask"], MASK_FIELD, "the mask") if source.get("mask") else None
-    inputs = ImageInputs(images, mask)
+    markup = None
+    if source.get("markup"):
+        markup = kept("markup", source["markup"], MARKUP_FIELD, "the markup")
+    inputs = ImageInputs(images, mask, markup)
     image_request = parse_edit_request(
         record["request"],
         inputs,
@@ -92,4 +95,6 @@ def kept_inputs(inputs: ImageInputs) -> dict[str, bytes]:
     }
     if inputs.mask is not None:
         kept[f"mask.{EXTENSIONS[inputs.mask.format]}"] = inputs.mask.data
+    if inputs.markup is not None:
+        kept[f"markup.{EXTENSIONS[inputs.markup.format]}"] = inputs.markup.data
     return kept

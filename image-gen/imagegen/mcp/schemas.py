@@ -182,6 +182,11 @@ def edit_schema(default_model: str, today: Any) -> dict[str, Any]:
             "A stored PNG with an alpha channel, the first image's size: its fully "
             "transparent areas are what gets edited. Leave it out to edit the whole image."
         )
+    if "markup_id" in properties:
+        properties["markup_id"]["description"] = (
+            "GPT Image 2.6: a stored PNG with an alpha channel, the first image's size, clear "
+            "except where it marks what to change (arrows, circles, notes). Not with mask_id."
+        )
     return {
         "type": "object",
         "properties": {**properties, **MCP_ARGUMENTS},

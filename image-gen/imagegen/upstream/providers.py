@@ -39,7 +39,7 @@ T = TypeVar("T")
 _SAFETY_CODES = {"moderation_blocked", "content_policy_violation", "content_filter"}
 _ECHOED = ("quality", "size", "background", "output_format")
 _MODEL_GONE_CODES = {"model_not_found", "model_deprecated", "model_shutdown", "model_not_available"}
-_INPUT_FIELDS = ("image", "image[]", "mask")
+_INPUT_FIELDS = ("image", "image[]", "mask", "markup")
 _PLACEHOLDER_MAX_EDGE = 2048  # placeholder edits at size "auto" follow the input, up to this
 _PLACEHOLDER_GIF_FRAME = 512  # a placeholder GIF's frames at size "auto"
 # A usage report is believed only if every count in it is a whole number from 0 to this. One
@@ -140,7 +140,7 @@ class PlaceholderProvider:
 
     def _derived(self, request: ImageRequest, inputs: ImageInputs, seed: str) -> Generation:
         digest = hashlib.sha256()
-        for image in (*inputs.images, *([inputs.mask] if inputs.mask else [])):
+        for image in (*inputs.images, *inputs.extras):
             digest.update(image.sha256.encode())
         if request.size == "auto":  # like the upstream: the output follows the first input
             first = inputs.images[0]
@@ -368,6 +368,8 @@ class OpenAIProvider:
         ]
         if inputs.mask is not None:
             files.append(FormFile("mask", "mask.png", "image/png", inputs.mask.data))
+        if inputs.markup is not None:
+            files.append(FormFile("markup", "markup.png", "image/png", inputs.markup.data))
         return files
 
     def _fan_out(
