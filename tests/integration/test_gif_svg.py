@@ -328,6 +328,19 @@ def test_a_bad_gif_or_svg_from_the_upstream_is_an_upstream_error_storing_nothing
     assert [name for name in job_files(images_dir) if not name.startswith(".index")] == []
 
 
+@pytest.mark.parametrize("data", [fake.make_gif(8, 8, 2), fake.make_svg(8, 8)], ids=["gif", "svg"])
+def test_a_gif_or_svg_from_a_model_that_makes_neither_is_refused(
+    client, fake_openai, images_dir, data
+):
+    fake_openai.image_bytes = data
+
+    response = generate(client, model="gpt-image-2")
+
+    assert response.status_code == 502, response.get_json()
+    assert "not a PNG, JPEG or WebP image" in response.get_json()["error"]
+    assert [name for name in job_files(images_dir) if not name.startswith(".index")] == []
+
+
 # --- asynchronous jobs, placeholders, tokens, schemas -----------------------------------------
 
 

@@ -303,11 +303,11 @@ class OpenAIProvider:
             raise InvalidResponseError("an upstream image has neither 'b64_json' nor 'url'")
         if len(data) > self.client.max_image_bytes:
             raise InvalidResponseError("an upstream image is larger than allowed")
+        made = ["PNG", "JPEG", "WebP", *(rule.format.upper() for rule in model.output_rules)]
         info = identify_output(data)
-        if info is None:
-            raise InvalidResponseError(
-                "the upstream sent bytes that are not a whole PNG, JPEG, WebP, GIF or SVG image"
-            )
+        if info is None or info.format.upper() not in [name.upper() for name in made]:
+            listed = ", ".join(made[:-1]) + " or " + made[-1]
+            raise InvalidResponseError(f"the upstream sent bytes that are not a {listed} image")
         # A drawing's width and height are coordinates, not pixels made: only rasters are
         # held to the model's largest output.
         too_large = None if info.format == "svg" else _beyond_model(model, info.width, info.height)
