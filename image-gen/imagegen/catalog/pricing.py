@@ -24,12 +24,19 @@ _PRICING = "https://developers.openai.com/api/docs/pricing"
 
 @dataclass(frozen=True)
 class TokenRates:
-    """US dollars per 1M tokens."""
+    """US dollars per 1M tokens.
+
+    Cached input tokens (`input_tokens_details.cached_tokens`, a part of the input tokens)
+    cost the cached rates; a cached rate of None is one OpenAI does not publish, and those
+    tokens cost the full input rate.
+    """
 
     text_input: float
     image_input: float
     image_output: float
     text_output: float = 0.0
+    cached_text_input: float | None = None
+    cached_image_input: float | None = None
     source: str = _PRICING
 
     def cost(self, usage: Mapping[str, Any]) -> float | None:
@@ -45,8 +52,10 @@ class TokenRates:
             text_in = _count(input_details.get("text_tokens"))
             if text_in is None:
                 text_in = max((input_tokens or 0) - image_in, 0)
+            cached_text, cached_image = self._cached(input_details, text_in, image_in)
         else:
             image_in, text_in = 0, input_tokens or 0
+            cached_text = cached_image = 0
         if isinstance(output_details, Mapping):
             text_out = _count(output_details.get("text_tokens")) or 0
             image_out = _count(output_details.get("image_tokens"))
@@ -55,17 +64,49 @@ class TokenRates:
         else:
             text_out, image_out = 0, output_tokens or 0
         dollars = (
-            text_in * self.text_input
-            + image_in * self.image_input
+            (text_in - cached_text) * self.text_input
+            + cached_text * self._cached_text_rate
+            + (image_in - cached_image) * self.image_input
+            + cached_image * self._cached_image_rate
             + image_out * self.image_output
             + text_out * self.text_output
         )
         return dollars / 1_000_000
 
+    @property
+    def _cached_text_rate(self) -> float:
+        return self.text_input if self.cached_text_input is None else self.cached_text_input
+
+    @property
+    def _cached_image_rate(self) -> float:
+        return self.image_input if self.cached_image_input is None else self.cached_image_input
+
+    def _cached(self, details: Mapping[str, Any], text_in: int, image_in: int) -> tuple[int, int]:
+        """How many of the text and image input tokens were cached, each at most their count.
+
+        `cached_tokens_details` splits them (as OpenAI's Realtime usage does); a bare
+        `cached_tokens` is split the dearer way: first to the kind whose cached rate saves
+        less, so the books never count less than was billed."""
+        split = details.get("cached_tokens_details")
+        if isinstance(split, Mapping):
+            text = min(_count(split.get("text_tokens")) or 0, text_in)
+            image = min(_count(split.get("image_tokens")) or 0, image_in)
+            return text, image
+        cached = min(_count(details.get("cached_tokens")) or 0, text_in + image_in)
+        text_saves = self.text_input - self._cached_text_rate
+        image_saves = self.image_input - self._cached_image_rate
+        if text_saves <= image_saves:
+            text = min(cached, text_in)
+            return text, cached - text
+        image = min(cached, image_in)
+        return cached - image, image
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "usd_per_1m_text_input_tokens": self.text_input,
+            "usd_per_1m_cached_text_input_tokens": self.cached_text_input,
             "usd_per_1m_image_input_tokens": self.image_input,
+            "usd_per_1m_cached_image_input_tokens": self.cached_image_input,
             "usd_per_1m_image_output_tokens": self.image_output,
             "usd_per_1m_text_output_tokens": self.text_output,
             "source": self.source,
@@ -174,18 +215,55 @@ def _table(**qualities: tuple[float, float, float]) -> dict[str, dict[str, float
 
 # Per-image: OpenAI's image-generation guide, "Calculating costs" (copy of 2026-07-27).
 # Per-token: the pricing page as quoted by copies of it (gpt-image-1-mini from its model page).
+# Cached input rates, read 2026-12-03 (figures per 1M tokens, text / image):
+#   gpt-image-1: $1.25 / $2.50, OpenAI's model page
+#     (https://developers.openai.com/ja-JP/api/docs/models/gpt-image-1, "Cached input").
+#   gpt-image-1-mini: $0.20 / $0.25, OpenAI's model page
+#     (https://developers.openai.com/de-DE/api/docs/models/gpt-image-1-mini).
+#   gpt-image-1.5 (and chatgpt-image-latest, priced like it): $1.25 / $2.00, from third-party
+#     copies of OpenAI's table only (imagine.art/blogs/gpt-image-1-5-pricing, 2026-03-27);
+#     OpenAI's own page was not found.
+#   gpt-image-2: $1.25 / $2.00, from third-party copies of OpenAI's pricing page only
+#     (tokenmix.ai/blog/gpt-image-2-pricing-cost-signals-2026 and
+#     gptimage2.to/blog/how-much-will-gpt-image-2-api-cost, both 2026-04-29).
+#   gpt-image-2.5 and 2.6: no cached rate published on any page found: None, so cached
+#     tokens cost the full input rate.
+# The Images API reference (openai-python 3.3.1's images_response.py, 2026-08-21) lists only
+# `image_tokens` and `text_tokens` in `usage.input_tokens_details`: OpenAI's image answers
+# report no cached count today. The rates apply when an answer carries
+# `input_tokens_details.cached_tokens` (the Responses API's name for it) or a
+# `cached_tokens_details` split (the Realtime API's).
+_GPT_IMAGE_2_TABLE = ImagePrices(
+    _table(low=(0.006, 0.005, 0.005), medium=(0.053, 0.041, 0.041), high=(0.211, 0.165, 0.165)),
+    extra_qualities={"xhigh": 2.0, "max": 4.0},
+)
 _GPT_IMAGE_2 = Pricing(
-    ImagePrices(
-        _table(low=(0.006, 0.005, 0.005), medium=(0.053, 0.041, 0.041), high=(0.211, 0.165, 0.165)),
-        extra_qualities={"xhigh": 2.0, "max": 4.0},
+    _GPT_IMAGE_2_TABLE,
+    TokenRates(
+        text_input=5.00,
+        image_input=8.00,
+        image_output=30.00,
+        cached_text_input=1.25,
+        cached_image_input=2.00,
     ),
-    TokenRates(text_input=5.00, image_input=8.00, image_output=30.00),
+)
+# gpt-image-2.5 / 2.6: OpenAI lists the same token rates as gpt-image-2 (pricing page as
+# quoted 2026-09 and 2026-11) but no cached rates; their per-image table is not published,
+# so gpt-image-2's is used for the reservation.
+_GPT_IMAGE_25 = Pricing(
+    _GPT_IMAGE_2_TABLE, TokenRates(text_input=5.00, image_input=8.00, image_output=30.00)
 )
 _GPT_IMAGE_15 = Pricing(
     ImagePrices(
         _table(low=(0.009, 0.013, 0.013), medium=(0.034, 0.05, 0.05), high=(0.133, 0.2, 0.2))
     ),
-    TokenRates(text_input=5.00, image_input=8.00, image_output=32.00),
+    TokenRates(
+        text_input=5.00,
+        image_input=8.00,
+        image_output=32.00,
+        cached_text_input=1.25,
+        cached_image_input=2.00,
+    ),
 )
 _GPT_IMAGE_1_MINI = Pricing(
     ImagePrices(
@@ -195,6 +273,8 @@ _GPT_IMAGE_1_MINI = Pricing(
         text_input=2.00,
         image_input=2.50,
         image_output=8.00,
+        cached_text_input=0.20,
+        cached_image_input=0.25,
         source="https://developers.openai.com/api/docs/models/gpt-image-1-mini",
     ),
 )
@@ -206,6 +286,8 @@ _GPT_IMAGE_1 = Pricing(
         text_input=5.00,
         image_input=10.00,
         image_output=40.00,
+        cached_text_input=1.25,
+        cached_image_input=2.50,
         source="https://developers.openai.com/api/docs/models/gpt-image-1",
     ),
 )
@@ -229,15 +311,12 @@ _DALL_E_2 = Pricing(
     )
 )
 
-# gpt-image-2.5 / 2.6: OpenAI lists the same token rates as gpt-image-2 (pricing page as
-# quoted 2026-09 and 2026-11); their per-image table is not published, so gpt-image-2's is
-# used for the reservation.
 PRICING: dict[str, Pricing] = {
     "gpt-image-2": _GPT_IMAGE_2,
-    "gpt-image-2.5-flare": _GPT_IMAGE_2,
-    "gpt-image-2.5-sunburst": _GPT_IMAGE_2,
-    "gpt-image-2.6-flare": _GPT_IMAGE_2,
-    "gpt-image-2.6-sunburst": _GPT_IMAGE_2,
+    "gpt-image-2.5-flare": _GPT_IMAGE_25,
+    "gpt-image-2.5-sunburst": _GPT_IMAGE_25,
+    "gpt-image-2.6-flare": _GPT_IMAGE_25,
+    "gpt-image-2.6-sunburst": _GPT_IMAGE_25,
     "gpt-image-1.5": _GPT_IMAGE_15,
     "chatgpt-image-latest": _GPT_IMAGE_15,
     "gpt-image-1-mini": _GPT_IMAGE_1_MINI,
