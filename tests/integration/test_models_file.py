@@ -40,6 +40,29 @@ upstream = "xai"
 
 [models."gpt-image-2"]
 deployment = "img-prod"
+
+[models."local-image"]
+family = "openai-compatible"
+sizes = ["1024x1024", "1536x1024"]
+count = {{ min = 1, max = 4 }}
+options = {{ quality = ["standard", "hd"] }}
+upstream = "xai"
+
+[models."local-image".price]
+per_image = {{ standard = 0.04, hd = {{ "1024x1024" = 0.08, "1536x1024" = 0.12 }} }}
+input_per_mtok = 2.0
+output_per_mtok = 10.0
+source = "https://example.test/local-image/pricing"
+
+[models."metered-image"]
+family = "openai-compatible"
+sizes = ["1024x1024"]
+upstream = "xai"
+price = {{ input_per_mtok = 1.0, output_per_mtok = 4.0 }}
+
+[models."cheap-image"]
+like = "gpt-image-2"
+price = {{ per_image = 0.01 }}
 """
 
 
@@ -178,6 +201,141 @@ def test_a_token_may_be_limited_to_an_operator_model(routed_app, fake_openai):
 
     assert allowed.status_code == 200, allowed.get_json()
     assert refused.status_code == 403
+
+
+# --- prices ---------------------------------------------------------------------------------
+
+
+def capped_client(routed_app: Callable[..., Flask], limits: str) -> FlaskClient:
+    tokens = parse_tokens([line("alice", ALICE, limits)])
+    return routed_app(tokens=tokens, tokens_file=Path("tokens")).test_client()
+
+
+def test_a_priced_new_model_reserves_its_table_price_and_settles_from_its_token_rates(
+    routed_app, xai, images_dir
+):
+    client = capped_client(routed_app, "usd_per_day=1")
+    xai.enqueue(fake.usage_report({"input_tokens": 100, "output_tokens": 3000}))
+
+    answer = client.post(
+        "/generate",
+        json={"prompt": "p", "model": "local-image", "quality": "hd", "size": "1536x1024"}
+        | {"count": 2},
+        headers=bearer(ALICE),
+    )
+
+    assert answer.status_code == 200, answer.get_json()
+    cost = answer.get_json()["cost"]
+    real = (100 * 2.0 + 3000 * 10.0) / 1e6
+    assert cost == {"estimated_usd": 0.24, "usd": pytest.approx(real), "basis": "usage"}
+    assert read_metadata(images_dir, answer.get_json()["job_id"])["cost"] == cost
+    spent = client.get("/usage", headers=bearer(ALICE)).get_json()["token"]["usd_last_day"]
+    assert spent == pytest.approx(real, abs=1e-6)
+
+
+def test_a_priced_new_model_is_refused_at_the_cap_by_its_own_price(routed_app, xai):
+    client = capped_client(routed_app, "usd_per_day=0.1")
+
+    refused = client.post(
+        "/generate",
+        json={"prompt": "p", "model": "local-image", "quality": "hd", "count": 2},
+        headers=bearer(ALICE),
+    )
+
+    assert refused.status_code == 400, refused.get_json()  # $0.16 > the whole $0.10 cap
+    assert refused.get_json()["cap"] == "usd_per_day"
+    assert xai.image_requests == []
+
+
+def test_an_alias_with_a_price_of_its_own_costs_that_price(routed, fake_openai):
+    status, body = generate(routed, model="cheap-image", count=3, quality="high")
+
+    assert status == 200, body
+    # Its price has no token rates: the upstream's usage does not reprice it.
+    assert body["cost"] == {"estimated_usd": 0.03, "usd": 0.03, "basis": "price_table"}
+    assert fake_openai.image_requests[0].json["model"] == "cheap-image"
+
+
+def test_get_models_shows_the_operators_prices(routed):
+    listed = {m["id"]: m for m in routed.get("/models").get_json()["models"]}
+
+    local = listed["local-image"]["pricing"]
+    assert local["per_image"] == {
+        "usd_per_image": {
+            "standard": {"1024x1024": 0.04, "1536x1024": 0.04},
+            "hd": {"1024x1024": 0.08, "1536x1024": 0.12},
+        },
+        "source": "https://example.test/local-image/pricing",
+    }
+    assert local["per_token"]["usd_per_1m_text_input_tokens"] == 2.0
+    assert local["per_token"]["usd_per_1m_image_output_tokens"] == 10.0
+    assert local["read_on"] is None
+    assert listed["metered-image"]["pricing"]["per_image"] is None
+    assert listed["cheap-image"]["pricing"]["per_image"]["usd_per_image"]["high"] == {
+        size: 0.01 for size in listed["gpt-image-2"]["sizes"] if size != "auto"
+    }
+    assert listed["team-image"]["pricing"] == listed["gpt-image-2"]["pricing"]
+    assert listed["grok-imagine-image"]["pricing"] is None
+    assert routed.get("/models/grok-imagine-image").get_json()["pricing"] is None
+
+
+def test_a_new_model_without_a_price_has_an_unknown_cost(routed, xai, images_dir):
+    status, body = generate(routed, model="grok-imagine-image")
+
+    assert status == 200, body
+    assert body["cost"] == {"estimated_usd": None, "usd": None, "basis": "unpriced"}
+    assert read_metadata(images_dir, body["job_id"])["cost"] == body["cost"]
+    assert len(xai.image_requests) == 1
+
+
+def test_a_token_rates_only_model_is_costed_from_its_usage(routed, xai):
+    xai.enqueue(fake.usage_report({"input_tokens": 1000, "output_tokens": 5000}))
+
+    status, body = generate(routed, model="metered-image")
+
+    assert status == 200, body
+    assert body["cost"] == {
+        "estimated_usd": None,
+        "usd": pytest.approx((1000 * 1.0 + 5000 * 4.0) / 1e6),
+        "basis": "usage",
+    }
+
+
+@pytest.mark.parametrize("model", ["grok-imagine-image", "metered-image"])
+def test_a_token_with_a_dollar_cap_may_not_use_a_model_it_cannot_estimate(routed_app, xai, model):
+    client = capped_client(routed_app, "usd_per_day=5")
+    uncapped = capped_client(routed_app, "images_per_day=10")
+
+    refused = client.post("/generate", json={"prompt": "p", "model": model}, headers=bearer(ALICE))
+    allowed = uncapped.post(
+        "/generate", json={"prompt": "p", "model": model}, headers=bearer(ALICE)
+    )
+
+    assert refused.status_code == 403
+    error = refused.get_json()
+    assert error["code"] == "PERMISSION_DENIED"
+    assert (error["field"], error["cap"], error["scope"]) == ("model", "usd_per_day", "token")
+    assert model in error["error"] and "usd_per_day" in error["error"]
+    assert allowed.status_code == 200, allowed.get_json()
+    assert len(xai.image_requests) == 1  # the refusal sent nothing upstream
+
+
+def test_a_service_dollar_cap_refuses_an_unpriced_model_for_everyone(routed_app, xai):
+    client = routed_app(cap_usd_per_day=5.0).test_client()
+
+    refused = client.post("/generate", json={"prompt": "p", "model": "grok-imagine-image"})
+    v1 = client.post("/v1/images/generations", json={"prompt": "p", "model": "grok-imagine-image"})
+    priced = client.post("/generate", json={"prompt": "p", "model": "local-image"})
+
+    assert refused.status_code == 403
+    assert (refused.get_json()["code"], refused.get_json()["scope"]) == (
+        "PERMISSION_DENIED",
+        "global",
+    )
+    assert "the service's usd_per_day cap" in refused.get_json()["error"]
+    assert v1.status_code == 403 and v1.get_json()["error"]["code"] == "permission_denied"
+    assert priced.status_code == 200, priced.get_json()
+    assert len(xai.image_requests) == 1
 
 
 # --- fallbacks ------------------------------------------------------------------------------

@@ -65,5 +65,5 @@ def _entry(model: ModelSpec, today: dt.date) -> dict[str, Any]:
     return {
         **model.describe(today),
         **operator.origin(services().settings.models_file, model.id),
-        "pricing": pricing_for(model.id).as_dict(),
+        "pricing": pricing.as_dict() if (pricing := pricing_for(model.id)) else None,
     }

@@ -289,14 +289,22 @@ def job_schemas(codes: list[str]) -> dict[str, Schema]:
             "against the caps before the upstream call; `usd` is the real cost, from the "
             "upstream's token usage (`basis: usage`) or the per-image price table "
             "(`price_table`, or `price_table_invalid_usage` when the upstream's usage report "
-            "could not be true: a count that is not a whole number from 0 to 100,000,000).",
+            "could not be true: a count that is not a whole number from 0 to 100,000,000). "
+            "An operator's model without a per-image price has a null `estimated_usd`, and "
+            "`basis: unpriced` with a null `usd` unless its token rates priced the usage.",
             "required": ["estimated_usd", "usd", "basis"],
             "properties": {
-                "estimated_usd": {"type": "number", "minimum": 0},
-                "usd": {"type": "number", "minimum": 0},
+                "estimated_usd": {"type": ["number", "null"], "minimum": 0},
+                "usd": {"type": ["number", "null"], "minimum": 0},
                 "basis": {
                     "type": "string",
-                    "enum": ["usage", "price_table", "price_table_invalid_usage", "placeholder"],
+                    "enum": [
+                        "usage",
+                        "price_table",
+                        "price_table_invalid_usage",
+                        "placeholder",
+                        "unpriced",
+                    ],
                 },
             },
         },
@@ -419,11 +427,13 @@ MODEL_SCHEMAS: dict[str, Schema] = {
         "required": ["id", "family", "status", "count", "sizes", "default_size", "options"],
         "properties": {
             "pricing": {
-                "type": "object",
+                "type": ["object", "null"],
                 "description": "US dollars: `per_image` (by quality and size, the estimate "
                 "reserved against spending caps) and `per_token` (per 1M tokens, the rates "
                 "that settle the real cost from the upstream's usage), with sources and "
-                "the date they were read.",
+                "the date they were read (`read_on` null: the operator's own price). Null: "
+                "an operator's model without a price (no cost is known; a token with a "
+                "usd_per_day cap may not use it).",
             },
             "id": string,
             "family": string,

@@ -20,6 +20,7 @@ without loading the app.
     sizes = ["1024x1024"]
     count = { min = 1, max = 4 }
     upstream = "xai"
+    price = { per_image = 0.07 }    # or per quality and size; token rates settle from usage
 
     [models."gpt-image-2"]          # a built-in model served by an Azure deployment
     deployment = "img-prod"
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.catalog import models as catalog
+from imagegen.catalog import pricing
+from imagegen.catalog.pricing import ImagePrices, Pricing, TokenRates
 from imagegen.catalog.spec import Choice, IntRange, ModelSpec
 from imagegen.clock import utc_now
 
@@ -46,7 +49,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 _ROUTE_KEYS = ("upstream", "fallbacks", "deployment")
-_ALIAS_KEYS = ("like", "description", *_ROUTE_KEYS)
+_ALIAS_KEYS = ("like", "description", "price", *_ROUTE_KEYS)
 _NEW_KEYS = (
     "family",
     "description",
@@ -56,8 +59,18 @@ _NEW_KEYS = (
     "per_call",
     "max_prompt_chars",
     "options",
+    "price",
     *_ROUTE_KEYS,
 )
+_TOKEN_RATES = (
+    "input_per_mtok",
+    "image_input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+)
+_PRICE_KEYS = ("per_image", *_TOKEN_RATES, "source")
+_MAX_USD_PER_IMAGE = 100.0
+_MAX_USD_PER_MTOK = 10_000.0
 _UPSTREAM_KEYS = ("kind", "base_url", "endpoint", "key_file", "api_version")
 _MAX_PROMPT_CHARS = 32_000
 
@@ -103,6 +116,8 @@ class OperatorModel:
     route: Route
     like: str | None = None  # an alias's base
     built_in: bool = False  # an override of a catalog model (its spec unchanged)
+    # Its `price`; None: a new model has none, an alias costs what its base costs.
+    pricing: Pricing | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,11 @@ def _path(*parts: str) -> str:
 
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"'
+
+
+def _key(name: str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _quoted(name)
 
 
 def load_models_file(path: Path) -> ModelsFile:
@@ -286,11 +306,14 @@ def _model(
             raise _fail(_path(key, "like"), f"{like!r} is not a catalog model (GET /models)")
         description = _string(entry, "description", key) or f"An alias of {like}."
         spec = replace(base, id=model_id, snapshot_of=None, description=description)
-        return OperatorModel(spec, _route(entry, key, upstreams), like=like)
+        return OperatorModel(
+            spec, _route(entry, key, upstreams), like=like, pricing=_price(entry, key, spec)
+        )
     if "family" not in entry:
         raise _fail(key, f"needs `like` (an alias) or `family = {OPERATOR_FAMILY!r}` (a new model)")
     _known(entry, _NEW_KEYS, key)
-    return OperatorModel(_new_model(model_id, entry, key), _route(entry, key, upstreams))
+    spec = _new_model(model_id, entry, key)
+    return OperatorModel(spec, _route(entry, key, upstreams), pricing=_price(entry, key, spec))
 
 
 def _new_model(model_id: str, entry: dict[str, Any], key: str) -> ModelSpec:
@@ -348,6 +371,96 @@ def _options(value: Any, key: str) -> dict[str, Choice | IntRange]:
     return options
 
 
+def _price(entry: Mapping[str, Any], key: str, spec: ModelSpec) -> Pricing | None:
+    """`price = { per_image = 0.04 }`, per quality and/or size, and/or token rates (US
+    dollars per 1M tokens, settling the real cost from the upstream's `usage`)."""
+    if "price" not in entry:
+        return None
+    key = _path(key, "price")
+    table = _table(entry["price"], key)
+    _known(table, _PRICE_KEYS, key)
+    source = _string(table, "source", key) or "models_file"
+    per_image = None
+    if "per_image" in table:
+        prices, by_area = _per_image(table["per_image"], _path(key, "per_image"), spec)
+        per_image = ImagePrices(prices, source, by_area=by_area)
+    rates = {name: _usd(table, name, key, _MAX_USD_PER_MTOK) for name in _TOKEN_RATES}
+    per_token = None
+    if any(rate is not None for rate in rates.values()):
+        for name in ("input_per_mtok", "output_per_mtok"):
+            if rates[name] is None:
+                raise _fail(_path(key, name), "is required with the other token rates")
+        text_input, output = rates["input_per_mtok"], rates["output_per_mtok"]
+        assert text_input is not None and output is not None
+        image_input = rates["image_input_per_mtok"]
+        per_token = TokenRates(
+            text_input=text_input,
+            image_input=text_input if image_input is None else image_input,
+            image_output=output,
+            text_output=output,
+            cached_text_input=rates["cached_input_per_mtok"],
+            cached_image_input=rates["cached_input_per_mtok"],
+            source=source,
+        )
+    if per_image is None and per_token is None:
+        raise _fail(key, "needs per_image and/or input_per_mtok with output_per_mtok")
+    return Pricing(per_image, per_token, read_on=None)
+
+
+def _per_image(value: Any, key: str, spec: ModelSpec) -> tuple[dict[str, dict[str, float]], bool]:
+    """Per-image prices as the catalog holds them (quality -> size -> USD), from one price,
+    `{ quality = price }`, `{ "WxH" = price }` or `{ quality = { "WxH" = price } }`, and
+    whether a size not listed scales by area (only when prices are given by size)."""
+    option = spec.options.get("quality")
+    qualities = [q for q in option.values if q != "auto"] if isinstance(option, Choice) else []
+    sizes = [size for size in spec.sizes if size != "auto"] or ["auto"]
+    if not isinstance(value, dict):
+        price = _amount(value, key, _MAX_USD_PER_IMAGE)
+        flat = {quality: dict.fromkeys(sizes, price) for quality in qualities or ["standard"]}
+        return flat, False
+    if not value:
+        raise _fail(key, "must name at least one quality or size")
+    if all(_SIZE.match(name) for name in value):
+        by_size = _by_size(value, key, spec)
+        return {quality: dict(by_size) for quality in qualities or ["standard"]}, True
+    table: dict[str, dict[str, float]] = {}
+    by_area = False
+    for quality, prices in value.items():
+        where = _path(key, _key(quality))
+        if quality not in qualities:
+            known = f"its qualities: {', '.join(qualities)}" if qualities else "it takes none"
+            raise _fail(where, f"is not a quality of this model ({known}; or give sizes 'WxH')")
+        if isinstance(prices, dict):
+            table[quality], by_area = _by_size(prices, where, spec), True
+        else:
+            table[quality] = dict.fromkeys(sizes, _amount(prices, where, _MAX_USD_PER_IMAGE))
+    return table, by_area
+
+
+def _by_size(value: dict[str, Any], key: str, spec: ModelSpec) -> dict[str, float]:
+    if not value:
+        raise _fail(key, "must name at least one size")
+    prices = {}
+    for size, price in value.items():
+        where = _path(key, _key(size))
+        if not (_SIZE.match(size) and spec.allows_size(size)):
+            raise _fail(where, f"is not a size of this model ({', '.join(spec.sizes)})")
+        prices[size] = _amount(price, where, _MAX_USD_PER_IMAGE)
+    return prices
+
+
+def _usd(entry: Mapping[str, Any], name: str, key: str, high: float) -> float | None:
+    return None if entry.get(name) is None else _amount(entry[name], _path(key, name), high)
+
+
+def _amount(value: Any, key: str, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, "must be an amount of US dollars, like 0.04")
+    if not 0 <= value <= high:  # NaN fails this too
+        raise _fail(key, f"must be an amount of US dollars from 0 to {high:g}")
+    return float(value)
+
+
 # --- the models file a process serves with ---------------------------------------------
 # As with the tokens file: under Gunicorn the master holds it, and every worker forks with it.
 
@@ -394,6 +507,13 @@ def install(models_file: ModelsFile | None) -> None:
     catalog.use_operator_models(
         [entry.spec for entry in entries if not entry.built_in],
         {entry.spec.id: entry.like for entry in entries if entry.like is not None},
+    )
+    pricing.use_operator_prices(
+        {
+            entry.spec.id: entry.pricing
+            for entry in entries
+            if not entry.built_in and (entry.like is None or entry.pricing is not None)
+        }
     )
 
 

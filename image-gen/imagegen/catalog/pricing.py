@@ -124,6 +124,9 @@ class ImagePrices:
     # Estimated price of the qualities OpenAI's table does not list, as a multiple of
     # "high" (xhigh/max on 2.5/2.6): a reservation only, settled from `usage`.
     extra_qualities: Mapping[str, float] | None = None
+    # An unlisted size costs the nearest listed size's price scaled by area; False: unscaled
+    # (an operator's one price per image, whatever its size).
+    by_area: bool = True
 
     def estimate(self, quality: str | None, size: str) -> float:
         """One image's price. Unknown sizes scale the nearest listed size by area;
@@ -139,14 +142,15 @@ class ImagePrices:
         factor = (self.extra_qualities or {})[quality]
         return factor * self._size_price(qualities["high"], size)
 
-    @staticmethod
-    def _size_price(prices: Mapping[str, float], size: str) -> float:
+    def _size_price(self, prices: Mapping[str, float], size: str) -> float:
         if size in prices:
             return prices[size]
         area = _area(size)
         if area is None:  # "auto": the dearest listed size
             return max(prices.values())
         nearest = min(prices, key=lambda listed: abs((_area(listed) or 0) - area))
+        if not self.by_area:
+            return prices[nearest]
         return prices[nearest] * area / (_area(nearest) or area)
 
     def as_dict(self) -> dict[str, Any]:
@@ -158,17 +162,25 @@ class ImagePrices:
 
 @dataclass(frozen=True)
 class Pricing:
-    """One model's prices: per-image to estimate, per-token (when it reports usage) to settle."""
+    """One model's prices: per-image to estimate, per-token (when it reports usage) to settle.
 
-    per_image: ImagePrices
+    An operator's model (IMAGE_GEN_MODELS_FILE) may have token rates only: then nothing can
+    be estimated before the call (`estimate` is None) and the cost is known from `usage`.
+    """
+
+    per_image: ImagePrices | None
     per_token: TokenRates | None = None
     # Estimated input-image tokens for one edit input (high fidelity), to reserve for edits.
     input_image_tokens: int = 6_000
+    read_on: str | None = PRICES_READ_ON  # None: the operator's own price
 
     def estimate(
         self, *, quality: str | None, size: str, count: int, input_images: int = 0
-    ) -> float:
-        """US dollars to reserve for `count` images (plus the inputs of an edit)."""
+    ) -> float | None:
+        """US dollars to reserve for `count` images (plus the inputs of an edit); None when
+        there is no per-image price to estimate from."""
+        if self.per_image is None:
+            return None
         output = self.per_image.estimate(quality, size) * count
         if input_images and self.per_token:
             output += input_images * self.input_image_tokens * self.per_token.image_input / 1e6
@@ -183,9 +195,9 @@ class Pricing:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "per_image": self.per_image.as_dict(),
+            "per_image": self.per_image.as_dict() if self.per_image else None,
             "per_token": self.per_token.as_dict() if self.per_token else None,
-            "read_on": PRICES_READ_ON,
+            "read_on": self.read_on,
         }
 
 
@@ -327,7 +339,20 @@ PRICING: dict[str, Pricing] = {
 # A model added to the catalog without prices of its own is priced like the default model.
 FALLBACK = _GPT_IMAGE_2
 
+# The operator's prices (catalog/operator.py installs them with the models file): one per
+# new model (None when its entry has no `price`) and per alias that has a `price` of its own.
+_OPERATOR: dict[str, Pricing | None] = {}
 
-def pricing_for(model_id: str) -> Pricing:
-    """A model's prices; a snapshot costs what its base costs."""
+
+def use_operator_prices(prices: Mapping[str, Pricing | None]) -> None:
+    """Price the operator's models so (in place, so every importer sees them)."""
+    _OPERATOR.clear()
+    _OPERATOR.update(prices)
+
+
+def pricing_for(model_id: str) -> Pricing | None:
+    """A model's prices; a snapshot costs what its base costs, an alias what its base costs
+    unless it has a `price` of its own. None: an operator's new model without a price."""
+    if model_id in _OPERATOR:
+        return _OPERATOR[model_id]
     return PRICING.get(base_id(model_id), FALLBACK)

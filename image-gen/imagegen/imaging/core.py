@@ -45,8 +45,8 @@ class Admission:
 
     caller: Caller
     reservation: Reservation
-    estimated_usd: float
-    pricing: Pricing
+    estimated_usd: float | None  # None: the model has no per-image price to estimate from
+    pricing: Pricing | None  # None: an operator's model without a price
 
 
 class ImageMaker:
@@ -81,25 +81,31 @@ class ImageMaker:
             )
         _check_allowed(image_request, caller)
         pricing = pricing_for(image_request.model.id)
-        estimate = 0.0
+        estimate: float | None = 0.0
         if self.provider.name != "placeholder":
-            estimate = pricing.estimate(
-                quality=image_request.options.get("quality"),
-                size=image_request.size,
-                count=image_request.count * _priced_frames(image_request),
-                input_images=input_images,
+            estimate = (
+                pricing.estimate(
+                    quality=image_request.options.get("quality"),
+                    size=image_request.size,
+                    count=image_request.count * _priced_frames(image_request),
+                    input_images=input_images,
+                )
+                if pricing is not None
+                else None
             )
+            if estimate is None:
+                _check_unpriced(image_request, caller, self.settings)
         try:
             reservation = self.ledger.reserve(
                 caller.name,
                 token_limits=caller.limits,
                 global_limits=self.settings.global_limits,
                 images=image_request.count,
-                usd=estimate,
+                usd=estimate or 0.0,
                 model=image_request.model.id,
             )
         except CapExceeded as exc:
-            raise _refusal(exc, caller, image_request.count, estimate, request_id) from None
+            raise _refusal(exc, caller, image_request.count, estimate or 0.0, request_id) from None
         return Admission(caller, reservation, estimate, pricing)
 
     def make(
@@ -155,19 +161,24 @@ class ImageMaker:
             )
         except BaseException:
             # The upstream made (and billed) the images even though they could not be stored.
-            _book(self.ledger.settle, admission.reservation, usd=cost["usd"], job_id=None)
+            _book(self.ledger.settle, admission.reservation, usd=cost["usd"] or 0.0, job_id=None)
             raise
         metrics.images_generated(image_request.model.id, operation, len(metadata["images"]))
-        _book(self.ledger.settle, admission.reservation, usd=cost["usd"], job_id=metadata["job_id"])
+        _book(
+            self.ledger.settle,
+            admission.reservation,
+            usd=cost["usd"] or 0.0,
+            job_id=metadata["job_id"],
+        )
         log.info(
-            "generated request_id=%s job_id=%s client=%s model=%s count=%d cost_usd=%.4f "
+            "generated request_id=%s job_id=%s client=%s model=%s count=%d cost_usd=%s "
             "seconds=%.2f upstream=%s",
             request_id,
             metadata["job_id"],
             caller.name,
             image_request.model.id,
             len(metadata["images"]),
-            cost["usd"],
+            "unknown" if cost["usd"] is None else f"{cost['usd']:.4f}",
             time.perf_counter() - started,
             generation.served_by or "default",
         )
@@ -219,6 +230,30 @@ def _check_allowed(image_request: ImageRequest, caller: Caller) -> None:
             f"This token may ask for at most {limits.max_count} image(s) per request.",
             details={"field": "count", "allowed_max": limits.max_count},
         )
+
+
+def _check_unpriced(image_request: ImageRequest, caller: Caller, settings: Settings) -> None:
+    """A model with no per-image price cannot be counted against a dollar cap before the
+    call: refused when the token or the service has one."""
+    capped = [
+        (scope, whose)
+        for scope, whose, limits in (
+            ("token", "this token's", caller.limits),
+            ("global", "the service's", settings.global_limits),
+        )
+        if limits.usd_per_day is not None
+    ]
+    if not capped:
+        return
+    scope, whose = capped[0]
+    model = image_request.model.id
+    raise PermissionDenied(
+        f"Model {model} has no per-image price (its models-file entry gives none), so a "
+        f"request cannot be counted against {whose} usd_per_day cap before the call. Use a "
+        "priced model (GET /models shows each one's `pricing`), or ask the operator to give "
+        f"{model} a `price`.",
+        details={"field": "model", "cap": "usd_per_day", "scope": scope},
+    )
 
 
 def _refusal(
@@ -279,12 +314,15 @@ def _book(update: Callable[..., None], reservation: Reservation, **figures: Any)
 
 def _cost(admission: Admission, generation: Generation) -> dict[str, Any]:
     """The job's cost: from the upstream's token usage when it reports it, else the table
-    (`price_table_invalid_usage` when the report could not be true)."""
+    (`price_table_invalid_usage` when the report could not be true); `unpriced` (null
+    dollars) for an operator's model with neither a per-image price nor usage to cost."""
     if generation.placeholder:
         return {"estimated_usd": 0.0, "usd": 0.0, "basis": "placeholder"}
-    real = admission.pricing.cost(generation.usage)
+    real = admission.pricing.cost(generation.usage) if admission.pricing else None
     if real is not None:
         basis = "usage"
+    elif admission.estimated_usd is None:
+        basis = "unpriced"  # no per-image price, and no usage to cost: unknown
     else:
         basis = "price_table_invalid_usage" if generation.usage_invalid else "price_table"
     return {

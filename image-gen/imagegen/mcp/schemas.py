@@ -207,10 +207,11 @@ _NULLABLE_INTEGER = {"type": ["integer", "null"]}
 _COST = {
     "type": "object",
     "description": "US dollars: estimated_usd reserved before the call, usd the real cost "
-    "(from the upstream's token usage when it reports it), basis how usd was found.",
+    "(from the upstream's token usage when it reports it), basis how usd was found (null "
+    "with basis unpriced: an operator's model without a price).",
     "properties": {
-        "estimated_usd": {"type": "number"},
-        "usd": {"type": "number"},
+        "estimated_usd": {"type": ["number", "null"]},
+        "usd": {"type": ["number", "null"]},
         "basis": {"type": "string"},
     },
 }

@@ -294,7 +294,10 @@ def _job_summary(job: dict[str, Any]) -> str:
     status, job_id = job["status"], job["job_id"]
     if status == "completed":
         cost = job.get("cost") or {}
-        priced = f"; cost ${cost['usd']:.4f} ({cost.get('basis')})" if "usd" in cost else ""
+        usd = cost.get("usd")
+        priced = f"; cost ${usd:.4f} ({cost.get('basis')})" if usd is not None else ""
+        if usd is None and cost.get("basis") == "unpriced":
+            priced = "; cost unknown (the model has no price)"
         kind = " placeholder" if job.get("placeholder") else ""
         return (
             f"Job {job_id} completed: {len(job['images'])}{kind} image(s) with {job['model']}"

@@ -94,6 +94,77 @@ def test_every_mistake_names_its_key_path(text, message):
     assert message in refusal(text)
 
 
+NEW = '[models."x"]\nfamily = "openai-compatible"\nsizes = ["1024x1024"]\n'
+QUALITIES = 'options = { quality = ["standard", "hd"] }\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (NEW + "price = 0.04\n", 'models."x".price: must be a table'),
+        (NEW + "price = {}\n", 'models."x".price: needs per_image'),
+        (NEW + 'price = { per_image = "cheap" }\n', 'models."x".price.per_image: must be an'),
+        (NEW + "price = { per_image = -0.01 }\n", "price.per_image: must be an amount of US"),
+        (NEW + "price = { per_image = nan }\n", 'models."x".price.per_image: must be'),
+        (NEW + "price = { per_image = inf }\n", "from 0 to 100"),
+        (NEW + "price = { per_image = true }\n", 'models."x".price.per_image: must be'),
+        (NEW + 'price = { per_image = 1, currency = "EUR" }\n', "price.currency: unknown key"),
+        (NEW + "price = { per_image = {} }\n", "price.per_image: must name at least one"),
+        (
+            NEW + QUALITIES + "price = { per_image = { ultra = 0.1 } }\n",
+            'models."x".price.per_image.ultra: is not a quality of this model (its qualities: '
+            "standard, hd",
+        ),
+        (NEW + "price = { per_image = { hd = 0.1 } }\n", "per_image.hd: is not a quality"),
+        (
+            NEW + 'price = { per_image = { "2048x2048" = 0.1 } }\n',
+            'models."x".price.per_image.2048x2048: is not a size of this model (1024x1024)',
+        ),
+        (
+            NEW + QUALITIES + 'price = { per_image = { hd = { "1024x1024" = -1 } } }\n',
+            "price.per_image.hd.1024x1024: must be an amount",
+        ),
+        (NEW + "price = { input_per_mtok = 5 }\n", "price.output_per_mtok: is required"),
+        (NEW + "price = { output_per_mtok = 5 }\n", "price.input_per_mtok: is required"),
+        (
+            NEW + "price = { input_per_mtok = 5, output_per_mtok = 20000 }\n",
+            "price.output_per_mtok: must be an amount of US dollars from 0 to 10000",
+        ),
+        (
+            '[models."team"]\nlike = "gpt-image-2"\nprice = { per_image = { "100x100" = 1 } }\n',
+            'models."team".price.per_image.100x100: is not a size',
+        ),
+        ('[models."gpt-image-2"]\nprice = { per_image = 1 }\n', 'gpt-image-2".price: unknown'),
+    ],
+)
+def test_every_mistake_in_a_price_names_its_key_path(text, message):
+    assert message in refusal(text)
+
+
+def test_a_price_is_held_in_the_catalogs_terms_and_served_once_installed():
+    parsed = parse(
+        NEW + QUALITIES + "price = { per_image = { hd = 0.08 }, input_per_mtok = 2, "
+        "output_per_mtok = 10, cached_input_per_mtok = 0.5 }\n"
+        '[models."team"]\nlike = "gpt-image-2"\n'
+        '[models."own"]\nlike = "gpt-image-2"\nprice = { per_image = 0.01 }\n'
+        '[models."free"]\nfamily = "openai-compatible"\nsizes = ["auto"]\n'
+    )
+    operator.install(parsed)
+
+    priced = pricing_for("x")
+    assert priced is not None and priced.per_token is not None
+    assert priced.estimate(quality="hd", size="1024x1024", count=2) == 0.16
+    assert priced.estimate(quality=None, size="1024x1024", count=1) == 0.08
+    assert priced.per_token.cached_image_input == 0.5 and priced.per_token.image_input == 2
+    assert pricing_for("team") is pricing_for("gpt-image-2")
+    own = pricing_for("own")
+    assert own is not None and own.per_token is None
+    assert own.estimate(quality="high", size="3072x2048", count=1) == 0.01  # one price for all
+    assert pricing_for("free") is None
+    operator.install(None)
+    assert pricing_for("x") is pricing_for("gpt-image-2")  # unknown again: the fallback
+
+
 def test_a_fallback_must_be_a_known_upstream_named_once(key_file):
     upstream = f'[upstreams.xai]\nkind = "openai"\nbase_url = "http://x"\nkey_file = "{key_file}"\n'
 
