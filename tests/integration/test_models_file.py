@@ -3,9 +3,11 @@ from a 429ing upstream to the next (two fake upstreams) and none on a refusal.""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -17,6 +19,7 @@ from imagegen.settings import Settings
 from tests.support import fake_openai as fake
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.mcp import tools_by_name
+from tests.support.pictures import PNG, jpeg, rgba_png
 from tests.support.service import ALICE, TEST_KEY, bearer, line, read_metadata
 
 XAI_KEY = "xai-key-0123456789-never-shown"
@@ -47,6 +50,8 @@ sizes = ["1024x1024", "1536x1024"]
 count = {{ min = 1, max = 4 }}
 options = {{ quality = ["standard", "hd"] }}
 upstream = "xai"
+edits = {{ max_images = 2, mask = true }}
+variations = {{ formats = ["png"] }}
 
 [models."local-image".price]
 per_image = {{ standard = 0.04, hd = {{ "1024x1024" = 0.08, "1536x1024" = 0.12 }} }}
@@ -336,6 +341,121 @@ def test_a_service_dollar_cap_refuses_an_unpriced_model_for_everyone(routed_app,
     assert v1.status_code == 403 and v1.get_json()["error"]["code"] == "permission_denied"
     assert priced.status_code == 200, priced.get_json()
     assert len(xai.image_requests) == 1
+
+
+# --- edits and variations of new models ---------------------------------------------------
+
+
+def upload(client: FlaskClient, path: str, files: list[tuple[str, bytes]], **fields: str):
+    """A multipart POST: `files` are (field, bytes)."""
+    data: dict[str, Any] = dict(fields)
+    for number, (field, content) in enumerate(files):
+        data.setdefault(field, []).append((io.BytesIO(content), f"in-{number}.png"))
+    return client.post(path, data=data, content_type="multipart/form-data")
+
+
+def test_a_new_model_that_edits_gets_its_images_and_mask_on_its_upstream(
+    routed, fake_openai, xai, images_dir
+):
+    mask = rgba_png(16, 16)
+    files = [("image", PNG), ("image", rgba_png(16, 16)), ("mask", mask)]
+
+    answer = upload(
+        routed, "/edit", files, model="local-image", prompt="a hat", quality="hd", count="2"
+    )
+
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["served_by"] == "xai" and len(body["images"]) == 2
+    assert fake_openai.image_requests == []
+    (call,) = xai.image_requests
+    assert call.path == "/v1/images/edits"
+    assert (call.form["model"], call.form["prompt"], call.form["quality"], call.form["n"]) == (
+        "local-image",
+        "a hat",
+        "hd",
+        "2",
+    )
+    assert [f.name for f in call.files] == ["image[]", "image[]", "mask"]
+    assert call.files[2].data == mask
+    # Its price reserves two hd images plus its inputs at its own image-input rate.
+    assert body["cost"]["estimated_usd"] == pytest.approx(2 * 0.08 + 2 * 6000 * 2.0 / 1e6)
+    assert read_metadata(images_dir, body["job_id"])["operation"] == "edit"
+
+
+@pytest.mark.parametrize(
+    ("model", "files", "fields", "message"),
+    [
+        ("local-image", [("image", PNG)] * 3, {}, "local-image takes at most 2 input image(s)"),
+        ("grok-imagine-image", [("image", PNG)], {}, "Model grok-imagine-image cannot edit"),
+        ("local-image", [("image", PNG)], {"style": "vivid"}, "style"),
+    ],
+)
+def test_edits_a_new_model_does_not_take_are_refused_before_any_call(
+    routed, fake_openai, xai, model, files, fields, message
+):
+    answer = upload(routed, "/edit", files, model=model, prompt="a hat", **fields)
+
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["code"] == "VALIDATION_ERROR"
+    assert message in answer.get_json()["error"]
+    assert xai.image_requests == [] and fake_openai.image_requests == []
+
+
+def test_the_v1_edit_route_sends_a_new_model_to_its_upstream(routed, xai):
+    answer = upload(routed, "/v1/images/edits", [("image", PNG)], model="local-image", prompt="p")
+
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["data"][0]["b64_json"]
+    (call,) = xai.image_requests
+    assert call.path == "/v1/images/edits" and call.form["model"] == "local-image"
+
+
+def test_a_new_model_that_makes_variations_gets_them_from_its_upstream(routed, xai):
+    xai.variation_models.add("local-image")
+
+    answer = upload(routed, "/variations", [("image", PNG)], model="local-image", count="2")
+    v1 = upload(routed, "/v1/images/variations", [("image", PNG)], model="local-image")
+
+    assert answer.status_code == 200, answer.get_json()
+    assert len(answer.get_json()["images"]) == 2 and answer.get_json()["served_by"] == "xai"
+    assert v1.status_code == 200, v1.get_json()
+    assert v1.get_json()["data"][0]["b64_json"]
+    first, second = xai.image_requests
+    assert first.path == second.path == "/v1/images/variations"
+    assert first.form == {"model": "local-image", "n": "2", "size": "1024x1024"}
+
+
+@pytest.mark.parametrize(
+    ("model", "image", "message"),
+    [
+        ("local-image", jpeg(), "local-image takes PNG only"),
+        ("grok-imagine-image", PNG, "Model grok-imagine-image cannot make variations"),
+    ],
+)
+def test_variations_a_new_model_does_not_take_are_refused(routed, xai, model, image, message):
+    answer = upload(routed, "/variations", [("image", image)], model=model)
+
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["code"] == "VALIDATION_ERROR"
+    assert message in answer.get_json()["error"]
+    assert xai.image_requests == []
+
+
+def test_get_models_shows_what_a_new_model_edits_and_varies(routed):
+    listed = {m["id"]: m for m in routed.get("/models").get_json()["models"]}
+
+    edits, variations = listed["local-image"]["edits"], listed["local-image"]["variations"]
+    assert (edits["max_images"], edits["mask"], edits["prompt"]) == (2, True, True)
+    assert edits["formats"] == ["png", "jpeg", "webp"] and "quality" in edits["options"]
+    assert (variations["max_images"], variations["prompt"], variations["formats"]) == (
+        1,
+        False,
+        ["png"],
+    )
+    assert variations["options"] == {} and variations["mask"] is False
+    assert listed["grok-imagine-image"]["edits"] is None
+    assert listed["grok-imagine-image"]["variations"] is None
 
 
 # --- fallbacks ------------------------------------------------------------------------------

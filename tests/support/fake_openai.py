@@ -825,7 +825,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if plan is None and not record.is_multipart and not isinstance(record.json, dict):
             plan = error(400, INVALID_JSON_MESSAGE, "invalid_request_error")
         if plan is None and record.is_multipart and endpoint in ("edits", "variations"):
-            plan = _upload_failure(record, endpoint)
+            plan = _upload_failure(record, endpoint, fake.variation_models)
         if plan is None:
             plan = fake._next_behaviour()
         if plan.kind == "success" and _wants_stream(record.params):
@@ -980,7 +980,8 @@ class FakeOpenAI:
     waited before answering each ``/images/*`` call), ``image_bytes``
     (fixed bytes for every image; otherwise distinct small PNGs are
     generated), ``require_auth`` (answer 401 when no Authorization header is
-    sent) and ``verbose`` (log requests to stderr).
+    sent), ``variation_models`` (models besides dall-e-2 whose variations it makes) and
+    ``verbose`` (log requests to stderr).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -993,6 +994,9 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         # Azure deployments the classic path serves (None: any name).
         self.azure_deployments: set[str] | None = None
+        # Models besides dall-e-2 whose variations it makes, as an OpenAI-compatible server
+        # may (OpenAI itself refuses every other model).
+        self.variation_models: set[str] = set()
         self._lock = threading.Lock()
         self._queue: deque[FakeResponse] = deque()
         self._default: FakeResponse | None = None
@@ -1085,6 +1089,7 @@ class FakeOpenAI:
         self.image_bytes = None
         self.require_auth = True
         self.azure_deployments = None
+        self.variation_models = set()
 
     def enqueue(self, *responses: FakeResponse) -> None:
         """Queue behaviours consumed in order by the next ``/images/*`` calls."""
@@ -1249,11 +1254,14 @@ def _sniff(data: bytes) -> _Sniffed | None:
     return None
 
 
-def _upload_failure(record: RecordedRequest, endpoint: str) -> FakeResponse | None:
-    """OpenAI's answer to a bad multipart edit or variation, or None if the files are fine."""
+def _upload_failure(
+    record: RecordedRequest, endpoint: str, variation_models: set[str]
+) -> FakeResponse | None:
+    """OpenAI's answer to a bad multipart edit or variation, or None if the files are fine
+    (`variation_models` make variations too, taking what GPT Image models take)."""
     model = record.form.get("model")
     family = _family(model, endpoint)
-    if endpoint == "variations" and family != "dall-e-2":
+    if endpoint == "variations" and family != "dall-e-2" and model not in variation_models:
         return bad_request(
             f"Invalid value: '{model}'. Value must be 'dall-e-2'.", "model", "invalid_value"
         )

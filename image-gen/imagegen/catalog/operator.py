@@ -21,6 +21,7 @@ without loading the app.
     count = { min = 1, max = 4 }
     upstream = "xai"
     price = { per_image = 0.07 }    # or per quality and size; token rates settle from usage
+    edits = { max_images = 4, mask = true }   # or `edits = true`; `variations` likewise
 
     [models."gpt-image-2"]          # a built-in model served by an Azure deployment
     deployment = "img-prod"
@@ -39,7 +40,7 @@ from typing import Any
 from imagegen.catalog import models as catalog
 from imagegen.catalog import pricing
 from imagegen.catalog.pricing import ImagePrices, Pricing, TokenRates
-from imagegen.catalog.spec import Choice, IntRange, ModelSpec
+from imagegen.catalog.spec import MIB, Choice, InputSpec, IntRange, ModelSpec
 from imagegen.clock import utc_now
 
 DEFAULT_UPSTREAM = "default"  # OPENAI_BASE_URL and OPENAI_API_KEY_FILE
@@ -60,8 +61,19 @@ _NEW_KEYS = (
     "max_prompt_chars",
     "options",
     "price",
+    "edits",
+    "variations",
     *_ROUTE_KEYS,
 )
+# What `edits = { ... }` and `variations = { ... }` may say (variations take one image, no
+# prompt and no mask), and what `true` means: OpenAI's limits for GPT Image edits, except
+# that one image and no mask are assumed until the file says more.
+_EDIT_KEYS = ("max_images", "formats", "max_image_bytes", "mask", "max_mask_bytes", "square")
+_VARIATION_KEYS = ("formats", "max_image_bytes", "square", "options")
+_INPUT_FORMATS = ("png", "jpeg", "webp")
+_MAX_INPUT_IMAGES = 16
+_MAX_INPUT_BYTES = 50 * MIB
+_MAX_MASK_BYTES = 4 * MIB
 _TOKEN_RATES = (
     "input_per_mtok",
     "image_input_per_mtok",
@@ -336,6 +348,7 @@ def _new_model(model_id: str, entry: dict[str, Any], key: str) -> ModelSpec:
     max_count = _integer(count, "max", count_key, 1, 10) or 1
     per_call = _integer(entry, "per_call", key, 1, max_count) or max_count
     prompt = _integer(entry, "max_prompt_chars", key, 1, _MAX_PROMPT_CHARS)
+    options = _options(entry.get("options", {}), _path(key, "options"))
     return ModelSpec(
         id=model_id,
         family=OPERATOR_FAMILY,
@@ -345,9 +358,68 @@ def _new_model(model_id: str, entry: dict[str, Any], key: str) -> ModelSpec:
         max_count=max_count,
         per_call=per_call,
         max_prompt_chars=prompt or _MAX_PROMPT_CHARS,
-        options=_options(entry.get("options", {}), _path(key, "options")),
+        options=options,
+        source="models_file",
+        edits=_inputs(entry, "edits", key, options),
+        variations=_inputs(entry, "variations", key, options),
+    )
+
+
+def _inputs(
+    entry: Mapping[str, Any], name: str, key: str, options: Mapping[str, Choice | IntRange]
+) -> InputSpec | None:
+    """`edits` or `variations`: false (the default), true, or a table of what it takes.
+    Edits take the model's options, variations none (OpenAI's shape); `options = [...]`
+    names the ones they take instead."""
+    value = entry.get(name, False)
+    key = _path(key, name)
+    edits = name == "edits"
+    if isinstance(value, bool):
+        if not value:
+            return None
+        value = {}
+    elif not isinstance(value, dict):
+        raise _fail(key, "must be true, false or a table")
+    _known(value, (*_EDIT_KEYS, "options") if edits else _VARIATION_KEYS, key)
+    formats = value.get("formats", list(_INPUT_FORMATS))
+    if (
+        not isinstance(formats, list)
+        or not formats
+        or not all(isinstance(f, str) and f in _INPUT_FORMATS for f in formats)
+    ):
+        raise _fail(_path(key, "formats"), f"must be a list of {', '.join(_INPUT_FORMATS)}")
+    mask = _flag(value, "mask", key)
+    if "max_mask_bytes" in value and not mask:
+        raise _fail(_path(key, "max_mask_bytes"), "needs mask = true")
+    taken = value.get("options", list(options) if edits else [])
+    if not isinstance(taken, list) or not all(isinstance(o, str) for o in taken):
+        raise _fail(_path(key, "options"), "must be a list of the model's option names")
+    for index, option in enumerate(taken):
+        if option not in options:
+            known = ", ".join(options) or "none"
+            raise _fail(
+                f"{_path(key, 'options')}[{index}]", f"not an option of this model ({known})"
+            )
+    return InputSpec(
+        max_images=_integer(value, "max_images", key, 1, _MAX_INPUT_IMAGES) or 1,
+        formats=tuple(dict.fromkeys(formats)),
+        max_image_bytes=_integer(value, "max_image_bytes", key, 1, _MAX_INPUT_BYTES)
+        or _MAX_INPUT_BYTES,
+        options={option: options[option] for option in taken},
+        prompt=edits,
+        mask=mask,
+        max_mask_bytes=_integer(value, "max_mask_bytes", key, 1, _MAX_MASK_BYTES)
+        or _MAX_MASK_BYTES,
+        square=_flag(value, "square", key),
         source="models_file",
     )
+
+
+def _flag(entry: Mapping[str, Any], name: str, key: str) -> bool:
+    value = entry.get(name, False)
+    if not isinstance(value, bool):
+        raise _fail(_path(key, name), "must be true or false")
+    return value
 
 
 def _options(value: Any, key: str) -> dict[str, Choice | IntRange]:

@@ -141,6 +141,55 @@ def test_every_mistake_in_a_price_names_its_key_path(text, message):
     assert message in refusal(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (NEW + 'edits = "yes"\n', 'models."x".edits: must be true, false or a table'),
+        (NEW + "edits = { max_images = 17 }\n", 'models."x".edits.max_images: must be from 1'),
+        (NEW + 'edits = { formats = ["gif"] }\n', "edits.formats: must be a list of png, jpeg"),
+        (NEW + "edits = { formats = [] }\n", "edits.formats: must be a list"),
+        (NEW + "edits = { mask = 1 }\n", 'models."x".edits.mask: must be true or false'),
+        (NEW + "edits = { max_mask_bytes = 100 }\n", "edits.max_mask_bytes: needs mask = true"),
+        (NEW + "edits = { max_image_bytes = 0 }\n", "edits.max_image_bytes: must be from 1"),
+        (NEW + 'edits = { options = ["steps"] }\n', 'models."x".edits.options[0]: not an option'),
+        (NEW + "edits = { colour = 1 }\n", 'models."x".edits.colour: unknown key'),
+        (NEW + "variations = { mask = true }\n", 'models."x".variations.mask: unknown key'),
+        (NEW + "variations = { max_images = 2 }\n", "variations.max_images: unknown key"),
+        ('[models."t"]\nlike = "gpt-image-2"\nedits = true\n', 'models."t".edits: unknown key'),
+    ],
+)
+def test_every_mistake_in_edits_or_variations_names_its_key_path(text, message):
+    assert message in refusal(text)
+
+
+def test_edits_and_variations_are_declared_in_the_catalogs_terms():
+    parsed = parse(
+        NEW + QUALITIES + "edits = true\nvariations = true\n"
+        '[models."y"]\nfamily = "openai-compatible"\nsizes = ["1024x1024"]\n'
+        + QUALITIES
+        + 'edits = { max_images = 4, mask = true, formats = ["png"], options = [] }\n'
+        'variations = { square = true, options = ["quality"] }\n'
+    )
+
+    plain, shaped = parsed.models["x"].spec, parsed.models["y"].spec
+    assert plain.edits is not None and plain.variations is not None
+    assert (plain.edits.max_images, plain.edits.mask, plain.edits.prompt) == (1, False, True)
+    assert plain.edits.formats == ("png", "jpeg", "webp")
+    assert plain.edits.max_image_bytes == 50 * 1024 * 1024
+    assert list(plain.edits.options) == ["quality"] and plain.variations.options == {}
+    assert (plain.variations.prompt, plain.variations.max_images) == (False, 1)
+    assert shaped.edits is not None and shaped.variations is not None
+    assert (shaped.edits.max_images, shaped.edits.mask, shaped.edits.formats) == (
+        4,
+        True,
+        ("png",),
+    )
+    assert shaped.edits.options == {} and list(shaped.variations.options) == ["quality"]
+    assert shaped.variations.square is True
+    assert parse(NEW + "edits = false\n").models["x"].spec.edits is None
+    assert parse(NEW).models["x"].spec.edits is None
+
+
 def test_a_price_is_held_in_the_catalogs_terms_and_served_once_installed():
     parsed = parse(
         NEW + QUALITIES + "price = { per_image = { hd = 0.08 }, input_per_mtok = 2, "
