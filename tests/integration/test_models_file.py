@@ -15,10 +15,12 @@ from flask.testing import FlaskClient
 
 from imagegen.access.tokens import parse_tokens
 from imagegen.catalog import operator
+from imagegen.services import services
 from imagegen.settings import Settings
 from tests.support import fake_openai as fake
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.mcp import tools_by_name
+from tests.support.jobs import finished
+from tests.support.mcp import result_of, rpc, tools_by_name
 from tests.support.pictures import PNG, jpeg, rgba_png
 from tests.support.service import ALICE, TEST_KEY, bearer, line, read_metadata
 
@@ -291,6 +293,32 @@ def test_a_new_model_without_a_price_has_an_unknown_cost(routed, xai, images_dir
     assert body["cost"] == {"estimated_usd": None, "usd": None, "basis": "unpriced"}
     assert read_metadata(images_dir, body["job_id"])["cost"] == body["cost"]
     assert len(xai.image_requests) == 1
+
+
+def test_an_unpriced_models_async_job_and_mcp_answer_say_its_cost_is_unknown(routed_app, xai):
+    app = routed_app(job_poll_interval=0.1)
+    client = app.test_client()
+    try:
+        accepted = client.post(
+            "/generate",
+            json={"prompt": "p", "model": "grok-imagine-image"},
+            headers={"Prefer": "respond-async"},
+        )
+        assert accepted.status_code == 202, accepted.get_json()
+        done = finished(client, accepted.get_json()["job_id"])
+        called = rpc(
+            client,
+            "tools/call",
+            {"name": "generate_image", "arguments": {"prompt": "p", "model": "grok-imagine-image"}},
+        )
+    finally:
+        services(app).jobs.shutdown(10)
+
+    assert done["status"] == "completed", done
+    assert done["cost"] == {"estimated_usd": None, "usd": None, "basis": "unpriced"}
+    result = result_of(called)
+    assert result["structuredContent"]["cost"]["basis"] == "unpriced"
+    assert "cost unknown" in result["content"][0]["text"]
 
 
 def test_a_token_rates_only_model_is_costed_from_its_usage(routed, xai):
