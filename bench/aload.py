@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,6 +286,7 @@ class HeldOne:
     events: int = 0  # SSE events seen ("event:" lines)
     body: bytes = b""  # a refused stream's or a finished request's body
     released: bool = False  # we let go of it (its bound passed, or close())
+    refused: str | None = None  # answered, but not held: "HTTP 503", "HTTP 200, closed"
 
     @property
     def open(self) -> bool:
@@ -302,14 +304,20 @@ class Held:
     def count(self, predicate: Callable[[HeldOne], bool]) -> int:
         return sum(1 for item in self.items if predicate(item))
 
-    def summary(self) -> dict[str, int]:
-        """How many opened, are open now, ended while held, and failed to open."""
+    def summary(self) -> dict[str, Any]:
+        """How many opened, are open now, ended while held, and why the others did not open
+        (an answer that refused, an error, or no answer yet)."""
+        why = Counter(
+            item.refused or item.error or "no answer yet"
+            for item in self.items
+            if item.opened_at is None
+        )
         return {
             "asked": len(self.items),
             "opened": self.count(lambda i: i.opened_at is not None),
             "open_now": self.count(lambda i: i.open),
             "ended_while_held": self.count(lambda i: i.ended_at is not None),
-            "not_opened": self.count(lambda i: i.opened_at is None),
+            "not_opened": dict(why.most_common()),
         }
 
     async def close(self) -> None:
@@ -347,6 +355,9 @@ async def _hold(
             if not (stream and opened(item.status, headers)):
                 item.body = await read_body(reader, headers)
         if not opened(item.status, headers):
+            closed = headers.get("connection", "").lower() == "close"
+            item.refused = f"HTTP {item.status}" + (", closed" if closed else "")
+            writer.close()  # as a client does with an answer it cannot use
             return
         item.opened_at = time.perf_counter()
 
