@@ -743,10 +743,22 @@ def _pyspy() -> tuple[Path | None, str]:
     return (binary if usable and binary.exists() else None), message
 
 
-def _frame_area(frame: str) -> str:
-    """Where a py-spy frame's code lives: imagegen.<package>, a distribution, or stdlib."""
-    location = frame[frame.rfind("(") + 1 : -1] if frame.endswith(")") else ""
-    path = location.rsplit(":", 1)[0]
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """(function, file) of a py-spy frame `function (path:line)`, the line dropped."""
+    function, _, location = frame.rpartition(" (")
+    return function or frame, location.rstrip(")").rsplit(":", 1)[0]
+
+
+def _short(path: str) -> str:
+    """A path as a reader finds it: imagegen/..., a distribution's, or the stdlib module."""
+    for marker in ("/image-gen/", "site-packages/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return Path(path).name if path.startswith("/") else path
+
+
+def _frame_area(path: str) -> str:
+    """Where code lives: imagegen.<package>, a distribution, or stdlib:<module>."""
     if "/imagegen/" in path:
         parts = path.split("/imagegen/", 1)[1].split("/")
         return "imagegen." + (parts[0] if len(parts) > 1 else parts[0].removesuffix(".py"))
@@ -768,23 +780,31 @@ def summarize_profile(raw: Path, top: int = 12) -> list[str]:
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [
+            _frame_parts(f)
+            for f in stack.split(";")
+            if f and not f.startswith(("process ", "thread "))
+        ]
         if not frames:
             continue
         total += count
-        by_self[frames[-1]] += count
-        areas[_frame_area(frames[-1])] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        function, path = frames[-1]
+        by_self[f"{function} ({_short(path)})"] += count
+        areas[_frame_area(path)] += count
+        for name in {f"{f} ({_short(p)})" for f, p in frames if "/imagegen/" in p}:
+            inclusive[name] += count
     if not total:
         return ["  (no samples: the workers were idle, or py-spy saw none)"]
-    out = [f"  {total} samples of active worker threads; by where the running code lives:"]
+    out = [f"  profile: {total} samples of running worker threads; by where the code is:"]
     out += [f"    {100 * c / total:5.1f}%  {area}" for area, c in areas.most_common(top)]
-    out.append("  functions by own samples (self):")
-    out += [f"    {100 * c / total:5.1f}%  {frame}" for frame, c in by_self.most_common(top)]
+    out.append("  functions by their own samples (self):")
+    out += [f"    {100 * c / total:5.1f}%  {name}" for name, c in by_self.most_common(top)]
     out.append("  image-gen functions by samples including what they call:")
-    ours = [(f, c) for f, c in inclusive.most_common() if "/imagegen/" in f][:top]
-    out += [f"    {100 * c / total:5.1f}%  {frame}" for frame, c in ours]
+    out += [f"    {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top)]
+    out.append(
+        "  (py-spy takes a thread blocked in some system calls, an fsync or a lock taken in C, "
+        "for running: read these as where the busy threads are, and stime above as the kernel's)"
+    )
     return out
 
 
