@@ -704,10 +704,18 @@ def figure_f(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
         for k in ("streams", "streams_at_start", "streams_at_end", "idle_at_start", "idle_at_end")
     }
     held_detail["jobs"] = result.get("jobs")
+    held_streams = result["streams_at_start"]["open_now"]
+    held_idle = result["idle_at_start"]["open_now"]
+    if held_streams < n or held_idle < n:
+        print(
+            f"  NOTE: only {held_streams} of {n} streams and {held_idle} of {n} idle "
+            "connections were open when the probes began: (f) ran under less than its load"
+        )
     return [
         Figure(
             "f-health-p99" + suffix,
-            f"/health p99 over {len(probes)} probes with streams and idle connections held",
+            f"/health p99, {len(probes)} probes, with {held_streams} streams and {held_idle} "
+            f"idle connections of {n} + {n} open at the start",
             None if p99 is None else p99 * 1000,
             "ms",
             TARGETS["f-health-p99"] if ours else None,
