@@ -13,6 +13,9 @@ on the same server.  A request with ``stream: true`` is answered as OpenAI
 streams: Server-Sent Events (``image_generation.partial_image`` x
 ``partial_images``, then ``image_generation.completed``, per image; ``image_edit.*``
 for edits) over chunked transfer, the latency spread over the events.
+A prompt holding ``[latency=S]`` (S seconds, a decimal number up to
+``MAX_PROMPT_LATENCY``) is waited S seconds instead of the server's
+``latency``, so one benchmark can mix long and short calls.
 Multipart edits and variations have their image parts checked like OpenAI
 does (formats by content, counts, sizes, squareness, the mask's format, alpha
 and dimensions) and answer OpenAI's error bodies.  Every
@@ -78,6 +81,7 @@ __all__ = [
     "moderation_blocked",
     "non_json",
     "not_an_image",
+    "prompt_latency",
     "rate_limited",
     "redirect_url",
     "reset_mid_body",
@@ -122,6 +126,9 @@ AZURE_CONTENT_FILTER_MESSAGE = (
     "text that is not allowed by our safety system."
 )
 MODELS = ("gpt-image-1", "gpt-image-1-mini", "dall-e-2", "dall-e-3")
+# `[latency=2.5]` in a prompt: that call's latency (seconds) instead of the server's.
+PROMPT_LATENCY = re.compile(r"\[latency=(\d{1,6}(?:\.\d{1,6})?)\]")
+MAX_PROMPT_LATENCY = 3600.0
 _MAX_STORED_FILES = 4096
 _MAX_N = 10
 
@@ -828,10 +835,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             plan = _upload_failure(record, endpoint, fake.variation_models)
         if plan is None:
             plan = fake._next_behaviour()
+        latency = prompt_latency(record.params.get("prompt"), fake.latency) + plan.delay
         if plan.kind == "success" and _wants_stream(record.params):
-            self._stream(plan, record.params, endpoint, fake.latency + plan.delay)
+            self._stream(plan, record.params, endpoint, latency)
             return
-        if not fake._sleep(fake.latency + plan.delay):
+        if not fake._sleep(latency):
             self.close_connection = True
             return
         self._play(plan, record.params, endpoint)
@@ -977,7 +985,8 @@ class FakeOpenAI:
     """A scriptable fake of the OpenAI Images API on a real local socket.
 
     Public attributes (safe to set from any thread): ``latency`` (seconds
-    waited before answering each ``/images/*`` call), ``image_bytes``
+    waited before answering each ``/images/*`` call whose prompt names no
+    ``[latency=S]``), ``image_bytes``
     (fixed bytes for every image; otherwise distinct small PNGs are
     generated), ``require_auth`` (answer 401 when no Authorization header is
     sent), ``variation_models`` (models besides dall-e-2 whose variations it makes) and
@@ -1342,6 +1351,13 @@ def _upload_failure(
     return None
 
 
+def prompt_latency(prompt: Any, default: float) -> float:
+    """The seconds a call waits: ``[latency=S]`` in its prompt (the first such tag, at most
+    ``MAX_PROMPT_LATENCY``), otherwise ``default``."""
+    match = PROMPT_LATENCY.search(prompt) if isinstance(prompt, str) else None
+    return min(float(match[1]), MAX_PROMPT_LATENCY) if match else default
+
+
 def _is_image_route(path: str) -> bool:
     return (
         path in IMAGE_ENDPOINTS
@@ -1437,7 +1453,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fake OpenAI Images API server.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per /images/* call")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds per /images/* call (a prompt's [latency=S] takes precedence)",
+    )
     parser.add_argument(
         "--image-size-bytes",
         type=int,

@@ -425,6 +425,44 @@ def test_latency_is_concurrent_and_slow_adds_delay(fake: fo.FakeOpenAI) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+def test_a_latency_tag_in_the_prompt_sets_that_calls_wait(fake: fo.FakeOpenAI) -> None:
+    fake.latency = 30.0
+    started = time.monotonic()
+    status, _, body = generate(fake, prompt="a quick cat [latency=0]")
+    assert status == 200 and len(body["data"]) == 1
+    assert time.monotonic() - started < 5.0  # not the server's 30 s
+
+    fake.latency = 0.0
+    started = time.monotonic()
+    assert generate(fake, prompt="a slow cat [latency=0.4] [latency=9]")[0] == 200
+    assert 0.4 <= time.monotonic() - started < 5.0  # the first tag counts
+
+    fake.enqueue(fo.slow(0.2))  # a scripted delay still adds to it
+    started = time.monotonic()
+    assert generate(fake, prompt="[latency=.1] is not a tag; [latency=0.2] is")[0] == 200
+    assert 0.4 <= time.monotonic() - started < 5.0
+
+
+def test_a_latency_tag_applies_to_streamed_calls(fake: fo.FakeOpenAI) -> None:
+    fake.latency = 30.0
+    started = time.monotonic()
+    status, headers, body = call(
+        f"{fake.base_url}/images/generations",
+        {"prompt": "[latency=0.3]", "model": "gpt-image-1", "stream": True, "partial_images": 1},
+    )
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert body.count(b"event: ") == 2
+    assert 0.3 <= time.monotonic() - started < 5.0
+
+
+def test_prompt_latency_reads_only_well_formed_tags() -> None:
+    assert fo.prompt_latency("a cat [latency=2.5]", 1.0) == 2.5
+    assert fo.prompt_latency("a cat [latency=7200]", 1.0) == fo.MAX_PROMPT_LATENCY
+    for prompt in ("a cat", "[latency=-1]", "[latency=abc]", "[latency=1e3]", "[Latency=2]", None):
+        assert fo.prompt_latency(prompt, 1.0) == 1.0
+    assert fo.prompt_latency(["[latency=2]"], 0.5) == 0.5
+
+
 def test_stop_interrupts_latency() -> None:
     fake = fo.FakeOpenAI().start()
     fake.latency = 30.0
