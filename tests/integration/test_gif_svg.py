@@ -13,9 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from imagegen.catalog.models import CATALOG
 from tests.support import fake_openai as fake
 from tests.support.jobs import ASYNC, finished
+from tests.support.mcp import result_of, rpc, tools_by_name
 from tests.support.pictures import rgba_png
 from tests.support.service import bearer, job_files, line, read_metadata
 
@@ -422,9 +422,26 @@ def test_a_gif_cap_refuses_a_sheet_a_still_would_fit(with_tokens, fake_openai):
 
 
 def test_openapi_and_mcp_schemas_offer_gif_and_svg_from_the_catalog(client):
-    spec = client.get("/openapi.json").get_json()
-    text = str(spec)
-    assert "frame_count" in text and "frame_duration_ms" in text
-    assert "gif" in text and "svg" in text
-    for model in GIF_MODELS:
-        assert "gif" in CATALOG[model].options["output_format"].values  # type: ignore[union-attr]
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    generate_props = schemas["GenerateRequest"]["properties"]
+    tools = tools_by_name(client)
+    tool_props = tools["generate_image"]["inputSchema"]["properties"]
+
+    for props in (generate_props, tool_props):
+        formats = str(props["output_format"])
+        assert "gif" in formats and "svg" in formats
+        assert "2" in str(props["frame_count"]) and "16" in str(props["frame_count"])
+        assert "655350" in str(props["frame_duration_ms"])
+    assert "needs output_format gif" in tool_props["frame_count"]["description"]
+    assert "markup_id" in tools["edit_image"]["inputSchema"]["properties"]
+
+
+def test_an_mcp_generated_gif_is_a_gif_resource(client, fake_openai):
+    arguments = {"prompt": "a wave", "model": "gpt-image-2.6-flare", "output_format": "gif"}
+    result = result_of(
+        rpc(client, "tools/call", {"name": "generate_image", "arguments": arguments})
+    )
+
+    links = [item for item in result["content"] if item["type"] == "resource_link"]
+    assert links and links[0]["mimeType"] == "image/gif"
+    assert links[0]["name"].endswith(".gif")
