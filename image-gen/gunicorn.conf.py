@@ -46,11 +46,16 @@ pythonpath = os.path.dirname(os.path.abspath(__file__))
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
 worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", 2)
-threads = _int("GUNICORN_THREADS", 100)
-# Connections a worker holds (in flight + keep-alive) before it stops accepting more. Just
-# above `threads`: a worker whose threads are all busy leaves new connections to the others
-# instead of queueing them behind a minute-long generation (16 idle keep-alives allowed).
-worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", threads + 16)
+# 600 threads: a call waits 10-60 s upstream, so a worker's capacity is the calls it can keep
+# waiting. Measured with bench/scale.py (e), 1,000 calls at L = 5 s (bench/README.md): 100
+# threads 6.1 x L (the calls queue for threads), 600 threads 3.4 x L, 1,000 threads 4.0 x L
+# (then the workers' CPU is the limit). The pool starts threads as requests need them, so
+# an idle worker holds few.
+threads = _int("GUNICORN_THREADS", 600)
+# Connections a worker holds (in flight + keep-alive) before it stops accepting more. An
+# idle keep-alive connection waits in the worker's poller, not on a thread, so 500 of them
+# cost a file descriptor each; beyond that a worker leaves new connections to the others.
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", threads + 500)
 backlog = 2048
 # A gthread worker's heartbeat comes from its main loop, so a slow generation never
 # trips this; it only catches a worker that is stuck as a whole. It stays above the

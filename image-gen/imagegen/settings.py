@@ -98,7 +98,7 @@ class Settings:
     # Event streams (GET /jobs/<id>/events) one worker serves at once, in all and per client
     # token: each holds a request thread while open. From the environment the default is a
     # quarter of GUNICORN_THREADS, so most of a worker's threads stay free for requests.
-    max_streams: int = 25
+    max_streams: int = 150
     max_streams_per_token: int = 10
     # Completion webhooks: the operator's signing secret (a caller may send its own), the
     # hosts they may go to (empty: any host with only public addresses; "*": any), attempts.

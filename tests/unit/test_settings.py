@@ -252,7 +252,7 @@ def test_numeric_settings_are_parsed_from_the_environment(
 def test_event_streams_per_worker_default_to_a_quarter_of_its_threads(
     missing_key_file: str,
 ) -> None:
-    assert Settings.from_env(env(missing_key_file)).max_streams == 25  # of 100 threads
+    assert Settings.from_env(env(missing_key_file)).max_streams == 150  # of 600 threads
     assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="8")).max_streams == 2
     assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="2")).max_streams == 1
     chosen = env(missing_key_file, GUNICORN_THREADS="8", IMAGE_GEN_MAX_STREAMS="6")

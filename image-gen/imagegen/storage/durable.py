@@ -83,7 +83,7 @@ _sync_pool_lock = threading.Lock()
 def _sync_threads() -> ThreadPoolExecutor:
     """This process's fsync threads, started on first use (a Gunicorn worker is a fork, and
     threads do not survive a fork). 64, so that under load a job's fsyncs seldom queue
-    behind other jobs' (a worker has 100 request threads by default)."""
+    behind other jobs' for long (each takes a few milliseconds)."""
     global _sync_pool
     with _sync_pool_lock:
         if _sync_pool is None or _sync_pool[0] != os.getpid():
