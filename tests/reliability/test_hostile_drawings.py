@@ -1,0 +1,70 @@
+"""A hostile or broken upstream's GIFs and SVGs (GPT Image 2.6), through the HTTP API against
+the fake upstream (pinned clock): each is a 502 UPSTREAM_ERROR, never a 500, and nothing of
+it is stored; what is stored is whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.support.jobs import ASYNC, finished
+from tests.support.service import job_files
+
+MODEL = "gpt-image-2.6-flare"
+SVG_NS = 'xmlns="http://www.w3.org/2000/svg"'
+
+
+def generate(client: Any, **fields: Any) -> Any:
+    return client.post("/generate", json={"prompt": "a drawing", "model": MODEL, **fields})
+
+
+def stored(images_dir: Any) -> list[str]:
+    return [name for name in job_files(images_dir) if not name.startswith(".index")]
+
+
+def assert_upstream_error(response: Any, images_dir: Any) -> None:
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["code"] == "UPSTREAM_ERROR", response.get_json()
+    assert stored(images_dir) == []
+
+
+# --- an SVG's size ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "svg",
+    [
+        f'<svg {SVG_NS} width="{"9" * 400}" height="5"/>',  # a float too large for an int
+        f'<svg {SVG_NS} width="5" height="{"1" * 400}px"/>',
+        f'<svg {SVG_NS} viewBox="0 0 inf inf"/>',
+        f'<svg {SVG_NS} viewBox="0 0 1e309 16"/>',
+        f'<svg {SVG_NS} viewBox="0 0 nan 16"/>',
+    ],
+    ids=["width-400-digits", "height-400-digits-px", "viewbox-inf", "viewbox-1e309", "viewbox-nan"],
+)
+def test_an_svg_whose_size_is_no_finite_number_is_an_upstream_error(
+    client, fake_openai, images_dir, svg
+):
+    fake_openai.image_bytes = svg.encode()
+
+    assert_upstream_error(generate(client, output_format="svg"), images_dir)
+
+
+def test_an_async_svg_whose_size_overflows_fails_as_an_upstream_error(
+    make_jobs_app: Callable[..., Flask], fake_openai
+):
+    client = make_jobs_app().test_client()
+    fake_openai.image_bytes = f'<svg {SVG_NS} width="{"9" * 400}" height="5"/>'.encode()
+
+    accepted = client.post(
+        "/generate",
+        json={"prompt": "a drawing", "model": MODEL, "output_format": "svg"},
+        headers=ASYNC,
+    )
+    assert accepted.status_code == 202, accepted.get_json()
+
+    done = finished(client, accepted.get_json()["job_id"])
+    assert done["status"] == "failed" and done["code"] == "UPSTREAM_ERROR", done
