@@ -182,18 +182,19 @@ def _svg(data: bytes) -> ImageInfo | None:
     if width is None or height is None:
         box = (root.get("viewBox") or "").replace(",", " ").split()
         try:
-            width, height = round(float(box[2])), round(float(box[3]))
-        except (IndexError, ValueError, OverflowError):
-            width = height = 0
+            width, height = float(box[2]), float(box[3])
+        except (IndexError, ValueError):
+            width = height = 0.0
+    # A length too long for a float is infinite; inf and nan are no size at all.
     if not (0 <= width <= 65_535 and 0 <= height <= 65_535):
         return None
-    return ImageInfo("svg", width, height)
+    return ImageInfo("svg", round(width), round(height))
 
 
-def _svg_length(value: str | None) -> int | None:
+def _svg_length(value: str | None) -> float | None:
     """A width or height in pixels ("512", "512px"); None for percentages, ems and the like."""
     match = _LENGTH.fullmatch(value or "")
-    return round(float(match[1])) if match else None
+    return float(match[1]) if match else None
 
 
 def _sized(fmt: str, width: int, height: int) -> ImageInfo | None:
