@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests.support import fake_openai as fake
 from tests.support.jobs import ASYNC, finished
 from tests.support.service import job_files
 
@@ -68,3 +69,44 @@ def test_an_async_svg_whose_size_overflows_fails_as_an_upstream_error(
 
     done = finished(client, accepted.get_json()["job_id"])
     assert done["status"] == "failed" and done["code"] == "UPSTREAM_ERROR", done
+
+
+# --- what was asked is what is taken ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "asked, sent",
+    [
+        ({}, "svg"),  # a PNG by default
+        ({"output_format": "png", "count": 3}, "svg"),  # three SVGs, where an SVG is one image
+        ({"output_format": "webp"}, "gif"),
+        ({"output_format": "gif"}, "svg"),
+        ({"output_format": "svg"}, "gif"),
+        ({"output_format": "gif"}, "png"),
+        ({"output_format": "svg"}, "png"),
+    ],
+)
+def test_an_upstream_image_in_another_kind_than_asked_is_an_upstream_error(
+    client, fake_openai, images_dir, asked, sent
+):
+    fake_openai.image_bytes = {
+        "svg": fake.make_svg(16, 16),
+        "gif": fake.make_gif(16, 16, 2),
+        "png": fake.make_png(16, 16),
+    }[sent]
+
+    assert_upstream_error(generate(client, **asked), images_dir)
+
+
+def test_the_openai_form_never_hands_an_svg_as_the_png_it_asked_for(
+    client, fake_openai, images_dir
+):
+    fake_openai.image_bytes = fake.make_svg(16, 16)
+
+    response = client.post(
+        "/v1/images/generations",
+        json={"prompt": "a drawing", "model": MODEL, "response_format": "b64_json"},
+    )
+
+    assert response.status_code == 502, response.get_json()
+    assert stored(images_dir) == []
