@@ -4,6 +4,7 @@ it is stored; what is stored is whole."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -110,3 +111,65 @@ def test_the_openai_form_never_hands_an_svg_as_the_png_it_asked_for(
 
     assert response.status_code == 502, response.get_json()
     assert stored(images_dir) == []
+
+
+# --- a GIF is whole, its frames on its screen -------------------------------------------------
+
+
+def _gif_frame_on(screen: int, frame: int) -> bytes:
+    """A GIF of a `screen`-pixel square logical screen holding one `frame`-pixel square frame:
+    a viewer (and Pillow) grows its canvas to the frame."""
+    small = fake.make_gif(16, 16, 1)
+    header = small[:6] + struct.pack("<HH", screen, screen) + small[10:]
+    assert header.count(b"\x2c\x00\x00\x00\x00") == 1  # one image descriptor, at 0,0
+    at = header.index(b"\x2c\x00\x00\x00\x00")
+    return header[: at + 5] + struct.pack("<HH", frame, frame) + header[at + 9 :]
+
+
+WHOLE = fake.make_gif(16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "gif",
+    [
+        WHOLE[: len(WHOLE) // 2] + b";",  # cut in the middle of a frame, a trailer put back
+        WHOLE[:13] + bytes(200) + b";",  # a header, noise and a trailer
+        WHOLE[:-1] + b"\x2c" + b";",  # a frame cut off in its descriptor
+        _gif_frame_on(16, 65_535),  # a 16x16 screen, a 65,535x65,535 frame: a bomb
+        _gif_frame_on(16, 4_000),  # a frame 16 million pixels large on a small screen
+        WHOLE[: 13 + 3 * 128 + 19] + b";",  # a header and a loop, no frame
+        WHOLE + b"<script>",  # bytes after the trailer
+    ],
+    ids=[
+        "cut-mid-frame",
+        "noise",
+        "cut-descriptor",
+        "frame-65535",
+        "frame-4000",
+        "no-frame",
+        "tail",
+    ],
+)
+def test_a_gif_that_is_not_whole_or_draws_off_its_screen_is_an_upstream_error(
+    client, fake_openai, images_dir, gif
+):
+    fake_openai.image_bytes = gif
+
+    assert_upstream_error(generate(client, output_format="gif"), images_dir)
+
+
+def test_a_gif_of_more_frames_than_a_sheet_holds_is_an_upstream_error(
+    client, fake_openai, images_dir
+):
+    fake_openai.image_bytes = fake.make_gif(16, 16, 17)
+
+    assert_upstream_error(generate(client, output_format="gif", frame_count=16), images_dir)
+
+
+def test_a_whole_gif_padded_with_zeros_is_taken(client, fake_openai, images_dir):
+    fake_openai.image_bytes = WHOLE + bytes(3)
+
+    response = generate(client, output_format="gif")
+
+    assert response.status_code == 200, response.get_json()
+    assert client.get(response.get_json()["images"][0]["url"]).data == WHOLE + bytes(3)
