@@ -34,6 +34,7 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    frames: int = 1  # an animated GIF's
 
     @property
     def size(self) -> str:
@@ -153,10 +154,39 @@ def _webp(data: bytes) -> ImageInfo | None:
 
 
 def _gif(data: bytes) -> ImageInfo | None:
-    if len(data) < 14 or not data.rstrip(b"\x00").endswith(b";"):
-        return None  # no trailer: truncated
-    width, height = struct.unpack("<HH", data[6:10])
-    return _sized("gif", width, height)
+    """A whole GIF: its blocks walked from the header to the trailer (zeros may follow), at
+    least one frame, every frame within the logical screen (a viewer, Pillow too, grows its
+    canvas to a frame beyond it, so the screen would understate what decoding costs)."""
+    try:
+        width, height, flags = struct.unpack_from("<HHB", data, 6)
+        at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+        frames = 0
+        while data[at] != 0x3B:  # the trailer
+            if data[at] == 0x21:  # an extension: its label, then its sub-blocks
+                at = _gif_sub_blocks(data, at + 2)
+            elif data[at] == 0x2C:  # a frame: its descriptor, palette, code size, data
+                left, top, w, h, local = struct.unpack_from("<HHHHB", data, at + 1)
+                if w == 0 or h == 0 or left + w > width or top + h > height:
+                    return None
+                at += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
+                at = _gif_sub_blocks(data, at + 1)
+                frames += 1
+            else:
+                return None
+    except (struct.error, IndexError):
+        return None  # cut short
+    if frames == 0 or data[at + 1 :].strip(b"\x00"):
+        return None
+    info = _sized("gif", width, height)
+    return ImageInfo("gif", width, height, frames) if info else None
+
+
+def _gif_sub_blocks(data: bytes, at: int) -> int:
+    """The offset after the sub-blocks starting at `at` (each a length byte, then that many
+    bytes; a zero length ends them); IndexError if the data ends first."""
+    while data[at]:
+        at += 1 + data[at]
+    return at + 1
 
 
 _LENGTH = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:px)?\s*")

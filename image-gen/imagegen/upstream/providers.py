@@ -320,6 +320,11 @@ class OpenAIProvider:
         too_large = None if info.format == "svg" else _beyond_model(model, info.width, info.height)
         if too_large:
             raise InvalidResponseError(f"the upstream sent {too_large}")
+        most = rule.frames.steps[-1] if rule and rule.frames else 1
+        if info.frames > most:
+            raise InvalidResponseError(
+                f"the upstream sent a GIF of {info.frames:,} frames; a sheet holds {most}"
+            )
         revised = item.get("revised_prompt")
         return GeneratedImage(
             data,
