@@ -173,3 +173,22 @@ def test_a_whole_gif_padded_with_zeros_is_taken(client, fake_openai, images_dir)
 
     assert response.status_code == 200, response.get_json()
     assert client.get(response.get_json()["images"][0]["url"]).data == WHOLE + bytes(3)
+
+
+# --- an SVG's shape ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth, taken", [(200, True), (300, False), (100_000, False)])
+def test_an_svg_nested_deeper_than_256_elements_is_an_upstream_error(
+    client, fake_openai, images_dir, depth, taken
+):
+    fake_openai.image_bytes = (
+        f'<svg {SVG_NS} width="8" height="8">' + "<g>" * depth + "</g>" * depth + "</svg>"
+    ).encode()
+
+    response = generate(client, output_format="svg")
+
+    if taken:
+        assert response.status_code == 200, response.get_json()
+    else:
+        assert_upstream_error(response, images_dir)
