@@ -4,6 +4,7 @@ it is stored; what is stored is whole."""
 
 from __future__ import annotations
 
+import base64
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -192,3 +193,83 @@ def test_an_svg_nested_deeper_than_256_elements_is_an_upstream_error(
         assert response.status_code == 200, response.get_json()
     else:
         assert_upstream_error(response, images_dir)
+
+
+# --- an SVG carries no script -----------------------------------------------------------------
+
+XLINK = 'xmlns:xlink="http://www.w3.org/1999/xlink"'
+HTML = 'xmlns:h="http://www.w3.org/1999/xhtml"'
+
+
+@pytest.mark.parametrize(
+    "inside, namespaces",
+    [
+        ("<script>fetch('/images')</script>", ""),
+        ("<SCRIPT>alert(1)</SCRIPT>", ""),  # a script once inlined in HTML, which folds case
+        ("<h:script>alert(1)</h:script>", HTML),  # XHTML's, run in an XML document too
+        ("<h:iframe src='/'/>", HTML),
+        ("<foreignObject><div xmlns='http://www.w3.org/1999/xhtml'/></foreignObject>", ""),
+        ('<rect width="1" height="1" onclick="alert(1)"/>', ""),
+        ('<rect width="1" height="1" ONload="alert(1)"/>', ""),
+        ('<a href=" java&#x09;script:alert(1)"><text>go</text></a>', ""),
+        ('<a xlink:href="JavaScript:alert(1)"><text>go</text></a>', XLINK),
+        ('<a><animate attributeName="href" values="x;javascript:alert(1)"/></a>', ""),
+        ('<set attributeName="onmouseover" to="alert(1)"/>', ""),
+        ('<a href="vbscript:msgbox(1)"><text>go</text></a>', ""),
+    ],
+    ids=[
+        "script",
+        "script-upper",
+        "xhtml-script",
+        "xhtml-iframe",
+        "foreign-object",
+        "onclick",
+        "onload-upper",
+        "javascript-href-tab",
+        "javascript-xlink",
+        "animate-href",
+        "set-handler",
+        "vbscript",
+    ],
+)
+def test_an_svg_that_could_run_script_is_an_upstream_error(
+    client, fake_openai, images_dir, inside, namespaces
+):
+    drawing = f'<svg {SVG_NS} {namespaces} width="8" height="8">{inside}</svg>'
+    fake_openai.image_bytes = drawing.encode()
+
+    assert_upstream_error(generate(client, output_format="svg"), images_dir)
+
+
+def test_an_svg_styled_to_fetch_an_xslt_is_an_upstream_error(client, fake_openai, images_dir):
+    fake_openai.image_bytes = (
+        '<?xml version="1.0"?><?xml-stylesheet type="text/xsl" href="/images/x"?>'
+        f'<svg {SVG_NS} width="8" height="8"/>'
+    ).encode()
+
+    assert_upstream_error(generate(client, output_format="svg"), images_dir)
+
+
+def test_a_rich_drawing_without_script_is_taken(client, fake_openai, images_dir):
+    dot = base64.b64encode(fake.make_png(2, 2)).decode()
+    drawing = (
+        '<?xml version="1.0" encoding="UTF-8"?><?xml-foo bar?>'
+        f'<svg {SVG_NS} {XLINK} xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+        'width="64" height="64" viewBox="0 0 64 64">'
+        "<metadata><rdf:RDF/></metadata><title>a boat</title>"
+        "<style>rect { fill: url(#sea); } .on { opacity: .5 }</style>"
+        '<defs><linearGradient id="sea" onion="no"><stop offset="0" stop-color="#06c"/>'
+        "</linearGradient></defs>"
+        '<rect class="on" width="64" height="64" opacity="0.9"/>'
+        f'<image href="data:image/png;base64,{dot}" width="2" height="2"/>'
+        '<a href="https://example.org/boats"><text x="4" y="60">boats</text></a>'
+        '<circle r="4"><animate attributeName="r" values="4;8;4" dur="2s"/></circle>'
+        '<use xlink:href="#sea"/>'
+        "</svg>"
+    )
+    fake_openai.image_bytes = drawing.encode()
+
+    response = generate(client, output_format="svg")
+
+    assert response.status_code == 200, response.get_json()
+    assert client.get(response.get_json()["images"][0]["url"]).data == drawing.encode()
