@@ -258,7 +258,7 @@ def test_a_rich_drawing_without_script_is_taken(client, fake_openai, images_dir)
         'width="64" height="64" viewBox="0 0 64 64">'
         "<metadata><rdf:RDF/></metadata><title>a boat</title>"
         "<style>rect { fill: url(#sea); } .on { opacity: .5 }</style>"
-        '<defs><linearGradient id="sea" onion="no"><stop offset="0" stop-color="#06c"/>'
+        '<defs><linearGradient id="sea"><stop offset="0" stop-color="#06c"/>'
         "</linearGradient></defs>"
         '<rect class="on" width="64" height="64" opacity="0.9"/>'
         f'<image href="data:image/png;base64,{dot}" width="2" height="2"/>'

@@ -209,6 +209,7 @@ def _svg(data: bytes) -> ImageInfo | None:
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end
     parser.StartDoctypeDeclHandler = reader.doctype
+    parser.ProcessingInstructionHandler = reader.instruction
     try:
         for at in range(0, len(data), _SVG_CHUNK):
             chunk = data[at : at + _SVG_CHUNK]
@@ -242,15 +243,35 @@ class _NotADrawing(Exception):
     """Raised from the expat handlers: these bytes are no SVG drawing the service keeps."""
 
 
+# What could run script where the drawing is shown: a document of its own (a blob: tab of
+# the web page, a download, an MCP host) or inlined in HTML, which folds case. The service's
+# SVG_POLICY stops all of it on its own answers; a drawing needs none of it.
+_ACTIVE_ELEMENTS = frozenset({"script", "foreignobject", "handler", "listener"})
+_XHTML = "http://www.w3.org/1999/xhtml"
+_SCRIPT_SCHEMES = ("javascript:", "vbscript:")
+_INVISIBLE = re.compile(r"[\x00-\x20]+")  # what a browser skips in a URL's scheme
+
+
 class _SvgReader:
     """Expat's handlers for one SVG: the root's attributes and the depth; no document type,
-    since a DTD could declare entities (billion laughs), and a drawing needs none."""
+    since a DTD could declare entities (billion laughs), and a drawing needs none; nothing
+    that runs script (_ACTIVE_ELEMENTS, XHTML, on* handlers, javascript: URLs, XSLT)."""
 
     def __init__(self) -> None:
         self.root: dict[str, str] | None = None
         self.depth = 0
 
     def start(self, name: str, attributes: dict[str, str]) -> None:
+        namespace, _, local = name.rpartition(" ")
+        if namespace == _XHTML or local.lower() in _ACTIVE_ELEMENTS:
+            raise _NotADrawing(local)
+        for key, value in attributes.items():
+            if key.rpartition(" ")[2][:2].lower() == "on":
+                raise _NotADrawing(key)
+            if key == "attributeName" and value.strip()[:2].lower() == "on":
+                raise _NotADrawing(value)  # an animation setting a handler
+            if any(scheme in _INVISIBLE.sub("", value).lower() for scheme in _SCRIPT_SCHEMES):
+                raise _NotADrawing(key)
         if self.root is None:
             if name not in _SVG_ROOTS:
                 raise _NotADrawing(name)
@@ -264,6 +285,10 @@ class _SvgReader:
 
     def doctype(self, *declaration: Any) -> None:
         raise _NotADrawing("a document type")
+
+    def instruction(self, target: str, data: str) -> None:
+        if target.lower() == "xml-stylesheet":  # an XSLT could turn the drawing into a page
+            raise _NotADrawing(target)
 
 
 def _svg_length(value: str | None) -> float | None:
