@@ -286,9 +286,13 @@ class OpenAIProvider:
             body[request.model.end_user_field] = request.safety_identifier
         return body
 
-    def _image(self, item: Any, deadline: Deadline, model: ModelSpec) -> GeneratedImage:
-        """One `data` item's image: its bytes (decoded or downloaded), checked to be a PNG,
-        JPEG or WebP no larger than the model makes; InvalidResponseError otherwise."""
+    def _image(
+        self, item: Any, deadline: Deadline, model: ModelSpec, fmt: str | None
+    ) -> GeneratedImage:
+        """One `data` item's image: its bytes (decoded or downloaded), checked to be of the
+        kind asked for (`fmt`: a GIF or an SVG where the model has a rule for it, else a PNG,
+        JPEG or WebP) and, a raster, no larger than the model makes; InvalidResponseError
+        otherwise."""
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
         encoded = item.get("b64_json")
@@ -303,16 +307,24 @@ class OpenAIProvider:
             raise InvalidResponseError("an upstream image has neither 'b64_json' nor 'url'")
         if len(data) > self.client.max_image_bytes:
             raise InvalidResponseError("an upstream image is larger than allowed")
-        made = ["PNG", "JPEG", "WebP", *(rule.format.upper() for rule in model.output_rules)]
+        # Only the kind asked for: an SVG handed for a PNG would slip past an SVG's one image
+        # per request, and reach a client that asked for a raster.
+        rule = model.output_rule(fmt)
+        made = [rule.format.upper()] if rule else ["PNG", "JPEG", "WebP"]
         info = identify_output(data)
         if info is None or info.format.upper() not in [name.upper() for name in made]:
-            listed = ", ".join(made[:-1]) + " or " + made[-1]
+            listed = made[0] if len(made) == 1 else ", ".join(made[:-1]) + " or " + made[-1]
             raise InvalidResponseError(f"the upstream sent bytes that are not a {listed} image")
         # A drawing's width and height are coordinates, not pixels made: only rasters are
         # held to the model's largest output.
         too_large = None if info.format == "svg" else _beyond_model(model, info.width, info.height)
         if too_large:
             raise InvalidResponseError(f"the upstream sent {too_large}")
+        most = rule.frames.steps[-1] if rule and rule.frames else 1
+        if info.frames > most:
+            raise InvalidResponseError(
+                f"the upstream sent a GIF of {info.frames:,} frames; a sheet holds {most}"
+            )
         revised = item.get("revised_prompt")
         return GeneratedImage(
             data,
@@ -387,7 +399,7 @@ class OpenAIProvider:
         per_call = per_call or request.model.per_call
 
         def call(start: int, n: int) -> Generation:
-            part = self._collect(lambda n: send(start, n), n, deadline, request.model)
+            part = self._collect(lambda n: send(start, n), n, deadline, request)
             if progress is not None:
                 for offset, image in enumerate(part.images):
                     progress.image(start + offset, image)
@@ -414,7 +426,7 @@ class OpenAIProvider:
         send: Callable[[int], dict[str, Any]],
         n: int,
         deadline: Deadline,
-        model: ModelSpec,
+        request: ImageRequest,
     ) -> Generation:
         """One upstream call for `n` images: the checked images, usage and echoed settings.
 
@@ -425,7 +437,10 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 f"asked for {n} image(s), the upstream returned {len(items)}"
             )
-        images = self._parallel(self._image, [(item, deadline, model) for item in items])
+        fmt = request.options.get("output_format")
+        images = self._parallel(
+            self._image, [(item, deadline, request.model, fmt) for item in items]
+        )
         echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
         usage, invalid = answer.get("usage"), False
         if usage is not None:
