@@ -31,7 +31,7 @@ from imagegen.storage.layout import Layout
 from imagegen.storage.s3blobs import S3Blobs
 from tests.support.books import BookClock
 from tests.support.postgres import pool_for
-from tests.support.seaweed import SeaweedFS, SeaweedUnavailable, weed_binary
+from tests.support.seaweed import SeaweedFS
 
 BUCKET = "contract"
 
@@ -105,15 +105,10 @@ def image_stores(
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One SeaweedFS server for the session, with the bucket BUCKET."""
-    try:
-        weed_binary()
-    except SeaweedUnavailable as exc:
-        pytest.skip(f"S3 contract tests need SeaweedFS: {exc}")
-    with SeaweedFS.started(tmp_path_factory.mktemp("seaweed")) as server:
-        server.create_bucket(BUCKET)
-        yield server
+def seaweed(seaweed_server: SeaweedFS) -> SeaweedFS:
+    """The session's SeaweedFS server, with the bucket BUCKET."""
+    seaweed_server.create_bucket(BUCKET)
+    return seaweed_server
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ from imagegen.storage.blobs import (
     check_prefix,
 )
 
-__all__ = ["BlobStoreUnavailable", "S3Blobs", "s3_blobs_from_url", "s3_client"]
+__all__ = ["BlobStoreUnavailable", "S3Blobs", "credentials_found", "s3_blobs_from_url", "s3_client"]
 
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _UNAVAILABLE = frozenset(
@@ -294,6 +294,12 @@ def s3_client(*, attempts: int = 3, connect_timeout: float = 5, read_timeout: fl
     )
     region = os.environ.get("AWS_REGION", "").strip() or None
     return boto3.session.Session(region_name=region).client("s3", config=config)
+
+
+def credentials_found() -> bool:
+    """Whether boto3 finds S3 credentials where it looks (the AWS variables, the shared
+    credentials file, a container's or an instance's role); never what they are."""
+    return boto3.session.Session().get_credentials() is not None
 
 
 def _info(key: str, head: dict[str, Any]) -> BlobInfo:
