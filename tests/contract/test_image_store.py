@@ -102,6 +102,8 @@ def test_listing_pages_through_more_jobs_than_one_read_of_the_index(image_store:
         if cursor is None:
             break
     assert listed == expected
+    whole, end = image_store.list_images(limit=len(jobs))  # more than one read of the index
+    assert [image["id"] for _, image in whole] == expected and end is None
 
 
 def test_listing_one_job_by_its_id(image_store: ImageStore) -> None:

@@ -497,17 +497,18 @@ class ImageStore:
             cache.clear()
         for tick, members in itertools.groupby(order, key=lambda entry: entry[0]):
             entries = list(members)
-            group = []
+            group: list[tuple[tuple[int, str, str], dict[str, Any] | None]] = []
             for _, name, metadata in entries:
+                if metadata is not None:  # it came with the order (a database)
+                    group.append(((tick, str(metadata.get("created_at", "")), name), metadata))
+                    continue
                 created = cache.get(name)
-                if metadata is None and (created is None or len(entries) == 1):
+                if created is None or len(entries) == 1:
                     metadata = self.job_metadata(name)
                     if not isinstance(metadata, dict):  # deleted since the scan, or damaged
                         continue
-                if metadata is not None:
-                    created = str(metadata.get("created_at", ""))
-                    cache[name] = created
-                group.append(((tick, created or "", name), metadata))
+                    created = cache[name] = str(metadata.get("created_at", ""))
+                group.append(((tick, created, name), metadata))
             group.sort(key=lambda item: item[0], reverse=True)
             for key, kept in group:
                 if after is not None and key > after[:3]:
