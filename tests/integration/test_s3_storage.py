@@ -272,6 +272,7 @@ def own_postgres() -> ThrowawayPostgres:
         server.stop()
         pytest.skip(f"the embedded PostgreSQL server cannot run here: {exc}")
     yield server
+    server.halt()  # at once: the app's pool still holds connections
     server.stop()
 
 
