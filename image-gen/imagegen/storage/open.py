@@ -34,16 +34,14 @@ def open_store(
     fsync: bool,
     storage_url: str | None = None,
     pool: ConnectionPool | None = None,
-    client: object | None = None,
 ) -> ImageStore:
     """The store at `storage_url` (None: the images directory of `layout`, prepared), with
-    its index in the database of `pool` when there is one. `client` is an S3 client to use
-    instead of one made from the AWS variables."""
+    its index in the database of `pool` when there is one."""
     if storage_url is None:
         return ImageStore.on_disk(layout, fsync=fsync)
     bucket = location.parse(storage_url)
     assert isinstance(bucket, location.Bucket)  # Settings keeps no other storage URL
-    blobs = _bucket_blobs(bucket, client)
+    blobs = _bucket_blobs(bucket)
     index: ImageIndex
     if pool is not None:
         from imagegen.storage.tableindex import PostgresImageIndex
@@ -58,15 +56,14 @@ def open_store(
     return ImageStore(blobs, index)
 
 
-def _bucket_blobs(bucket: location.Bucket, client: object | None) -> Blobs:
+def _bucket_blobs(bucket: location.Bucket) -> Blobs:
+    """S3Blobs with a client from the AWS variables; ServiceError if no credentials are found."""
     from imagegen.storage.s3blobs import S3Blobs, credentials_found, s3_client
 
-    if client is None:
-        if not credentials_found():
-            raise ServiceError(
-                f"IMAGE_GEN_STORAGE_URL names the bucket {bucket.name!r}, but no S3 credentials "
-                "were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or mount a "
-                "credentials file and name it in AWS_SHARED_CREDENTIALS_FILE"
-            )
-        client = s3_client()
-    return S3Blobs(bucket.name, bucket.prefix, client)
+    if not credentials_found():
+        raise ServiceError(
+            f"IMAGE_GEN_STORAGE_URL names the bucket {bucket.name!r}, but no S3 credentials "
+            "were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or mount a "
+            "credentials file and name it in AWS_SHARED_CREDENTIALS_FILE"
+        )
+    return S3Blobs(bucket.name, bucket.prefix, s3_client())
