@@ -20,6 +20,7 @@ from imagegen.storage.ownership import Process
 from tests.support.clock import PinnedClock, run_day
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gunicorn_server import Service, run_gunicorn
+from tests.support.seaweed import SeaweedFS, SeaweedUnavailable, weed_binary
 from tests.support.service import (
     TEST_KEY,
 )
@@ -189,3 +190,15 @@ def another_users(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], os.stat_r
         return owner
 
     return hand_over
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS server (S3) for the session; the tests that need it are skipped, with
+    the reason, where the `weed` binary is missing (tests/support/seaweed.py)."""
+    try:
+        weed_binary()
+    except SeaweedUnavailable as exc:
+        pytest.skip(f"S3 tests need SeaweedFS: {exc}")
+    with SeaweedFS.started(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

@@ -82,10 +82,10 @@ def build_services(
     on_attempt: Callable[[AttemptReport], None] | None = None,
     on_fallback: Callable[[str, str, str], None] | None = None,
 ) -> tuple[Layout, Services]:
-    """The images directory's layout, checked, and every service built on it: the image
-    store, the books (caps, idempotency keys, jobs), the upstream provider (reporting each
-    attempt to `on_attempt`, each fallback to another upstream to `on_fallback`), the core
-    operation, the job runner and the stream bounds."""
+    """The images directory's layout, checked, and every service built on it: the books
+    (caps, idempotency keys, jobs), the image store (files, or a bucket), the upstream
+    provider (reporting each attempt to `on_attempt`, each fallback to another upstream to
+    `on_fallback`), the core operation, the job runner and the stream bounds."""
     from imagegen.books.open import open_books
     from imagegen.catalog import operator
     from imagegen.errors import ServiceError
@@ -94,8 +94,8 @@ def build_services(
     from imagegen.jobs.streams import StreamLimiter
     from imagegen.services import Services
     from imagegen.storage import ownership
-    from imagegen.storage.images import ImageStore
     from imagegen.storage.layout import Layout
+    from imagegen.storage.open import open_store
     from imagegen.upstream.routing import routed_provider_for
 
     refusal = None if settings.allow_root else ownership.root_refusal(settings.images_dir)
@@ -103,14 +103,20 @@ def build_services(
         raise ServiceError(refusal)
     layout = Layout(settings.images_dir, metrics=settings.metrics_dir)
     layout.prepare()
-    store = ImageStore.on_disk(layout, fsync=settings.fsync)
-    store.sweep()
+    pool = None  # one pool of connections per process, for the books and the image index
+    if settings.database_url:
+        from imagegen.books.postgres import open_pool
+
+        pool = open_pool(settings.database_url)
     books = open_books(
         layout,
         fsync=settings.fsync,
         max_running=settings.max_running_jobs,
         database_url=settings.database_url,
+        pool=pool,
     )
+    store = open_store(layout, fsync=settings.fsync, storage_url=settings.storage_url, pool=pool)
+    store.sweep()
     operator.install(settings.models_file)  # the catalog: built-in and the operator's models
     provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)

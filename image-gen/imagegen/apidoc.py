@@ -168,7 +168,9 @@ _ERROR_DESCRIPTIONS = {
     502: "The upstream failed after retries, or sent an unusable answer.",
     504: "The upstream did not answer in time.",
     507: "The image store is full; nothing was saved.",
-    503: "Too many asynchronous jobs are waiting (QUEUE_FULL); retry after Retry-After.",
+    503: "Not now, and nothing was done: too many asynchronous jobs are waiting (QUEUE_FULL), "
+    "the image store (STORAGE_UNAVAILABLE: the S3 bucket) or the database "
+    "(DATABASE_UNAVAILABLE: PostgreSQL) cannot be reached; retry after Retry-After.",
 }
 
 
@@ -177,7 +179,7 @@ def errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
     responses = {}
     for status in statuses:
         description = _ERROR_DESCRIPTIONS[status]
-        retried = status in (409, 429)
+        retried = status in (409, 429, 503)
         responses[str(status)] = (
             retry_later(description, schema) if retried else json_response(description, schema)
         )

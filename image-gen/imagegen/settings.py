@@ -14,7 +14,7 @@ from imagegen.access.tokens import Limits, Token, TokenFileError, TokensLoad, to
 from imagegen.catalog import operator
 from imagegen.catalog.models import get_model
 from imagegen.catalog.spec import SHUT_DOWN
-from imagegen.storage import ownership
+from imagegen.storage import location, ownership
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class Settings:
     # keys in PostgreSQL, shared by replicas on any host; None: SQLite under the images
     # directory. It may hold a password: never in repr, logs or /health.
     database_url: str | None = field(default=None, repr=False)
+    # IMAGE_GEN_STORAGE_URL: s3://<bucket>/<prefix> keeps images, metadata.json and
+    # thumbnails in that bucket (storage/location.py); None: files in images_dir (a file://
+    # URL sets images_dir). The images directory still holds what is local to a host.
+    storage_url: str | None = None
 
     def __post_init__(self) -> None:
         # Absolute, fixed at start-up: Flask's send_file reads a relative path against the
@@ -146,6 +150,14 @@ class Settings:
             ("postgresql://", "postgres://")
         ):
             raise SettingsError("IMAGE_GEN_DATABASE_URL must be a postgresql:// URL")
+        if self.storage_url is not None:
+            try:
+                where = location.parse(self.storage_url)
+            except location.StorageURLError as exc:
+                raise SettingsError(str(exc)) from None
+            if not isinstance(where, location.Bucket):
+                raise SettingsError("a file:// storage URL is given as the images directory")
+            object.__setattr__(self, "storage_url", where.url)
         if min(self.connect_timeout, self.read_timeout, self.request_deadline) <= 0:
             raise SettingsError("timeouts and the request deadline must be more than zero")
         model = get_model(self.default_model)
@@ -233,6 +245,7 @@ class Settings:
         if secret_file:
             kwargs["webhook_secret"] = _secret_file("IMAGE_GEN_WEBHOOK_SECRET_FILE", secret_file)
         kwargs["database_url"] = _read_database_url(env)
+        kwargs.update(_storage(env))
         models_file = env.get("IMAGE_GEN_MODELS_FILE", "").strip()
         if models_file:  # before the tokens, whose `models=` may name its models
             try:
@@ -325,6 +338,27 @@ def _read_database_url(env: Mapping[str, str]) -> str | None:
     if path:
         return _secret_file("IMAGE_GEN_DATABASE_URL_FILE", path) or None
     return env.get("IMAGE_GEN_DATABASE_URL", "").strip() or None
+
+
+def _storage(env: Mapping[str, str]) -> dict[str, object]:
+    """IMAGE_GEN_STORAGE_URL as settings: a bucket's URL, or a file:// URL's directory as the
+    images directory (IMAGE_GEN_IMAGES_DIR may name the same one, no other)."""
+    raw = env.get("IMAGE_GEN_STORAGE_URL", "").strip()
+    if not raw:
+        return {}
+    try:
+        where = location.parse(raw)
+    except location.StorageURLError as exc:
+        raise SettingsError(str(exc)) from None
+    if isinstance(where, location.Bucket):
+        return {"storage_url": where.url}
+    named = env.get("IMAGE_GEN_IMAGES_DIR", "").strip()
+    if named and Path(named).absolute() != where.absolute():
+        raise SettingsError(
+            "IMAGE_GEN_STORAGE_URL (file://) and IMAGE_GEN_IMAGES_DIR name different "
+            "directories: set one of them"
+        )
+    return {"images_dir": where}
 
 
 def _provider(env: Mapping[str, str]) -> str:

@@ -2,7 +2,8 @@
 
 A blob store or image index adds a factory to its table; the tests in this folder then run
 against it unchanged ("s3" is S3Blobs on a real SeaweedFS server, tests/support/seaweed.py,
-one per session, each test under a prefix of its own; skipped only without the `weed` binary).
+one per session, each test under a prefix of its own; skipped only without the `weed` binary;
+"s3+postgresql" indexes it in the test's own database, "s3+sqlite" in a local SQLite file).
 For the books, every call of a fixture's factory opens another handle on the same books, as
 another process or replica would (its own connections, its own locks); a second implementation
 (PostgreSQL, say) adds its entry to each table, with a fresh, empty set of books per test:
@@ -30,7 +31,7 @@ from imagegen.storage.layout import Layout
 from imagegen.storage.s3blobs import S3Blobs
 from tests.support.books import BookClock
 from tests.support.postgres import pool_for
-from tests.support.seaweed import SeaweedFS, SeaweedUnavailable, weed_binary
+from tests.support.seaweed import SeaweedFS
 
 BUCKET = "contract"
 
@@ -41,21 +42,43 @@ def _file_blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
 
 
 def _s3_blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
+    """The test's own prefix (the same for every handle a test opens)."""
     client = request.getfixturevalue("seaweed_client")
-    return S3Blobs(BUCKET, f"tests/{uuid.uuid4().hex}", client)
+    return S3Blobs(BUCKET, f"tests/{uuid.uuid5(uuid.NAMESPACE_URL, str(tmp_path)).hex}", client)
 
 
-def _file_store(tmp_path: Path) -> ImageStore:
+def _file_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     layout = Layout(tmp_path / "images")
-    layout.prepare()
+    layout.prepare()  # idempotent: another handle on the same directory
     return ImageStore(FileBlobs(layout.root, fsync=False), FileIndex(layout, fsync=False))
+
+
+def _s3_postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
+    from imagegen.books.migrations import migrate
+    from imagegen.storage.tableindex import PostgresImageIndex
+
+    pool = pool_for(tmp_path)
+    migrate(pool)
+    return ImageStore(_s3_blobs(request, tmp_path), PostgresImageIndex(pool))
+
+
+def _s3_sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
+    from imagegen.storage.tableindex import SQLiteImageIndex
+
+    index = SQLiteImageIndex(tmp_path / "index" / "images.sqlite3", tmp_path / "index" / "locks")
+    index.prepare()
+    return ImageStore(_s3_blobs(request, tmp_path), index)
 
 
 BLOB_STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Blobs]] = {
     "file": _file_blobs,
     "s3": _s3_blobs,
 }
-IMAGE_STORES: dict[str, Callable[[Path], ImageStore]] = {"file": _file_store}
+IMAGE_STORES: dict[str, Callable[[pytest.FixtureRequest, Path], ImageStore]] = {
+    "file": _file_store,
+    "s3+postgresql": _s3_postgres_store,
+    "s3+sqlite": _s3_sqlite_store,
+}
 
 
 @pytest.fixture(params=sorted(BLOB_STORES))
@@ -67,19 +90,25 @@ def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blobs]:
 @pytest.fixture(params=sorted(IMAGE_STORES))
 def image_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImageStore]:
     """An empty image store over each blob store and index pair."""
-    yield IMAGE_STORES[request.param](tmp_path)
+    yield IMAGE_STORES[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def image_stores(
+    request: pytest.FixtureRequest, image_store: ImageStore
+) -> Callable[[], ImageStore]:
+    """Opens another handle on the same store, as another process or replica would (its own
+    connections and clients; the same directory, bucket prefix and database)."""
+    kind = request.node.callspec.params["image_store"]
+    tmp_path = request.getfixturevalue("tmp_path")
+    return lambda: IMAGE_STORES[kind](request, tmp_path)
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One SeaweedFS server for the session, with the bucket BUCKET."""
-    try:
-        weed_binary()
-    except SeaweedUnavailable as exc:
-        pytest.skip(f"S3 contract tests need SeaweedFS: {exc}")
-    with SeaweedFS.started(tmp_path_factory.mktemp("seaweed")) as server:
-        server.create_bucket(BUCKET)
-        yield server
+def seaweed(seaweed_server: SeaweedFS) -> SeaweedFS:
+    """The session's SeaweedFS server, with the bucket BUCKET."""
+    seaweed_server.create_bucket(BUCKET)
+    return seaweed_server
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,9 @@ exact-id lookups, listing order, deletion. Every pair of implementations passes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from imagegen.errors import ImageNotFound
@@ -83,3 +86,90 @@ def test_a_deleted_job_takes_its_images_and_thumbnails(image_store: ImageStore) 
     assert image_store.open_thumbnail(image, "w4", "png") is None
     listed, _ = image_store.list_images(limit=10)
     assert [m["job_id"] for m, _ in listed] == [other["job_id"]]
+
+
+def test_listing_pages_through_more_jobs_than_one_read_of_the_index(image_store: ImageStore):
+    from imagegen.storage.tableindex import PAGE
+
+    jobs = [job(image_store, f"job {n}", count=1) for n in range(PAGE + 6)]
+    expected = [saved["images"][0]["id"] for saved in reversed(jobs)]
+
+    listed: list[str] = []
+    cursor = None
+    for _ in range(len(jobs)):  # bounded: a page of 9 at least each time
+        page, cursor = image_store.list_images(limit=9, after=cursor)
+        listed += [image["id"] for _, image in page]
+        if cursor is None:
+            break
+    assert listed == expected
+    whole, end = image_store.list_images(limit=len(jobs))  # more than one read of the index
+    assert [image["id"] for _, image in whole] == expected and end is None
+
+
+def test_listing_one_job_by_its_id(image_store: ImageStore) -> None:
+    first, second = job(image_store, "fox"), job(image_store, "owl")
+
+    listed, cursor = image_store.list_images(limit=10, job_id=first["job_id"].upper())
+
+    assert [image["id"] for _, image in listed] == [i["id"] for i in first["images"]]
+    assert cursor is None
+    assert image_store.list_images(limit=10, job_id="0" * 36)[0] == []
+    assert second["job_id"] != first["job_id"]
+
+
+def test_another_handle_serves_what_one_saved_and_sees_its_deletes(
+    image_store: ImageStore, image_stores: Callable[[], ImageStore]
+) -> None:
+    other = image_stores()
+    saved = job(image_store, "fox")
+    gone, kept = (entry["id"] for entry in saved["images"])
+
+    assert other.read_image(other.find_image(kept)) == image_store.read_image(
+        image_store.find_image(kept)
+    )
+    other.delete_image(gone)
+
+    with pytest.raises(ImageNotFound):
+        image_store.find_image(gone)
+    assert [i["status"] for i in image_store.job_metadata(saved["job_id"])["images"]] == [
+        "deleted",
+        "available",
+    ]
+    assert image_store.list_images(limit=10) == other.list_images(limit=10)
+    assert other.delete_job(saved["job_id"])["job_id"] == saved["job_id"]
+    assert image_store.job_metadata(saved["job_id"]) is None
+    assert image_store.list_images(limit=10) == ([], None)
+
+
+def test_concurrent_deletes_through_several_handles_succeed_exactly_once(
+    image_store: ImageStore, image_stores: Callable[[], ImageStore]
+) -> None:
+    saved = job(image_store, "fox", count=3)
+    handles = [image_store, image_stores(), image_stores()]
+    targets = [entry["id"] for entry in saved["images"]] * 2
+
+    def delete(n: int) -> str:
+        try:
+            handles[n % 3].delete_image(targets[n])
+        except ImageNotFound:
+            return "gone"
+        return "deleted"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(delete, range(len(targets))))
+
+    assert sorted(outcomes) == ["deleted"] * 3 + ["gone"] * 3
+    statuses = [i["status"] for i in image_store.job_metadata(saved["job_id"])["images"]]
+    assert statuses == ["deleted"] * 3
+    assert image_store.list_images(limit=10) == ([], None)
+
+
+def test_a_job_deleted_while_its_image_is_deleted_is_not_found(
+    image_store: ImageStore, image_stores: Callable[[], ImageStore]
+) -> None:
+    saved = job(image_store, "fox", count=1)
+    image_store.delete_job(saved["job_id"])
+
+    with pytest.raises(ImageNotFound):
+        image_stores().delete_image(saved["images"][0]["id"])
+    assert image_store.delete_job(saved["job_id"]) is None

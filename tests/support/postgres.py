@@ -16,6 +16,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,7 +82,23 @@ class ThrowawayPostgres:
             timeout=START_TIMEOUT,
             user=self._user,
         )
-        log = open(self.root / "server.log", "wb")  # noqa: SIM115 - the server keeps it
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server at once (fast shutdown: clients are disconnected), keeping its
+        data and port for `resume`."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+
+    def resume(self) -> None:
+        """Start the server on its data directory; returns once it accepts connections."""
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server keeps it
         # No Unix socket (-k ""); nothing needs to survive a crash here.
         options = ["-k", "", "-c", "max_connections=300", "-c", "fsync=off"]
         options += ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

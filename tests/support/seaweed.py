@@ -157,12 +157,7 @@ class SeaweedFS:
         the AWS variables)."""
         from imagegen.storage.s3blobs import s3_client
 
-        variables = {
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": secret_key,
-        }
+        variables = {**self.variables(), "AWS_SECRET_ACCESS_KEY": secret_key}
         saved = {name: os.environ.get(name) for name in variables}
         os.environ.update(variables)
         try:
@@ -174,10 +169,21 @@ class SeaweedFS:
                 else:
                     os.environ[name] = value
 
+    def variables(self) -> dict[str, str]:
+        """The AWS variables that configure a client for this server."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+
     def create_bucket(self, name: str, *, client: Any = None) -> None:
-        """Create bucket `name` (already there is fine)."""
+        """Create bucket `name` (already there is fine: after a restart SeaweedFS calls the
+        bucket it made before BucketAlreadyExists, not BucketAlreadyOwnedByYou)."""
         client = client or self.client()
-        with suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        exceptions = client.exceptions
+        with suppress(exceptions.BucketAlreadyOwnedByYou, exceptions.BucketAlreadyExists):
             client.create_bucket(Bucket=name)
 
     @classmethod

@@ -26,17 +26,23 @@ bp = Blueprint("health", __name__)
     responses={
         "200": json_response("Healthy.", "Health"),
         "503": json_response(
-            "The image store is not writable, or the database cannot be reached.", "Health"
+            "The image store cannot be written or reached, or the database cannot be reached.",
+            "Health",
         ),
         **errors(500),
     },
 )
 def health() -> ResponseReturnValue:
-    """Status, whether a key is configured (never the key), provider, default model, version."""
+    """Status, whether a key is configured (never the key), provider, default model, version,
+    and the state of each dependency: the image store and the database (never a URL)."""
     settings = services().settings
     storage_ok = services().store.writable()
     database = _database_state(services().ledger)
     healthy = storage_ok and database != "unavailable"
+    storage_kind = "s3" if settings.storage_url else "file"
+    index_kind = (
+        ("postgresql" if settings.database_url else "sqlite") if settings.storage_url else "files"
+    )
     body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "api_key_configured": settings.api_key_configured,
@@ -46,6 +52,17 @@ def health() -> ResponseReturnValue:
         "auth_required": settings.auth_required,
         "default_model": settings.default_model,
         "storage_writable": storage_ok,
+        "dependencies": {
+            "storage": {
+                "kind": storage_kind,
+                "index": index_kind,
+                "state": "ok" if storage_ok else "unavailable",
+            },
+            "database": {
+                "kind": "postgresql" if settings.database_url else "sqlite",
+                "state": database or "ok",
+            },
+        },
         "version": __version__,
         "timestamp": utc_now(),
     }

@@ -50,7 +50,7 @@ MAX_AGE = 3600
             "alone, or a parameter given twice (VALIDATION_ERROR, with `field`).",
             "Error",
         ),
-        **errors(404, 416, 500),
+        **errors(404, 416, 500, 503),
     },
 )
 @operation(
@@ -67,6 +67,7 @@ MAX_AGE = 3600
         "404": bare("No image has this id."),
         "416": bare("The range is outside the image."),
         "500": bare("Unexpected failure."),
+        "503": bare("The image store or the database cannot be reached; retry after Retry-After."),
     },
 )
 def get_image(image_id: str) -> ResponseReturnValue:
@@ -94,7 +95,7 @@ def get_image(image_id: str) -> ResponseReturnValue:
     parameters=[IMAGE_ID],
     responses={
         "200": json_response("The image is gone.", "DeletedImage"),
-        **errors(404, 500, 507),
+        **errors(404, 500, 503, 507),
     },
 )
 def delete_image(image_id: str) -> ResponseReturnValue:
@@ -205,7 +206,7 @@ _MAX_CURSOR_CHARS = 512
         ),
         query("job_id", "Only this job's images.", {"type": "string", "pattern": UUID_PATTERN}),
     ],
-    responses={"200": json_response("A page of images.", "ImagePage"), **errors(400, 500)},
+    responses={"200": json_response("A page of images.", "ImagePage"), **errors(400, 500, 503)},
     links={"NextPage": ("listImages", {"cursor": "$response.body#/next_cursor"})},
 )
 def list_images() -> ResponseReturnValue:

@@ -387,6 +387,40 @@ SERVICE_SCHEMAS: dict[str, Schema] = {
                 "description": "With IMAGE_GEN_DATABASE_URL: whether PostgreSQL answers "
                 "(unavailable: unhealthy, 503).",
             },
+            "dependencies": {
+                "type": "object",
+                "description": "Each shared part the service depends on, its kind and "
+                "state (unavailable: unhealthy, 503). Never a URL, bucket or path.",
+                "required": ["storage", "database"],
+                "properties": {
+                    "storage": {
+                        "type": "object",
+                        "required": ["kind", "index", "state"],
+                        "properties": {
+                            "kind": {
+                                "type": "string",
+                                "enum": ["file", "s3"],
+                                "description": "The images directory, or the bucket of "
+                                "IMAGE_GEN_STORAGE_URL.",
+                            },
+                            "index": {
+                                "type": "string",
+                                "enum": ["files", "sqlite", "postgresql"],
+                                "description": "Where the image index and job metadata are kept.",
+                            },
+                            "state": {"type": "string", "enum": ["ok", "unavailable"]},
+                        },
+                    },
+                    "database": {
+                        "type": "object",
+                        "required": ["kind", "state"],
+                        "properties": {
+                            "kind": {"type": "string", "enum": ["sqlite", "postgresql"]},
+                            "state": {"type": "string", "enum": ["ok", "unavailable"]},
+                        },
+                    },
+                },
+            },
             "auth_required": {
                 **boolean,
                 "description": "Whether callers need a client token (false: open).",

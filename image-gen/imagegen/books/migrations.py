@@ -54,6 +54,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX idempotency_created ON idempotency (created);
         """,
     ),
+    (
+        3,
+        "image index",
+        # storage/tableindex.py: stored jobs and their images, for a store in a bucket.
+        """
+        CREATE TABLE image_jobs (
+            job_id TEXT PRIMARY KEY,
+            stamp_ns BIGINT NOT NULL,
+            metadata JSON NOT NULL
+        );
+        CREATE INDEX image_jobs_stamp ON image_jobs (stamp_ns DESC, job_id DESC);
+        CREATE TABLE images (
+            image_id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES image_jobs (job_id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            deleted BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        CREATE INDEX images_job ON images (job_id);
+        """,
+    ),
 ]
 
 _VERSION_TABLE = """

@@ -9,11 +9,15 @@ database (books/postgres.py), its schema migrated first; the jobs stay on files 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imagegen.books.files import FileJobBook
 from imagegen.books.interfaces import CapsBook, IdempotencyBook, JobBook
 from imagegen.books.sqlite import SQLiteCapsBook, SQLiteIdempotencyBook
 from imagegen.storage.layout import Layout
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 
 @dataclass(frozen=True)
@@ -26,18 +30,24 @@ class Books:
 
 
 def open_books(
-    layout: Layout, *, fsync: bool, max_running: int, database_url: str | None = None
+    layout: Layout,
+    *,
+    fsync: bool,
+    max_running: int,
+    database_url: str | None = None,
+    pool: ConnectionPool | None = None,
 ) -> Books:
     """The books kept where `layout` (and `database_url`, when set) say, ready to use
     (schemas created or migrated: with a database that cannot be reached the start fails
     after the pool's timeout); `max_running` bounds the jobs running at once over every
-    process sharing them."""
+    process sharing them. `pool`: connections to `database_url` that the process shares
+    with its image index (one is opened when none is given)."""
     jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
     if database_url:
         from imagegen.books.migrations import migrate
         from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook, open_pool
 
-        pool = open_pool(database_url)
+        pool = pool or open_pool(database_url)
         migrate(pool)
         return Books(
             caps=PostgresCapsBook(pool), idempotency=PostgresIdempotencyBook(pool), jobs=jobs

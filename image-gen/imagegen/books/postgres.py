@@ -57,12 +57,15 @@ def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
     """A pool of connections to `url`, connecting in the background; a caller waits at most
-    `timeout` seconds for a connection (then DatabaseUnavailable from the books)."""
+    `timeout` seconds for a connection (then DatabaseUnavailable from the books). A
+    connection is checked before it is handed out, so that once a restarted server is back
+    no request gets one that the restart broke."""
     return ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
+        check=ConnectionPool.check_connection,
         open=True,
         name="imagegen-books",
         kwargs={"connect_timeout": 5, "application_name": "image-gen"},

@@ -80,6 +80,7 @@ class ImageMaker:
                 "Use a client token."
             )
         _check_allowed(image_request, caller)
+        self.store.check_available()  # 503 STORAGE_UNAVAILABLE: nothing reserved or paid
         pricing = pricing_for(image_request.model.id)
         estimate: float | None = 0.0
         if self.provider.name != "placeholder":
@@ -140,6 +141,7 @@ class ImageMaker:
         self._log_start(image_request, caller, operation, request_id)
         sent = identified(image_request, caller.name if caller.authenticated else None)
         try:
+            self.store.check_available()  # again: a job admitted earlier runs now
             generation = produce(sent, Deadline(settings.request_deadline))
         except BaseException:
             _book(self.ledger.release, admission.reservation)

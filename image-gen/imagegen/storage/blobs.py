@@ -4,7 +4,8 @@ Keys are `/`-separated relative names (`<job>/001-<image>.png`); storage/layout.
 which. A whole job is published at once: its blobs are staged, then made visible in one step
 (a rename on a filesystem; on S3, every blob first and its `marker`, metadata.json, after
 them, so a reader that goes by the marker never sees half a job). Failures other than a
-missing key are OSError (ENOSPC or EDQUOT when the store is full).
+missing key are OSError (ENOSPC or EDQUOT when the store is full); a store that cannot be
+reached now (a bucket's service down) is BlobStoreUnavailable, an OSError too.
 
 FileBlobs (storage/fileblobs.py) and S3Blobs (storage/s3blobs.py) implement it;
 tests/contract/test_blobs.py holds the contract every implementation passes.
@@ -28,6 +29,10 @@ class BlobNotFound(KeyError):
 
     def __str__(self) -> str:
         return f"no blob {self.args[0]!r}" if self.args else "no such blob"
+
+
+class BlobStoreUnavailable(ConnectionError):
+    """The blob store cannot be reached now (network, timeouts, 5xx, bucket or credentials)."""
 
 
 class BadKey(ValueError):

@@ -5,40 +5,53 @@
     <job-uuid>/thumbs/<image-uuid>-w<width>.<ext>  cached thumbnails
 
 (keys of storage/blobs.py, spelled by storage/layout.py; on disk under the images
-directory). A job is published whole (a reader never sees half of one); the index
-(storage/index.py) finds an image by id, orders jobs for listing and locks a job while its
-metadata changes. Nothing here names a file: the blob store and the index do.
+directory, or in a bucket under a prefix). A job is published whole (a reader never sees
+half of one); the index (storage/index.py) finds an image by id, orders jobs for listing,
+holds each job's metadata (metadata.json on disk; in a database, with metadata.json in the
+bucket as its mirror) and locks a job while its metadata changes. Nothing here names a
+file: the blob store and the index do.
+
+A blob store that cannot be reached (S3 down) is StorageUnavailable, 503 with Retry-After.
+New work asks `check_available` before the upstream is called, so that no image is paid
+for that could not be kept.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
+import itertools
 import logging
 import re
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from imagegen import strictjson
 from imagegen.clock import utc_now
-from imagegen.errors import ImageNotFound, InsufficientStorage
+from imagegen.errors import ImageNotFound, InsufficientStorage, StorageUnavailable
 from imagegen.imaging.formats import EXTENSIONS, OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS
 from imagegen.storage import durable
-from imagegen.storage.blobs import BlobInfo, BlobNotFound, Blobs, Publication
+from imagegen.storage.blobs import (
+    BlobInfo,
+    BlobNotFound,
+    Blobs,
+    BlobStoreUnavailable,
+    Publication,
+)
 from imagegen.storage.durable import is_disk_full
 from imagegen.storage.fileblobs import FileBlobs
 from imagegen.storage.index import FileIndex, ImageIndex, normalize_id
 from imagegen.storage.layout import (
-    LOCK,
     METADATA,
     Layout,
     image_name,
     job_key,
-    lock_key,
     metadata_key,
     thumbnails_prefix,
 )
@@ -54,6 +67,49 @@ log = logging.getLogger(__name__)
 MAX_THUMBNAILS = 16
 _THUMB_SUFFIX = re.compile(r"^[a-z0-9-]{1,32}$")
 _FORMATS = {ext: fmt for fmt, ext in OUTPUT_EXTENSIONS.items()}
+# How long a process trusts what it last learnt of the blob store's reachability before new
+# work asks it again (one HEAD of the bucket a second, at most, on S3).
+AVAILABILITY_TTL = 1.0
+RETRY_AFTER = 5  # seconds, when the blob store cannot be reached
+_CREATED_MEMORY = 100_000  # jobs whose created_at a process remembers (listing ties)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reachable(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """An ImageStore method whose blob store being unreachable is StorageUnavailable (and
+    is remembered, so new work is refused at once until the store answers again)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except BlobStoreUnavailable:
+            store = args[0]
+            assert isinstance(store, ImageStore)
+            store._availability.saw(False)
+            raise store.unavailable() from None
+
+    return wrapper
+
+
+class _Availability:
+    """What this process last learnt of whether the blob store can be reached, and when."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: tuple[float, bool] = (float("-inf"), True)
+
+    def saw(self, reachable: bool) -> None:
+        with self._lock:
+            self._state = (time.monotonic(), reachable)
+
+    def known(self) -> bool | None:
+        """The last answer while it is fresh (AVAILABILITY_TTL), else None: ask again."""
+        with self._lock:
+            at, reachable = self._state
+        return reachable if time.monotonic() - at < AVAILABILITY_TTL else None
 
 
 @dataclass(frozen=True)
@@ -90,9 +146,10 @@ class ImageStore:
 
     def __init__(self, blobs: Blobs, index: ImageIndex) -> None:
         self.blobs = blobs
-        self._index = index
+        self.index = index
         # created_at of jobs, which never changes, shared by a worker's threads (listing).
         self._created: dict[str, str] = {}
+        self._availability = _Availability()
 
     @classmethod
     def on_disk(cls, root: Path | Layout, *, fsync: bool = True) -> ImageStore:
@@ -100,8 +157,28 @@ class ImageStore:
         layout = root if isinstance(root, Layout) else Layout(root)
         return cls(FileBlobs(layout.root, fsync=fsync), FileIndex(layout, fsync=fsync))
 
+    # --- availability ---------------------------------------------------------------------
+
+    def check_available(self) -> None:
+        """StorageUnavailable if the blob store cannot be written now: new work asks before
+        the upstream is called. The answer is kept for AVAILABILITY_TTL seconds."""
+        known = self._availability.known()
+        if known is None:
+            known = self.blobs.writable()
+            self._availability.saw(known)
+        if not known:
+            raise self.unavailable()
+
+    @staticmethod
+    def unavailable() -> StorageUnavailable:
+        return StorageUnavailable(
+            "The image store cannot be reached; nothing was done. Try again later.",
+            retry_after=RETRY_AFTER,
+        )
+
     # --- writing --------------------------------------------------------------------------
 
+    @_reachable
     def save_job(
         self,
         request: dict[str, Any],
@@ -133,18 +210,21 @@ class ImageStore:
                 "images": images,
             }
             publication.put(METADATA, _dump(metadata))
-            publication.put(LOCK, b"")  # last: its write time is the job's listing time
+            self.index.stage(publication)
             publication.seal()
             indexed = [image["id"] for image in images]
-            pending = self._index.add(
-                [(image["id"], job_key(job_id, image["file"])) for image in images]
+            pending = self.index.add(
+                job_id,
+                [(image["id"], job_key(job_id, image["file"])) for image in images],
+                metadata,
             )
             publication.commit()
             pending.wait()
         except BaseException as exc:
             pending.wait(quietly=True)
-            for image_id in indexed:
-                self._index.remove(image_id)
+            if indexed:
+                with suppress(Exception):  # what could not be undone is told, not this
+                    self.index.remove_job(job_id, indexed)
             publication.abort()  # the caller is told nothing was saved
             if is_disk_full(exc):
                 raise InsufficientStorage(
@@ -187,12 +267,13 @@ class ImageStore:
 
     # --- reading --------------------------------------------------------------------------
 
+    @_reachable
     def find_image(self, image_id: str) -> StoredImage:
         """The stored image with exactly this id; ImageNotFound otherwise."""
         canonical = normalize_id(image_id)
         if canonical is None:
             raise ImageNotFound(f"Image {image_id[:64]!r} not found: ids are UUIDs.")
-        found = self._index.find(canonical)
+        found = self.index.find(canonical)
         if found is None:
             raise ImageNotFound(f"Image {canonical} not found.")
         job_id, key = found
@@ -203,6 +284,7 @@ class ImageStore:
         fmt = _FORMATS[key.rpartition(".")[2]]
         return StoredImage(canonical, job_id, key, fmt, info.size, info.modified)
 
+    @_reachable
     def open_image(self, image: StoredImage) -> BinaryIO:
         """The image's bytes as a stream (close it); ImageNotFound if deleted meanwhile."""
         try:
@@ -210,6 +292,7 @@ class ImageStore:
         except BlobNotFound:
             raise ImageNotFound(f"Image {image.image_id} not found.") from None
 
+    @_reachable
     def read_image(self, image: StoredImage) -> bytes:
         """The image's bytes; ImageNotFound if deleted meanwhile."""
         try:
@@ -222,11 +305,7 @@ class ImageStore:
         canonical = normalize_id(job_id)
         if canonical is None:
             return None
-        try:
-            metadata = json.loads(self.blobs.get(metadata_key(canonical)))
-        except (BlobNotFound, OSError, ValueError):
-            return None
-        return metadata if isinstance(metadata, dict) else None
+        return self.index.metadata(canonical)
 
     # --- thumbnails -----------------------------------------------------------------------
     # A cache beside the job's images, never in metadata.json, the index or a listing. A
@@ -237,6 +316,7 @@ class ImageStore:
     # a cached blob that vanishes before it is opened is made again, and the last to list
     # the folder sees every blob made before it, so the bound holds.
 
+    @_reachable
     def open_thumbnail(self, image: StoredImage, suffix: str, fmt: str) -> Cached | None:
         """The cached thumbnail of `image` for this variant (e.g. `w256`), opened and marked
         as just used; None if none was made (or it was dropped meanwhile)."""
@@ -252,6 +332,7 @@ class ImageStore:
             stream.close()
             return None
 
+    @_reachable
     def save_thumbnail(self, image: StoredImage, suffix: str, fmt: str, data: bytes) -> bool:
         """Cache a thumbnail atomically; whether it was.
 
@@ -259,7 +340,7 @@ class ImageStore:
         bytes it has, since a cache must not turn a read into a failure. ImageNotFound if
         the image or its job was deleted meanwhile; then nothing is left behind.
         """
-        if not self._index.contains(image.image_id):
+        if not self.index.contains(image.image_id):
             raise ImageNotFound(f"Image {image.image_id} not found.")
         key = self._thumbnail_key(image, suffix, fmt)
         try:
@@ -269,7 +350,7 @@ class ImageStore:
             return False
         # delete_image drops the index entry before it drops thumbnails: if the entry is
         # still here, any delete comes later and removes this blob too.
-        if not self._index.contains(image.image_id):
+        if not self.index.contains(image.image_id):
             self.blobs.delete(key)
             if self.job_metadata(image.job_id) is None:  # the put made the job's folder again
                 self.blobs.delete_prefix(f"{image.job_id}/")
@@ -295,14 +376,16 @@ class ImageStore:
 
     # --- deleting -------------------------------------------------------------------------
 
+    @_reachable
     def delete_image(self, image_id: str) -> StoredImage:
         """Remove the image's file and index entry; mark it deleted in its job's metadata."""
         image = self.find_image(image_id)
         try:
-            with self._index.locked(image.job_id):
-                if not self._index.contains(image.image_id):  # another caller deleted it
+            with self.index.locked(image.job_id):
+                metadata = self.index.metadata(image.job_id)
+                # Another caller deleted it, or its whole job, meanwhile.
+                if metadata is None or not self.index.contains(image.image_id):
                     raise ImageNotFound(f"Image {image.image_id} not found.")
-                metadata = json.loads(self.blobs.get(metadata_key(image.job_id)))
                 now = utc_now()
                 for entry in metadata.get("images", []):
                     if entry.get("id") == image.image_id:
@@ -310,7 +393,7 @@ class ImageStore:
                         entry["deleted_at"] = now
                 # The metadata first: if it cannot be written, nothing has changed.
                 self._put_metadata(image.job_id, metadata)
-                self._index.remove(image.image_id)
+                self.index.remove(image.image_id)
                 self.blobs.delete(image.key)
                 for key in list(self.blobs.list(thumbnails_prefix(image.job_id, image.image_id))):
                     self.blobs.delete(key)
@@ -319,13 +402,16 @@ class ImageStore:
         return image
 
     def _put_metadata(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """metadata.json, then the index (where it is kept in a database)."""
         try:
             self.blobs.put(metadata_key(job_id), _dump(metadata))
         except OSError as exc:
             if is_disk_full(exc):
                 raise InsufficientStorage("The image store is full; nothing was changed.") from None
             raise
+        self.index.update(job_id, metadata)
 
+    @_reachable
     def delete_job(self, job_id: str) -> dict[str, Any] | None:
         """Remove a whole job and return its metadata; None if there is no such job.
 
@@ -337,15 +423,13 @@ class ImageStore:
         if canonical is None:
             return None
         try:
-            with self._index.locked(canonical):
-                self.blobs.info(lock_key(canonical))  # still here once we hold the lock?
+            with self.index.locked(canonical):
                 metadata = self.job_metadata(canonical)
                 if not isinstance(metadata, dict):  # damaged: remove it all the same
                     metadata = {"job_id": canonical, "images": []}
-                for image in metadata.get("images", []):
-                    image_id = normalize_id(str(image.get("id", "")))
-                    if image_id is not None:
-                        self._index.remove(image_id)
+                images = metadata.get("images", [])
+                image_ids = [normalize_id(str(image.get("id", ""))) for image in images]
+                self.index.remove_job(canonical, [i for i in image_ids if i is not None])
                 self.blobs.delete_prefix(f"{canonical}/")
         except (FileNotFoundError, BlobNotFound):  # another process deleted it first
             return None
@@ -354,12 +438,14 @@ class ImageStore:
     # --- housekeeping ---------------------------------------------------------------------
 
     def writable(self) -> bool:
-        """Whether new jobs can be stored now (for /health)."""
-        return self.blobs.writable()
+        """Whether new jobs can be stored now (for /health, which asks every time)."""
+        writable = self.blobs.writable()
+        self._availability.saw(writable)
+        return writable
 
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove what crashed writers left: staged jobs and dangling index entries."""
-        return self.blobs.sweep(older_than) + self._index.sweep(older_than)
+        return self.blobs.sweep(older_than) + self.index.sweep(older_than)
 
     # --- browsing ---------------------------------------------------------------------------
     # Jobs are listed newest first by their stamp in the index (storage/index.py). Jobs
@@ -367,6 +453,7 @@ class ImageStore:
     # position in that order is the tuple (stamp_ns, created_at, job_id, offset), where
     # `offset` images of that job were passed.
 
+    @_reachable
     def list_images(
         self,
         *,
@@ -396,48 +483,39 @@ class ImageStore:
     def _jobs_from(
         self, after: tuple[int, str, str, int] | None, job_id: str | None
     ) -> Iterator[tuple[tuple[int, str, str], dict[str, Any]]]:
-        """(sort key, metadata) of each job in listing order, from the job at `after` on."""
+        """(sort key, metadata) of each job in listing order, from the job at `after` on.
+        Jobs of one tick are ordered by created_at, remembered per process (it never
+        changes) so that passing over many of them does not read each one's metadata."""
+        order: Iterator[tuple[int, str, dict[str, Any] | None]]
         if job_id is not None:
             canonical = normalize_id(job_id)
-            names = [(self._index.stamp(canonical) or 0, canonical)] if canonical else []
+            order = iter([(self.index.stamp(canonical) or 0, canonical, None)] if canonical else [])
         else:
-            names = self._index.job_order()
-            self._forget_gone(names)
-        if after is not None:  # skip the ticks newer than the cursor's
-            first = next((n for n, (tick, _) in enumerate(names) if tick <= after[0]), len(names))
-            names = names[first:]
+            order = self.index.job_order(after[0] if after is not None else None)
         cache = self._created
-        i = 0
-        while i < len(names):
-            tick = names[i][0]
-            j = i
-            while j < len(names) and names[j][0] == tick:
-                j += 1
-            group = []
-            for _, name in names[i:j]:
-                metadata = None
+        if len(cache) > _CREATED_MEMORY:
+            cache.clear()
+        for tick, members in itertools.groupby(order, key=lambda entry: entry[0]):
+            entries = list(members)
+            group: list[tuple[tuple[int, str, str], dict[str, Any] | None]] = []
+            for _, name, metadata in entries:
+                if metadata is not None:  # it came with the order (a database)
+                    group.append(((tick, str(metadata.get("created_at", "")), name), metadata))
+                    continue
                 created = cache.get(name)
-                if created is None or j - i == 1:
+                if created is None or len(entries) == 1:
                     metadata = self.job_metadata(name)
                     if not isinstance(metadata, dict):  # deleted since the scan, or damaged
                         continue
-                    created = str(metadata.get("created_at", ""))
-                    cache[name] = created
+                    created = cache[name] = str(metadata.get("created_at", ""))
                 group.append(((tick, created, name), metadata))
             group.sort(key=lambda item: item[0], reverse=True)
-            for key, metadata in group:
+            for key, kept in group:
                 if after is not None and key > after[:3]:
                     continue
-                metadata = metadata or self.job_metadata(key[2])
-                if isinstance(metadata, dict):
-                    yield key, metadata
-            i = j
-
-    def _forget_gone(self, names: list[tuple[int, str]]) -> None:
-        """Keep the created_at memory about the size of the store."""
-        if len(self._created) > 2 * len(names) + 1000:
-            present = {name for _, name in names}
-            self._created = {k: v for k, v in self._created.items() if k in present}
+                kept = kept or self.job_metadata(key[2])
+                if isinstance(kept, dict):
+                    yield key, kept
 
 
 def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:

@@ -1,18 +1,22 @@
-"""The image index: which job holds an image, the jobs in listing order, and job locks.
+"""The image index: which job holds an image, the jobs in listing order, their metadata, and
+job locks.
 
     <root>/.index/<image-uuid>  -> ../<job-uuid>/NNN-<image-uuid>.<ext>   (symlink)
 
-The index makes an image lookup one `readlink`, however many jobs there are. Jobs are listed
-newest first by the mtime of their `.lock` file: save_job creates it as the job's last file
-and nothing writes it again, whereas the directory's own mtime moves whenever an image in
-it is deleted. Changes to one job take an exclusive `flock` on that file, so several
-Gunicorn worker processes can update one job safely. ImageIndex is the interface a shared
-index (a database) implements; FileIndex keeps it in the images directory.
+ImageIndex is the interface; FileIndex keeps it in the images directory, beside the files of
+FileBlobs, and storage/tableindex.py in database tables (SQLite on one node, PostgreSQL for
+replicas sharing a bucket). In FileIndex an image lookup is one `readlink`, however many
+jobs there are. Jobs are listed newest first by the mtime of their `.lock` file: the index
+stages it as the job's last file and nothing writes it again, whereas the directory's own
+mtime moves whenever an image in it is deleted. Changes to one job take an exclusive
+`flock` on that file, so several Gunicorn worker processes can update one job safely. A
+job's metadata is its metadata.json, as the blob store wrote it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import time
@@ -22,9 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.storage import durable
+from imagegen.storage.blobs import Publication
 from imagegen.storage.durable import Disk
 from imagegen.storage.fileblobs import changed_before
-from imagegen.storage.layout import Layout, lock_key
+from imagegen.storage.layout import LOCK, Layout, lock_key, metadata_key
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LINK_TARGET = re.compile(
@@ -39,10 +44,16 @@ def normalize_id(value: str) -> str | None:
 
 
 class ImageIndex(Protocol):
-    """Exact-id lookups of images, the listing order of jobs, and per-job locks."""
+    """Exact-id lookups of images, the listing order of jobs, their metadata, per-job locks."""
 
-    def add(self, entries: list[tuple[str, str]]) -> durable.Pending:
-        """Index (image id, blob key) pairs; wait for what this returns before relying on them."""
+    def stage(self, publication: Publication) -> None:
+        """Stage what the index keeps beside a job's blobs, after them (FileIndex: `.lock`)."""
+
+    def add(
+        self, job_id: str, entries: list[tuple[str, str]], metadata: dict[str, Any]
+    ) -> durable.Pending:
+        """Index a job: its (image id, blob key) pairs and its metadata; wait for what this
+        returns before relying on them."""
 
     def find(self, image_id: str) -> tuple[str, str] | None:
         """(job id, blob key) of a canonical image id, None if it is not indexed."""
@@ -53,11 +64,24 @@ class ImageIndex(Protocol):
     def remove(self, image_id: str) -> None:
         """Drop one image (nothing if it is not indexed)."""
 
+    def remove_job(self, job_id: str, image_ids: list[str]) -> None:
+        """Drop a job and these images of it (nothing of what is not indexed)."""
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        """A job's metadata by its canonical id; None if there is none (or it is damaged)."""
+
+    def update(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """Keep the job's changed metadata (an image deleted), with the job's lock held."""
+
     def locked(self, job_id: str) -> AbstractContextManager[None]:
         """Hold the job's exclusive lock (FileNotFoundError if the job is gone)."""
 
-    def job_order(self) -> list[tuple[int, str]]:
-        """(stamp_ns, job id) of every stored job, newest first."""
+    def job_order(
+        self, at_most: int | None = None
+    ) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+        """(stamp_ns, job id, metadata) of every stored job with a stamp of at most `at_most`
+        (all: None), newest first. The metadata comes with the order where that costs
+        nothing more (a database); None: ask `metadata` for the jobs that are wanted."""
 
     def stamp(self, job_id: str) -> int | None:
         """The job's listing time in ns, None if there is no such job."""
@@ -76,7 +100,14 @@ class FileIndex:
         # This process's memory of the last scan (see job_order), shared by a worker's threads.
         self._scan: dict[str, Any] = {"stamps": {}}
 
-    def add(self, entries: list[tuple[str, str]]) -> durable.Pending:
+    def stage(self, publication: Publication) -> None:
+        """The empty `.lock`, last: its write time is the job's listing time."""
+        publication.put(LOCK, b"")
+
+    def add(
+        self, job_id: str, entries: list[tuple[str, str]], metadata: dict[str, Any]
+    ) -> durable.Pending:
+        """Links only: the job's metadata is its metadata.json, published with it."""
         links: list[Path] = []
         try:
             for image_id, key in entries:
@@ -106,16 +137,43 @@ class FileIndex:
     def remove(self, image_id: str) -> None:
         _unlink(self._dir / image_id)
 
+    def remove_job(self, job_id: str, image_ids: list[str]) -> None:
+        """The links; the job itself goes with its folder."""
+        for image_id in image_ids:
+            _unlink(self._dir / image_id)
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            metadata = json.loads(self._layout.path_of(metadata_key(job_id)).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return metadata if isinstance(metadata, dict) else None
+
+    def update(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """Nothing: the store has written metadata.json, which is the job's metadata here."""
+
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
-        fd = os.open(self._layout.path_of(lock_key(job_id)), os.O_RDWR | os.O_CREAT, 0o644)
+        """The flock of the job's `.lock`; FileNotFoundError if its folder is gone, or went
+        while we waited for the lock (a delete renames it away)."""
+        lock = self._layout.path_of(lock_key(job_id))
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            os.stat(lock)  # still here once we hold the lock?
             yield
         finally:
             os.close(fd)
 
-    def job_order(self) -> list[tuple[int, str]]:
+    def job_order(
+        self, at_most: int | None = None
+    ) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+        """From the scan of the root (`scan_order`); metadata is read only when wanted."""
+        for stamp, name in self.scan_order():
+            if at_most is None or stamp <= at_most:
+                yield stamp, name, None
+
+    def scan_order(self) -> list[tuple[int, str]]:
         """Kept per process while the root directory's mtime says no job came or went: every
         save, delete and staging directory changes it. A scan is trusted only once that
         mtime is older than the scan by more than a clock tick, so a change made in the

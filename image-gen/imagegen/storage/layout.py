@@ -5,6 +5,8 @@
     <root>/<job-uuid>/.lock                                  flock()ed to change the job
     <root>/<job-uuid>/thumbs/<image-uuid>-<variant>.<ext>    cached thumbnails (blob keys)
     <root>/.index/<image-uuid>                               the image index (symlinks)
+    <root>/.index/images.sqlite3, .index/locks/<nn>          the index of a bucket, without a
+                                                             database (storage/tableindex.py)
     <root>/.jobs/...                                         asynchronous job records (records.py)
     <root>/.ledger/ledger.sqlite3                            the caps ledger
     <root>/.metrics/                                         /metrics counts, unless configured
@@ -70,6 +72,8 @@ class Layout:
     def __init__(self, root: Path | str, *, metrics: Path | str | None = None) -> None:
         self.root = Path(root)
         self.index_dir = self.root / INDEX
+        self.index_db = self.index_dir / "images.sqlite3"
+        self.index_locks = self.index_dir / "locks"
         self.jobs_dir = self.root / JOBS
         self.ledger_file = self.root / LEDGER / "ledger.sqlite3"
         self.metrics_dir = metrics_dir(self.root, metrics)

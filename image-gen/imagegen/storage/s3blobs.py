@@ -42,7 +42,15 @@ from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from imagegen.storage.blobs import BlobInfo, BlobNotFound, check_key, check_prefix
+from imagegen.storage.blobs import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreUnavailable,
+    check_key,
+    check_prefix,
+)
+
+__all__ = ["BlobStoreUnavailable", "S3Blobs", "credentials_found", "s3_blobs_from_url", "s3_client"]
 
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _UNAVAILABLE = frozenset(
@@ -53,10 +61,6 @@ _WRITTEN = "written-ns"  # object metadata: when this store wrote it, in ns
 _BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _UPLOADERS = 8  # a publication uploads this many blobs at once
 _CHUNK = 1 << 16
-
-
-class BlobStoreUnavailable(ConnectionError):
-    """The blob store cannot be reached now (network, timeouts, 5xx, bucket or credentials)."""
 
 
 class S3Blobs:
@@ -277,8 +281,10 @@ def s3_blobs_from_url(url: str, *, client: Any | None = None) -> S3Blobs:
 def s3_client(*, attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 30) -> Any:
     """A boto3 S3 client configured by the standard AWS variables (AWS_ENDPOINT_URL or
     AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or
-    AWS_SHARED_CREDENTIALS_FILE), which boto3 reads itself. With an endpoint of one's own
-    (MinIO, SeaweedFS, Garage...), buckets are addressed by path, not by host name."""
+    AWS_SHARED_CREDENTIALS_FILE), which boto3 reads itself, except AWS_REGION: botocore
+    reads only AWS_DEFAULT_REGION (and the config file), so AWS_REGION is passed to it, and
+    wins, as in the other AWS SDKs and the CLI. With an endpoint of one's own (MinIO,
+    SeaweedFS, Garage...), buckets are addressed by path, not by host name."""
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
         connect_timeout=connect_timeout,
@@ -286,7 +292,14 @@ def s3_client(*, attempts: int = 3, connect_timeout: float = 5, read_timeout: fl
         retries={"mode": "standard", "max_attempts": attempts},
         s3={"addressing_style": "path"} if custom else None,
     )
-    return boto3.session.Session().client("s3", config=config)
+    region = os.environ.get("AWS_REGION", "").strip() or None
+    return boto3.session.Session(region_name=region).client("s3", config=config)
+
+
+def credentials_found() -> bool:
+    """Whether boto3 finds S3 credentials where it looks (the AWS variables, the shared
+    credentials file, a container's or an instance's role); never what they are."""
+    return boto3.session.Session().get_credentials() is not None
 
 
 def _info(key: str, head: dict[str, Any]) -> BlobInfo:

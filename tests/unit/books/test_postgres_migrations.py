@@ -34,7 +34,24 @@ def test_an_empty_database_gets_every_migration_in_order(pool):
     assert recorded(pool) == EVERY
     with pool.connection() as db:
         tables = {row[0] for row in db.execute("SELECT tablename FROM pg_tables")}
-    assert {"spend", "idempotency", "schema_version"} <= tables
+    assert {"spend", "idempotency", "schema_version", "image_jobs", "images"} <= tables
+
+
+def test_the_image_index_comes_on_top_of_version_1_and_keeps_the_books(pool):
+    assert migrate(pool, MIGRATIONS[:1]) == [1]
+    with pool.connection() as db:
+        db.execute(
+            "INSERT INTO spend (token, at, images, usd, state, model) "
+            "VALUES ('alice', 1, 2, 0.5, 'settled', 'gpt-image-2')"
+        )
+
+    assert migrate(pool) == EVERY[1:]
+    with pool.connection() as db:
+        assert db.execute("SELECT token, images FROM spend").fetchall() == [("alice", 2)]
+        db.execute("INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES ('j', 1, '{}')")
+        db.execute("INSERT INTO images (image_id, job_id, key) VALUES ('i', 'j', 'j/k')")
+        names = {row[0] for row in db.execute("SELECT name FROM schema_version")}
+    assert "image index" in names
 
 
 def test_migrating_again_applies_nothing(pool):

@@ -1,0 +1,284 @@
+"""The image index in two tables of a database: SQLite on one node, PostgreSQL for replicas.
+
+    image_jobs (job_id PRIMARY KEY, stamp_ns, metadata)    a stored job: listing time, metadata
+    images     (image_id PRIMARY KEY, job_id, key, deleted) each image and its blob key
+
+For a blob store in a bucket (S3), which has no folder to scan or lock: the tables are the
+truth of which images exist, in which order jobs are listed and what each job's metadata
+says (deletion marks included); metadata.json in the bucket mirrors it for people who browse
+the bucket. Jobs are listed newest first from an index on (stamp_ns, job_id), a page of
+rows at a time, each row with its metadata, so a listing page is a query or two, however
+many jobs there are. A deleted image keeps its row, marked `deleted`; a deleted job's rows go.
+
+- PostgresImageIndex: the schema is migration 3 of books/migrations.py ("image index");
+  stamps come from the database server's clock, one clock for every replica. `locked` is
+  a transaction holding `SELECT ... FOR UPDATE` on the job's row; every call the thread
+  makes on the index while it holds the lock runs inside that transaction (as savepoints),
+  so a delete's changes commit together and no call waits on a second connection of the
+  pool (a pool of N connections with N threads deleting would otherwise wait for ever).
+- SQLiteImageIndex: `<images>/.index/images.sqlite3` in WAL mode, shared by the workers of
+  one host, stamps from that host's clock; `locked` is an `flock` of one of 256 lock files
+  (`.index/locks/<first two hex digits of the job id>`), so jobs that share one only wait
+  for each other. One node only: replicas on other hosts would each see their own index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from imagegen import strictjson
+from imagegen.books.postgres import _PostgresBook
+from imagegen.books.sqlite import _SQLiteBook
+from imagegen.errors import DatabaseUnavailable
+from imagegen.storage import durable
+from imagegen.storage.blobs import Publication
+
+PAGE = 64  # jobs (with their metadata) read at once for a listing
+_NO_LIMIT = 2**63 - 1
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_jobs (
+    job_id TEXT PRIMARY KEY,
+    stamp_ns INTEGER NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_jobs_stamp ON image_jobs (stamp_ns DESC, job_id DESC);
+CREATE TABLE IF NOT EXISTS images (
+    image_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
+"""
+
+# The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
+_INSERT_JOB = "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s)"
+_INSERT_IMAGE = "INSERT INTO images (image_id, job_id, key) VALUES (%s, %s, %s)"
+_FIND = "SELECT job_id, key FROM images WHERE image_id = %s AND NOT deleted"
+_REMOVE = "UPDATE images SET deleted = TRUE WHERE image_id = %s"
+_REMOVE_IMAGES = "DELETE FROM images WHERE job_id = %s"
+_REMOVE_JOB = "DELETE FROM image_jobs WHERE job_id = %s"
+_METADATA = "SELECT metadata FROM image_jobs WHERE job_id = %s"
+_UPDATE = "UPDATE image_jobs SET metadata = %s WHERE job_id = %s"
+_STAMP = "SELECT stamp_ns FROM image_jobs WHERE job_id = %s"
+_FIRST_PAGE = (
+    "SELECT stamp_ns, job_id, metadata FROM image_jobs WHERE stamp_ns <= %s "
+    "ORDER BY stamp_ns DESC, job_id DESC LIMIT %s"
+)
+_NEXT_PAGE = (
+    "SELECT stamp_ns, job_id, metadata FROM image_jobs WHERE (stamp_ns, job_id) < (%s, %s) "
+    "ORDER BY stamp_ns DESC, job_id DESC LIMIT %s"
+)
+_NOW_NS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000"
+
+
+class _Tables:
+    """The index's statements over `_read` and `_write` connections (the subclasses')."""
+
+    _placeholder = "%s"
+
+    def _read(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _now_ns(self, db: Any) -> int:
+        raise NotImplementedError
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("%s", self._placeholder)
+
+    def _one(self, statement: str, *values: object) -> Any:
+        with self._read() as db:
+            return db.execute(self._sql(statement), values).fetchone()
+
+    def stage(self, publication: Publication) -> None:
+        """Nothing: the job's rows say all that a folder's `.lock` says on disk."""
+
+    def add(
+        self, job_id: str, entries: list[tuple[str, str]], metadata: dict[str, Any]
+    ) -> durable.Pending:
+        """The job's row and its images' rows, in one transaction."""
+        with self._write() as db:
+            stamp = self._now_ns(db)
+            db.execute(self._sql(_INSERT_JOB), (job_id, stamp, _dump(metadata)))
+            insert = self._sql(_INSERT_IMAGE)
+            for image_id, key in entries:
+                db.execute(insert, (image_id, job_id, key))
+        return durable.Pending()
+
+    def find(self, image_id: str) -> tuple[str, str] | None:
+        row = self._one(_FIND, image_id)
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    def contains(self, image_id: str) -> bool:
+        return self.find(image_id) is not None
+
+    def remove(self, image_id: str) -> None:
+        """Marks the image's row deleted (it stays, as metadata.json keeps its entry)."""
+        with self._write() as db:
+            db.execute(self._sql(_REMOVE), (image_id,))
+
+    def remove_job(self, job_id: str, image_ids: list[str]) -> None:
+        """Every row of the job, whichever images the caller names."""
+        with self._write() as db:
+            db.execute(self._sql(_REMOVE_IMAGES), (job_id,))
+            db.execute(self._sql(_REMOVE_JOB), (job_id,))
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        row = self._one(_METADATA, job_id)
+        return _loaded(row[0]) if row is not None else None
+
+    def update(self, job_id: str, metadata: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute(self._sql(_UPDATE), (_dump(metadata), job_id))
+
+    def stamp(self, job_id: str) -> int | None:
+        row = self._one(_STAMP, job_id)
+        return int(row[0]) if row is not None else None
+
+    def job_order(
+        self, at_most: int | None = None
+    ) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+        """A page of PAGE rows at a time, each read in a transaction of its own (no
+        connection is held between pages: the caller may stop at any one)."""
+        last: tuple[int, str] | None = None
+        for _ in range(_NO_LIMIT):  # ends at the last page
+            with self._read() as db:
+                if last is None:
+                    values: tuple[object, ...] = (_NO_LIMIT if at_most is None else at_most, PAGE)
+                    rows = db.execute(self._sql(_FIRST_PAGE), values).fetchall()
+                else:
+                    rows = db.execute(self._sql(_NEXT_PAGE), (*last, PAGE)).fetchall()
+            for stamp, job_id, metadata in rows:
+                yield int(stamp), str(job_id), _loaded(metadata)
+            if len(rows) < PAGE:
+                return
+            last = (int(rows[-1][0]), str(rows[-1][1]))
+
+    def sweep(self, older_than: float) -> int:
+        """Nothing: a crashed writer's rows are removed by its own rollback, or describe a
+        job whose blobs were all written (the index is written after them)."""
+        return 0
+
+
+class _HeldTransaction(threading.local):
+    """The connection whose transaction holds a job's lock in this thread, if any."""
+
+    db: psycopg.Connection[Any] | None = None
+
+
+class PostgresImageIndex(_Tables, _PostgresBook):
+    """The index in PostgreSQL (tables of migration 3), shared by replicas on any host."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__(pool)
+        self._held = _HeldTransaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """The thread's held transaction (a savepoint in it) while it holds a job's lock;
+        otherwise a transaction of its own."""
+        held = self._held.db
+        if held is None:
+            with super()._transaction() as db:
+                yield db
+            return
+        try:
+            with held.transaction():
+                yield held
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise DatabaseUnavailable() from None
+
+    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._transaction()
+
+    def _write(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._transaction()
+
+    def _now_ns(self, db: psycopg.Connection[Any]) -> int:
+        row = db.execute(_NOW_NS).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """The job's row locked FOR UPDATE until the block ends, then committed (rolled
+        back if the block raised); FileNotFoundError if there is no such job."""
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT 1 FROM image_jobs WHERE job_id = %s FOR UPDATE", (job_id,)
+            ).fetchone()
+            if found is None:
+                raise FileNotFoundError(job_id)
+            outer, self._held.db = self._held.db, db
+            try:
+                yield
+            finally:
+                self._held.db = outer
+
+
+class SQLiteImageIndex(_Tables, _SQLiteBook):
+    """The index in one SQLite file under the images directory: one host only."""
+
+    _placeholder = "?"
+
+    def __init__(self, path: Path, locks: Path) -> None:
+        super().__init__(path)
+        self.locks = Path(locks)
+
+    def prepare(self) -> None:
+        """Create the database, its schema and the lock folder (every worker may run it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.locks.mkdir(parents=True, exist_ok=True)
+        self._connect().executescript(SQLITE_SCHEMA)
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        yield self._connect()  # each statement reads in a transaction of its own
+
+    def _write(self) -> AbstractContextManager[Any]:
+        return self._transaction()
+
+    def _now_ns(self, db: Any) -> int:
+        return time.time_ns()
+
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """The flock of the job's lock file (one of 256, by the job id's first byte); then
+        FileNotFoundError if there is no such job."""
+        fd = os.open(self.locks / job_id[:2], os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.stamp(job_id) is None:
+                raise FileNotFoundError(job_id)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _dump(metadata: dict[str, Any]) -> str:
+    return strictjson.dumps(metadata, ensure_ascii=False)
+
+
+def _loaded(value: object) -> dict[str, Any] | None:
+    """A metadata column's value (JSON text, or what psycopg made of a JSON column)."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
