@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 _INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SWEEP_LOCK = 0x696D6773776570  # the sweepers' advisory lock ("imgswep" in ASCII)
 _STALE = 3600.0  # an unfinished record on no list (a bug's leftover) is removed this late
+# Seconds a progress write (not durable) or a preview waits for a connection: they are made
+# from the thread reading the upstream's stream, which must not stall while the database is
+# out of reach (the progress is a courtesy; the final record has it all).
+_COURTESY_WAIT = 1.0
 # Where the queue starts: unfinished jobs first, then ended ones with a webhook to deliver,
 # each oldest submission first; only rows nobody holds.
 _CLAIM = """
@@ -298,8 +302,9 @@ class PostgresJobBook(_PostgresBook):
 
     def write(self, lease: Lease, record: Record, *, durable: bool = False) -> None:
         """Replace the record; LeaseLost if `lease` no longer holds the job. Not `durable`:
-        committed without waiting for the server's disk (progress a crash may lose)."""
-        with self._transaction() as db:
+        committed without waiting for the server's disk, and given up (DatabaseUnavailable)
+        after _COURTESY_WAIT s without a connection: progress, which a crash may lose."""
+        with self._transaction(None if durable else _COURTESY_WAIT) as db:
             if not durable:
                 db.execute("SET LOCAL synchronous_commit = off")
             self._held_update(db, _WRITE, lease, record, (_dump(record), record["status"]))
@@ -346,7 +351,7 @@ class PostgresJobBook(_PostgresBook):
         is gone."""
         if not PREVIEW_NAME.match(name):
             raise ValueError(f"not a preview name: {name!r}")
-        with self._transaction() as db:
+        with self._transaction(_COURTESY_WAIT) as db:
             db.execute(
                 "INSERT INTO job_previews (job_id, name, data) "
                 "SELECT job_id, %s, %s FROM jobs WHERE job_id = %s "

@@ -237,6 +237,8 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 self._tick()
+            except DatabaseUnavailable:
+                log.warning("job dispatcher: database unavailable; trying again next tick")
             except Exception:
                 log.exception("job dispatcher: unexpected error")
             self._wake.wait(self.settings.job_poll_interval)
