@@ -151,6 +151,15 @@ def _file_jobs(where: Path, max_running: int) -> JobBook:
     return FileJobBook(where / "images", fsync=False, max_running=max_running)
 
 
+def _postgres_jobs(where: Path, max_running: int) -> JobBook:
+    from imagegen.books.migrations import migrate
+    from imagegen.books.postgres_jobs import PostgresJobBook
+
+    pool = pool_for(where)
+    migrate(pool)
+    return PostgresJobBook(pool, max_running=max_running)
+
+
 # implementation name -> (the test's directory, the clock) -> a new handle on its books
 CAPS: dict[str, Callable[[Path, BookClock], CapsBook]] = {
     "sqlite": _sqlite_caps,
@@ -161,7 +170,10 @@ KEYS: dict[str, Callable[[Path, BookClock], IdempotencyBook]] = {
     "postgresql": _postgres_keys,
 }
 # implementation name -> (the test's directory, max_running) -> a new handle on its books
-JOBS: dict[str, Callable[[Path, int], JobBook]] = {"files": _file_jobs}
+JOBS: dict[str, Callable[[Path, int], JobBook]] = {
+    "files": _file_jobs,
+    "postgresql": _postgres_jobs,
+}
 
 
 @pytest.fixture

@@ -216,8 +216,7 @@ def test_previews_are_kept_under_their_names(job_books):
 
     book.save_preview(record["job_id"], "p0-1.png", b"partial")
 
-    path = job_books().preview(record["job_id"], "p0-1.png")
-    assert path is not None and path.read_bytes() == b"partial"
+    assert job_books().preview(record["job_id"], "p0-1.png") == b"partial"
     assert book.preview(record["job_id"], "p0-2.png") is None
     with pytest.raises(ValueError):
         book.save_preview(record["job_id"], "../job.json", b"x")

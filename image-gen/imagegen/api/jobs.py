@@ -8,6 +8,8 @@ queued or running, or when it failed.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -210,13 +212,19 @@ def _stream_token() -> str | None:
 )
 def job_preview(job_id: str, name: str) -> ResponseReturnValue:
     """A partial preview (or a finished image) of an asynchronous job, before it is stored."""
-    path = _records().preview(job_id, name)
-    if path is None:
+    data = _records().preview(job_id, name)
+    if data is None:
         raise ImageNotFound(f"Preview {name[:64]!r} of job {job_id[:64]!r} not found.")
     match = PREVIEW_NAME.match(name)
     assert match is not None  # preview() checked the name
     fmt = next(f for f, ext in OUTPUT_EXTENSIONS.items() if ext == match["ext"])
-    response = send_file(path, mimetype=OUTPUT_CONTENT_TYPES[fmt], max_age=3600, conditional=True)
+    response = send_file(
+        io.BytesIO(data),
+        mimetype=OUTPUT_CONTENT_TYPES[fmt],
+        max_age=3600,
+        conditional=True,
+        etag=hashlib.sha256(data).hexdigest()[:32],  # the same on every replica
+    )
     response.headers["X-Content-Type-Options"] = "nosniff"
     if fmt == "svg":
         response.headers["Content-Security-Policy"] = SVG_POLICY

@@ -7,11 +7,11 @@
                     implementation: `<images>/.ledger/ledger.sqlite3`)
     postgres.py     the caps ledger and the idempotency keys in PostgreSQL (replicas on
                     several hosts: IMAGE_GEN_DATABASE_URL)
+    postgres_jobs.py  the asynchronous jobs in PostgreSQL, with timed leases and slots
     migrations.py   the PostgreSQL schema as numbered migrations, applied under a lock
     files.py        the asynchronous jobs as files with flock leases (`<images>/.jobs`)
     open.py         `open_books`: which implementations a service runs with, in one place
 
 Every implementation passes the same contract tests (tests/contract/); callers only see the
-interfaces. The jobs stay on files, and the image index with the image store (storage/),
-for now.
+interfaces. The image index stays with the image store (storage/), for now.
 """

@@ -354,13 +354,15 @@ class FileJobBook:
                 os.unlink(temp)
             raise
 
-    def preview(self, job_id: str, name: str) -> Path | None:
-        """The preview's file, if the job and the preview exist."""
+    def preview(self, job_id: str, name: str) -> bytes | None:
+        """The preview's bytes, if the job and the preview exist."""
         canonical = normalize_id(job_id)
         if canonical is None or not PREVIEW_NAME.match(name):
             return None
-        path = self.root / canonical / name
-        return path if path.is_file() else None
+        try:
+            return (self.root / canonical / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
 
     # --- removing -------------------------------------------------------------------------
 

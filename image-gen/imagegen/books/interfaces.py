@@ -31,7 +31,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 # A job record is a JSON object; a JobBook relies on these keys: "job_id" (a UUID),
@@ -200,7 +199,8 @@ class Lease(Protocol):
 
     def renew(self) -> bool:
         """Extend the lease by its `lease_seconds` from now; False if it has already ended
-        (released, or lapsed and perhaps claimed by another owner)."""
+        (released, or lapsed and perhaps claimed by another owner). A book that cannot be
+        reached raises (DatabaseUnavailable): the lease's fate is then unknown."""
         ...
 
     def release(self) -> None:
@@ -278,7 +278,8 @@ class JobBook(Protocol):
 
     def end(self, lease: Lease, record: Record, *, webhook_pending: bool) -> None:
         """Take an ended job (its record says so already) off the active list: onto the
-        delivery list while its webhook is pending, else off every list."""
+        delivery list while its webhook is pending, else off every list. Its inputs are no
+        longer needed (an implementation may drop them here, under the lease)."""
         ...
 
     def finish(self, lease: Lease, record: Record) -> None:
@@ -323,8 +324,8 @@ class JobBook(Protocol):
         """Keep a preview image of a running job under a name PREVIEW_NAME matches."""
         ...
 
-    def preview(self, job_id: str, name: str) -> Path | None:
-        """The preview's file, if the job and the preview exist."""
+    def preview(self, job_id: str, name: str) -> bytes | None:
+        """The preview's bytes, if the job and the preview exist."""
         ...
 
     def remove(self, job_id: str) -> bool:

@@ -55,6 +55,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        2,
+        "jobs",
+        """
+        CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            marker TEXT NOT NULL,
+            listed TEXT CHECK (listed IN ('active', 'delivering')),
+            status TEXT NOT NULL,
+            record JSON NOT NULL,
+            version BIGINT NOT NULL DEFAULT 1,
+            owner TEXT,
+            lease TEXT,
+            lease_until TIMESTAMPTZ,
+            webhook_secret TEXT,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE INDEX jobs_listed ON jobs (listed, marker) WHERE listed IS NOT NULL;
+        CREATE INDEX jobs_unlisted ON jobs (updated_at) WHERE listed IS NULL;
+        CREATE TABLE job_inputs (
+            job_id TEXT NOT NULL REFERENCES jobs ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (job_id, name)
+        );
+        CREATE TABLE job_previews (
+            job_id TEXT NOT NULL REFERENCES jobs ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (job_id, name)
+        );
+        CREATE TABLE slots (
+            slot INTEGER PRIMARY KEY,
+            owner TEXT,
+            lease TEXT,
+            lease_until TIMESTAMPTZ
+        );
+        """,
+    ),
+    (
         3,
         "image index",
         # storage/tableindex.py: stored jobs and their images, for a store in a bucket.

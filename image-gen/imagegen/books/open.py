@@ -2,8 +2,8 @@
 
 Unset database URL: the embedded books, SQLite for the caps and the idempotency keys, files
 with flock leases for the asynchronous jobs, all under the images directory. A
-`postgresql://` URL (IMAGE_GEN_DATABASE_URL): the caps and the idempotency keys in that
-database (books/postgres.py), its schema migrated first; the jobs stay on files for now.
+`postgresql://` URL (IMAGE_GEN_DATABASE_URL): all three in that database (books/postgres.py,
+books/postgres_jobs.py: the jobs with timed leases), its schema migrated first.
 """
 
 from __future__ import annotations
@@ -42,16 +42,19 @@ def open_books(
     after the pool's timeout); `max_running` bounds the jobs running at once over every
     process sharing them. `pool`: connections to `database_url` that the process shares
     with its image index (one is opened when none is given)."""
-    jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
     if database_url:
         from imagegen.books.migrations import migrate
         from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook, open_pool
+        from imagegen.books.postgres_jobs import PostgresJobBook
 
         pool = pool or open_pool(database_url)
         migrate(pool)
         return Books(
-            caps=PostgresCapsBook(pool), idempotency=PostgresIdempotencyBook(pool), jobs=jobs
+            caps=PostgresCapsBook(pool),
+            idempotency=PostgresIdempotencyBook(pool),
+            jobs=PostgresJobBook(pool, max_running=max_running),
         )
+    jobs = FileJobBook(layout.root, fsync=fsync, max_running=max_running)
     caps = SQLiteCapsBook(layout.ledger_file)
     caps.prepare()  # one file holds the caps and the keys: its schema has both tables
     return Books(caps=caps, idempotency=SQLiteIdempotencyBook(layout.ledger_file), jobs=jobs)

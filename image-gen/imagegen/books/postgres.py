@@ -94,11 +94,12 @@ class _PostgresBook:
         return self.pool
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection from the pool inside one transaction (committed on success). An
-        unreachable database is DatabaseUnavailable, never a DSN in a message."""
+    def _transaction(self, wait: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A connection from the pool inside one transaction (committed on success), waited
+        for at most `wait` seconds (default: the pool's timeout). An unreachable database is
+        DatabaseUnavailable, never a DSN in a message."""
         try:
-            with self._pool().connection() as db, db.transaction():
+            with self._pool().connection(timeout=wait) as db, db.transaction():
                 yield db
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imagegen.books.interfaces import JobBook
+from imagegen.errors import DatabaseUnavailable
 from imagegen.jobs.answers import emit, preview_name
 from imagegen.upstream.providers import GeneratedImage
 
@@ -62,7 +63,7 @@ class JobProgress:
     def _save(self, name: str, data: bytes) -> str | None:
         try:
             self.records.save_preview(self.job_id, name, data)
-        except OSError as exc:
+        except (OSError, DatabaseUnavailable) as exc:
             log.warning("preview %s of job %s not kept: %s", name, self.job_id, exc)
             return None
         return f"/jobs/{self.job_id}/previews/{name}"
@@ -70,5 +71,7 @@ class JobProgress:
     def _update(self, mutate: Callable[[dict[str, Any]], None]) -> None:
         try:
             self.update(mutate)
-        except OSError as exc:  # progress is a courtesy: never fail the generation for it
+        except (OSError, DatabaseUnavailable) as exc:
+            # Progress is a courtesy: never fail the generation for it. A lost lease
+            # (LeaseLost) does stop it: another process may be running the job.
             log.warning("progress of job %s not recorded: %s", self.job_id, exc)

@@ -2,9 +2,11 @@
 
 Each Gunicorn worker has one JobRunner: a dispatcher thread and one daemon thread per
 running job. A job is run by the process that accepted it; it holds the job's lease (a
-JobBook's; a flock with the files) until the job is finished and its webhook delivered, and
-the dispatcher renews its leases every tick. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run
-at once over all processes (slot leases); the rest wait, in submission order per process.
+JobBook's: a flock with the files, a timed row lease in PostgreSQL) until the job is finished
+and its webhook delivered. A third thread renews this process's leases every RENEW_EVERY
+seconds, whatever the dispatcher is doing, so a timed lease never lapses while its process
+lives and can reach the book. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run at once over
+all processes (slot leases); the rest wait, in submission order per process.
 A job that has ended leaves the queue at once: delivering its webhook (retries, backoff)
 takes neither a queue place nor a slot.
 
@@ -14,7 +16,14 @@ recycled worker, a restarted container). A queued one is simply run. A running o
 started again if it has been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (the
 interrupted call may already have been billed), else failed with JOB_INTERRUPTED. How a
 job is rebuilt from its record is `jobs.resumable`'s table; an edit or variation keeps its
-input images with its record until it ends, so it is resumed the same way.
+input images with its record until it ends, so it is resumed the same way. With timed
+leases a dead process's jobs are claimed within LEASE_SECONDS plus one poll interval.
+
+A lease that has ended under a live process (not renewed for LEASE_SECONDS: the database was
+out of reach, or the process was frozen) means another process may run the job now: the
+book refuses this one's writes (LeaseLost), and the runner lets go of the job at once,
+writing nothing more. Its images are stored only if the lease still holds when the upstream
+has answered (looked at just before storing them).
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ from typing import Any
 
 from imagegen import clock
 from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
-from imagegen.books.interfaces import FINAL, JobBook, Lease, new_marker
+from imagegen.books.interfaces import FINAL, JobBook, Lease, LeaseLost, new_marker
 from imagegen.clock import utc_now
-from imagegen.errors import JobInterrupted, QueueFull, ServiceError
+from imagegen.errors import DatabaseUnavailable, JobInterrupted, QueueFull, ServiceError
 from imagegen.imaging.core import Admission, ImageMaker, Produce
 from imagegen.imaging.request import ImageRequest
 from imagegen.jobs import webhooks
@@ -41,12 +50,16 @@ from imagegen.jobs.answers import completed_body, emit, pending_body, status_dat
 from imagegen.jobs.progress import JobProgress
 from imagegen.jobs.resumable import REBUILDERS
 from imagegen.settings import Settings
+from imagegen.upstream.providers import Generation
+from imagegen.upstream.retry import Deadline
 
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
-# How long a lease lives unrenewed where leases are timed: the dispatcher renews them every
-# tick (IMAGE_GEN_JOB_POLL_INTERVAL), so a dead process's jobs are free this long after.
+# How long a lease lives unrenewed where leases are timed, and how often the lease thread
+# renews them: a dead process's jobs are free at most LEASE_SECONDS after it died, and a live
+# one has two more renewals before a lease lapses if one fails.
 LEASE_SECONDS = 30.0
+RENEW_EVERY = LEASE_SECONDS / 3
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -89,6 +102,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()  # set on shutdown: start nothing, cut waits short
         self._thread: threading.Thread | None = None
+        self._renewer: threading.Thread | None = None
         self._pid: int | None = None
         self._last_sweep = 0.0
 
@@ -202,7 +216,8 @@ class JobRunner:
     # --- the dispatcher ---------------------------------------------------------------
 
     def ensure_started(self) -> None:
-        """Start the dispatcher thread (again, after a fork) unless shutting down."""
+        """Start the dispatcher and the lease threads (again, after a fork) unless shutting
+        down."""
         with self._lock:
             if self._stop.is_set():
                 return
@@ -212,18 +227,37 @@ class JobRunner:
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._loop, name="imagegen-jobs", daemon=True)
             self._thread.start()
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="imagegen-leases", daemon=True
+                )
+                self._renewer.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self._tick()
+            except DatabaseUnavailable:
+                log.warning("job dispatcher: database unavailable; trying again next tick")
             except Exception:
                 log.exception("job dispatcher: unexpected error")
             self._wake.wait(self.settings.job_poll_interval)
             self._wake.clear()
 
+    def _renew_loop(self) -> None:
+        """Renew the leases every RENEW_EVERY s; after shutdown, until the last job is let go."""
+        while True:
+            time.sleep(RENEW_EVERY)
+            with self._lock:
+                holding = bool(self._owned or self._slots)
+            if self._stop.is_set() and not holding:
+                return
+            try:
+                self._renew_leases()
+            except Exception:
+                log.exception("job leases: unexpected error")
+
     def _tick(self) -> None:
-        self._renew_leases()
         self._start_queued()
         self._adopt_orphans()
         self._start_queued()
@@ -272,20 +306,63 @@ class JobRunner:
                 claimed.lease.release()
                 return
             claimed_now.add(job_id)
-            self._adopt(_Job(claimed.record, claimed.lease))
+            job = _Job(claimed.record, claimed.lease)
+            try:
+                self._adopt(job)
+            except LeaseLost as exc:
+                self._let_go(job, exc)
+            except Exception:
+                log.exception("job %s: cannot adopt it; it stays for a later try", job_id)
+                self._let_go(job, None)
 
     def _renew_leases(self) -> None:
-        """Renew the leases of the jobs and slots this process holds; one that has ended
-        while still in use is logged (its job may be another owner's now)."""
+        """Renew the leases of the jobs and slots this process holds. A queued job whose
+        lease has ended is let go of (another process may have it now); a running one stops
+        at its next write (LeaseLost). A book out of reach is tried again next time."""
         with self._lock:
             jobs = list(self._owned.values())
             slots = list(self._slots)
         for job in jobs:
-            if not job.lease.renew() and self._owned.get(job.job_id) is job:
+            try:
+                renewed = job.lease.renew()
+            except DatabaseUnavailable:
+                log.warning("job lease not renewed job_id=%s: database unavailable", job.job_id)
+                continue
+            if renewed:
+                continue
+            with self._lock:
+                owned = self._owned.get(job.job_id) is job
+                queued = owned and job in self._queue
+            if queued:
+                self._let_go(job, LeaseLost("its lease lapsed while it waited for a slot"))
+            elif owned:
                 log.error("lease lost job_id=%s: another process may run it", job.job_id)
         for slot in slots:
-            if not slot.renew() and slot in self._slots:
+            try:
+                renewed = slot.renew()
+            except DatabaseUnavailable:
+                log.warning("running slot lease not renewed: database unavailable")
+                continue
+            if not renewed and slot in self._slots:
                 log.error("running slot lease lost: more jobs than the limit may run")
+
+    def _let_go(self, job: _Job, lost: LeaseLost | None) -> None:
+        """Forget a job without writing it (its lease has ended: `lost`, or it could not be
+        taken on); whoever holds it next, or claims it, carries on."""
+        if lost is not None:
+            log.warning(
+                "lease lost job_id=%s: %s; this process lets go of it without writing it",
+                job.job_id,
+                lost,
+            )
+        with self._lock:
+            if self._owned.get(job.job_id) is job:
+                del self._owned[job.job_id]
+            if job in self._queue:
+                self._queue.remove(job)
+        job.lease.release()
+        job.ended.set()
+        job.done.set()
 
     def _adopt(self, job: _Job) -> None:
         """Take on a claimed job; if this process is shutting down meanwhile, let go of it
@@ -341,6 +418,7 @@ class JobRunner:
     # --- running ----------------------------------------------------------------------
 
     def _run(self, job: _Job, slot: Lease) -> None:
+        lost: LeaseLost | None = None
         try:
             runner = {"pid": os.getpid(), "host": socket.gethostname()}
             self._update(
@@ -351,6 +429,8 @@ class JobRunner:
             )
             try:
                 metadata = self._make(job)
+            except LeaseLost:
+                raise
             except ServiceError as exc:
                 self._fail(job, exc)
             except Exception:
@@ -358,6 +438,8 @@ class JobRunner:
                 self._fail(job, ServiceError("Internal error; see the service log."))
             else:
                 self._complete(job, metadata)
+        except LeaseLost as exc:
+            lost = exc
         except Exception:
             log.exception("job %s: cannot record its progress", job.job_id)
         finally:
@@ -365,6 +447,9 @@ class JobRunner:
                 self._slots.discard(slot)
             slot.release()
             self._wake.set()  # a slot is free
+        if lost is not None:
+            self._let_go(job, lost)
+            return
         self._finish(job)
 
     def _make(self, job: _Job) -> dict[str, Any]:
@@ -387,16 +472,35 @@ class JobRunner:
             image_request, produce = rebuilt.request, rebuilt.produce
             caller = self._restore_caller(record.get("caller"))  # `make` admits it again
         assert caller is not None  # a job submitted here has its caller; a rebuilt one too
+        produce = produce or self._progressive(job) or self.maker.provider.generate
         return self.maker.make(
             image_request,
             caller=caller,
-            produce=produce or self._progressive(job),
+            produce=self._while_held(job, produce),
             operation=record["operation"],
             source=record.get("source"),
             admission=admission,
             job_id=job.job_id,
             request_id=record.get("request_id"),
         )
+
+    def _while_held(self, job: _Job, produce: Produce) -> Produce:
+        """`produce`, then a look at the lease before the images are stored: if it has
+        ended, another process may be making them, so this one stores nothing (LeaseLost;
+        the reservation is released). A book out of reach cannot say: the images, paid for,
+        are stored, and the record follows once it is back (or its next owner finds them)."""
+
+        def produced(request: ImageRequest, deadline: Deadline) -> Generation:
+            generation = produce(request, deadline)
+            try:
+                held = job.lease.renew()
+            except DatabaseUnavailable:
+                held = True
+            if not held:
+                raise LeaseLost("its lease lapsed while the upstream made its images")
+            return generation
+
+        return produced
 
     def _progressive(self, job: _Job) -> Produce | None:
         """A generation that reports previews and finished images as they come."""
@@ -457,11 +561,13 @@ class JobRunner:
         try:
             hook = job.record.get("webhook")
             pending = isinstance(hook, dict) and hook.get("status") == "pending"
-            self.records.drop_inputs(job.job_id)
             self.records.end(job.lease, job.record, webhook_pending=pending)
+            self.records.drop_inputs(job.job_id)
             if pending and not self._deliver(job):
                 return  # interrupted by shutdown: the next process delivers it
             self.records.finish(job.lease, job.record)
+        except LeaseLost as exc:
+            log.warning("lease lost job_id=%s: %s; its next owner finishes it", job.job_id, exc)
         except Exception:
             log.exception("job %s: cannot finish", job.job_id)
         finally:

@@ -35,6 +35,7 @@ def test_an_empty_database_gets_every_migration_in_order(pool):
     with pool.connection() as db:
         tables = {row[0] for row in db.execute("SELECT tablename FROM pg_tables")}
     assert {"spend", "idempotency", "schema_version", "image_jobs", "images"} <= tables
+    assert {"jobs", "job_inputs", "job_previews", "slots"} <= tables
 
 
 def test_the_image_index_comes_on_top_of_version_1_and_keeps_the_books(pool):
@@ -65,6 +66,22 @@ def test_a_later_migration_is_applied_on_top_of_the_previous_version(pool):
     later = [*MIGRATIONS, (999, "test_later", "CREATE TABLE later_test (id INTEGER)")]
     assert migrate(pool, later) == [999]
     assert recorded(pool) == [*EVERY, 999]
+
+
+def test_the_jobs_migration_applies_on_top_of_version_1_and_keeps_its_rows(pool):
+    assert migrate(pool, MIGRATIONS[:1]) == [1]
+    with pool.connection() as db:
+        db.execute(
+            "INSERT INTO spend (token, at, images, usd, state, model) "
+            "VALUES ('alice', 1.0, 2, 0.5, 'settled', 'gpt-image-1')"
+        )
+
+    assert migrate(pool) == EVERY[1:]
+
+    with pool.connection() as db:
+        assert db.execute("SELECT token, images FROM spend").fetchall() == [("alice", 2)]
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    assert recorded(pool) == EVERY
 
 
 def test_a_process_migrating_while_another_does_waits_and_finds_it_done(pool):
