@@ -189,12 +189,12 @@ class PostgresImageIndex(_Tables, _PostgresBook):
         self._held = _HeldTransaction()
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def _transaction(self, wait: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         """The thread's held transaction (a savepoint in it) while it holds a job's lock;
-        otherwise a transaction of its own."""
+        otherwise a transaction of its own (waited for at most `wait` seconds)."""
         held = self._held.db
         if held is None:
-            with super()._transaction() as db:
+            with super()._transaction(wait) as db:
                 yield db
             return
         try:
