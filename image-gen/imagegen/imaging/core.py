@@ -338,9 +338,7 @@ def _priced_frames(image_request: ImageRequest) -> int:
     """The stills an image's estimate prices: one, or for an animation the cells of the
     sheet its frames are laid out on (the frame step it is billed at). An SVG is estimated
     as its reference image; the authoring model's tokens settle from the upstream's usage."""
-    model, options = image_request.model, image_request.options
-    rule = model.output_rule(options.get("output_format"))
+    rule = image_request.output_rule
     if rule is None or rule.frames is None:
         return 1
-    frames = options.get("frame_count", model.option_defaults.get("frame_count", 1))
-    return rule.frames.cells(int(frames))
+    return rule.frames.cells(int(image_request.option("frame_count") or 1))

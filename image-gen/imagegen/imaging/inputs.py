@@ -136,7 +136,7 @@ def parse_edit_request(
         endpoint=f" {OPERATIONS[operation]}",
     )
     check_inputs(model, spec, inputs)
-    rule = model.output_rule(image_request.options.get("output_format"))
+    rule = image_request.output_rule
     if inputs.mask is not None and rule is not None and not rule.mask:
         raise ValidationError(
             f"{model.id} takes no mask for {rule.format.upper()} output.",

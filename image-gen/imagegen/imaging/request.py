@@ -66,6 +66,16 @@ class ImageRequest:
     # or after `identified` the hash of its token's name.
     safety_identifier: str | None = None
 
+    def option(self, name: str) -> Any:
+        """An option as the upstream uses it: the caller's value, else the model's
+        documented default (None when neither is known)."""
+        return self.options.get(name, self.model.option_defaults.get(name))
+
+    @property
+    def output_rule(self) -> OutputRule | None:
+        """The rule of the output format asked for (None: the model's own rules apply)."""
+        return self.model.output_rule(self.options.get("output_format"))
+
     def as_dict(self) -> dict[str, Any]:
         """The request as metadata records it."""
         return {

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from imagegen.catalog.spec import ModelSpec
+from imagegen.catalog.spec import ModelSpec, OutputRule
 from imagegen.errors import (
     ContentPolicyViolation,
     RateLimited,
@@ -210,7 +210,7 @@ class OpenAIProvider:
         one upstream call per image so each preview belongs to one image, the calls in
         parallel. Otherwise the calls are `generate`'s, each reporting its images as it ends.
         """
-        rule = request.model.output_rule(request.options.get("output_format"))
+        rule = request.output_rule
         streaming = (
             partial_images > 0
             and request.model.family == "gpt-image"
@@ -287,12 +287,12 @@ class OpenAIProvider:
         return body
 
     def _image(
-        self, item: Any, deadline: Deadline, model: ModelSpec, fmt: str | None
+        self, item: Any, deadline: Deadline, model: ModelSpec, rule: OutputRule | None
     ) -> GeneratedImage:
         """One `data` item's image: its bytes (decoded or downloaded), checked to be of the
-        kind asked for (`fmt`: a GIF or an SVG where the model has a rule for it, else a PNG,
-        JPEG or WebP) and, a raster, no larger than the model makes; InvalidResponseError
-        otherwise."""
+        kind asked for (`rule`: the GIF or SVG the request's output format names, else None
+        for a PNG, JPEG or WebP) and, a raster, no larger than the model makes;
+        InvalidResponseError otherwise."""
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
         encoded = item.get("b64_json")
@@ -309,7 +309,6 @@ class OpenAIProvider:
             raise InvalidResponseError("an upstream image is larger than allowed")
         # Only the kind asked for: an SVG handed for a PNG would slip past an SVG's one image
         # per request, and reach a client that asked for a raster.
-        rule = model.output_rule(fmt)
         made = [rule.format.upper()] if rule else ["PNG", "JPEG", "WebP"]
         info = identify_output(data)
         if info is None or info.format.upper() not in [name.upper() for name in made]:
@@ -437,9 +436,9 @@ class OpenAIProvider:
             raise InvalidResponseError(
                 f"asked for {n} image(s), the upstream returned {len(items)}"
             )
-        fmt = request.options.get("output_format")
+        rule = request.output_rule
         images = self._parallel(
-            self._image, [(item, deadline, request.model, fmt) for item in items]
+            self._image, [(item, deadline, request.model, rule) for item in items]
         )
         echoed = {k: answer[k] for k in _ECHOED if isinstance(answer.get(k), str)}
         usage, invalid = answer.get("usage"), False
@@ -539,15 +538,11 @@ def _placeholder(
     as before), an SVG drawing, or a GIF of `frame_count` mosaics."""
     fmt = request.options.get("output_format")
     fmt = fmt if fmt in ("gif", "svg") else "png"
-    frames = request.options.get("frame_count", request.model.option_defaults.get("frame_count"))
-    duration = request.options.get(
-        "frame_duration_ms", request.model.option_defaults.get("frame_duration_ms", 200)
-    )
     if fmt == "gif" and request.size == "auto":
         width = height = _PLACEHOLDER_GIF_FRAME
-    data = placeholder_image(
-        fmt, seed, width, height, index, frames=int(frames or 2), duration_ms=int(duration)
-    )
+    frames = int(request.option("frame_count") or 2)
+    duration = int(request.option("frame_duration_ms") or 200)
+    data = placeholder_image(fmt, seed, width, height, index, frames=frames, duration_ms=duration)
     return GeneratedImage(data, fmt, width, height)
 
 
