@@ -48,7 +48,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from imagegen import strictjson
-from imagegen.books.interfaces import FINAL, PREVIEW_NAME, ClaimedJob, Lease, Record
+from imagegen.books.interfaces import (
+    FINAL,
+    PREVIEW_NAME,
+    ClaimedJob,
+    Lease,
+    Record,
+    checked_input_name,
+)
 from imagegen.errors import InsufficientStorage
 from imagegen.storage.durable import Disk, is_disk_full
 from imagegen.storage.fileblobs import mtime_of
@@ -62,7 +69,6 @@ _RECORD = "job.json"
 _LOCK = "lock"
 _SWEEP_LOCK = ".sweep"  # flock()ed by the process sweeping
 _INPUTS = "inputs"
-_INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
 _TMP_PREFIX = TMP_PREFIX
 _MARKER = re.compile(r"^(?P<ns>[0-9]{20})-(?P<job>[0-9a-f-]{36})$")
@@ -160,7 +166,7 @@ class FileJobBook:
             if inputs:
                 (staging / _INPUTS).mkdir()
                 for name, data in inputs.items():
-                    self._disk.write_new(staging / _INPUTS / _input_name(name), data)
+                    self._disk.write_new(staging / _INPUTS / checked_input_name(name), data)
                 self._disk.sync(staging / _INPUTS)
             if webhook_secret is not None:
                 fd = os.open(staging / _SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -230,7 +236,7 @@ class FileJobBook:
     def read_input(self, job_id: str, name: str) -> bytes | None:
         """One of the inputs kept with the job by `create`; None once they are dropped."""
         try:
-            return (self.root / job_id / _INPUTS / _input_name(name)).read_bytes()
+            return (self.root / job_id / _INPUTS / checked_input_name(name)).read_bytes()
         except OSError:
             return None
 
@@ -445,12 +451,6 @@ def _listed(directory: Path) -> list[tuple[str, str]]:
             found.append((name, match["job"]))
     found.sort()
     return found
-
-
-def _input_name(name: str) -> str:
-    if not _INPUT_NAME.match(name):
-        raise ValueError(f"not an input name: {name!r}")
-    return name
 
 
 def _dump(record: Record) -> bytes:

@@ -48,6 +48,18 @@ def new_marker(job_id: str) -> str:
     return f"{time.time_ns():020d}-{job_id}"
 
 
+# The inputs a job keeps (`submit`'s file names): an edit's images, mask and markup, named by
+# position (jobs.resumable.kept_inputs), never by the caller.
+INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
+
+
+def checked_input_name(name: str) -> str:
+    """`name` if a JobBook may keep an input under it; ValueError otherwise."""
+    if not INPUT_NAME.match(name):
+        raise ValueError(f"not an input name: {name!r}")
+    return name
+
+
 # A running job's previews: partial preview n of image i (p<i>-<n>.<ext>), or image i once
 # finished (i<i>.<ext>); jobs.answers.preview_name makes them.
 PREVIEW_NAME = re.compile(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Mapping
@@ -32,14 +31,21 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from imagegen import strictjson
-from imagegen.books.interfaces import FINAL, PREVIEW_NAME, ClaimedJob, Lease, LeaseLost, Record
+from imagegen.books.interfaces import (
+    FINAL,
+    PREVIEW_NAME,
+    ClaimedJob,
+    Lease,
+    LeaseLost,
+    Record,
+    checked_input_name,
+)
 from imagegen.books.postgres import _PostgresBook
 from imagegen.errors import DatabaseUnavailable
 from imagegen.storage.index import normalize_id
 
 log = logging.getLogger(__name__)
 
-_INPUT_NAME = re.compile(r"^[a-z0-9-]{1,32}\.(?:png|jpg|webp)$")
 _SWEEP_LOCK = 0x696D6773776570  # the sweepers' advisory lock ("imgswep" in ASCII)
 _STALE = 3600.0  # an unfinished record on no list (a bug's leftover) is removed this late
 # Seconds a progress write (not durable) or a preview waits for a connection: they are made
@@ -174,7 +180,7 @@ class PostgresJobBook(_PostgresBook):
         job_id = record["job_id"]
         if normalize_id(job_id) != job_id:
             raise ValueError(f"not a job id: {job_id!r}")
-        names = [_input_name(name) for name in inputs or {}]
+        names = [checked_input_name(name) for name in inputs or {}]
         lease = PostgresLease(self, "jobs", job_id, lease_seconds, secrets.token_hex(16))
         with self._transaction() as db:
             db.execute(
@@ -328,7 +334,7 @@ class PostgresJobBook(_PostgresBook):
         with self._transaction() as db:
             row = db.execute(
                 "SELECT data FROM job_inputs WHERE job_id = %s AND name = %s",
-                (job_id, _input_name(name)),
+                (job_id, checked_input_name(name)),
             ).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -397,12 +403,6 @@ class PostgresJobBook(_PostgresBook):
                 (list(FINAL), retention, stale),
             ).rowcount
         return removed
-
-
-def _input_name(name: str) -> str:
-    if not _INPUT_NAME.match(name):
-        raise ValueError(f"not an input name: {name!r}")
-    return name
 
 
 def _dump(record: Record) -> str:
