@@ -52,6 +52,7 @@ from imagegen.books.interfaces import (
     FINAL,
     PREVIEW_NAME,
     ClaimedJob,
+    JobCopy,
     Lease,
     Record,
     checked_input_name,
@@ -249,6 +250,38 @@ class FileJobBook:
             return (self.root / job_id / _SECRET).read_text(encoding="utf-8")
         except OSError:
             return None
+
+    def job_ids(self) -> list[str]:
+        """The id of every job with a record here (to move them: imagegen.migrate)."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if normalize_id(name) == name)
+
+    def export(self, job_id: str) -> JobCopy | None:
+        """All this book keeps of the job (imagegen.migrate); None if it has no record."""
+        record = self.read(job_id)
+        if record is None:
+            return None
+        marker = str(record.get("marker", ""))
+        listed = None
+        if marker and (self._active / marker).exists():
+            listed = "active"
+        elif marker and (self._delivering / marker).exists():
+            listed = "delivering"
+        folder = self.root / job_id
+        inputs = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in sorted(os.listdir(folder / _INPUTS)):
+                with contextlib.suppress(ValueError, OSError):
+                    inputs[checked_input_name(name)] = (folder / _INPUTS / name).read_bytes()
+        previews = {}
+        for name in sorted(os.listdir(folder)):
+            if PREVIEW_NAME.match(name):
+                with contextlib.suppress(OSError):
+                    previews[name] = (folder / name).read_bytes()
+        return JobCopy(record, listed, self.webhook_secret(job_id), inputs, previews)
 
     # --- leases, the queue and the slots -------------------------------------------------
 

@@ -348,3 +348,48 @@ class JobBook(Protocol):
         """Remove finished jobs unchanged for `retention` seconds, and crash leftovers;
         how many were removed (0 when another process is sweeping)."""
         ...
+
+
+# --- moving books to another implementation (imagegen.migrate) --------------------------
+
+
+@dataclass(frozen=True)
+class SpendEntry:
+    """One entry of a caps ledger as it is kept: who, when (seconds since the epoch), what."""
+
+    token: str
+    at: float
+    images: int
+    usd: float
+    state: str  # "reserved" or "settled"
+    model: str
+    job_id: str | None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """One idempotency key as it is kept, with the answer it replays once done."""
+
+    token: str
+    key: str
+    fingerprint: str
+    state: str  # "running" or "done"
+    claim: str
+    created: float
+    lease_until: float
+    status: int | None
+    headers: str | None  # JSON text
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class JobCopy:
+    """Everything a JobBook keeps of one asynchronous job, to move it to another book:
+    its record, the list it is on ("active", "delivering" or None), its webhook signing
+    secret, its kept inputs and its previews."""
+
+    record: Record
+    listed: str | None
+    webhook_secret: str | None
+    inputs: dict[str, bytes]
+    previews: dict[str, bytes]

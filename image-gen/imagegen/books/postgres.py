@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagegen import strictjson
 from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
-from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
+from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation, SpendEntry, StoredKey
 from imagegen.books.keys import stored_claim
 from imagegen.errors import DatabaseUnavailable
 
@@ -209,6 +209,43 @@ class PostgresCapsBook(_PostgresBook):
             ).fetchall()
         return [name for (name,) in rows]
 
+    def import_entries(self, entries: list[SpendEntry]) -> tuple[int, int]:
+        """Add another ledger's entries, in one transaction, each once however often this
+        runs: an entry is the same one when its token, time, images and model are (a time
+        to the microsecond of one token's reservation). An entry there already takes the
+        other's dollars and state (settled since). (added, already there or updated)."""
+        added = 0
+        with self._transaction() as db:
+            db.execute(_LOCK, ("caps:*",))  # no reservation checks the windows meanwhile
+            for entry in entries:
+                usd = amount(entry.usd)
+                found = db.execute(
+                    "SELECT id FROM spend WHERE token = %s AND at = %s AND images = %s "
+                    "AND model = %s LIMIT 1",
+                    (entry.token, entry.at, entry.images, entry.model),
+                ).fetchone()
+                if found is not None:
+                    db.execute(
+                        "UPDATE spend SET usd = %s, state = %s, job_id = %s WHERE id = %s",
+                        (usd, entry.state, entry.job_id, found[0]),
+                    )
+                    continue
+                db.execute(
+                    "INSERT INTO spend (token, at, images, usd, state, model, job_id) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        entry.token,
+                        entry.at,
+                        entry.images,
+                        usd,
+                        entry.state,
+                        entry.model,
+                        entry.job_id,
+                    ),
+                )
+                added += 1
+        return added, len(entries) - added
+
 
 class PostgresIdempotencyBook(_PostgresBook):
     """Idempotency keys (table `idempotency`), one claim per key across replicas."""
@@ -287,3 +324,40 @@ class PostgresIdempotencyBook(_PostgresBook):
                 "DELETE FROM idempotency WHERE token = %s AND key = %s AND claim = %s",
                 (token, key, claim),
             )
+
+    def import_keys(self, keys: list[StoredKey]) -> tuple[int, int, int]:
+        """Add another book's keys, in one transaction. A key not here is added; one here
+        with the same claim takes the other's state and answer (done since); one here with
+        another claim (a request to this book since) is kept as it is. (added, already
+        there or updated, kept)."""
+        added = kept = 0
+        with self._transaction() as db:
+            for stored in keys:
+                values = (
+                    stored.fingerprint,
+                    stored.state,
+                    stored.claim,
+                    stored.created,
+                    stored.lease_until,
+                    stored.status,
+                    stored.headers,
+                    stored.body,
+                )
+                row = db.execute(
+                    "INSERT INTO idempotency (token, key, fingerprint, state, claim, created, "
+                    "lease_until, status, headers, body) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (token, key) DO NOTHING RETURNING claim",
+                    (stored.token, stored.key, *values),
+                ).fetchone()
+                if row is not None:
+                    added += 1
+                    continue
+                updated = db.execute(
+                    "UPDATE idempotency SET fingerprint = %s, state = %s, claim = %s, "
+                    "created = %s, lease_until = %s, status = %s, headers = %s, body = %s "
+                    "WHERE token = %s AND key = %s AND claim = %s",
+                    (*values, stored.token, stored.key, stored.claim),
+                ).rowcount
+                kept += updated == 0
+        return added, len(keys) - added - kept, kept

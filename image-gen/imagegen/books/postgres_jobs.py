@@ -35,6 +35,7 @@ from imagegen.books.interfaces import (
     FINAL,
     PREVIEW_NAME,
     ClaimedJob,
+    JobCopy,
     Lease,
     LeaseLost,
     Record,
@@ -203,6 +204,46 @@ class PostgresJobBook(_PostgresBook):
                     (job_id, name, inputs[name]),
                 )
         return lease
+
+    def import_job(self, copy: JobCopy) -> bool:
+        """Add a job another book kept (imagegen.migrate), on the list it was on and held
+        by nobody, so that a replica takes it up as it takes up a dead one's; with its
+        inputs, previews and webhook secret, in one transaction. False if the job is here
+        already (then it is left as it is: it may have moved on since)."""
+        record = copy.record
+        job_id = record["job_id"]
+        if normalize_id(job_id) != job_id:
+            raise ValueError(f"not a job id: {job_id!r}")
+        if copy.listed not in (None, "active", "delivering"):
+            raise ValueError(f"not a list: {copy.listed!r}")
+        with self._transaction() as db:
+            inserted = db.execute(
+                "INSERT INTO jobs (job_id, marker, listed, status, record, webhook_secret) "
+                "VALUES (%s, %s, %s, %s, %s::json, %s) ON CONFLICT (job_id) DO NOTHING "
+                "RETURNING job_id",
+                (
+                    job_id,
+                    record["marker"],
+                    copy.listed,
+                    record["status"],
+                    _dump(record),
+                    copy.webhook_secret,
+                ),
+            ).fetchone()
+            if inserted is None:
+                return False
+            for name, data in copy.inputs.items():
+                db.execute(
+                    "INSERT INTO job_inputs (job_id, name, data) VALUES (%s, %s, %s)",
+                    (job_id, checked_input_name(name), data),
+                )
+            for name, data in copy.previews.items():
+                if PREVIEW_NAME.match(name):
+                    db.execute(
+                        "INSERT INTO job_previews (job_id, name, data) VALUES (%s, %s, %s)",
+                        (job_id, name, data),
+                    )
+        return True
 
     def claim(self, owner: str, lease_seconds: float) -> ClaimedJob | None:
         """Take the oldest listed job nobody holds (released, or its lease lapsed)."""

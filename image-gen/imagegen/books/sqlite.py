@@ -26,7 +26,7 @@ from typing import Any
 
 from imagegen import strictjson
 from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
-from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation
+from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation, SpendEntry, StoredKey
 from imagegen.books.keys import stored_claim
 from imagegen.errors import InsufficientStorage
 
@@ -233,6 +233,13 @@ class SQLiteCapsBook(_SQLiteBook):
         )
         return [name for (name,) in rows]
 
+    def entries(self) -> list[SpendEntry]:
+        """Every entry kept, oldest first (to move the ledger: imagegen.migrate)."""
+        rows = self._connect().execute(
+            "SELECT token, at, images, usd, state, model, job_id FROM spend ORDER BY at, id"
+        )
+        return [SpendEntry(*row) for row in rows]
+
 
 class SQLiteIdempotencyBook(_SQLiteBook):
     """Idempotency keys (table `idempotency`), in the same file as the caps."""
@@ -278,3 +285,25 @@ class SQLiteIdempotencyBook(_SQLiteBook):
                 "DELETE FROM idempotency WHERE token = ? AND key = ? AND claim = ?",
                 (token, key, claim),
             )
+
+    def stored_keys(self) -> list[StoredKey]:
+        """Every key kept, with its answer (to move them: imagegen.migrate)."""
+        rows = self._connect().execute(
+            "SELECT token, key, fingerprint, state, claim, created, lease_until, status, "
+            "headers, body FROM idempotency ORDER BY created"
+        )
+        return [
+            StoredKey(
+                token=row[0],
+                key=row[1],
+                fingerprint=row[2],
+                state=row[3],
+                claim=row[4],
+                created=row[5],
+                lease_until=row[6],
+                status=row[7],
+                headers=row[8],
+                body=None if row[9] is None else bytes(row[9]),
+            )
+            for row in rows
+        ]

@@ -66,6 +66,11 @@ CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 # The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
 _INSERT_JOB = "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s)"
 _INSERT_IMAGE = "INSERT INTO images (image_id, job_id, key) VALUES (%s, %s, %s)"
+_IMPORT_JOB = (
+    "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s) "
+    "ON CONFLICT (job_id) DO UPDATE SET stamp_ns = EXCLUDED.stamp_ns, metadata = EXCLUDED.metadata"
+)
+_IMPORT_IMAGE = "INSERT INTO images (image_id, job_id, key, deleted) VALUES (%s, %s, %s, %s)"
 _FIND = "SELECT job_id, key FROM images WHERE image_id = %s AND NOT deleted"
 _REMOVE = "UPDATE images SET deleted = TRUE WHERE image_id = %s"
 _REMOVE_IMAGES = "DELETE FROM images WHERE job_id = %s"
@@ -119,6 +124,24 @@ class _Tables:
             for image_id, key in entries:
                 db.execute(insert, (image_id, job_id, key))
         return durable.Pending()
+
+    def import_job(
+        self,
+        job_id: str,
+        stamp_ns: int,
+        metadata: dict[str, Any],
+        images: list[tuple[str, str, bool]],
+    ) -> None:
+        """Index a job another store holds (imagegen.migrate), in one transaction, replacing
+        what is indexed of it: its listing time `stamp_ns` as the other store had it (so
+        listings keep their order), its metadata, and (image id, blob key, deleted) of each
+        image. Called after the job's blobs are in place, as `add` is."""
+        with self._write() as db:
+            db.execute(self._sql(_IMPORT_JOB), (job_id, stamp_ns, _dump(metadata)))
+            db.execute(self._sql(_REMOVE_IMAGES), (job_id,))
+            insert = self._sql(_IMPORT_IMAGE)
+            for image_id, key, deleted in images:
+                db.execute(insert, (image_id, job_id, key, deleted))
 
     def find(self, image_id: str) -> tuple[str, str] | None:
         row = self._one(_FIND, image_id)
