@@ -20,9 +20,10 @@ from flask.testing import FlaskClient
 
 from imagegen.access.tokens import parse_tokens
 from tests.integration.test_s3_storage import BUCKET, bucket_keys
+from tests.support.gunicorn_server import launch_gunicorn, service_environment
 from tests.support.postgres import dsn_for
 from tests.support.seaweed import SECRET_KEY, SeaweedFS, free_ports
-from tests.support.service import ALICE, BOB, bearer, line, wait_for
+from tests.support.service import ALICE, BOB, TEST_KEY, bearer, line, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-never-shown"  # the test server trusts any password; none may be printed
 TOKENS = (line("alice", ALICE, "images_per_hour=4"), line("bob", BOB))
 RUN_TIMEOUT = 120
+# python -m imagegen.migrate, with the tests' pinned today (tests/support/pinned_command.py)
+COMMAND = [sys.executable, "-m", "tests.support.pinned_command", "imagegen.migrate"]
 
 
 @pytest.fixture
@@ -51,9 +54,9 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def target_env(settings, seaweed_server, bucket_url, database_url, tmp_path) -> dict[str, str]:
     """The replicas' environment: the bucket, the database, a local directory of their own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_GEN_", "AWS_"))}
+    env = service_environment({})
     return {
-        **env,
+        **{k: v for k, v in env.items() if not k.startswith("AWS_")},
         **seaweed_server.variables(),
         "IMAGE_GEN_PROVIDER": "placeholder",
         "IMAGE_GEN_STORAGE_URL": bucket_url,
@@ -68,8 +71,8 @@ def migrate(
 ) -> subprocess.CompletedProcess[str]:
     where = [str(source)] if source is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "imagegen.migrate", *args, *where],
-        cwd=REPO / "image-gen",
+        [*COMMAND, *args, *where],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -214,8 +217,8 @@ def test_a_run_killed_half_way_continues_when_run_again(
     listing = every_page(node, limit=7)
 
     running = subprocess.Popen(
-        [sys.executable, "-m", "imagegen.migrate", str(settings.images_dir)],
-        cwd=REPO / "image-gen",
+        [*COMMAND, str(settings.images_dir)],
+        cwd=REPO,
         env=target_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -249,6 +252,52 @@ def test_a_run_killed_half_way_continues_when_run_again(
     assert every_page(replica, limit=7) == listing
 
 
+def test_an_unfinished_asynchronous_job_moves_once_its_node_is_stopped_and_a_replica_ends_it(
+    make_jobs_app, fake_openai, target_env, bucket_url, database_url, tmp_path
+):
+    key = tmp_path / "openai_api_key"
+    key.write_text(TEST_KEY + "\n")
+    fake_openai.latency = 30.0  # the node is stopped while its upstream call is out
+    env = {"OPENAI_API_KEY_FILE": str(key), "OPENAI_BASE_URL": fake_openai.base_url}
+    node = launch_gunicorn(tmp_path / "node", {**env, "OPENAI_MAX_RETRIES": "0"})
+    try:
+        answer = node.request(
+            "POST", "/generate", {"prompt": "a heron"}, headers={"Prefer": "respond-async"}
+        )
+        assert answer.status == 202
+        job_id = answer.json()["job_id"]
+        wait_for(lambda: fake_openai.image_requests, what="the node's upstream call")
+
+        running = migrate(target_env, source=node.images)
+
+        assert running.returncode == 1
+        assert f"skipped asynchronous job {job_id}: a running process holds it" in running.stdout
+        assert "result: NOT complete" in running.stdout
+    finally:
+        for pid in node.worker_pids():
+            os.kill(pid, signal.SIGKILL)  # the node goes down with the job unfinished
+        node.process.kill()
+        node.process.wait(timeout=RUN_TIMEOUT)
+    fake_openai.latency = 0.0
+
+    moved = migrate(target_env, source=node.images)
+
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "asynchronous jobs: 1 copied" in moved.stdout
+    replica = make_jobs_app(
+        images_dir=Path(target_env["IMAGE_GEN_IMAGES_DIR"]),
+        storage_url=bucket_url,
+        database_url=database_url,
+    ).test_client()
+    done = wait_for(
+        lambda: (r := replica.get(f"/jobs/{job_id}").get_json())["status"] == "completed" and r,
+        timeout=60,
+        what="the moved job's completion on a replica",
+    )
+    image = replica.get(f"/images/{done['images'][0]['id']}")
+    assert image.status_code == 200 and image.mimetype == "image/png"
+
+
 def test_an_unreachable_bucket_stops_the_run_with_an_error_and_a_later_run_completes(
     settings, make_app, fake_openai, target_env
 ):
@@ -268,7 +317,7 @@ def test_an_unreachable_bucket_stops_the_run_with_an_error_and_a_later_run_compl
 
 
 def test_the_command_refuses_settings_that_name_no_target(settings, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_GEN_", "AWS_"))}
+    env = {k: v for k, v in service_environment({}).items() if not k.startswith("AWS_")}
     (tmp_path / "images").mkdir()
 
     refused = migrate({**env, "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images")})
