@@ -118,6 +118,11 @@ class Report:
     def summary(self) -> str:
         verb = "would be copied" if self.dry_run else "copied"
         lines = ["image-gen migrate: " + ("dry run, nothing written" if self.dry_run else "done")]
+        if self.dry_run:
+            lines.append(
+                "target: not looked at (a dry run connects to nothing); what it has already "
+                "is counted by a real run"
+            )
         lines.append(self.jobs.line("jobs").replace("copied", verb, 1))
         lines.append(
             f"images: {self.images} {verb} ({_size(self.image_bytes)}), "
@@ -229,6 +234,9 @@ class Migration:
         index = self.store.index
         assert isinstance(index, PostgresImageIndex | SQLiteImageIndex)
         there = index.metadata(job_id)
+        if there is None and index.moved(job_id):
+            self.report.jobs.already += 1
+            return "already moved, and deleted through the target since: left deleted"
         if there is not None:
             metadata, images = _keep_deletions(metadata, images, there)
             if metadata == there and index.stamp(job_id) == stamp:
@@ -329,6 +337,10 @@ class Migration:
                 self.report.async_jobs.skipped.append(f"{job_id}: {why}")
                 self.report.say(f"{where}: skipped: {why}")
                 continue
+            if self._deleted_since(job_id, moved.record):
+                self.report.async_jobs.already += 1
+                self.report.say(f"{where}: deleted through the target since it moved: left so")
+                continue
             state = f"{moved.record.get('status')}, {moved.listed or 'on no list'}"
             if self.books is None:
                 self.report.async_jobs.copied += 1
@@ -344,6 +356,17 @@ class Migration:
             else:
                 self.report.async_jobs.already += 1
                 self.report.say(f"{where}: already there")
+
+    def _deleted_since(self, job_id: str, record: dict[str, Any]) -> bool:
+        """Whether a finished job was moved and then deleted through the target (DELETE
+        /jobs/<id> removes its images and its record): it is not brought back."""
+        from imagegen.books.interfaces import FINAL
+        from imagegen.storage.tableindex import PostgresImageIndex, SQLiteImageIndex
+
+        index = self.store.index if self.store is not None else None
+        if not isinstance(index, PostgresImageIndex | SQLiteImageIndex):
+            return False
+        return record.get("status") in FINAL and index.moved(job_id) and not index.metadata(job_id)
 
 
 def _keep_deletions(

@@ -206,6 +206,16 @@ def test_a_single_node_store_moves_to_s3_and_postgresql_with_its_images_and_book
     assert replica.delete(f"/images/{kept}", headers=bearer(ALICE)).status_code == 200
     assert migrate(target_env, source=settings.images_dir).returncode == 0
     assert replica.get(f"/images/{kept}", headers=bearer(ALICE)).status_code == 404
+    # So do whole jobs, and an asynchronous job's record.
+    for job, who in ((second, BOB), (finished, BOB)):
+        assert replica.delete(f"/jobs/{job['job_id']}", headers=bearer(who)).status_code == 200
+    after = migrate(target_env, source=settings.images_dir)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "jobs: 0 copied, 4 already there" in after.stdout
+    for job in (second, finished):
+        image = job["images"][0]["id"]
+        assert replica.get(f"/images/{image}", headers=bearer(ALICE)).status_code == 404
+    assert replica.get(job_url, headers=bearer(BOB)).status_code == 404
 
 
 def test_a_run_killed_half_way_continues_when_run_again(
@@ -296,6 +306,48 @@ def test_an_unfinished_asynchronous_job_moves_once_its_node_is_stopped_and_a_rep
     )
     image = replica.get(f"/images/{done['images'][0]['id']}")
     assert image.status_code == 200 and image.mimetype == "image/png"
+
+
+def test_with_a_database_only_the_books_move_and_the_images_stay_in_the_shared_directory(
+    settings, make_app, fake_openai, target_env, database_url
+):
+    tokens = {"tokens": parse_tokens(TOKENS), "tokens_file": Path("tokens")}
+    node = make_app(settings, **tokens).test_client()
+    first = generate(node, ALICE, count=3, **{"Idempotency-Key": "only-db"})
+    env = {k: v for k, v in target_env.items() if k != "IMAGE_GEN_STORAGE_URL"}
+
+    moved = migrate({**env, "IMAGE_GEN_IMAGES_DIR": str(settings.images_dir)})
+
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "not moved: images: they stay in the images directory" in moved.stdout
+    assert "caps ledger entries: 1 copied" in moved.stdout and shows_no_secret(moved)
+    replica = make_app(settings, database_url=database_url, **tokens).test_client()
+    assert images_of(replica, [first.get_json()]) == images_of(node, [first.get_json()])
+    replayed = generate(replica, ALICE, count=3, **{"Idempotency-Key": "only-db"})
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    over = replica.post("/generate", json={"prompt": "a", "count": 2}, headers=bearer(ALICE))
+    assert over.status_code == 429 and over.get_json()["used"] == 3
+
+
+def test_with_a_bucket_only_the_images_move_and_the_books_stay_on_the_node(
+    settings, make_app, fake_openai, target_env, bucket_url
+):
+    node = make_app(settings).test_client()
+    jobs = [node.post("/generate", json={"prompt": "a", "count": 2}).get_json() for _ in "ab"]
+    gone = jobs[0]["images"][0]["id"]
+    assert node.delete(f"/images/{gone}").status_code == 200
+    listing = every_page(node, limit=3)
+    env = {k: v for k, v in target_env.items() if k != "IMAGE_GEN_DATABASE_URL"}
+
+    moved = migrate({**env, "IMAGE_GEN_IMAGES_DIR": str(settings.images_dir)})
+
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "jobs: 2 copied" in moved.stdout and "1 deleted kept as deleted" in moved.stdout
+    assert "not moved: caps ledger, idempotency keys, asynchronous jobs" in moved.stdout
+    replica = make_app(settings, storage_url=bucket_url).test_client()
+    assert every_page(replica, limit=3) == listing
+    assert replica.get(f"/images/{gone}").status_code == 404
+    assert migrate({**env, "IMAGE_GEN_IMAGES_DIR": str(settings.images_dir)}).returncode == 0
 
 
 def test_an_unreachable_bucket_stops_the_run_with_an_error_and_a_later_run_completes(

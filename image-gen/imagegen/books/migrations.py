@@ -113,6 +113,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX images_job ON images (job_id);
         """,
     ),
+    (
+        4,
+        "moved jobs",
+        # imagegen.migrate: the jobs it indexed, so that one deleted since is not copied again.
+        """
+        CREATE TABLE moved_jobs (
+            job_id TEXT PRIMARY KEY,
+            moved_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 
 _VERSION_TABLE = """

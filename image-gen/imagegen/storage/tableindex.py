@@ -1,7 +1,8 @@
-"""The image index in two tables of a database: SQLite on one node, PostgreSQL for replicas.
+"""The image index in tables of a database: SQLite on one node, PostgreSQL for replicas.
 
     image_jobs (job_id PRIMARY KEY, stamp_ns, metadata)    a stored job: listing time, metadata
     images     (image_id PRIMARY KEY, job_id, key, deleted) each image and its blob key
+    moved_jobs (job_id PRIMARY KEY)                         jobs imagegen.migrate brought in
 
 For a blob store in a bucket (S3), which has no folder to scan or lock: the tables are the
 truth of which images exist, in which order jobs are listed and what each job's metadata
@@ -9,8 +10,7 @@ says (deletion marks included); metadata.json in the bucket mirrors it for peopl
 the bucket. Jobs are listed newest first from an index on (stamp_ns, job_id), a page of
 rows at a time, each row with its metadata, so a listing page is a query or two, however
 many jobs there are. A deleted image keeps its row, marked `deleted`; a deleted job's rows go.
-
-- PostgresImageIndex: the schema is migration 3 of books/migrations.py ("image index");
+- PostgresImageIndex: the schema is migrations 3 and 4 of books/migrations.py;
   stamps come from the database server's clock, one clock for every replica. `locked` is
   a transaction holding `SELECT ... FOR UPDATE` on the job's row; every call the thread
   makes on the index while it holds the lock runs inside that transaction (as savepoints),
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS images (
     deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
+CREATE TABLE IF NOT EXISTS moved_jobs (job_id TEXT PRIMARY KEY);
 """
 
 # The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
@@ -70,6 +71,8 @@ _IMPORT_JOB = (
     "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s) "
     "ON CONFLICT (job_id) DO UPDATE SET stamp_ns = EXCLUDED.stamp_ns, metadata = EXCLUDED.metadata"
 )
+_MOVED = "INSERT INTO moved_jobs (job_id) VALUES (%s) ON CONFLICT (job_id) DO NOTHING"
+_WAS_MOVED = "SELECT 1 FROM moved_jobs WHERE job_id = %s"
 _IMPORT_IMAGE = "INSERT INTO images (image_id, job_id, key, deleted) VALUES (%s, %s, %s, %s)"
 _FIND = "SELECT job_id, key FROM images WHERE image_id = %s AND NOT deleted"
 _REMOVE = "UPDATE images SET deleted = TRUE WHERE image_id = %s"
@@ -135,13 +138,19 @@ class _Tables:
         """Index a job another store holds (imagegen.migrate), in one transaction, replacing
         what is indexed of it: its listing time `stamp_ns` as the other store had it (so
         listings keep their order), its metadata, and (image id, blob key, deleted) of each
-        image. Called after the job's blobs are in place, as `add` is."""
+        image. Called after the job's blobs are in place, as `add` is. The job is
+        remembered as moved (`moved`), after it is deleted too."""
         with self._write() as db:
             db.execute(self._sql(_IMPORT_JOB), (job_id, stamp_ns, _dump(metadata)))
+            db.execute(self._sql(_MOVED), (job_id,))
             db.execute(self._sql(_REMOVE_IMAGES), (job_id,))
             insert = self._sql(_IMPORT_IMAGE)
             for image_id, key, deleted in images:
                 db.execute(insert, (image_id, job_id, key, deleted))
+
+    def moved(self, job_id: str) -> bool:
+        """Whether `import_job` indexed this job once (it may have been deleted since)."""
+        return self._one(_WAS_MOVED, job_id) is not None
 
     def find(self, image_id: str) -> tuple[str, str] | None:
         row = self._one(_FIND, image_id)
