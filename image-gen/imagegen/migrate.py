@@ -11,9 +11,10 @@ operator runs this with the replicas' environment; the source is SOURCE, else
 IMAGE_GEN_IMAGES_DIR. Nothing in the source is changed. Each job is copied blobs first and
 indexed last, in one transaction, so a run killed at any point leaves jobs that are whole or
 absent, and a second run carries on where the first stopped; a job the target has already
-is left as it is (an image deleted through the target stays deleted). Ledger entries and
-keys are each added once, however often this runs. Cached thumbnails are not copied: they
-are made again when first asked for.
+takes the source's deletions since, and what was deleted through the target (an image, a
+whole job: moved_jobs remembers it) stays deleted. Ledger entries and keys are each added
+once, however often this runs. Cached thumbnails are not copied: they are made again when
+first asked for.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from imagegen import strictjson
 from imagegen.errors import DatabaseUnavailable, ServiceError
@@ -34,6 +35,11 @@ from imagegen.storage.blobs import BadKey, BlobNotFound, BlobStoreUnavailable, c
 from imagegen.storage.images import ImageStore
 from imagegen.storage.index import normalize_id
 from imagegen.storage.layout import Layout, job_key, metadata_key
+
+if TYPE_CHECKING:
+    from imagegen.books.open import Books
+    from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook
+    from imagegen.books.postgres_jobs import PostgresJobBook
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,8 @@ replica's is). Cached thumbnails are not copied: they are made again when first 
 
 Stop the single-node service first: a job it is running is skipped (run again once it is
 stopped). The command can be killed and run again at any time: it continues, and copies
-nothing twice. A job the target already has is left as it is.
+nothing twice. A job the target has already takes the source's deletions since; an image
+or a job deleted through the replicas stays deleted.
 """
 
 EPILOG = """\
@@ -151,6 +158,26 @@ class Report:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TargetBooks:
+    """The books in PostgreSQL, which take what other books kept."""
+
+    caps: PostgresCapsBook
+    idempotency: PostgresIdempotencyBook
+    jobs: PostgresJobBook
+
+    @classmethod
+    def of(cls, books: Books) -> TargetBooks:
+        """The books `open_books` opened on a database."""
+        from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook
+        from imagegen.books.postgres_jobs import PostgresJobBook
+
+        assert isinstance(books.caps, PostgresCapsBook)
+        assert isinstance(books.idempotency, PostgresIdempotencyBook)
+        assert isinstance(books.jobs, PostgresJobBook)
+        return cls(books.caps, books.idempotency, books.jobs)
+
+
 class Migration:
     """One run: the source directory, the target's store and books, and the report."""
 
@@ -160,13 +187,13 @@ class Migration:
         report: Report,
         *,
         store: ImageStore | None = None,
-        books: Any = None,
+        books: TargetBooks | None = None,
     ) -> None:
         self.layout = Layout(source)
         self.source = ImageStore.on_disk(self.layout, fsync=False)
         self.report = report
         self.store = store  # None: the images stay where they are
-        self.books = books  # imagegen.books.open.Books in PostgreSQL, or None
+        self.books = books  # None: the books stay where they are
 
     # --- jobs and images ------------------------------------------------------------------
 
@@ -408,7 +435,7 @@ def _unreachable(exc: BaseException) -> str:
     what = "the database" if isinstance(exc, DatabaseUnavailable) else "the bucket"
     detail = _why(exc) if isinstance(exc, OSError) else type(exc).__name__
     return (
-        f"{what} stopped answering ({detail}); the run stopped there, and what was copied "
+        f"{what} cannot be reached ({detail}); the run stopped there, and what was copied "
         "stays: run again once it answers"
     )
 
@@ -499,11 +526,20 @@ def run(settings: Settings, source: Path, report: Report) -> None:
     """Open the target (unless a dry run) and move the jobs, then the books: the jobs
     first, so that an unfinished asynchronous job whose images were stored is found
     complete by the replica that takes it up."""
+    if settings.storage_url is None:
+        report.not_moved.append("images: they stay in the images directory the replicas share")
+    if settings.database_url is None:
+        report.not_moved.append(
+            "caps ledger, idempotency keys, asynchronous jobs: they stay in the images "
+            "directory (no database)"
+        )
     if report.dry_run:
         migration = Migration(source, report)
-        migration.move_jobs()
-        migration.move_ledger()
-        migration.move_async_jobs()
+        if settings.storage_url is not None:
+            migration.move_jobs()
+        if settings.database_url is not None:
+            migration.move_ledger()
+            migration.move_async_jobs()
         return
     from imagegen.books.open import open_books
     from imagegen.storage.open import open_store
@@ -517,12 +553,14 @@ def run(settings: Settings, source: Path, report: Report) -> None:
 
         pool = open_pool(settings.database_url, max_size=2)
         try:
-            books = open_books(
-                layout,
-                fsync=settings.fsync,
-                max_running=settings.max_running_jobs,
-                database_url=settings.database_url,
-                pool=pool,
+            books = TargetBooks.of(
+                open_books(
+                    layout,
+                    fsync=settings.fsync,
+                    max_running=settings.max_running_jobs,
+                    database_url=settings.database_url,
+                    pool=pool,
+                )
             )
         except (PoolTimeout, DatabaseUnavailable) as exc:
             pool.close()
@@ -537,19 +575,12 @@ def run(settings: Settings, source: Path, report: Report) -> None:
                     "the bucket cannot be reached or written with these credentials "
                     "(AWS variables): nothing was copied"
                 )
-        else:
-            report.not_moved.append("images: they stay in the images directory the replicas share")
         migration = Migration(source, report, store=store, books=books)
         if store is not None:
             migration.move_jobs()
         if books is not None:
             migration.move_ledger()
             migration.move_async_jobs()
-        else:
-            report.not_moved.append(
-                "caps ledger, idempotency keys, asynchronous jobs: they stay in the images "
-                "directory (no database)"
-            )
     finally:
         if pool is not None:
             pool.close()

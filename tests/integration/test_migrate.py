@@ -368,6 +368,21 @@ def test_an_unreachable_bucket_stops_the_run_with_an_error_and_a_later_run_compl
     assert "jobs: 1 copied" in done.stdout
 
 
+def test_an_unreachable_database_stops_the_run_with_an_error_that_shows_no_password(
+    settings, make_app, fake_openai, target_env
+):
+    node = make_app(settings).test_client()
+    assert node.post("/generate", json={"prompt": "a fox"}).status_code == 200
+    closed = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_ports(1)[0]}/nowhere"
+
+    failed = migrate({**target_env, "IMAGE_GEN_DATABASE_URL": closed}, source=settings.images_dir)
+
+    assert failed.returncode == 1
+    assert "error: the database cannot be reached" in failed.stdout
+    assert "jobs: 0 copied" in failed.stdout
+    assert shows_no_secret(failed)
+
+
 def test_the_command_refuses_settings_that_name_no_target(settings, tmp_path):
     env = {k: v for k, v in service_environment({}).items() if not k.startswith("AWS_")}
     (tmp_path / "images").mkdir()
