@@ -35,7 +35,7 @@ def test_an_empty_database_gets_every_migration_in_order(pool):
     with pool.connection() as db:
         tables = {row[0] for row in db.execute("SELECT tablename FROM pg_tables")}
     assert {"spend", "idempotency", "schema_version", "image_jobs", "images"} <= tables
-    assert {"jobs", "job_inputs", "job_previews", "slots"} <= tables
+    assert {"jobs", "job_inputs", "job_previews", "slots", "moved_jobs"} <= tables
 
 
 def test_the_image_index_comes_on_top_of_version_1_and_keeps_the_books(pool):
@@ -53,6 +53,17 @@ def test_the_image_index_comes_on_top_of_version_1_and_keeps_the_books(pool):
         db.execute("INSERT INTO images (image_id, job_id, key) VALUES ('i', 'j', 'j/k')")
         names = {row[0] for row in db.execute("SELECT name FROM schema_version")}
     assert "image index" in names
+
+
+def test_moved_jobs_come_on_top_of_version_3_and_keep_the_image_index(pool):
+    assert migrate(pool, MIGRATIONS[:3]) == [1, 2, 3]
+    with pool.connection() as db:
+        db.execute("INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES ('j', 1, '{}')")
+
+    assert migrate(pool) == EVERY[3:]
+    with pool.connection() as db:
+        assert db.execute("SELECT job_id FROM image_jobs").fetchall() == [("j",)]
+        db.execute("INSERT INTO moved_jobs (job_id) VALUES ('j')")
 
 
 def test_migrating_again_applies_nothing(pool):
