@@ -222,9 +222,9 @@ def test_a_run_killed_half_way_continues_when_run_again(
     settings, make_app, fake_openai, target_env, bucket_url, database_url
 ):
     node = make_app(settings).test_client()
-    for _ in range(30):
-        assert node.post("/generate", json={"prompt": "a fox"}).status_code == 200
-    listing = every_page(node, limit=7)
+    jobs = [node.post("/generate", json={"prompt": "a fox"}).get_json() for _ in range(30)]
+    listing, served = every_page(node, limit=7), images_of(node, jobs)
+    assert len(served) == 30
 
     running = subprocess.Popen(
         [*COMMAND, str(settings.images_dir)],
@@ -260,6 +260,7 @@ def test_a_run_killed_half_way_continues_when_run_again(
         database_url=database_url,
     ).test_client()
     assert every_page(replica, limit=7) == listing
+    assert images_of(replica, jobs) == served
 
 
 def test_an_unfinished_asynchronous_job_moves_once_its_node_is_stopped_and_a_replica_ends_it(
