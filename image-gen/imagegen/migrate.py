@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from imagegen.books.postgres import PostgresCapsBook, PostgresIdempotencyBook
     from imagegen.books.postgres_jobs import PostgresJobBook
 
-log = logging.getLogger(__name__)
-
 USAGE_ERROR = 2
 _IN_MEMORY = 16 << 20  # images up to this size are read whole and put in one request
 
@@ -78,7 +76,7 @@ class _Skip(Exception):
 
 
 class _TargetLost(Exception):
-    """The bucket or the database stopped answering: the run ends here."""
+    """The bucket or the database cannot be reached: the run ends here."""
 
 
 @dataclass
@@ -90,8 +88,8 @@ class Tally:
     kept: int = 0  # keys the target holds under a claim of its own
     skipped: list[str] = field(default_factory=list)
 
-    def line(self, name: str, *, kept: bool = False) -> str:
-        text = f"{name}: {self.copied} copied, {self.already} already there"
+    def line(self, name: str, verb: str, *, kept: bool = False) -> str:
+        text = f"{name}: {self.copied} {verb}, {self.already} already there"
         if kept:
             text += f", {self.kept} kept as the target has them"
         return text + f", {len(self.skipped)} skipped"
@@ -130,15 +128,15 @@ class Report:
                 "target: not looked at (a dry run connects to nothing); what it has already "
                 "is counted by a real run"
             )
-        lines.append(self.jobs.line("jobs").replace("copied", verb, 1))
+        lines.append(self.jobs.line("jobs", verb))
         lines.append(
             f"images: {self.images} {verb} ({_size(self.image_bytes)}), "
             f"{self.deleted} deleted kept as deleted"
         )
         lines.append("thumbnails: not copied (made again when first asked for)")
-        lines.append(self.ledger.line("caps ledger entries").replace("copied", verb, 1))
-        lines.append(self.keys.line("idempotency keys", kept=True).replace("copied", verb, 1))
-        lines.append(self.async_jobs.line("asynchronous jobs").replace("copied", verb, 1))
+        lines.append(self.ledger.line("caps ledger entries", verb))
+        lines.append(self.keys.line("idempotency keys", verb, kept=True))
+        lines.append(self.async_jobs.line("asynchronous jobs", verb))
         lines += [f"not moved: {what}" for what in self.not_moved]
         for name, tally in (
             ("job", self.jobs),
