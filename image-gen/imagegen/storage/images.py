@@ -444,8 +444,9 @@ class ImageStore:
         return writable
 
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove what crashed writers left: staged jobs and dangling index entries."""
-        return self.blobs.sweep(older_than) + self.index.sweep(older_than)
+        """Remove what crashed writers left: staged jobs, dangling index entries, and blobs
+        no indexed job owns (each as its store and index can tell)."""
+        return self.blobs.sweep(older_than) + self.index.sweep(older_than, self.blobs)
 
     # --- browsing ---------------------------------------------------------------------------
     # Jobs are listed newest first by their stamp in the index (storage/index.py). Jobs
