@@ -106,6 +106,13 @@ class S3Blobs:
             body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
         return io.BufferedReader(_Body(body, key), _CHUNK)
 
+    def open_with_info(self, key: str) -> tuple[BinaryIO, BlobInfo]:
+        """One GET: its body, and its headers as the blob's info (no HEAD first)."""
+        name = self._name(key)
+        with _translated(key):
+            answer = self.client.get_object(Bucket=self.bucket, Key=name)
+        return io.BufferedReader(_Body(answer["Body"], key), _CHUNK), _info(key, answer)
+
     def info(self, key: str) -> BlobInfo:
         name = self._name(key)
         with _translated(key):
