@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scale import cpu_times, process_tree
+
 import bench
 from bench import APP_DIR, HOST, REPO, FakeUpstream, Figure, Service
 
@@ -56,6 +58,11 @@ class Shared:
         self.seaweed = seaweed
         self.postgres = postgres
         seaweed.create_bucket(BUCKET)
+
+    def cpu_seconds(self) -> float:
+        """CPU time SeaweedFS and PostgreSQL (every backend now alive) have used so far."""
+        roots = [p.pid for p in (self.seaweed.process, self.postgres.process) if p is not None]
+        return sum(cpu_times([pid for root in roots for pid in process_tree(root)]))
 
     def place(self, tag: str) -> tuple[str, str, dict[str, str]]:
         """(prefix, database URL, service environment) for a new, empty place."""
@@ -274,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                     if key not in opts.wanted:
                         continue
                     try:
+                        before = shared.cpu_seconds()
                         figures += phase(opts, workdir, shared)
+                        print(
+                            f"  SeaweedFS and PostgreSQL used {shared.cpu_seconds() - before:.1f}"
+                            " CPU-s in this phase (within 'other processes' above)"
+                        )
                     except RuntimeError as exc:
                         print(f"  {phase.__name__} failed: {exc}")
                         failed = True
