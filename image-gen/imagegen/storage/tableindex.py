@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 64  # jobs (with their metadata) read at once for a listing
 SWEEP_KEYS = 5000  # blob keys one sweep lists at most (five ListObjectsV2 pages)
+SWEEP_SECONDS = 10.0  # and the time it spends at most, beyond the call under way
 _SWEEP_BATCH = 500  # job ids asked about in one query
 _HEX = "0123456789abcdef"
 _NO_LIMIT = 2**63 - 1
@@ -187,9 +188,11 @@ class _Tables:
         committed row names blobs that were all put first. Bounded work: at most
         SWEEP_KEYS keys are listed, from a random first hex digit of the job ids on (so
         successive sweeps cover a large bucket), one query per _SWEEP_BATCH jobs, and a
-        HEAD only for the blobs of jobs without a row. A store or database that cannot be
-        reached ends the sweep (a service still starts without them)."""
+        HEAD only for the blobs of jobs without a row, all within SWEEP_SECONDS (each
+        worker sweeps as it boots). A store or database that cannot be reached ends the
+        sweep (a service still starts without them, after the client's own timeouts)."""
         cutoff_ns = time.time_ns() - int(older_than * 1e9)
+        deadline = time.monotonic() + SWEEP_SECONDS
         start = secrets.randbelow(len(_HEX))
         listed = removed = 0
         try:
@@ -200,17 +203,20 @@ class _Tables:
                     if normalize_id(job) == job:
                         by_job.setdefault(job, []).append(key)
                     listed += 1
-                    if listed >= SWEEP_KEYS:
+                    if listed >= SWEEP_KEYS or time.monotonic() > deadline:
                         break
-                removed += self._remove_orphans(by_job, cutoff_ns, blobs)
-                if listed >= SWEEP_KEYS:
+                removed += self._remove_orphans(by_job, cutoff_ns, blobs, deadline)
+                if listed >= SWEEP_KEYS or time.monotonic() > deadline:
                     break
         except (OSError, DatabaseUnavailable) as exc:
             log.warning("sweep of unindexed blobs stopped: %s", type(exc).__name__)
         return removed
 
-    def _remove_orphans(self, by_job: dict[str, list[str]], cutoff_ns: int, blobs: Blobs) -> int:
-        """Delete the blobs in `by_job` written before `cutoff_ns` whose job has no row."""
+    def _remove_orphans(
+        self, by_job: dict[str, list[str]], cutoff_ns: int, blobs: Blobs, deadline: float
+    ) -> int:
+        """Delete the blobs in `by_job` written before `cutoff_ns` whose job has no row
+        (until `deadline`, on the monotonic clock)."""
         jobs = sorted(by_job)
         indexed: set[str] = set()
         for first in range(0, len(jobs), _SWEEP_BATCH):
@@ -225,6 +231,8 @@ class _Tables:
             if job in indexed:
                 continue
             for key in by_job[job]:
+                if time.monotonic() > deadline:
+                    return removed
                 try:
                     written = blobs.info(key).modified_ns
                 except BlobNotFound:
