@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -56,6 +57,9 @@ START_TIMEOUT = 60.0  # seconds for a process to come up (the store sweep scans 
 STOP_TIMEOUT = 30.0
 BARRIER_TIMEOUT = 60.0
 POPULATE_TIME_CAP = 600.0
+A_TARGETS = {32: 1.2, 128: 1.6}  # figure (a): concurrent calls -> wall / L
+C_TARGET_MS = 10.0
+D_TARGET_MS = 5.0
 
 _REQUEST_LINE = re.compile(
     r"\[(?P<pid>\d+)\] imagegen\.request: .*method=(?P<method>\S+) path=(?P<path>\S+) "
@@ -338,7 +342,9 @@ class Service:
         workers: int | None,
         threads: int | None,
         app: str = "wsgi:app",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env` adds to (or overrides) the service's environment: a storage URL, say."""
         self.workdir = workdir
         self.app = app
         self.port = free_port()
@@ -354,6 +360,7 @@ class Service:
             "IMAGE_GEN_IMAGES_DIR": str(images_dir),
             "OPENAI_API_KEY_FILE": str(key_file),
             "OPENAI_BASE_URL": base_url,
+            **(env or {}),
         }
         self.env.pop("OPENAI_API_KEY", None)
         if workers is not None:
@@ -533,8 +540,10 @@ def running(
     *,
     latency: float,
     image_bytes: int | None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[FakeUpstream, Service]]:
-    """The fake upstream and the service under Gunicorn, with every worker up."""
+    """The fake upstream and the service under Gunicorn (`env` added to its environment),
+    with every worker up."""
     with (
         FakeUpstream(workdir, latency=latency, image_bytes=image_bytes) as fake,
         Service(
@@ -544,6 +553,7 @@ def running(
             workers=opts.workers,
             threads=opts.threads,
             app=opts.app,
+            env=env,
         ) as service,
     ):
         service.wait_for_workers(opts.expected_workers)
@@ -564,8 +574,8 @@ def bench_concurrency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Fig
         _, warm = concurrent_calls(warm_n, _generate(service, body, opts), timeout=opts.timeout)
         print(f"  warm-up: {warm_n} concurrent calls, {len(tally(warm, 1)[1])} error(s)")
         if "a" in opts.only:
-            for n, target in ((32, 1.2), (128, 1.6)):
-                figures += _figure_a(service, fake, n, target, opts)
+            for n, target in A_TARGETS.items():
+                figures += figure_a([service], fake, n, target, opts)
         if "b" in opts.only:
             figures.append(_figure_b(service, opts))
         rss = _rss_summary(service)
@@ -573,15 +583,21 @@ def bench_concurrency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Fig
 
 
 def _generate(
-    service: Service, body: dict[str, Any], opts: argparse.Namespace
+    service: Service | list[Service], body: dict[str, Any], opts: argparse.Namespace
 ) -> Callable[[], Outcome]:
-    return lambda: http_call(service.port, "POST", "/generate", body, timeout=opts.timeout)
+    """One /generate call; with several services, each call goes to the next in turn."""
+    services = service if isinstance(service, list) else [service]
+    turn = itertools.count()  # next() on a count is atomic under the GIL
+    return lambda: http_call(
+        services[next(turn) % len(services)].port, "POST", "/generate", body, timeout=opts.timeout
+    )
 
 
-def _figure_a(
-    service: Service, fake: FakeUpstream, n: int, target: float, opts: argparse.Namespace
+def figure_a(
+    services: list[Service], fake: FakeUpstream, n: int, target: float, opts: argparse.Namespace
 ) -> list[Figure]:
-    """`n` concurrent count=1 calls, `opts.repeat` times; also the same load on the fake alone."""
+    """`n` concurrent count=1 calls spread over `services` in turn, `opts.repeat` times;
+    also the same load on the fake alone."""
     latency = opts.latency
     upstream_body = {"model": "gpt-image-2", "prompt": "direct", "n": 1, "size": "1024x1024"}
 
@@ -608,12 +624,16 @@ def _figure_a(
     distribution: Counter[int] = Counter()
     cpu: list[float] = []
     others: list[float] = []
+
+    def workers_cpu() -> float:
+        return sum(service.cpu_seconds() for service in services)
+
     for run in range(opts.repeat):
-        offset = service.log_size()
+        offsets = [service.log_size() for service in services]
         body = {"model": "gpt-image-2", "count": 1, "prompt": f"bench a{n} run {run}"}
-        with CpuMeter(service.cpu_seconds, fake.cpu_seconds) as meter:
+        with CpuMeter(workers_cpu, fake.cpu_seconds) as meter:
             wall, outcomes = concurrent_calls(
-                n, _generate(service, body, opts), timeout=opts.timeout
+                n, _generate(services, body, opts), timeout=opts.timeout
             )
         _, worker_cpu, fake_cpu = meter.deltas
         cpu.append(worker_cpu)
@@ -624,7 +644,11 @@ def _figure_a(
         ratios.append(wall / latency)
         per_call += [o.seconds for o in outcomes if not o.error]
         time.sleep(0.2)  # let the last request log lines land
-        logged = service.logged_requests(offset, "/generate")
+        logged = [
+            entry
+            for service, offset in zip(services, offsets, strict=True)
+            for entry in service.logged_requests(offset, "/generate")
+        ]
         spread = Counter(pid for pid, _ in logged)
         distribution.update(spread)
         in_app = [ms / 1000 for _, ms in logged if ms is not None]
@@ -635,7 +659,7 @@ def _figure_a(
             f"CPU: workers {worker_cpu:.2f} s, fake {fake_cpu:.2f} s, "
             f"other processes {meter.others_share:.0%} of the machine"
         )
-    errors += _verify_images(service.port, ids, sample=5)
+    errors += _verify_images(services[-1].port, ids, sample=5)
     _report_errors(errors)
     print(
         f"  a{n}: per-call p50 {_ms(_pct(per_call, 0.5))}, max {_ms(max(per_call, default=None))};"
@@ -699,11 +723,24 @@ def _figure_b(service: Service, opts: argparse.Namespace) -> Figure:
     )
 
 
-def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
-    """Figure (c): what the service adds to one upstream call at L=0 with a 1 MiB image."""
-    _header("(c) added latency: L = 0, 1 MiB PNG (b64 in JSON), sequential calls")
-    images_dir = workdir / "images-c"
-    with running(opts, workdir, images_dir, latency=0.0, image_bytes=ONE_MIB) as (fake, service):
+def bench_added_latency(
+    opts: argparse.Namespace,
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    key: str = "c",
+    store: str = "",
+) -> tuple[list[Figure], dict]:
+    """Figure (c): what the service adds to one upstream call at L=0 with a 1 MiB image
+    (on the store `env` configures, named `store` in the output; the images directory by
+    default)."""
+    on = f" on {store}" if store else ""
+    _header(f"({key}) added latency{on}: L = 0, 1 MiB PNG (b64 in JSON), sequential calls")
+    images_dir = workdir / f"images-{key}"
+    with running(opts, workdir, images_dir, latency=0.0, image_bytes=ONE_MIB, env=env) as (
+        fake,
+        service,
+    ):
         upstream_body = {
             "model": "gpt-image-2",
             "prompt": "bench c",
@@ -786,11 +823,11 @@ def bench_added_latency(opts: argparse.Namespace, workdir: Path) -> tuple[list[F
             f"median {_ms(fsync_s)}"
         )
         figure = Figure(
-            "c",
-            "added latency per /generate, 1 MiB image, L=0",
+            key,
+            f"added latency per /generate, 1 MiB image, L=0{on}",
             _times_1000(added),
             "ms",
-            10.0,
+            C_TARGET_MS,
             errors=len(errors),
             calls=len(through_s),
             detail={
@@ -936,12 +973,28 @@ def populate_store(root: Path, jobs: int, image_bytes: int) -> tuple[list[tuple[
     return stored, time.perf_counter() - started
 
 
-def bench_lookup(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
-    """Figure (d): GET /images/<id> with many jobs on disk."""
-    _header(f"(d) GET /images/<id> with {opts.d_jobs} jobs stored")
-    root = workdir / "images-d"
-    stored, seconds = populate_store(root, opts.d_jobs, opts.d_image_bytes)
+Populate = Callable[[Path, int, int], tuple[list[tuple[str, int]], float]]
+
+
+def bench_lookup(
+    opts: argparse.Namespace,
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    populate: Populate = populate_store,
+    key: str = "d",
+    store: str = "",
+    target: float = D_TARGET_MS,
+) -> tuple[list[Figure], dict]:
+    """Figure (d): GET /images/<id> with many jobs stored (on disk by default; `populate`
+    writes them where `env` points the service)."""
+    on = f" on {store}" if store else ""
+    _header(f"({key}) GET /images/<id> with {opts.d_jobs} jobs stored{on}")
+    root = workdir / f"images-{key}"
+    stored, seconds = populate(root, opts.d_jobs, opts.d_image_bytes)
     print(f"  wrote {len(stored)} jobs ({opts.d_image_bytes} B PNG each) in {seconds:.1f} s")
+    if not stored:
+        raise RuntimeError("no job could be written")
     figures = []
     with Service(
         workdir,
@@ -950,6 +1003,7 @@ def bench_lookup(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure],
         workers=opts.workers,
         threads=opts.threads,
         app=opts.app,
+        env=env,
     ) as service:
         service.wait_for_workers(opts.expected_workers)
         rng = random.Random(2)
@@ -991,11 +1045,11 @@ def bench_lookup(opts: argparse.Namespace, workdir: Path) -> tuple[list[Figure],
             )
             figures.append(
                 Figure(
-                    "d" if mode == "fresh" else "d-keepalive",
-                    f"GET /images/<id> median, {len(stored)} jobs, {mode} connection",
+                    key if mode == "fresh" else f"{key}-keepalive",
+                    f"GET /images/<id> median, {len(stored)} jobs{on}, {mode} connection",
                     _times_1000(median),
                     "ms",
-                    5.0 if mode == "fresh" else None,
+                    target if mode == "fresh" else None,
                     errors=len(errors),
                     calls=opts.d_gets,
                     detail={"p90_ms": _times_1000(_pct(times, 0.9))},

@@ -38,6 +38,17 @@ def test_bytes_put_come_back_by_get_and_open(blobs: Blobs) -> None:
     assert blobs.info(f"{JOB}/001-a.png") == info
 
 
+def test_open_with_info_gives_the_bytes_and_the_info_of_one_blob(blobs: Blobs) -> None:
+    info = blobs.put(f"{JOB}/001-a.png", b"\x89PNG data")
+
+    stream, opened = blobs.open_with_info(f"{JOB}/001-a.png")
+    with stream:
+        assert stream.read() == b"\x89PNG data"
+    assert opened == info == blobs.info(f"{JOB}/001-a.png")
+    with pytest.raises(BlobNotFound):
+        blobs.open_with_info(f"{JOB}/002-missing.png")
+
+
 def test_a_stream_put_comes_back_whole_and_streams_in_pieces(blobs: Blobs) -> None:
     data = bytes(range(256)) * (3 * 4096 + 7)  # over 3 MiB, not a round number of chunks
 

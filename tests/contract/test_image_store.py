@@ -3,6 +3,7 @@ exact-id lookups, listing order, deletion. Every pair of implementations passes 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,7 @@ import pytest
 
 from imagegen.errors import ImageNotFound
 from imagegen.storage.images import ImageStore
+from imagegen.storage.layout import METADATA, image_name
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.support.fake_openai import make_png
 
@@ -173,3 +175,28 @@ def test_a_job_deleted_while_its_image_is_deleted_is_not_found(
     with pytest.raises(ImageNotFound):
         image_stores().delete_image(saved["images"][0]["id"])
     assert image_store.delete_job(saved["job_id"]) is None
+
+
+def test_a_crashed_writers_blobs_are_swept_once_old_and_stored_jobs_stay(
+    image_store: ImageStore,
+) -> None:
+    # What a writer killed mid-publication leaves: its blobs put (staged, on disk), no
+    # index entry, and no abort (the process died before it could run one).
+    orphan = str(uuid.uuid4())
+    publication = image_store.blobs.publish(orphan, marker=METADATA)
+    publication.put(image_name(1, str(uuid.uuid4()), "png"), make_png(8, 8, (1, 2, 3)))
+    publication.put(METADATA, b"{}\n")
+    publication.seal()
+    kept = job(image_store, "kept")
+    left = sorted(image_store.blobs.list(f"{orphan}/"))
+
+    assert image_store.sweep(older_than=3600) == 0
+    assert sorted(image_store.blobs.list(f"{orphan}/")) == left
+
+    assert image_store.sweep(older_than=0) >= 1
+    assert list(image_store.blobs.list(f"{orphan}/")) == []
+    for entry in kept["images"]:
+        found = image_store.find_image(entry["id"])
+        assert len(image_store.read_image(found)) == entry["bytes"]
+    assert image_store.job_metadata(kept["job_id"]) == kept
+    assert image_store.sweep(older_than=0) == 0

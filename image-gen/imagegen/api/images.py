@@ -74,10 +74,9 @@ def get_image(image_id: str) -> ResponseReturnValue:
     """The image's bytes (or a thumbnail) with its content type, a strong ETag, and 304."""
     variant = thumbnails.requested_variant(request.args)
     store: ImageStore = services().store
-    image = store.find_image(image_id)
     if variant is not None:
-        return _thumbnail(store, image, variant)
-    stream = store.open_image(image)
+        return _thumbnail(store, store.find_image(image_id), variant)
+    image, stream = store.open_found(image_id)
     response = _send(
         stream, image.size, image.modified, image.content_type, image.image_id, image.name
     )

@@ -108,6 +108,10 @@ class Blobs(Protocol):
     def info(self, key: str) -> BlobInfo:
         """Size, write time and etag of the blob; BlobNotFound if there is none."""
 
+    def open_with_info(self, key: str) -> tuple[BinaryIO, BlobInfo]:
+        """`open` and `info` of one and the same blob, in one step where the store can
+        (one GET on S3 instead of a HEAD and a GET); BlobNotFound if there is none."""
+
     def touch(self, key: str) -> None:
         """Mark the blob as just used (a cache's LRU order); may do nothing. BlobNotFound."""
 

@@ -81,10 +81,17 @@ class FileBlobs:
             raise BlobNotFound(key) from None
 
     def info(self, key: str) -> BlobInfo:
-        status = self._stat(key)
-        return BlobInfo(
-            key, status.st_size, status.st_mtime_ns, f"{status.st_mtime_ns:x}-{status.st_size:x}"
-        )
+        return _file_info(key, self._stat(key))
+
+    def open_with_info(self, key: str) -> tuple[BinaryIO, BlobInfo]:
+        """The open file and its fstat: the same file, even if it is replaced meanwhile."""
+        stream = self.open(key)
+        try:
+            status = os.fstat(stream.fileno())
+        except BaseException:
+            stream.close()
+            raise
+        return stream, _file_info(key, status)
 
     def _stat(self, key: str) -> os.stat_result:
         try:
@@ -175,6 +182,12 @@ class FileBlobs:
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed += 1
         return removed
+
+
+def _file_info(key: str, status: os.stat_result) -> BlobInfo:
+    return BlobInfo(
+        key, status.st_size, status.st_mtime_ns, f"{status.st_mtime_ns:x}-{status.st_size:x}"
+    )
 
 
 class FilePublication:

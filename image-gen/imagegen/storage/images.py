@@ -270,19 +270,33 @@ class ImageStore:
     @_reachable
     def find_image(self, image_id: str) -> StoredImage:
         """The stored image with exactly this id; ImageNotFound otherwise."""
+        canonical, job_id, key = self._located(image_id)
+        try:
+            info = self.blobs.info(key)
+        except BlobNotFound:
+            raise ImageNotFound(f"Image {canonical} not found.") from None
+        return _stored(canonical, job_id, info)
+
+    @_reachable
+    def open_found(self, image_id: str) -> tuple[StoredImage, BinaryIO]:
+        """find_image and open_image in one step: the index, then one read of the blob
+        (one GET on S3, where the two would make a HEAD and a GET); close the stream."""
+        canonical, job_id, key = self._located(image_id)
+        try:
+            stream, info = self.blobs.open_with_info(key)
+        except BlobNotFound:
+            raise ImageNotFound(f"Image {canonical} not found.") from None
+        return _stored(canonical, job_id, info), stream
+
+    def _located(self, image_id: str) -> tuple[str, str, str]:
+        """(canonical id, job id, blob key) of the image from the index; ImageNotFound."""
         canonical = normalize_id(image_id)
         if canonical is None:
             raise ImageNotFound(f"Image {image_id[:64]!r} not found: ids are UUIDs.")
         found = self.index.find(canonical)
         if found is None:
             raise ImageNotFound(f"Image {canonical} not found.")
-        job_id, key = found
-        try:
-            info = self.blobs.info(key)
-        except BlobNotFound:
-            raise ImageNotFound(f"Image {canonical} not found.") from None
-        fmt = _FORMATS[key.rpartition(".")[2]]
-        return StoredImage(canonical, job_id, key, fmt, info.size, info.modified)
+        return canonical, found[0], found[1]
 
     @_reachable
     def open_image(self, image: StoredImage) -> BinaryIO:
@@ -444,8 +458,9 @@ class ImageStore:
         return writable
 
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove what crashed writers left: staged jobs and dangling index entries."""
-        return self.blobs.sweep(older_than) + self.index.sweep(older_than)
+        """Remove what crashed writers left: staged jobs, dangling index entries, and blobs
+        no indexed job owns (each as its store and index can tell)."""
+        return self.blobs.sweep(older_than) + self.index.sweep(older_than, self.blobs)
 
     # --- browsing ---------------------------------------------------------------------------
     # Jobs are listed newest first by their stamp in the index (storage/index.py). Jobs
@@ -516,6 +531,11 @@ class ImageStore:
                 kept = kept or self.job_metadata(key[2])
                 if isinstance(kept, dict):
                     yield key, kept
+
+
+def _stored(image_id: str, job_id: str, info: BlobInfo) -> StoredImage:
+    fmt = _FORMATS[info.key.rpartition(".")[2]]
+    return StoredImage(image_id, job_id, info.key, fmt, info.size, info.modified)
 
 
 def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:

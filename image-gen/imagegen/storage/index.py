@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagegen.storage import durable
-from imagegen.storage.blobs import Publication
+from imagegen.storage.blobs import Blobs, Publication
 from imagegen.storage.durable import Disk
 from imagegen.storage.fileblobs import changed_before
 from imagegen.storage.layout import LOCK, Layout, lock_key, metadata_key
@@ -86,8 +86,9 @@ class ImageIndex(Protocol):
     def stamp(self, job_id: str) -> int | None:
         """The job's listing time in ns, None if there is no such job."""
 
-    def sweep(self, older_than: float) -> int:
-        """Drop entries whose image is gone, older than `older_than` seconds; how many."""
+    def sweep(self, older_than: float, blobs: Blobs) -> int:
+        """Drop entries whose image is gone, and blobs of `blobs` that no entry's job
+        names, older than `older_than` seconds; how many."""
 
 
 class FileIndex:
@@ -215,9 +216,11 @@ class FileIndex:
                 return os.stat(path).st_mtime_ns
         return None
 
-    def sweep(self, older_than: float) -> int:
-        """Other workers write and remove links meanwhile (every worker sweeps as it boots):
-        a link that is gone by the time it is looked at is skipped."""
+    def sweep(self, older_than: float, blobs: Blobs) -> int:
+        """Dangling links only: a job's files are renamed into place after its links are
+        made, so no file of a job lacks its links (what a crashed writer staged is
+        FileBlobs.sweep's). Other workers write and remove links meanwhile (every worker
+        sweeps as it boots): a link that is gone by the time it is looked at is skipped."""
         removed = 0
         cutoff = time.time() - older_than
         with os.scandir(self._dir) as entries:

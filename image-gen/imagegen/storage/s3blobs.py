@@ -10,10 +10,11 @@ What S3 cannot do as a disk does, and what this store does instead:
 - `touch` does nothing but check that the blob exists: an object has no access time, and a
   copy in place per served thumbnail would cost more than the cache saves. `used_ns` is the
   write time, so the thumbnail cache drops the oldest made, not the least recently served.
-- `sweep` removes nothing: nothing is staged under another name. A writer that dies while
-  publishing leaves blobs without a marker under `<job>/`, which the service never shows
-  (it goes by the index and the marker); a bucket lifecycle rule can expire them, and
-  should abort incomplete multipart uploads.
+- `sweep` removes nothing here: nothing is staged under another name. A writer that dies
+  while publishing (before its index rows are committed: `abort` never ran) leaves blobs
+  without a marker under `<job>/`, which the service never shows (it goes by the index);
+  the image index's sweep (storage/tableindex.py) removes those whose job has no row once
+  they are old enough. A bucket lifecycle rule should abort incomplete multipart uploads.
 - `delete_prefix` is not one step: it lists, then deletes in batches of 1000 keys (one
   request for any job the service writes), so a reader may see some blobs gone first.
 - `modified_ns` is this process's clock when it wrote the blob (object metadata
@@ -105,6 +106,13 @@ class S3Blobs:
             body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
         return io.BufferedReader(_Body(body, key), _CHUNK)
 
+    def open_with_info(self, key: str) -> tuple[BinaryIO, BlobInfo]:
+        """One GET: its body, and its headers as the blob's info (no HEAD first)."""
+        name = self._name(key)
+        with _translated(key):
+            answer = self.client.get_object(Bucket=self.bucket, Key=name)
+        return io.BufferedReader(_Body(answer["Body"], key), _CHUNK), _info(key, answer)
+
     def info(self, key: str) -> BlobInfo:
         name = self._name(key)
         with _translated(key):
@@ -180,7 +188,8 @@ class S3Blobs:
         return True
 
     def sweep(self, older_than: float) -> int:
-        """Nothing is staged on S3, so nothing is swept (see the module's docstring)."""
+        """Nothing is staged on S3, so nothing is swept here: the index's sweep removes
+        a crashed writer's blobs (see the module's docstring)."""
         return 0
 
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -42,9 +44,16 @@ from imagegen.books.postgres import _PostgresBook
 from imagegen.books.sqlite import _SQLiteBook
 from imagegen.errors import DatabaseUnavailable
 from imagegen.storage import durable
-from imagegen.storage.blobs import Publication
+from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
+from imagegen.storage.index import normalize_id
+
+log = logging.getLogger(__name__)
 
 PAGE = 64  # jobs (with their metadata) read at once for a listing
+SWEEP_KEYS = 5000  # blob keys one sweep lists at most (five ListObjectsV2 pages)
+SWEEP_SECONDS = 10.0  # and the time it spends at most, beyond the call under way
+_SWEEP_BATCH = 500  # job ids asked about in one query
+_HEX = "0123456789abcdef"
 _NO_LIMIT = 2**63 - 1
 
 SQLITE_SCHEMA = """
@@ -201,10 +210,68 @@ class _Tables:
                 return
             last = (int(rows[-1][0]), str(rows[-1][1]))
 
-    def sweep(self, older_than: float) -> int:
-        """Nothing: a crashed writer's rows are removed by its own rollback, or describe a
-        job whose blobs were all written (the index is written after them)."""
-        return 0
+    def sweep(self, older_than: float, blobs: Blobs) -> int:
+        """Remove blobs older than `older_than` s whose job has no row; how many.
+
+        A job's blobs are put before its rows are written, so a writer that dies (or loses
+        the database) between the two leaves blobs no row names, which nothing shows; so
+        does a delete that dies between dropping the rows and the blobs. The rows
+        themselves need no sweep: a crashed writer's transaction rolls back, and a
+        committed row names blobs that were all put first. Bounded work: at most
+        SWEEP_KEYS keys are listed, from a random first hex digit of the job ids on (so
+        successive sweeps cover a large bucket), one query per _SWEEP_BATCH jobs, and a
+        HEAD only for the blobs of jobs without a row, all within SWEEP_SECONDS (each
+        worker sweeps as it boots). A store or database that cannot be reached ends the
+        sweep (a service still starts without them, after the client's own timeouts)."""
+        cutoff_ns = time.time_ns() - int(older_than * 1e9)
+        deadline = time.monotonic() + SWEEP_SECONDS
+        start = secrets.randbelow(len(_HEX))
+        listed = removed = 0
+        try:
+            for digit in _HEX[start:] + _HEX[:start]:
+                by_job: dict[str, list[str]] = {}
+                for key in blobs.list(digit):
+                    job = key.partition("/")[0]
+                    if normalize_id(job) == job:
+                        by_job.setdefault(job, []).append(key)
+                    listed += 1
+                    if listed >= SWEEP_KEYS or time.monotonic() > deadline:
+                        break
+                removed += self._remove_orphans(by_job, cutoff_ns, blobs, deadline)
+                if listed >= SWEEP_KEYS or time.monotonic() > deadline:
+                    break
+        except (OSError, DatabaseUnavailable) as exc:
+            log.warning("sweep of unindexed blobs stopped: %s", type(exc).__name__)
+        return removed
+
+    def _remove_orphans(
+        self, by_job: dict[str, list[str]], cutoff_ns: int, blobs: Blobs, deadline: float
+    ) -> int:
+        """Delete the blobs in `by_job` written before `cutoff_ns` whose job has no row
+        (until `deadline`, on the monotonic clock)."""
+        jobs = sorted(by_job)
+        indexed: set[str] = set()
+        for first in range(0, len(jobs), _SWEEP_BATCH):
+            batch = jobs[first : first + _SWEEP_BATCH]
+            marks = ", ".join([self._placeholder] * len(batch))
+            with self._read() as db:
+                query = f"SELECT job_id FROM image_jobs WHERE job_id IN ({marks})"  # noqa: S608 - placeholders only
+                rows = db.execute(query, batch).fetchall()
+            indexed.update(str(row[0]) for row in rows)
+        removed = 0
+        for job in jobs:
+            if job in indexed:
+                continue
+            for key in by_job[job]:
+                if time.monotonic() > deadline:
+                    return removed
+                try:
+                    written = blobs.info(key).modified_ns
+                except BlobNotFound:
+                    continue
+                if written < cutoff_ns and blobs.delete(key):
+                    removed += 1
+        return removed
 
 
 class _HeldTransaction(threading.local):
