@@ -1,0 +1,280 @@
+"""Three Gunicorn replicas, each on its own empty local directory, sharing one S3 bucket
+(IMAGE_GEN_STORAGE_URL=s3://...), one PostgreSQL database (IMAGE_GEN_DATABASE_URL), one
+tokens file and one fake upstream: caps are exact over the three, an Idempotency-Key racing
+on all three makes one job, a job whose replica is SIGKILLed is finished by a replica
+started afterwards on an empty directory, and listings and cursors are the same on each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import fake_openai as fake
+from tests.support.gunicorn_server import HTTPAnswer, Service, launch_gunicorn
+from tests.support.postgres import dsn_for
+from tests.support.seaweed import SeaweedFS
+from tests.support.service import ALICE, BOB, TEST_KEY, bearer, line, wait_for
+
+pytestmark = pytest.mark.slow
+
+ASYNC = {"Prefer": "respond-async"}
+BUCKET = "three-replicas"
+RESUMED_WITHIN = 60.0  # seconds from the kill: the lease (30 s), a poll, and the job again
+Replicas = Callable[..., Service]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, fake_openai: Any, seaweed_server: SeaweedFS) -> Iterator[Replicas]:
+    """Starts replicas (`replicas(name, **env)`), each on its own new local directory, on
+    the test's bucket prefix, database and tokens file; every one is stopped afterwards."""
+    seaweed_server.create_bucket(BUCKET)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "openai_api_key").write_text(TEST_KEY + "\n")
+    (shared / "tokens").write_text(
+        f"{line('alice', ALICE, 'images_per_hour=10')}\n{line('bob', BOB)}\n"
+    )
+    env = {
+        **seaweed_server.variables(),
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "40",
+        "IMAGE_GEN_STORAGE_URL": f"s3://{BUCKET}/{uuid.uuid4().hex}",
+        "IMAGE_GEN_DATABASE_URL": dsn_for(tmp_path),
+        "IMAGE_GEN_TOKENS_FILE": str(shared / "tokens"),
+        "IMAGE_GEN_JOB_POLL_INTERVAL": "0.2",
+        "OPENAI_API_KEY_FILE": str(shared / "openai_api_key"),
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_RETRY_BACKOFF": "0.01",
+    }
+    started: list[Service] = []
+
+    def start(name: str, **extra: str) -> Service:
+        directory = tmp_path / name
+        assert not directory.exists()  # each replica's local directory is new and its own
+        service = launch_gunicorn(directory, {**env, **extra})
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+    for service in started:
+        assert TEST_KEY not in service.log_text()
+        assert "postgresql://" not in service.log_text()
+
+
+def three(replicas: Replicas) -> list[Service]:
+    return [replicas(name) for name in ("a", "b", "c")]
+
+
+def no_secrets(answers: list[HTTPAnswer]) -> None:
+    for answer in answers:
+        text = answer.body.decode(errors="replace") + json.dumps(answer.headers)
+        assert TEST_KEY not in text and "postgresql://" not in text
+
+
+def local_images(service: Service) -> list[str]:
+    """What a replica left in its own directory besides its books (nothing, with S3)."""
+    if not service.images.exists():
+        return []
+    return [p.name for p in service.images.iterdir() if not p.name.startswith(".")]
+
+
+def fetch(service: Service, path: str) -> tuple[int, bytes]:
+    """A GET with a client token: (status, body)."""
+    answer = service.request("GET", path, headers=bearer(BOB))
+    return answer.status, answer.body
+
+
+def spread(calls: list[tuple[Service, str, dict[str, Any], dict[str, str]]]) -> list[HTTPAnswer]:
+    """Send every POST at once, each to its replica; the answers in the calls' order."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(
+            pool.map(lambda c: c[0].request("POST", c[1], c[2], headers=c[3], timeout=60), calls)
+        )
+
+
+# --- caps ------------------------------------------------------------------------------------
+def test_thirty_calls_over_three_replicas_against_a_cap_of_ten_make_exactly_ten(
+    replicas, fake_openai
+):
+    services = three(replicas)
+    fake_openai.latency = 0.3  # every call overlaps the others
+    answers = spread(
+        [(services[n % 3], "/generate", {"prompt": f"fox {n}"}, bearer(ALICE)) for n in range(30)]
+    )
+
+    statuses = [answer.status for answer in answers]
+    assert statuses.count(200) == 10 and statuses.count(429) == 20, statuses
+    assert {a.json()["code"] for a in answers if a.status == 429} == {"QUOTA_EXCEEDED"}
+    assert all("retry-after" in a.headers for a in answers if a.status == 429)
+    assert len(fake_openai.image_requests) == 10
+    no_secrets(answers)
+    for service in services:  # every replica counts the same ten
+        usage = service.request("GET", "/usage", headers=bearer(ALICE)).json()["token"]
+        assert usage["images_last_hour"] == 10
+        listed = service.request("GET", "/images?limit=50", headers=bearer(ALICE)).json()
+        assert len(listed["images"]) == 10 and listed["next_cursor"] is None
+        assert local_images(service) == []
+
+
+# --- idempotency -----------------------------------------------------------------------------
+def test_one_idempotency_key_racing_on_three_replicas_makes_one_job_and_one_call(
+    replicas, fake_openai
+):
+    services = three(replicas)
+    keys = [f"race-{n}-{uuid.uuid4()}" for n in range(5)]
+    for key in keys:
+        fake_openai.enqueue(fake.slow(0.5))  # the first call is still running as the rest land
+        calls = [
+            (
+                service,
+                "/generate",
+                {"prompt": f"a fox for {key}"},
+                {**bearer(BOB), "Idempotency-Key": key},
+            )
+            for service in services
+            for _ in range(2)
+        ]
+        answers = spread(calls)
+        no_secrets(answers)
+
+        # The documented answers: the first request's 200, its replay (Idempotent-Replayed),
+        # or 409 IDEMPOTENCY_KEY_IN_USE for one that waited the whole request deadline.
+        first = [a for a in answers if a.status == 200 and "idempotent-replayed" not in a.headers]
+        replayed = [a for a in answers if a.headers.get("idempotent-replayed") == "true"]
+        in_use = [a for a in answers if a.status == 409]
+        assert len(first) == 1, [a.status for a in answers]
+        assert len(first) + len(replayed) + len(in_use) == len(answers)
+        assert all(a.status == 200 for a in replayed)
+        assert {a.json()["code"] for a in in_use} <= {"IDEMPOTENCY_KEY_IN_USE"}
+        succeeded = [a.json() for a in first + replayed]
+        assert len({body["job_id"] for body in succeeded}) == 1
+        assert len({json.dumps(body["images"], sort_keys=True) for body in succeeded}) == 1
+        image = succeeded[0]["images"][0]
+        served = [fetch(service, f"/images/{image['id']}") for service in services]
+        assert {status for status, _ in served} == {200}
+        assert len({data for _, data in served}) == 1
+
+    assert len(fake_openai.image_requests) == len(keys)  # one upstream call per key
+    listed = services[0].request("GET", "/images?limit=50", headers=bearer(BOB)).json()
+    assert len({image["job_id"] for image in listed["images"]}) == len(keys)
+
+
+# --- a job outliving its replica ---------------------------------------------------------------
+def kill_replica(service: Service) -> None:
+    """SIGKILL the master and every worker, as a lost node would: the master is stopped
+    first so that it cannot start a new worker in between."""
+    os.kill(service.process.pid, signal.SIGSTOP)
+    for pid in service.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    os.kill(service.process.pid, signal.SIGKILL)
+    service.process.wait(timeout=10)
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in service.worker_pids()))
+
+
+def job(service: Service, job_id: str) -> dict[str, Any]:
+    answer = service.request("GET", f"/jobs/{job_id}", headers=bearer(BOB))
+    assert answer.status == 200, answer.body
+    no_secrets([answer])
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_a_job_whose_replica_is_killed_is_finished_by_a_replica_started_afterwards(
+    replicas, fake_openai
+):
+    a = replicas("a")
+    # B serves reads but looks for other replicas' unfinished jobs only every ten minutes,
+    # so the job is left for C, which starts after A is gone, on an empty local directory.
+    b = replicas("b", IMAGE_GEN_JOB_POLL_INTERVAL="600")
+    answer = a.request(
+        "POST",
+        "/generate",
+        {"prompt": "outlive my replica [latency=4]", "count": 2},
+        headers={**ASYNC, **bearer(BOB)},
+    )
+    assert answer.status == 202, answer.body
+    job_id = answer.json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) >= 1, what="the upstream call on A")
+    assert job(b, job_id)["status"] == "running"  # B sees A's job, and leaves it to A
+
+    kill_replica(a)
+    killed = time.monotonic()
+    calls_before = len(fake_openai.image_requests)
+    c = replicas("c")
+    assert local_images(c) == []
+
+    done = wait_for(
+        lambda: (body := job(c, job_id))["status"] in ("completed", "failed") and body,
+        RESUMED_WITHIN,
+        f"job {job_id} finishing on C",
+    )
+    assert time.monotonic() - killed < RESUMED_WITHIN
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2
+    assert f"adopting job job_id={job_id}" in c.log_text()
+    assert f"adopting job job_id={job_id}" not in b.log_text()
+    assert len(fake_openai.image_requests) > calls_before  # C asked again
+    assert len(done["images"]) == 2
+    for image in done["images"]:
+        on_b, on_c = fetch(b, image["url"]), fetch(c, image["url"])
+        assert on_b[0] == on_c[0] == 200
+        assert on_b[1] == on_c[1] and on_b[1].startswith(b"\x89PNG")
+    assert job(b, job_id) == done
+    for service in (b, c):
+        assert local_images(service) == []
+
+
+# --- listings ----------------------------------------------------------------------------------
+def pages(services: list[Service], limit: int) -> list[dict[str, Any]]:
+    """Every page of the listing, the n-th asked of services[n % len(services)]."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    for n in range(50):  # bounded
+        query = f"/images?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        answer = services[n % len(services)].request("GET", query, headers=bearer(BOB))
+        assert answer.status == 200, answer.body
+        found.append(answer.json())
+        cursor = found[-1]["next_cursor"]
+        if cursor is None:
+            return found
+    raise AssertionError("the listing never ended")
+
+
+def test_listings_and_cursors_are_the_same_on_every_replica(replicas, fake_openai):
+    services = three(replicas)
+    made = []
+    for n in range(7):  # one after the other: a known order, newest job first
+        answer = services[n % 3].request(
+            "POST", "/generate", {"prompt": f"p{n}", "count": 1 + n % 2}, headers=bearer(BOB)
+        )
+        assert answer.status == 200, answer.body
+        made.append(answer.json())
+    expected = [image["id"] for body in reversed(made) for image in body["images"]]
+
+    for limit in (2, 3):
+        on_each = [pages([service], limit) for service in services]
+        assert on_each[0] == on_each[1] == on_each[2]
+        hopping = pages(services, limit)  # each cursor followed on the next replica
+        assert hopping == on_each[0]
+        assert [image["id"] for page in hopping for image in page["images"]] == expected
+        assert all(len(page["images"]) <= limit for page in hopping)
+
+    gone = made[3]["images"][0]["id"]
+    assert services[1].request("DELETE", f"/images/{gone}", headers=bearer(BOB)).status == 200
+    after = [pages([service], 2) for service in services]
+    assert after[0] == after[1] == after[2] == pages(services[::-1], 2)
+    assert gone not in json.dumps(after[0])
+    for service in services:
+        assert fetch(service, f"/images/{gone}")[0] == 404
+        assert local_images(service) == []
