@@ -95,6 +95,23 @@ def fetch(service: Service, path: str) -> tuple[int, bytes]:
     return answer.status, answer.body
 
 
+def job(service: Service, job_id: str) -> dict[str, Any]:
+    answer = service.request("GET", f"/jobs/{job_id}", headers=bearer(BOB))
+    assert answer.status == 200, answer.body
+    no_secrets([answer])
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def finished(service: Service, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The job's record once it has ended, as `service` answers it."""
+    return wait_for(
+        lambda: (record := job(service, job_id))["status"] in ("completed", "failed") and record,
+        timeout,
+        f"job {job_id} finishing",
+    )
+
+
 def spread(calls: list[tuple[Service, str, dict[str, Any], dict[str, str]]]) -> list[HTTPAnswer]:
     """Send every POST at once, each to its replica; the answers in the calls' order."""
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
@@ -125,6 +142,35 @@ def test_thirty_calls_over_three_replicas_against_a_cap_of_ten_make_exactly_ten(
         listed = service.request("GET", "/images?limit=50", headers=bearer(ALICE)).json()
         assert len(listed["images"]) == 10 and listed["next_cursor"] is None
         assert local_images(service) == []
+
+
+def test_thirty_async_calls_over_three_replicas_against_a_cap_of_ten_queue_exactly_ten(
+    replicas, fake_openai
+):
+    services = three(replicas)
+    fake_openai.latency = 0.2
+    answers = spread(
+        [
+            (
+                services[n % 3],
+                "/generate",
+                {"prompt": f"queued fox {n}"},
+                {**ASYNC, **bearer(ALICE)},
+            )
+            for n in range(30)
+        ]
+    )
+
+    statuses = [answer.status for answer in answers]
+    assert statuses.count(202) == 10 and statuses.count(429) == 20, statuses
+    assert {a.json()["code"] for a in answers if a.status == 429} == {"QUOTA_EXCEEDED"}
+    no_secrets(answers)
+    for n, answer in enumerate(a for a in answers if a.status == 202):
+        done = finished(services[n % 3], answer.json()["job_id"], 60.0)
+        assert done["status"] == "completed", done
+    assert len(fake_openai.image_requests) == 10
+    usage = services[2].request("GET", "/usage", headers=bearer(ALICE)).json()["token"]
+    assert usage["images_last_hour"] == 10
 
 
 # --- idempotency -----------------------------------------------------------------------------
@@ -170,6 +216,29 @@ def test_one_idempotency_key_racing_on_three_replicas_makes_one_job_and_one_call
     assert len({image["job_id"] for image in listed["images"]}) == len(keys)
 
 
+def test_one_idempotency_key_racing_on_three_replicas_queues_one_async_job(replicas, fake_openai):
+    services = three(replicas)
+    fake_openai.latency = 0.3
+    jobs = []
+    for n in range(3):
+        key = f"async-race-{n}-{uuid.uuid4()}"
+        headers = {**ASYNC, **bearer(BOB), "Idempotency-Key": key}
+        calls = [(s, "/generate", {"prompt": f"queued once {n}"}, headers) for s in services * 2]
+        answers = spread(calls)
+        no_secrets(answers)
+        assert {a.status for a in answers} <= {202, 409}, [a.status for a in answers]
+        accepted = [a for a in answers if a.status == 202]
+        assert sum("idempotent-replayed" not in a.headers for a in accepted) == 1
+        assert {a.json()["code"] for a in answers if a.status == 409} <= {"IDEMPOTENCY_KEY_IN_USE"}
+        ids = {a.json()["job_id"] for a in accepted}
+        assert len(ids) == 1
+        jobs.append(ids.pop())
+
+    for n, job_id in enumerate(jobs):
+        assert finished(services[n % 3], job_id)["status"] == "completed"
+    assert len(fake_openai.image_requests) == len(jobs)  # one job, one call, per key
+
+
 # --- a job outliving its replica ---------------------------------------------------------------
 def kill_replica(service: Service) -> None:
     """SIGKILL the master and every worker, as a lost node would: the master is stopped
@@ -182,49 +251,44 @@ def kill_replica(service: Service) -> None:
     wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in service.worker_pids()))
 
 
-def job(service: Service, job_id: str) -> dict[str, Any]:
-    answer = service.request("GET", f"/jobs/{job_id}", headers=bearer(BOB))
-    assert answer.status == 200, answer.body
-    no_secrets([answer])
-    body: dict[str, Any] = answer.json()
-    return body
-
-
+@pytest.mark.parametrize("operation", ["generate", "edit"])
 def test_a_job_whose_replica_is_killed_is_finished_by_a_replica_started_afterwards(
-    replicas, fake_openai
+    replicas, fake_openai, operation
 ):
     a = replicas("a")
     # B serves reads but looks for other replicas' unfinished jobs only every ten minutes,
     # so the job is left for C, which starts after A is gone, on an empty local directory.
     b = replicas("b", IMAGE_GEN_JOB_POLL_INTERVAL="600")
-    answer = a.request(
-        "POST",
-        "/generate",
-        {"prompt": "outlive my replica [latency=4]", "count": 2},
-        headers={**ASYNC, **bearer(BOB)},
-    )
+    body: dict[str, Any] = {"prompt": "outlive my replica [latency=4]", "count": 2}
+    source = None
+    if operation == "edit":  # its input, made on B, is kept in the database for the job
+        made = b.request("POST", "/generate", {"prompt": "a cat"}, headers=bearer(BOB))
+        assert made.status == 200, made.body
+        body["image_id"] = made.json()["images"][0]["id"]
+        source = fetch(b, f"/images/{body['image_id']}")[1]
+    calls_before = len(fake_openai.image_requests)
+    answer = a.request("POST", f"/{operation}", body, headers={**ASYNC, **bearer(BOB)})
     assert answer.status == 202, answer.body
     job_id = answer.json()["job_id"]
-    wait_for(lambda: len(fake_openai.image_requests) >= 1, what="the upstream call on A")
+    wait_for(lambda: len(fake_openai.image_requests) > calls_before, what="the upstream call on A")
     assert job(b, job_id)["status"] == "running"  # B sees A's job, and leaves it to A
 
     kill_replica(a)
     killed = time.monotonic()
-    calls_before = len(fake_openai.image_requests)
+    cut_off = len(fake_openai.image_requests)
     c = replicas("c")
     assert local_images(c) == []
 
-    done = wait_for(
-        lambda: (body := job(c, job_id))["status"] in ("completed", "failed") and body,
-        RESUMED_WITHIN,
-        f"job {job_id} finishing on C",
-    )
+    done = finished(c, job_id, RESUMED_WITHIN)
     assert time.monotonic() - killed < RESUMED_WITHIN
     assert done["status"] == "completed", done
     assert done["attempts"] == 2
     assert f"adopting job job_id={job_id}" in c.log_text()
     assert f"adopting job job_id={job_id}" not in b.log_text()
-    assert len(fake_openai.image_requests) > calls_before  # C asked again
+    again = fake_openai.image_requests[cut_off:]
+    assert again and {r.path for r in again} == {f"/v1/images/{operation}s"}  # C asked again
+    if source is not None:
+        assert all([f.data for f in r.files] == [source] for r in again)
     assert len(done["images"]) == 2
     for image in done["images"]:
         on_b, on_c = fetch(b, image["url"]), fetch(c, image["url"])
@@ -269,6 +333,14 @@ def test_listings_and_cursors_are_the_same_on_every_replica(replicas, fake_opena
         assert hopping == on_each[0]
         assert [image["id"] for page in hopping for image in page["images"]] == expected
         assert all(len(page["images"]) <= limit for page in hopping)
+
+    thumb = f"/images/{made[0]['images'][0]['id']}?width=16"
+    made_on_a = services[0].request("GET", thumb, headers=bearer(BOB))
+    assert made_on_a.status == 200
+    for service in services[1:]:  # the thumbnail A made and cached, as B and C serve it
+        again = service.request("GET", thumb, headers=bearer(BOB))
+        assert again.status == 200 and again.body == made_on_a.body
+        assert again.headers["etag"] == made_on_a.headers["etag"]
 
     gone = made[3]["images"][0]["id"]
     assert services[1].request("DELETE", f"/images/{gone}", headers=bearer(BOB)).status == 200
