@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -237,6 +238,53 @@ def test_one_idempotency_key_racing_on_three_replicas_queues_one_async_job(repli
     for n, job_id in enumerate(jobs):
         assert finished(services[n % 3], job_id)["status"] == "completed"
     assert len(fake_openai.image_requests) == len(jobs)  # one job, one call, per key
+
+
+# --- a job seen from every replica --------------------------------------------------------------
+def follow_events(service: Service, job_id: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Read /jobs/<id>/events over one connection until the stream ends."""
+    events: list[dict[str, Any]] = []
+    fields: dict[str, str] = {}
+    asked = urllib.request.Request(f"{service.url}/jobs/{job_id}/events", headers=bearer(BOB))
+    with urllib.request.urlopen(asked, timeout=timeout) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for raw in response:
+            text = raw.decode().rstrip("\n")
+            if text:
+                name, _, value = text.partition(": ")
+                fields[name] = value
+                continue
+            if "data" in fields:
+                events.append({"event": fields["event"], "data": json.loads(fields["data"])})
+            fields = {}
+    return events
+
+
+def test_a_job_running_on_one_replica_streams_its_events_and_previews_from_the_others(
+    replicas, fake_openai
+):
+    a, b, c = three(replicas)
+    fake_openai.latency = 2.0
+    answer = a.request(
+        "POST", "/generate", {"prompt": "watched", "count": 2}, headers={**ASYNC, **bearer(BOB)}
+    )
+    assert answer.status == 202, answer.body
+    job_id = answer.json()["job_id"]
+
+    events = follow_events(b, job_id)  # A runs it, B tells it
+    names = [event["event"] for event in events]
+    assert names[-1] == "completed" and names.count("image") == 2, names
+    assert "partial_image" in names and names.index("partial_image") < names.index("image")
+    for event in events:
+        if event["event"] in ("partial_image", "image"):
+            status, data = fetch(c, event["data"]["url"])  # and C serves what it shows
+            assert status == 200 and data.startswith(b"\x89PNG")
+    done = events[-1]["data"]
+    assert done == job(c, job_id) == job(a, job_id)
+    no_secrets([answer])
+    for image in done["images"]:
+        served = {fetch(service, image["url"]) for service in (a, b, c)}
+        assert len(served) == 1 and next(iter(served))[0] == 200
 
 
 # --- a job outliving its replica ---------------------------------------------------------------
