@@ -31,6 +31,7 @@ ASYNC = {"Prefer": "respond-async"}
 BUCKET = "three-replicas"
 RESUMED_WITHIN = 60.0  # seconds from the kill: the lease (30 s), a poll, and the job again
 Replicas = Callable[..., Service]
+UPSTREAM_PATHS = {"generate": "/v1/images/generations", "edit": "/v1/images/edits"}
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def replicas(tmp_path: Path, fake_openai: Any, seaweed_server: SeaweedFS) -> Ite
     """Starts replicas (`replicas(name, **env)`), each on its own new local directory, on
     the test's bucket prefix, database and tokens file; every one is stopped afterwards."""
     seaweed_server.create_bucket(BUCKET)
+    prefix = uuid.uuid4().hex
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "openai_api_key").write_text(TEST_KEY + "\n")
@@ -48,7 +50,7 @@ def replicas(tmp_path: Path, fake_openai: Any, seaweed_server: SeaweedFS) -> Ite
         **seaweed_server.variables(),
         "GUNICORN_WORKERS": "2",
         "GUNICORN_THREADS": "40",
-        "IMAGE_GEN_STORAGE_URL": f"s3://{BUCKET}/{uuid.uuid4().hex}",
+        "IMAGE_GEN_STORAGE_URL": f"s3://{BUCKET}/{prefix}",
         "IMAGE_GEN_DATABASE_URL": dsn_for(tmp_path),
         "IMAGE_GEN_TOKENS_FILE": str(shared / "tokens"),
         "IMAGE_GEN_JOB_POLL_INTERVAL": "0.2",
@@ -68,9 +70,15 @@ def replicas(tmp_path: Path, fake_openai: Any, seaweed_server: SeaweedFS) -> Ite
     yield start
     for service in started:
         service.stop()
+    secrets = (TEST_KEY, ALICE, BOB, "postgresql://")
     for service in started:
-        assert TEST_KEY not in service.log_text()
-        assert "postgresql://" not in service.log_text()
+        assert not [s for s in secrets if s in service.log_text()]
+    client = seaweed_server.client()
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/", MaxKeys=1000)
+    for entry in listed.get("Contents", []):
+        if entry["Key"].endswith("metadata.json"):
+            text = client.get_object(Bucket=BUCKET, Key=entry["Key"])["Body"].read().decode()
+            assert not [s for s in secrets if s in text], entry["Key"]
 
 
 def three(replicas: Replicas) -> list[Service]:
@@ -80,7 +88,7 @@ def three(replicas: Replicas) -> list[Service]:
 def no_secrets(answers: list[HTTPAnswer]) -> None:
     for answer in answers:
         text = answer.body.decode(errors="replace") + json.dumps(answer.headers)
-        assert TEST_KEY not in text and "postgresql://" not in text
+        assert not [s for s in (TEST_KEY, ALICE, BOB, "postgresql://") if s in text]
 
 
 def local_images(service: Service) -> list[str]:
@@ -334,7 +342,7 @@ def test_a_job_whose_replica_is_killed_is_finished_by_a_replica_started_afterwar
     assert f"adopting job job_id={job_id}" in c.log_text()
     assert f"adopting job job_id={job_id}" not in b.log_text()
     again = fake_openai.image_requests[cut_off:]
-    assert again and {r.path for r in again} == {f"/v1/images/{operation}s"}  # C asked again
+    assert again and {r.path for r in again} == {UPSTREAM_PATHS[operation]}  # C asked again
     if source is not None:
         assert all([f.data for f in r.files] == [source] for r in again)
     assert len(done["images"]) == 2
