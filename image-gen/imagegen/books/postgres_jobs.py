@@ -40,6 +40,7 @@ from imagegen.books.interfaces import (
     Record,
     checked_input_name,
 )
+from imagegen.books.migrations import Schema
 from imagegen.books.postgres import _PostgresBook
 from imagegen.errors import DatabaseUnavailable
 from imagegen.storage.index import normalize_id
@@ -159,8 +160,10 @@ class PostgresLease:
 class PostgresJobBook(_PostgresBook):
     """The asynchronous jobs in PostgreSQL, shared by every process and replica (a JobBook)."""
 
-    def __init__(self, pool: ConnectionPool, *, max_running: int = 4) -> None:
-        super().__init__(pool)
+    def __init__(
+        self, pool: ConnectionPool, *, max_running: int = 4, schema: Schema | None = None
+    ) -> None:
+        super().__init__(pool, schema=schema)
         self.max_running = max_running
         self._slots_ready = False
 
