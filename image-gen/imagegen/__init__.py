@@ -114,7 +114,8 @@ def build_services(
         from imagegen.books.migrations import Schema
         from imagegen.books.postgres import open_pool
 
-        pool, schema = open_pool(settings.database_url), Schema()
+        pool = open_pool(settings.database_url, max_size=settings.database_pool_size)
+        schema = Schema()
     books = open_books(
         layout,
         fsync=settings.fsync,

@@ -58,7 +58,8 @@ _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
-    """A pool of connections to `url`, connecting in the background; a caller waits at most
+    """A pool of at most `max_size` connections to `url` (IMAGE_GEN_DATABASE_POOL_SIZE in
+    the service), connecting in the background; a caller waits at most
     `timeout` seconds for a connection (then DatabaseUnavailable from the books). A
     connection is checked before it is handed out, so that once a restarted server is back
     no request gets one that the restart broke."""
