@@ -432,11 +432,18 @@ class JobRunner:
                 metadata = self._make(job)
             except LeaseLost:
                 raise
-            except ServiceError as exc:
-                self._fail(job, exc)
-            except Exception:
-                log.exception("job %s failed unexpectedly", job.job_id)
-                self._fail(job, ServiceError("Internal error; see the service log."))
+            except Exception as exc:
+                # A previous owner whose lease lapsed (the database was out of its reach) may
+                # have stored the job's images while this one made them again: they stand.
+                stored = self.store.job_metadata(job.job_id)
+                if stored is not None:
+                    log.warning("job %s: stored by a previous owner; completed", job.job_id)
+                    self._complete(job, stored)
+                elif isinstance(exc, ServiceError):
+                    self._fail(job, exc)
+                else:
+                    log.exception("job %s failed unexpectedly", job.job_id)
+                    self._fail(job, ServiceError("Internal error; see the service log."))
             else:
                 self._complete(job, metadata)
         except LeaseLost as exc:
