@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support.gunicorn_server import HTTPAnswer, Service, launch_gunicorn
-from tests.support.postgres import private_server
+from tests.support.postgres import dsn_for, private_server
+from tests.support.seaweed import SeaweedFS
 from tests.support.service import TEST_KEY, wait_for
 
 pytestmark = pytest.mark.slow
@@ -112,9 +113,12 @@ def finished(service: Service, job_id: str, timeout: float = FINISHED_WITHIN) ->
 
 
 @contextmanager
-def load(services: list[Service], prompt: str) -> Iterator[list[tuple[str, HTTPAnswer]]]:
-    """Three clients sending quick calls, synchronous and asynchronous, to every replica in
-    turn until the block ends; every (kind, answer) is collected."""
+def load(
+    services: list[Service], prompt: str, *, asynchronous: bool = True
+) -> Iterator[list[tuple[str, HTTPAnswer]]]:
+    """Three clients sending quick calls, synchronous and (every third, if `asynchronous`)
+    asynchronous ones, to every replica in turn until the block ends; every (kind, answer)
+    is collected."""
     answers: list[tuple[str, HTTPAnswer]] = []
     stop = threading.Event()
     counter = itertools.count()
@@ -124,7 +128,7 @@ def load(services: list[Service], prompt: str) -> Iterator[list[tuple[str, HTTPA
             n = next(counter)
             service = services[n % len(services)]
             body = {"prompt": f"{prompt} {n} [latency=0.1]"}
-            kind = "async" if n % 3 == 0 else "sync"
+            kind = "async" if asynchronous and n % 3 == 0 else "sync"
             answer = service.request(
                 "POST", "/generate", body, headers=ASYNC if kind == "async" else None, timeout=30
             )
@@ -219,6 +223,71 @@ def test_postgresql_stopped_and_started_under_load_loses_nothing(tmp_path, fake_
             after = replicas[0].request("POST", "/generate", {"prompt": "after [latency=0.1]"})
             assert after.status == 200, after.body
             assert [service.worker_pids() for service in replicas] == workers  # no restart
+        finally:
+            for service in replicas:
+                service.stop()
+
+
+def storage_state(service: Service) -> tuple[int, str]:
+    answer = service.request("GET", "/health", timeout=15)
+    return answer.status, answer.json()["dependencies"]["storage"]["state"]
+
+
+def test_s3_stopped_and_started_under_load_refuses_new_work_and_recovers(tmp_path, fake_openai):
+    with SeaweedFS.started(tmp_path / "weed") as weed:
+        weed.create_bucket("outage")
+        extra = {
+            **weed.variables(),
+            "IMAGE_GEN_STORAGE_URL": "s3://outage/images",
+            "IMAGE_GEN_DATABASE_URL": dsn_for(tmp_path),
+        }
+        replicas = [
+            launch_gunicorn(tmp_path / name, environment(tmp_path, fake_openai, name, **extra))
+            for name in ("a", "b")
+        ]
+        try:
+            workers = [service.worker_pids() for service in replicas]
+            before = replicas[0].request("POST", "/generate", {"prompt": "before the outage"})
+            assert before.status == 200, before.body
+
+            with load(replicas, "while S3 goes", asynchronous=False) as answers:
+                time.sleep(1.0)
+                weed.stop()
+                for service in replicas:
+                    wait_for(
+                        lambda s=service: storage_state(s) == (503, "unavailable"),
+                        RECOVERED_WITHIN,
+                        "storage reported unavailable",
+                    )
+                time.sleep(3.0)
+                refused = replicas[1].request("POST", "/generate", {"prompt": "refused"})
+                weed.start()
+                for service in replicas:
+                    wait_for(
+                        lambda s=service: storage_state(s) == (200, "ok"),
+                        RECOVERED_WITHIN,
+                        "storage reported ok",
+                    )
+                time.sleep(1.0)
+
+            assert refused.status == 503, refused.body
+            assert refused.json()["code"] == "STORAGE_UNAVAILABLE"
+            assert int(refused.headers["retry-after"]) >= 1
+            statuses = {answer.status for _, answer in answers}
+            assert statuses <= {200, 503}, [a.body for _, a in answers]
+            for _, answer in answers:
+                if answer.status == 503:
+                    assert answer.json()["code"] == "STORAGE_UNAVAILABLE"
+                    assert int(answer.headers["retry-after"]) >= 1
+            made = [answer.json() for _, answer in answers if answer.status == 200]
+            for body in [before.json(), *made]:  # nothing stored before or after is lost
+                for service in replicas:
+                    status, _, data = service.get(body["images"][0]["url"])
+                    assert status == 200 and data.startswith(b"\x89PNG")
+            for service in replicas:  # new work again, without a restart
+                after = service.request("POST", "/generate", {"prompt": "after the outage"})
+                assert after.status == 200, after.body
+            assert [service.worker_pids() for service in replicas] == workers
         finally:
             for service in replicas:
                 service.stop()
