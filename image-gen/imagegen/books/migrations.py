@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # The advisory lock key of the migrations (any fixed bigint; "imgmigr" in ASCII).
 MIGRATION_LOCK = 0x696D676D696772
 LOCK_TIMEOUT = "120s"  # how long a replica waits for another's migrations before failing
-# A Schema tries again this long after a failed attempt, doubling up to RETRY_AT_MOST.
+# A Schema tries again this long after a failed attempt, doubling up to RETRY_AT_MOST (or
+# sooner, but never within RETRY_FIRST, when a request asks for the books).
 RETRY_FIRST = 0.5
 RETRY_AT_MOST = 5.0
 
@@ -177,11 +178,13 @@ def schema_versions(pool: ConnectionPool) -> list[int]:
 class Schema:
     """One process's view of the books' schema: migrated by a background thread, retried
     until the database answers (with backoff), then known to be ready. The books ask
-    `ready` before each transaction and answer DATABASE_UNAVAILABLE until it is."""
+    `ready` before each transaction and answer DATABASE_UNAVAILABLE until it is; asking
+    also cuts the backoff short, so a busy worker serves as soon as the database answers."""
 
     def __init__(self, migrations: list[tuple[int, str, str]] | None = None) -> None:
         self.migrations = migrations
         self._done = threading.Event()
+        self._wake = threading.Event()  # set by `ready`: try again now
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -204,6 +207,7 @@ class Schema:
         """Whether the schema is up to date; if not, make sure it is being migrated."""
         if not self._done.is_set():
             self.start(pool)
+            self._wake.set()
         return self._done.is_set()
 
     def wait(self, timeout: float) -> bool:
@@ -224,7 +228,11 @@ class Schema:
             except Exception:
                 log.exception("database schema: migrating failed; trying again in %.1f s", delay)
             else:
+                log.info("database schema: up to date")
                 self._done.set()
                 return
-            time.sleep(delay)
+            failed_at = time.monotonic()
+            self._wake.wait(delay)
+            self._wake.clear()
+            time.sleep(max(0.0, failed_at + RETRY_FIRST - time.monotonic()))
             delay = min(2 * delay, RETRY_AT_MOST)

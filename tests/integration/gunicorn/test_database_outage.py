@@ -52,7 +52,9 @@ def database_state(service: Service) -> tuple[int, str]:
 
 
 def healthy(service: Service) -> bool:
-    return database_state(service) == (200, "ok")
+    """The database ok in /health, asked ten times in a row (so of every worker, most likely:
+    each has its own pool and schema)."""
+    return all(database_state(service) == (200, "ok") for _ in range(10))
 
 
 def assert_database_unavailable(answer: Any) -> None:
@@ -65,7 +67,10 @@ def test_a_replica_started_before_its_database_serves_once_the_database_answers(
     tmp_path, fake_openai
 ):
     with private_server(started=False) as pg:  # nothing listens on its port yet
-        env = environment(tmp_path, fake_openai, "a", IMAGE_GEN_DATABASE_URL=pg.dsn)
+        # One worker: each has its own pool and schema, and /health answers from either.
+        env = environment(
+            tmp_path, fake_openai, "a", GUNICORN_WORKERS="1", IMAGE_GEN_DATABASE_URL=pg.dsn
+        )
         service = launch_gunicorn(tmp_path / "a", env, health=503)
         try:
             workers = service.worker_pids()
@@ -94,7 +99,7 @@ def test_a_replica_started_before_its_database_serves_once_the_database_answers(
                 30,
                 "the job finishing",
             )
-            assert done["status"] == "completed"
+            assert done["status"] == "completed", done
             assert service.worker_pids() == workers  # the same workers: none restarted
         finally:
             service.stop()
@@ -220,8 +225,10 @@ def test_postgresql_stopped_and_started_under_load_loses_nothing(tmp_path, fake_
                 prompt = f"through the outage {n} [latency={JOB_LATENCY:g}]"
                 calls = [r for r in fake_openai.image_requests if r.json["prompt"] == prompt]
                 assert len(calls) == 1, prompt
-            after = replicas[0].request("POST", "/generate", {"prompt": "after [latency=0.1]"})
-            assert after.status == 200, after.body
+            for service in replicas:  # new work again, on every worker (each has its pool)
+                for n in range(4):
+                    body = {"prompt": f"after {n} [latency=0.1]"}
+                    assert service.request("POST", "/generate", body).status == 200
             assert [service.worker_pids() for service in replicas] == workers  # no restart
         finally:
             for service in replicas:
