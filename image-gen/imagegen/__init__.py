@@ -8,6 +8,7 @@ itself loads nothing else (Gunicorn's master reads the tokens file with
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 __version__ = "1.0.0"
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from imagegen.access.idempotency import register_idempotency
     from imagegen.api import edits, generate, health, images, jobs, models, openapi, usage, web
     from imagegen.compat import openai as compat
-    from imagegen.errors import register_error_handlers
+    from imagegen.errors import DatabaseUnavailable, register_error_handlers
     from imagegen.imaging import memory
     from imagegen.mcp import server as mcp
     from imagegen.observability import metrics
@@ -70,8 +71,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(compat.bp)  # /v1: OpenAI's shapes
     app.register_blueprint(mcp.bp)  # /mcp: the tools over the same routes
 
-    # A job or webhook left unfinished by a process that died is taken up at once.
-    if built.records.active() or built.records.delivering():
+    # A job or webhook left unfinished by a process that died is taken up at once (and if
+    # the database cannot say yet, the runner looks once it can).
+    try:
+        unfinished = bool(built.records.active() or built.records.delivering())
+    except DatabaseUnavailable:
+        unfinished = True
+    if unfinished:
         built.jobs.ensure_started()
     return app
 
@@ -88,7 +94,7 @@ def build_services(
     `on_fallback`), the core operation, the job runner and the stream bounds."""
     from imagegen.books.open import open_books
     from imagegen.catalog import operator
-    from imagegen.errors import ServiceError
+    from imagegen.errors import DatabaseUnavailable, ServiceError
     from imagegen.imaging.core import ImageMaker
     from imagegen.jobs.runner import JobRunner
     from imagegen.jobs.streams import StreamLimiter
@@ -103,20 +109,26 @@ def build_services(
         raise ServiceError(refusal)
     layout = Layout(settings.images_dir, metrics=settings.metrics_dir)
     layout.prepare()
-    pool = None  # one pool of connections per process, for the books and the image index
+    pool = schema = None  # one pool per process, for the books and the image index
     if settings.database_url:
+        from imagegen.books.migrations import Schema
         from imagegen.books.postgres import open_pool
 
-        pool = open_pool(settings.database_url)
+        pool = open_pool(settings.database_url, max_size=settings.database_pool_size)
+        schema = Schema()
     books = open_books(
         layout,
         fsync=settings.fsync,
         max_running=settings.max_running_jobs,
         database_url=settings.database_url,
         pool=pool,
+        schema=schema,
     )
-    store = open_store(layout, fsync=settings.fsync, storage_url=settings.storage_url, pool=pool)
-    store.sweep()
+    store = open_store(
+        layout, fsync=settings.fsync, storage_url=settings.storage_url, pool=pool, schema=schema
+    )
+    with contextlib.suppress(DatabaseUnavailable):  # the database's leftovers wait for next time
+        store.sweep()
     operator.install(settings.models_file)  # the catalog: built-in and the operator's models
     provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)

@@ -30,6 +30,10 @@ DEFAULT_AZURE_KEY_FILE = "/run/secrets/azure_openai_api_key"
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 AZURE_APIS = ("deployments", "v1")
 PROVIDERS = ("openai", "azure", "placeholder")
+# IMAGE_GEN_JOB_LEASE_SECONDS: long enough to renew through a short pause (a renewal every
+# third), short enough that a dead replica's jobs do not wait for ever.
+JOB_LEASE_RANGE = (5.0, 600.0)
+DATABASE_POOL_RANGE = (1, 100)  # IMAGE_GEN_DATABASE_POOL_SIZE, per worker process
 
 
 class SettingsError(ValueError):
@@ -94,6 +98,11 @@ class Settings:
     job_attempts: int = 2
     job_retention: float = 86400.0
     job_poll_interval: float = 1.0
+    # Where leases are timed (PostgreSQL books): how long a job's or a running slot's lease
+    # lives unrenewed (renewed every third of it), so how soon another replica takes up the
+    # jobs of one that died. Shorter: quicker take-over, but a database pause of that long
+    # makes a live replica let go of its jobs.
+    job_lease_seconds: float = 30.0
     partial_images: int = 2
     # Event streams (GET /jobs/<id>/events) one worker serves at once, in all and per client
     # token: each holds a request thread while open. From the environment the default is a
@@ -111,6 +120,8 @@ class Settings:
     # keys in PostgreSQL, shared by replicas on any host; None: SQLite under the images
     # directory. It may hold a password: never in repr, logs or /health.
     database_url: str | None = field(default=None, repr=False)
+    # IMAGE_GEN_DATABASE_POOL_SIZE: connections each worker process may hold to it at most.
+    database_pool_size: int = 8
     # IMAGE_GEN_STORAGE_URL: s3://<bucket>/<prefix> keeps images, metadata.json and
     # thumbnails in that bucket (storage/location.py); None: files in images_dir (a file://
     # URL sets images_dir). The images directory still holds what is local to a host.
@@ -144,12 +155,22 @@ class Settings:
             )
         if min(self.job_poll_interval, self.webhook_timeout, self.job_retention) <= 0:
             raise SettingsError("job and webhook intervals and timeouts must be more than zero")
+        if not JOB_LEASE_RANGE[0] <= self.job_lease_seconds <= JOB_LEASE_RANGE[1]:
+            raise SettingsError(
+                f"IMAGE_GEN_JOB_LEASE_SECONDS must be from {JOB_LEASE_RANGE[0]:g} to "
+                f"{JOB_LEASE_RANGE[1]:g} seconds, not {self.job_lease_seconds:g}"
+            )
         if self.idempotency_ttl <= 0:
             raise SettingsError("IMAGE_GEN_IDEMPOTENCY_TTL must be more than zero seconds")
         if self.database_url is not None and not self.database_url.startswith(
             ("postgresql://", "postgres://")
         ):
             raise SettingsError("IMAGE_GEN_DATABASE_URL must be a postgresql:// URL")
+        if not DATABASE_POOL_RANGE[0] <= self.database_pool_size <= DATABASE_POOL_RANGE[1]:
+            raise SettingsError(
+                f"IMAGE_GEN_DATABASE_POOL_SIZE must be from {DATABASE_POOL_RANGE[0]} to "
+                f"{DATABASE_POOL_RANGE[1]} connections, not {self.database_pool_size}"
+            )
         if self.storage_url is not None:
             try:
                 where = location.parse(self.storage_url)
@@ -295,6 +316,8 @@ _NUMERIC = (
     ("IMAGE_GEN_JOB_ATTEMPTS", "job_attempts", int),
     ("IMAGE_GEN_JOB_RETENTION", "job_retention", float),
     ("IMAGE_GEN_JOB_POLL_INTERVAL", "job_poll_interval", float),
+    ("IMAGE_GEN_JOB_LEASE_SECONDS", "job_lease_seconds", float),
+    ("IMAGE_GEN_DATABASE_POOL_SIZE", "database_pool_size", int),
     ("IMAGE_GEN_PARTIAL_IMAGES", "partial_images", int),
     ("IMAGE_GEN_MAX_STREAMS", "max_streams", int),
     ("IMAGE_GEN_MAX_STREAMS_PER_TOKEN", "max_streams_per_token", int),

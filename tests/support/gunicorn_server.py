@@ -136,15 +136,20 @@ class Service:
         return children_of(self.process.pid)
 
     def wait_for_workers(
-        self, count: int, exclude: set[int] = frozenset(), timeout: float = START_TIMEOUT
+        self,
+        count: int,
+        exclude: set[int] = frozenset(),
+        timeout: float = START_TIMEOUT,
+        health: int = 200,
     ) -> list[int]:
-        """Wait until `count` workers not in `exclude` run and `/health` answers 200."""
+        """Wait until `count` workers not in `exclude` run and `/health` answers `health`
+        (503: up, with a dependency out of reach)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             pids = [p for p in self.worker_pids() if p not in exclude]
             if len(pids) >= count:
                 try:
-                    if self.request("GET", "/health", timeout=2).status == 200:
+                    if self.request("GET", "/health", timeout=2).status == health:
                         return pids
                 except OSError:
                     pass
@@ -227,8 +232,11 @@ def service_environment(env: dict[str, str]) -> dict[str, str]:
     return environment
 
 
-def launch_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Service:
-    """Start Gunicorn with `env` over the defaults and wait until it serves; caller stops it.
+def launch_gunicorn(
+    directory: Path, env: dict[str, str] | None = None, *, health: int = 200
+) -> Service:
+    """Start Gunicorn with `env` over the defaults and wait until it serves (`/health`
+    answering `health`); caller stops it.
 
     The process inherits no OPENAI_*, IMAGE_GEN_* or GUNICORN_* variable from the test run;
     its today is the test's (see service_environment). Defaults: 2 workers x 8 threads, 5 s
@@ -260,7 +268,7 @@ def launch_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Servi
         )
     service = Service(port, process, log, Path(environment["IMAGE_GEN_IMAGES_DIR"]))
     try:
-        service.wait_for_workers(int(environment["GUNICORN_WORKERS"]))
+        service.wait_for_workers(int(environment["GUNICORN_WORKERS"]), health=health)
     except BaseException:
         service.stop()
         raise

@@ -4,14 +4,16 @@
 One server per test session, started on first use: a temporary data directory, a free port
 on 127.0.0.1, trust authentication, no fsync (nothing here must survive a power cut); it is
 stopped when the session ends. Each test gets its own empty database (`dsn_for(where)`,
-keyed by the test's tmp_path). As root (CI, containers) the server runs as `nobody`, since
-PostgreSQL refuses to run as root. Where the binaries cannot run, the tests that need them
-are skipped with the reason.
+keyed by the test's tmp_path). A test that stops and starts its server takes one of its own
+(`private_server()`), since stopping the session's would break the others. As root (CI,
+containers) the server runs as `nobody`, since PostgreSQL refuses to run as root. Where the
+binaries cannot run, the tests that need them are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -223,6 +225,21 @@ def close_pools() -> None:
     """Close the pools the tests opened (called with the lock held)."""
     while _pools:
         _pools.pop().close(timeout=5.0)
+
+
+@contextlib.contextmanager
+def private_server(*, started: bool = True) -> Iterator[ThrowawayPostgres]:
+    """A server of the caller's own (not yet started with `started=False`: its port has
+    nothing listening until `start()`), stopped and removed afterwards; skips where the
+    binaries cannot run."""
+    server()  # skips the test here if the session's server could not run
+    own = ThrowawayPostgres()
+    try:
+        if started:
+            own.start()
+        yield own
+    finally:
+        own.stop()
 
 
 @pytest.fixture(scope="session")

@@ -238,6 +238,8 @@ def test_empty_environment_gives_documented_defaults(missing_key_file: str) -> N
         ("IMAGE_GEN_MAX_UPSTREAM_BYTES", "2097152", "max_upstream_bytes", 2_097_152),
         ("IMAGE_GEN_MAX_STREAMS", "40", "max_streams", 40),
         ("IMAGE_GEN_MAX_STREAMS_PER_TOKEN", "3", "max_streams_per_token", 3),
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "12.5", "job_lease_seconds", 12.5),
+        ("IMAGE_GEN_DATABASE_POOL_SIZE", "20", "database_pool_size", 20),
     ],
 )
 def test_numeric_settings_are_parsed_from_the_environment(
@@ -259,6 +261,37 @@ def test_event_streams_per_worker_default_to_a_quarter_of_its_threads(
     assert Settings.from_env(chosen).max_streams == 6
     with pytest.raises(SettingsError, match="IMAGE_GEN_MAX_STREAMS"):
         Settings.from_env(env(missing_key_file, IMAGE_GEN_MAX_STREAMS="0"))
+
+
+def test_job_leases_last_30_seconds_and_the_database_pool_holds_8_unless_set(
+    missing_key_file: str,
+) -> None:
+    result = Settings.from_env(env(missing_key_file))
+
+    assert (result.job_lease_seconds, result.database_pool_size) == (30.0, 8)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expected"),
+    [
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "4.9", "must be from 5 to 600 seconds, not 4.9"),
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "601", "must be from 5 to 600 seconds, not 601"),
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "0", "must be from 5 to 600 seconds, not 0"),
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "nan", "must be a finite number"),
+        ("IMAGE_GEN_JOB_LEASE_SECONDS", "30s", "must be a number"),
+        ("IMAGE_GEN_DATABASE_POOL_SIZE", "0", "must be from 1 to 100 connections, not 0"),
+        ("IMAGE_GEN_DATABASE_POOL_SIZE", "101", "must be from 1 to 100 connections, not 101"),
+        ("IMAGE_GEN_DATABASE_POOL_SIZE", "2.5", "must be a number"),
+    ],
+)
+def test_a_job_lease_or_database_pool_size_out_of_range_is_a_settings_error_naming_it(
+    missing_key_file: str, variable: str, raw: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(env(missing_key_file, **{variable: raw}))
+
+    assert variable in str(raised.value)
+    assert expected in str(raised.value)
 
 
 def test_blank_numeric_setting_keeps_the_default(missing_key_file: str) -> None:

@@ -1,24 +1,33 @@
 """The PostgreSQL books' schema, as numbered migrations applied once each, in order.
 
-`migrate` runs at start in every process; under a session advisory lock one process applies
-what is missing while the others wait, then find it done. Table `schema_version` records
-each applied version. A migration is never edited once released: a change is a new entry
-at the end of MIGRATIONS.
+`migrate` runs in every process; under a session advisory lock one process applies what is
+missing while the others wait, then find it done. Table `schema_version` records each
+applied version. A service migrates through a `Schema`: in a background thread from start,
+again and again until the database answers, so that a replica starts (and says
+DATABASE_UNAVAILABLE meanwhile) even when its database does not, and needs no restart.
+A migration is never edited once released: a change is a new entry at the end of MIGRATIONS.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 log = logging.getLogger(__name__)
 
 # The advisory lock key of the migrations (any fixed bigint; "imgmigr" in ASCII).
 MIGRATION_LOCK = 0x696D676D696772
 LOCK_TIMEOUT = "120s"  # how long a replica waits for another's migrations before failing
+# A Schema tries again this long after a failed attempt, doubling up to RETRY_AT_MOST (or
+# sooner, but never within RETRY_FIRST, when a request asks for the books).
+RETRY_FIRST = 0.5
+RETRY_AT_MOST = 5.0
 
 # (version, name, SQL): applied in order, each in its own transaction with its record.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -175,3 +184,66 @@ def schema_versions(pool: ConnectionPool) -> list[int]:
     """The versions recorded as applied, in order."""
     with pool.connection() as db:
         return [row[0] for row in db.execute("SELECT version FROM schema_version ORDER BY 1")]
+
+
+class Schema:
+    """One process's view of the books' schema: migrated by a background thread, retried
+    until the database answers (with backoff), then known to be ready. The books ask
+    `ready` before each transaction and answer DATABASE_UNAVAILABLE until it is; asking
+    also cuts the backoff short, so a busy worker serves as soon as the database answers."""
+
+    def __init__(self, migrations: list[tuple[int, str, str]] | None = None) -> None:
+        self.migrations = migrations
+        self._done = threading.Event()
+        self._wake = threading.Event()  # set by `ready`: try again now
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def start(self, pool: ConnectionPool) -> None:
+        """Start migrating over `pool` unless done or under way in this process (a fork
+        leaves the thread behind: the child starts its own)."""
+        with self._lock:
+            if self._done.is_set():
+                return
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._migrate_until_done, args=(pool,), name="imagegen-migrate", daemon=True
+            )
+            self._thread.start()
+
+    def ready(self, pool: ConnectionPool) -> bool:
+        """Whether the schema is up to date; if not, make sure it is being migrated."""
+        if not self._done.is_set():
+            self.start(pool)
+            self._wake.set()
+        return self._done.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the schema to be ready; whether it is."""
+        return self._done.wait(timeout)
+
+    def _migrate_until_done(self, pool: ConnectionPool) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                migrate(pool, self.migrations)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning(
+                    "database schema: the database cannot be reached (%s); trying again in %.1f s",
+                    type(exc).__name__,
+                    delay,
+                )
+            except Exception:
+                log.exception("database schema: migrating failed; trying again in %.1f s", delay)
+            else:
+                log.info("database schema: up to date")
+                self._done.set()
+                return
+            failed_at = time.monotonic()
+            self._wake.wait(delay)
+            self._wake.clear()
+            time.sleep(max(0.0, failed_at + RETRY_FIRST - time.monotonic()))
+            delay = min(2 * delay, RETRY_AT_MOST)

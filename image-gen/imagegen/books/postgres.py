@@ -1,7 +1,8 @@
 """The caps ledger and the idempotency keys in PostgreSQL, shared by replicas on any host.
 
 psycopg 3 over a `psycopg_pool.ConnectionPool`; the schema is `migrations.MIGRATIONS`
-(`migrations.migrate` before first use). Same tables and rules as the SQLite books
+(`migrations.migrate` before first use, or a `migrations.Schema` given: until it is ready
+every call is DatabaseUnavailable). Same tables and rules as the SQLite books
 (books/sqlite.py, books/caps.py):
 
 - `reserve` runs in one transaction that first takes transaction advisory locks on the
@@ -35,6 +36,7 @@ from imagegen import strictjson
 from imagegen.books.caps import DAY, HOUR, amount, check_every_cap, settled_amount
 from imagegen.books.interfaces import GLOBAL, Caps, Claim, Reservation, SpendEntry, StoredKey
 from imagegen.books.keys import stored_claim
+from imagegen.books.migrations import Schema
 from imagegen.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
-    """A pool of connections to `url`, connecting in the background; a caller waits at most
+    """A pool of at most `max_size` connections to `url` (IMAGE_GEN_DATABASE_POOL_SIZE in
+    the service), connecting in the background; a caller waits at most
     `timeout` seconds for a connection (then DatabaseUnavailable from the books). A
     connection is checked before it is handed out, so that once a restarted server is back
     no request gets one that the restart broke."""
@@ -75,9 +78,16 @@ def open_pool(
 class _PostgresBook:
     """A book on a connection pool shared by the process's threads."""
 
-    def __init__(self, pool: ConnectionPool, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        clock: Callable[[], float] | None = None,
+        schema: Schema | None = None,
+    ) -> None:
         self.pool = pool
         self.clock = clock
+        self.schema = schema  # None: migrated before the book was made
         self._pid = os.getpid()
         self._inherited: list[ConnectionPool] = []
 
@@ -97,18 +107,25 @@ class _PostgresBook:
     def _transaction(self, wait: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         """A connection from the pool inside one transaction (committed on success), waited
         for at most `wait` seconds (default: the pool's timeout). An unreachable database is
-        DatabaseUnavailable, never a DSN in a message."""
+        DatabaseUnavailable, never a DSN in a message; so is a schema not yet migrated."""
+        pool = self._pool()
+        if self.schema is not None and not self.schema.ready(pool):
+            raise DatabaseUnavailable()
         try:
-            with self._pool().connection(timeout=wait) as db, db.transaction():
+            with pool.connection(timeout=wait) as db, db.transaction():
                 yield db
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
     def reachable(self, timeout: float = 2.0) -> bool:
-        """Whether the database answers a query within about `timeout` seconds (/health)."""
+        """Whether the database answers a query within about `timeout` seconds, its schema
+        migrated (/health)."""
+        pool = self._pool()
+        if self.schema is not None and not self.schema.ready(pool):
+            return False
         try:
-            with self._pool().connection(timeout=timeout) as db:
+            with pool.connection(timeout=timeout) as db:
                 db.execute("SELECT 1")
             return True
         except (*_UNAVAILABLE, psycopg.DatabaseError):

@@ -41,6 +41,7 @@ from imagegen.books.interfaces import (
     Record,
     checked_input_name,
 )
+from imagegen.books.migrations import Schema
 from imagegen.books.postgres import _PostgresBook
 from imagegen.errors import DatabaseUnavailable
 from imagegen.storage.index import normalize_id
@@ -53,6 +54,11 @@ _STALE = 3600.0  # an unfinished record on no list (a bug's leftover) is removed
 # from the thread reading the upstream's stream, which must not stall while the database is
 # out of reach (the progress is a courtesy; the final record has it all).
 _COURTESY_WAIT = 1.0
+# Seconds a lease's renewal waits for a connection: the renewing thread has every other lease
+# to renew too, and the runner looks at a job's lease just after its upstream answered, when
+# "the database cannot say" must come quickly (the paid images are stored then) rather than
+# after the pool's timeout, when the lease may have lapsed in the meantime.
+_RENEW_WAIT = 2.0
 # Where the queue starts: unfinished jobs first, then ended ones with a webhook to deliver,
 # each oldest submission first; only rows nobody holds.
 _CLAIM = """
@@ -135,7 +141,7 @@ class PostgresLease:
         the database cannot say."""
         if self._released:
             return False
-        with self.book._transaction() as db:
+        with self.book._transaction(_RENEW_WAIT) as db:
             renewed = db.execute(_RENEW[self.table], (self.seconds, self.key, self.token)).rowcount
         return renewed == 1
 
@@ -160,8 +166,10 @@ class PostgresLease:
 class PostgresJobBook(_PostgresBook):
     """The asynchronous jobs in PostgreSQL, shared by every process and replica (a JobBook)."""
 
-    def __init__(self, pool: ConnectionPool, *, max_running: int = 4) -> None:
-        super().__init__(pool)
+    def __init__(
+        self, pool: ConnectionPool, *, max_running: int = 4, schema: Schema | None = None
+    ) -> None:
+        super().__init__(pool, schema=schema)
         self.max_running = max_running
         self._slots_ready = False
 

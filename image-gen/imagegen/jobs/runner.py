@@ -3,10 +3,11 @@
 Each Gunicorn worker has one JobRunner: a dispatcher thread and one daemon thread per
 running job. A job is run by the process that accepted it; it holds the job's lease (a
 JobBook's: a flock with the files, a timed row lease in PostgreSQL) until the job is finished
-and its webhook delivered. A third thread renews this process's leases every RENEW_EVERY
-seconds, whatever the dispatcher is doing, so a timed lease never lapses while its process
-lives and can reach the book. At most `IMAGE_GEN_MAX_RUNNING_JOBS` jobs run at once over
-all processes (slot leases); the rest wait, in submission order per process.
+and its webhook delivered. A third thread renews this process's leases every third of
+`IMAGE_GEN_JOB_LEASE_SECONDS`, whatever the dispatcher is doing, so a timed lease never
+lapses while its process lives and can reach the book. At most `IMAGE_GEN_MAX_RUNNING_JOBS`
+jobs run at once over all processes (slot leases); the rest wait, in submission order per
+process.
 A job that has ended leaves the queue at once: delivering its webhook (retries, backoff)
 takes neither a queue place nor a slot.
 
@@ -17,9 +18,9 @@ started again if it has been started fewer than `IMAGE_GEN_JOB_ATTEMPTS` times (
 interrupted call may already have been billed), else failed with JOB_INTERRUPTED. How a
 job is rebuilt from its record is `jobs.resumable`'s table; an edit or variation keeps its
 input images with its record until it ends, so it is resumed the same way. With timed
-leases a dead process's jobs are claimed within LEASE_SECONDS plus one poll interval.
+leases a dead process's jobs are claimed within the lease plus one poll interval.
 
-A lease that has ended under a live process (not renewed for LEASE_SECONDS: the database was
+A lease that has ended under a live process (not renewed for the lease: the database was
 out of reach, or the process was frozen) means another process may run the job now: the
 book refuses this one's writes (LeaseLost), and the runner lets go of the job at once,
 writing nothing more. Its images are stored only if the lease still holds when the upstream
@@ -55,11 +56,6 @@ from imagegen.upstream.retry import Deadline
 
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
-# How long a lease lives unrenewed where leases are timed, and how often the lease thread
-# renews them: a dead process's jobs are free at most LEASE_SECONDS after it died, and a live
-# one has two more renewals before a lease lapses if one fails.
-LEASE_SECONDS = 30.0
-RENEW_EVERY = LEASE_SECONDS / 3
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -105,6 +101,11 @@ class JobRunner:
         self._renewer: threading.Thread | None = None
         self._pid: int | None = None
         self._last_sweep = 0.0
+        # How long a lease lives unrenewed where leases are timed, and how often the lease
+        # thread renews them: a dead process's jobs are free at most `lease_seconds` after it
+        # died, and a live one has two more renewals before a lease lapses if one fails.
+        self.lease_seconds = settings.job_lease_seconds
+        self.renew_every = self.lease_seconds / 3
 
     def start(self) -> None:
         """Run jobs in this process (Gunicorn's post_worker_init): adopt at once any job left
@@ -181,7 +182,7 @@ class JobRunner:
         lease = self.records.submit(
             record,
             owner=self.owner,
-            lease_seconds=LEASE_SECONDS,
+            lease_seconds=self.lease_seconds,
             webhook_secret=webhook[1] if webhook else None,
             inputs=inputs,
         )
@@ -245,9 +246,9 @@ class JobRunner:
             self._wake.clear()
 
     def _renew_loop(self) -> None:
-        """Renew the leases every RENEW_EVERY s; after shutdown, until the last job is let go."""
+        """Renew the leases every `renew_every` s; after shutdown, until the last job is let go."""
         while True:
-            time.sleep(RENEW_EVERY)
+            time.sleep(self.renew_every)
             with self._lock:
                 holding = bool(self._owned or self._slots)
             if self._stop.is_set() and not holding:
@@ -274,7 +275,7 @@ class JobRunner:
                 if not self._queue:
                     return
                 job = self._queue[0]
-            slot = self.records.take_slot(self.owner, LEASE_SECONDS)
+            slot = self.records.take_slot(self.owner, self.lease_seconds)
             if slot is None:
                 return
             with self._lock:
@@ -296,7 +297,7 @@ class JobRunner:
         """Take every unfinished job, and every undelivered webhook, whose process is gone."""
         claimed_now: set[str] = set()
         while not self._stop.is_set():
-            claimed = self.records.claim(self.owner, LEASE_SECONDS)
+            claimed = self.records.claim(self.owner, self.lease_seconds)
             if claimed is None:
                 return
             job_id = claimed.record["job_id"]
@@ -431,11 +432,18 @@ class JobRunner:
                 metadata = self._make(job)
             except LeaseLost:
                 raise
-            except ServiceError as exc:
-                self._fail(job, exc)
-            except Exception:
-                log.exception("job %s failed unexpectedly", job.job_id)
-                self._fail(job, ServiceError("Internal error; see the service log."))
+            except Exception as exc:
+                # A previous owner whose lease lapsed (the database was out of its reach) may
+                # have stored the job's images while this one made them again: they stand.
+                stored = self.store.job_metadata(job.job_id)
+                if stored is not None:
+                    log.warning("job %s: stored by a previous owner; completed", job.job_id)
+                    self._complete(job, stored)
+                elif isinstance(exc, ServiceError):
+                    self._fail(job, exc)
+                else:
+                    log.exception("job %s failed unexpectedly", job.job_id)
+                    self._fail(job, ServiceError("Internal error; see the service log."))
             else:
                 self._complete(job, metadata)
         except LeaseLost as exc:

@@ -25,6 +25,7 @@ from imagegen.storage.layout import Layout
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
+    from imagegen.books.migrations import Schema
     from imagegen.storage.blobs import Blobs
 
 
@@ -34,9 +35,11 @@ def open_store(
     fsync: bool,
     storage_url: str | None = None,
     pool: ConnectionPool | None = None,
+    schema: Schema | None = None,
 ) -> ImageStore:
     """The store at `storage_url` (None: the images directory of `layout`, prepared), with
-    its index in the database of `pool` when there is one."""
+    its index in the database of `pool` when there is one (usable once `schema`, the
+    books', is ready)."""
     if storage_url is None:
         return ImageStore.on_disk(layout, fsync=fsync)
     bucket = location.parse(storage_url)
@@ -46,7 +49,7 @@ def open_store(
     if pool is not None:
         from imagegen.storage.tableindex import PostgresImageIndex
 
-        index = PostgresImageIndex(pool)
+        index = PostgresImageIndex(pool, schema=schema)
     else:
         from imagegen.storage.tableindex import SQLiteImageIndex
 

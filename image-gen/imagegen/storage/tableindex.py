@@ -40,6 +40,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from imagegen import strictjson
+from imagegen.books.migrations import Schema
 from imagegen.books.postgres import _PostgresBook
 from imagegen.books.sqlite import _SQLiteBook
 from imagegen.errors import DatabaseUnavailable
@@ -283,8 +284,8 @@ class _HeldTransaction(threading.local):
 class PostgresImageIndex(_Tables, _PostgresBook):
     """The index in PostgreSQL (tables of migration 3), shared by replicas on any host."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
-        super().__init__(pool)
+    def __init__(self, pool: ConnectionPool, *, schema: Schema | None = None) -> None:
+        super().__init__(pool, schema=schema)
         self._held = _HeldTransaction()
 
     @contextmanager

@@ -1,12 +1,14 @@
 """Two Gunicorn services (two replicas) sharing one PostgreSQL database and one images
 directory, with the fake upstream: a job whose replica is SIGKILLed mid-call is finished by
-the other within a minute, and IMAGE_GEN_MAX_RUNNING_JOBS counts the jobs of both."""
+the other within a minute (within the default 30 s lease of IMAGE_GEN_JOB_LEASE_SECONDS, or
+a shorter one), and IMAGE_GEN_MAX_RUNNING_JOBS counts the jobs of both."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.gunicorn_server import Service, launch_gunicorn
+from tests.support.gunicorn_server import (
+    GUNICORN_COMMAND,
+    REPO,
+    Service,
+    launch_gunicorn,
+    service_environment,
+)
 from tests.support.postgres import dsn_for
 from tests.support.service import TEST_KEY, wait_for
 
@@ -22,6 +30,9 @@ pytestmark = pytest.mark.slow
 
 ASYNC = {"Prefer": "respond-async"}
 RESUMED_WITHIN = 60.0  # seconds from the kill: the lease (30 s), a poll, and the job again
+# With IMAGE_GEN_JOB_LEASE_SECONDS=5: the lease, a poll and the job again, well inside the
+# default lease alone.
+SHORT_LEASE_RESUMED_WITHIN = 20.0
 
 
 def environment(tmp_path: Path, fake_openai: Any, name: str, **extra: str) -> dict[str, str]:
@@ -102,6 +113,40 @@ def test_a_job_whose_replica_is_killed_mid_call_is_finished_by_the_other(replica
     for image in done["images"]:
         status, _, data = b.get(image["url"])
         assert status == 200 and data.startswith(b"\x89PNG")
+
+
+def test_a_short_job_lease_has_a_killed_replicas_job_resumed_sooner(replicas, fake_openai):
+    a, b = (replicas(name, IMAGE_GEN_JOB_LEASE_SECONDS="5") for name in ("a", "b"))
+    fake_openai.latency = 3.0
+    job_id = submit(a, "come back soon")
+    wait_for(lambda: len(fake_openai.image_requests) == 1, what="the upstream call on A")
+
+    kill_replica(a)
+    killed = time.monotonic()
+
+    done = finished(b, job_id, timeout=SHORT_LEASE_RESUMED_WITHIN)
+    assert time.monotonic() - killed < SHORT_LEASE_RESUMED_WITHIN  # the 30 s lease could not
+    assert done["status"] == "completed" and done["attempts"] == 2
+    assert len(fake_openai.image_requests) == 2
+
+
+def test_a_job_lease_out_of_range_stops_the_start_naming_the_setting(tmp_path):
+    env = service_environment(
+        {
+            "GUNICORN_BIND": "127.0.0.1:0",
+            "GUNICORN_WORKERS": "1",
+            "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "images"),
+            "IMAGE_GEN_PROVIDER": "placeholder",
+            "IMAGE_GEN_JOB_LEASE_SECONDS": "2",
+        }
+    )
+    result = subprocess.run(
+        GUNICORN_COMMAND, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "IMAGE_GEN_JOB_LEASE_SECONDS must be from 5 to 600 seconds, not 2" in output
 
 
 def test_max_running_jobs_counts_the_jobs_running_on_every_replica(replicas, fake_openai):
