@@ -109,15 +109,20 @@ def accepted_response() -> dict[str, Any]:
     """The 202 of a route that answered asynchronously."""
     return {
         "202": {
-            "description": "Accepted as an asynchronous job (Prefer: respond-async).",
+            "description": "Accepted as an asynchronous job (Prefer: respond-async), or, "
+            "without Prefer, made while the image store (or its database) could not be "
+            "reached: the images are kept and stored once it answers (a StoringJob, "
+            "`status: storing`; Preference-Applied is then absent).",
             "headers": with_request_id(
                 {
                     "Location": header("/jobs/{job_id}: poll it.", required=True),
-                    "Preference-Applied": header("`respond-async`.", required=True),
+                    "Preference-Applied": header("`respond-async` (absent for a StoringJob)."),
                     "Retry-After": {"$ref": "#/components/headers/Retry-After"},
                 }
             ),
-            "content": {"application/json": {"schema": ref("PendingJob")}},
+            "content": {
+                "application/json": {"schema": {"oneOf": [ref("PendingJob"), ref("StoringJob")]}}
+            },
             "links": {
                 "GetJob": {
                     "operationId": "getJob",

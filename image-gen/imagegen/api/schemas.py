@@ -41,7 +41,8 @@ def error_codes() -> list[str]:
     pending: list[type[ServiceError]] = [ServiceError]
     while pending:
         cls = pending.pop()
-        codes.add(cls.code)
+        if cls.status >= 400:  # JobKept (202) is an answer, not an error
+            codes.add(cls.code)
         pending.extend(cls.__subclasses__())
     return sorted(codes)
 
