@@ -140,16 +140,17 @@ class StorageUnavailable(RetryLater):
     code = "STORAGE_UNAVAILABLE"
 
 
-class JobKept(ServiceError):
+class JobKept(Exception):
     """The upstream made (and billed) the images, but the store or its index could not take
     them: the whole job is kept on this replica and stored once they answer again. Not a
-    failure: 202 Accepted with the job's id, where to find it, and when to look."""
+    failure, so not a ServiceError: 202 Accepted with the job's id, where to find it, and
+    when to look."""
 
     status = 202
-    code = "STORING"
 
     def __init__(self, message: str, *, job_id: str, images: list[str], retry_after: int) -> None:
         super().__init__(message)
+        self.message = message
         self.job_id = job_id
         self.images = images
         self.retry_after = retry_after

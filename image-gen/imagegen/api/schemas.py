@@ -41,8 +41,7 @@ def error_codes() -> list[str]:
     pending: list[type[ServiceError]] = [ServiceError]
     while pending:
         cls = pending.pop()
-        if cls.status >= 400:  # JobKept (202) is an answer, not an error
-            codes.add(cls.code)
+        codes.add(cls.code)
         pending.extend(cls.__subclasses__())
     return sorted(codes)
 
