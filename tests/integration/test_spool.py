@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from werkzeug.test import TestResponse
 
 from tests.integration.test_s3_storage import BUCKET, _use, bucket_keys, every_page, listed_ids
 from tests.support.fake_openai import FakeOpenAI, make_png, slow
-from tests.support.postgres import dsn_for
+from tests.support.postgres import ThrowawayPostgres, dsn_for
 from tests.support.seaweed import SeaweedFS
 from tests.support.service import wait_for
 
@@ -161,3 +162,52 @@ def test_an_async_job_whose_images_are_kept_is_storing_then_completes_when_s3_is
     assert completed["attempts"] == 1  # never made again
     assert len(fake_openai.image_requests) == asked + 1
     assert spooled(images) == []
+
+
+@pytest.fixture
+def own_postgres() -> ThrowawayPostgres:
+    """A PostgreSQL server of this test's own, to halt and resume."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        server.stop()
+        pytest.skip(f"the embedded PostgreSQL server cannot run here: {exc}")
+    yield server
+    server.halt()
+    server.stop()
+
+
+def test_images_made_while_the_index_database_stops_are_kept_and_stored_once_it_is_back(
+    settings, make_app, fake_openai, seaweed_server, own_postgres, monkeypatch, tmp_path
+):
+    _use(seaweed_server, monkeypatch)
+    url = f"s3://{BUCKET}/spool-db-{uuid.uuid4().hex}"
+    images = tmp_path / "c"
+    client = make_app(
+        settings, images_dir=images, storage_url=url, database_url=own_postgres.dsn
+    ).test_client()
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    answers: list[TestResponse] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(client.post("/generate", json={"prompt": "a fox"}))
+    )
+    caller.start()
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_postgres.halt()
+    caller.join(timeout=120)
+
+    assert answers and answers[0].status_code == 202, answers and answers[0].get_json()
+    body = answers[0].get_json()
+    job_id, image_id = body["job_id"], body["images"][0]["id"]
+    assert spooled(images) == [job_id]
+    # Its flusher may have put the images already; the marker waits for the index.
+    assert f"{job_id}/metadata.json" not in bucket_keys(seaweed_server, url)
+
+    own_postgres.resume()
+    wait_for(lambda: spooled(images) == [], timeout=90, what="the spool flushed")
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "completed"
+    assert client.get(f"/images/{image_id}").status_code == 200
+    assert listed_ids(every_page(client, limit=10)) == [image_id]
+    assert f"{job_id}/metadata.json" in bucket_keys(seaweed_server, url)
