@@ -231,8 +231,9 @@ class ImageStore:
         except BaseException as exc:
             pending.wait(quietly=True)
             unreachable = isinstance(exc, _UNREACHABLE)
-            # An index out of reach takes no undo either (the spool's flush puts it right).
-            if indexed and not (unreachable and isinstance(exc, DatabaseUnavailable)):
+            # An index out of reach takes no undo either: the spool's flush puts it right.
+            spooled_index = self.spool is not None and isinstance(exc, DatabaseUnavailable)
+            if indexed and not spooled_index:
                 with suppress(Exception):  # what could not be undone is told, not this
                     self.index.remove_job(job_id, indexed)
             with suppress(*((Exception,) if unreachable else ())):
