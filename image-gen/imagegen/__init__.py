@@ -129,6 +129,7 @@ def build_services(
     )
     with contextlib.suppress(DatabaseUnavailable):  # the database's leftovers wait for next time
         store.sweep()
+    store.resume_kept()  # jobs an earlier process kept in the spool: stored when it can
     operator.install(settings.models_file)  # the catalog: built-in and the operator's models
     provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)

@@ -140,6 +140,35 @@ class StorageUnavailable(RetryLater):
     code = "STORAGE_UNAVAILABLE"
 
 
+class JobKept(Exception):
+    """The upstream made (and billed) the images, but the store or its index could not take
+    them: the whole job is kept on this replica and stored once they answer again. Not a
+    failure, so not a ServiceError: 202 Accepted with the job's id, where to find it, and
+    when to look."""
+
+    status = 202
+
+    def __init__(self, message: str, *, job_id: str, images: list[str], retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.images = images
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """The answer: the job, `status: storing`, and each image's URL-to-be."""
+        return {
+            "job_id": self.job_id,
+            "status": "storing",
+            "message": self.message,
+            "images": [{"id": image, "url": f"/images/{image}"} for image in self.images],
+            "retry_after": self.retry_after,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"Location": f"/jobs/{self.job_id}", "Retry-After": str(self.retry_after)}
+
+
 class ModelNotFound(ServiceError):
     status = 404
     code = "MODEL_NOT_FOUND"
@@ -228,6 +257,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        response.headers.update(exc.headers())
+        return response
+
+    @app.errorhandler(JobKept)
+    def _job_kept(exc: JobKept) -> Response:
+        response = jsonify(exc.body())
+        response.status_code = exc.status
         response.headers.update(exc.headers())
         return response
 

@@ -25,7 +25,12 @@ from flask import Flask, Response, g, request
 
 from imagegen import strictjson
 from imagegen.access.auth import current_caller
-from imagegen.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationError
+from imagegen.errors import (
+    DatabaseUnavailable,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    ValidationError,
+)
 from imagegen.jobs.webhooks import SECRET_HEADER, URL_HEADER
 from imagegen.services import services
 
@@ -68,14 +73,19 @@ def register_idempotency(app: Flask) -> None:
         book, token, key, claim = claimed
         if 200 <= response.status_code < 300 and not response.is_streamed:
             headers = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
-            book.complete(
-                token,
-                key,
-                claim,
-                status=response.status_code,
-                headers=headers,
-                body=response.get_data(),
-            )
+            try:
+                book.complete(
+                    token,
+                    key,
+                    claim,
+                    status=response.status_code,
+                    headers=headers,
+                    body=response.get_data(),
+                )
+            except DatabaseUnavailable:
+                # The answer (images stored, or kept in the spool) matters more than the
+                # key: it stays claimed until its lease ends, then a retry runs again.
+                log.warning("idempotency key not kept: database unavailable token=%s", token)
         else:
             book.abandon(token, key, claim)
         return response

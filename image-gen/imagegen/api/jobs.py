@@ -34,7 +34,7 @@ from imagegen.books.interfaces import FINAL, PREVIEW_NAME, JobBook
 from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
 from imagegen.imaging.formats import OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS, SVG_POLICY
 from imagegen.jobs import events, streams
-from imagegen.jobs.answers import completed_body, pending_body
+from imagegen.jobs.answers import completed_body, pending_body, storing_body
 from imagegen.jobs.submit import POLL_HINT
 from imagegen.services import services
 from imagegen.storage.images import ImageStore, normalize_id
@@ -57,11 +57,15 @@ class JobPathConverter(PathConverter):
     description="A completed job as POST /generate answered it, with the request; deleted "
     "images have `status: deleted` and no URL. An asynchronous job that is queued or running "
     "(or failed) is a PendingJob: progress, previews, the error; poll it after Retry-After "
-    "seconds, or follow /jobs/{job_id}/events.",
+    "seconds, or follow /jobs/{job_id}/events. A job whose images were made while the image "
+    "store (or its database) could not be reached is `status: storing` until this replica, "
+    "which keeps them, has stored them; then it is the stored Job.",
     parameters=[JOB_ID],
     responses={
         "200": {
-            **json_response("The job.", schema={"oneOf": [ref("Job"), ref("PendingJob")]}),
+            **json_response(
+                "The job.", schema={"oneOf": [ref("Job"), ref("PendingJob"), ref("StoringJob")]}
+            ),
             "headers": with_request_id(
                 {"Retry-After": header("While queued or running: seconds to wait.")}
             ),
@@ -85,7 +89,12 @@ def show_job(job_id: str) -> ResponseReturnValue:
             body["webhook"] = pending_body(record)["webhook"]
         return jsonify(body)
     if record is None:
-        raise _not_found(job_id)
+        kept = _store().kept_job(job_id)
+        if kept is None:
+            raise _not_found(job_id)
+        response = jsonify(storing_body(kept))
+        response.headers["Retry-After"] = str(POLL_HINT["storing"])
+        return response
     services().jobs.notice(record)
     response = jsonify(pending_body(record, _records()))
     if record["status"] not in FINAL:

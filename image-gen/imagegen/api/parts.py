@@ -105,19 +105,43 @@ def binary(description: str, headers: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def storing_response() -> dict[str, Any]:
+    """The 202 of a synchronous call whose images were made while the image store (or its
+    database) could not be reached: kept, and stored once it answers (storage/spool.py)."""
+    return {
+        "202": {
+            "description": "The images were made (and paid for) while the image store or its "
+            "database could not be reached: kept by this replica and stored, with these ids, "
+            "once it answers (a StoringJob). Poll Location after Retry-After.",
+            "headers": with_request_id(
+                {
+                    "Location": header("/jobs/{job_id}: poll it.", required=True),
+                    "Retry-After": {"$ref": "#/components/headers/Retry-After"},
+                }
+            ),
+            "content": {"application/json": {"schema": ref("StoringJob")}},
+        }
+    }
+
+
 def accepted_response() -> dict[str, Any]:
     """The 202 of a route that answered asynchronously."""
     return {
         "202": {
-            "description": "Accepted as an asynchronous job (Prefer: respond-async).",
+            "description": "Accepted as an asynchronous job (Prefer: respond-async), or, "
+            "without Prefer, made while the image store (or its database) could not be "
+            "reached: the images are kept and stored once it answers (a StoringJob, "
+            "`status: storing`; Preference-Applied is then absent).",
             "headers": with_request_id(
                 {
                     "Location": header("/jobs/{job_id}: poll it.", required=True),
-                    "Preference-Applied": header("`respond-async`.", required=True),
+                    "Preference-Applied": header("`respond-async` (absent for a StoringJob)."),
                     "Retry-After": {"$ref": "#/components/headers/Retry-After"},
                 }
             ),
-            "content": {"application/json": {"schema": ref("PendingJob")}},
+            "content": {
+                "application/json": {"schema": {"oneOf": [ref("PendingJob"), ref("StoringJob")]}}
+            },
             "links": {
                 "GetJob": {
                     "operationId": "getJob",

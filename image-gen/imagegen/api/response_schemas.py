@@ -174,6 +174,37 @@ def job_schemas(codes: list[str]) -> dict[str, Schema]:
                 },
             },
         },
+        "StoringJob": {
+            "type": "object",
+            "description": "A job whose images the upstream made (and was paid for) while the "
+            "image store or its database could not be reached: kept by the replica that made "
+            "them and stored, with these ids and bytes, as soon as the store answers. Poll "
+            "`Location` (GET /jobs/{job_id}) after Retry-After; the image URLs answer once it "
+            "is stored. A retry with the same Idempotency-Key replays this answer.",
+            "required": ["job_id", "status", "images"],
+            "properties": {
+                "job_id": {"type": "string", "format": "uuid"},
+                "status": {"const": "storing"},
+                "message": string,
+                "created_at": {"type": "string", "format": "date-time"},
+                "model": string,
+                "operation": string,
+                "request": {"type": "object", "description": "What was asked."},
+                "images": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "url"],
+                        "properties": {
+                            "id": {"type": "string", "format": "uuid"},
+                            "url": {**string, "description": "Answers once the job is stored."},
+                        },
+                    },
+                },
+                "retry_after": integer,
+            },
+        },
         "PendingJob": {
             "type": "object",
             "description": "An asynchronous job before it is stored (queued, running) or that "
@@ -195,7 +226,13 @@ def job_schemas(codes: list[str]) -> dict[str, Schema]:
             ],
             "properties": {
                 "job_id": {"type": "string", "format": "uuid"},
-                "status": {"type": "string", "enum": ["queued", "running", "failed"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "running", "storing", "failed"],
+                    "description": "storing: the images are made (and paid for) and kept by "
+                    "the replica that made them until the image store (or its database) "
+                    "answers again; then the job completes.",
+                },
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "model": string,

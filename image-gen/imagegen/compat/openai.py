@@ -19,7 +19,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, UnsupportedMedi
 from imagegen import clock
 from imagegen.api.edits import run_job
 from imagegen.api.generate import make_images
-from imagegen.api.parts import MODEL_ID, input_body, input_errors, multipart_body
+from imagegen.api.parts import (
+    MODEL_ID,
+    input_body,
+    input_errors,
+    multipart_body,
+    storing_response,
+)
 from imagegen.apidoc import errors, json_body, json_response, operation
 from imagegen.catalog.models import MODELS, get_model, origin
 from imagegen.catalog.spec import SHUT_DOWN, ModelSpec
@@ -64,6 +70,7 @@ _ECHO_VALUES = {
     body=json_body("OpenAIImagesRequest"),
     responses={
         "200": json_response("The images.", "OpenAIImagesResponse"),
+        **storing_response(),
         **errors(400, 413, 415, 429, 500, 502, 504, 507, schema="OpenAIError"),
     },
 )
@@ -95,6 +102,7 @@ def create_image() -> ResponseReturnValue:
     body=input_body("OpenAIEditForm", "OpenAIEditRequest"),
     responses={
         "200": json_response("The images.", "OpenAIImagesResponse"),
+        **storing_response(),
         **input_errors(schema="OpenAIError"),
     },
 )
@@ -114,6 +122,7 @@ def create_edit() -> ResponseReturnValue:
     body=multipart_body("OpenAIVariationForm"),
     responses={
         "200": json_response("The images.", "OpenAIImagesResponse"),
+        **storing_response(),
         **input_errors(schema="OpenAIError", stored=False),
     },
 )

@@ -6,7 +6,8 @@ caps, logged, timed, stored and accounted alike:
 
     admit     the caller may ask for this (token limits) and the caps have room: reserve it
     produce   the provider makes the images (an edit's produce sends its input images)
-    store     the store writes them as one job, atomically
+    store     the store writes them as one job, atomically (or, a bucket being away, keeps
+              them in its spool until it is back: JobKept, 202)
     settle    the reservation becomes the real cost (or is released if nothing was made)
 """
 
@@ -23,7 +24,13 @@ from imagegen.access.tokens import Caller
 from imagegen.books.caps import retry_after_seconds
 from imagegen.books.interfaces import GLOBAL, CapExceeded, CapsBook, Reservation
 from imagegen.catalog.pricing import Pricing, pricing_for
-from imagegen.errors import PermissionDenied, QuotaExceeded, ServiceError, ValidationError
+from imagegen.errors import (
+    JobKept,
+    PermissionDenied,
+    QuotaExceeded,
+    ServiceError,
+    ValidationError,
+)
 from imagegen.imaging.inputs import ImageInputs
 from imagegen.imaging.request import ImageRequest, identified
 from imagegen.observability import metrics
@@ -161,6 +168,16 @@ class ImageMaker:
             metadata = self.store.save_job(
                 image_request.as_dict(), generation, extra=extra, job_id=job_id
             )
+        except JobKept as kept:
+            # Made and paid for, and kept until the store takes it: its cost is settled now.
+            _book(
+                self.ledger.settle,
+                admission.reservation,
+                usd=cost["usd"] or 0.0,
+                job_id=kept.job_id,
+            )
+            metrics.images_generated(image_request.model.id, operation, len(kept.images))
+            raise
         except BaseException:
             # The upstream made (and billed) the images even though they could not be stored.
             _book(self.ledger.settle, admission.reservation, usd=cost["usd"] or 0.0, job_id=None)

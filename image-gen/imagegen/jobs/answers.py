@@ -44,6 +44,23 @@ def pending_body(record: dict[str, Any], records: JobBook | None = None) -> dict
     return body
 
 
+def storing_body(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A synchronous job kept in this replica's spool (storage/spool.py): made, not yet
+    stored. Its images' URLs answer once it is."""
+    return {
+        "job_id": metadata["job_id"],
+        "status": "storing",
+        "created_at": metadata.get("created_at"),
+        "model": metadata.get("request", {}).get("model"),
+        "operation": metadata.get("operation", "generate"),
+        "request": metadata.get("request"),
+        "images": [
+            {"id": image["id"], "url": f"/images/{image['id']}"}
+            for image in metadata.get("images", [])
+        ],
+    }
+
+
 def completed_body(
     metadata: dict[str, Any], record: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -25,6 +25,11 @@ out of reach, or the process was frozen) means another process may run the job n
 book refuses this one's writes (LeaseLost), and the runner lets go of the job at once,
 writing nothing more. Its images are stored only if the lease still holds when the upstream
 has answered (looked at just before storing them).
+
+A job whose images were made while the image store (or its database) was out of reach is
+`storing`: its images wait in this replica's spool (storage/spool.py) and the job completes
+once they are stored. It holds no running slot meanwhile, and is never run again: a process
+that adopts it (after a restart) waits for its images the same way.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from imagegen import clock
 from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
 from imagegen.books.interfaces import FINAL, JobBook, Lease, LeaseLost, new_marker
 from imagegen.clock import utc_now
-from imagegen.errors import DatabaseUnavailable, JobInterrupted, QueueFull, ServiceError
+from imagegen.errors import (
+    DatabaseUnavailable,
+    JobInterrupted,
+    JobKept,
+    QueueFull,
+    ServiceError,
+)
 from imagegen.imaging.core import Admission, ImageMaker, Produce
 from imagegen.imaging.request import ImageRequest
 from imagegen.jobs import webhooks
@@ -56,6 +67,7 @@ from imagegen.upstream.retry import Deadline
 
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
+_STORING_PAUSE = 10.0  # at most, between looks at whether a storing job's images are stored
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -398,6 +410,9 @@ class JobRunner:
         if record["status"] in FINAL:
             threading.Thread(target=self._finish, args=(job,), daemon=True).start()
             return
+        if status == "storing":  # made and paid for: kept by its replica until stored
+            threading.Thread(target=self._finish_when_stored, args=(job,), daemon=True).start()
+            return
         if status == "running":
             self._update(
                 job,
@@ -420,6 +435,7 @@ class JobRunner:
 
     def _run(self, job: _Job, slot: Lease) -> None:
         lost: LeaseLost | None = None
+        storing = False
         try:
             runner = {"pid": os.getpid(), "host": socket.gethostname()}
             self._update(
@@ -432,6 +448,11 @@ class JobRunner:
                 metadata = self._make(job)
             except LeaseLost:
                 raise
+            except JobKept:
+                storing = True
+                self._update(
+                    job, lambda r: r.update(status="storing"), event="status", durable=True
+                )
             except Exception as exc:
                 # A previous owner whose lease lapsed (the database was out of its reach) may
                 # have stored the job's images while this one made them again: they stand.
@@ -458,7 +479,32 @@ class JobRunner:
         if lost is not None:
             self._let_go(job, lost)
             return
+        if storing:
+            self._finish_when_stored(job)
+            return
         self._finish(job)
+
+    def _finish_when_stored(self, job: _Job) -> None:
+        """Complete and finish a `storing` job once the store holds its images (this
+        replica's spool flushes them); on shutdown first, let go of it: it stays storing,
+        and whoever adopts it waits for the images the same way, never making them again."""
+        pause = 1.0
+        while not self._stop.is_set():
+            try:
+                metadata = self.store.job_metadata(job.job_id)
+            except ServiceError:  # the database holding the index is still away
+                metadata = None
+            if metadata is not None:
+                try:
+                    self._complete(job, metadata)
+                except LeaseLost as exc:
+                    self._let_go(job, exc)
+                    return
+                self._finish(job)
+                return
+            self._stop.wait(pause)
+            pause = min(pause * 2, _STORING_PAUSE)
+        self._let_go(job, None)
 
     def _make(self, job: _Job) -> dict[str, Any]:
         """Make and store the job's images (or find them stored by a runner that died)."""

@@ -31,7 +31,11 @@ from imagegen.jobs.runner import JobRunner
 from imagegen.services import services
 from imagegen.settings import Settings
 
-POLL_HINT = {"queued": 5, "running": 2}  # Retry-After on an unfinished job, in seconds
+POLL_HINT = {
+    "queued": 5,
+    "running": 2,
+    "storing": 5,
+}  # Retry-After on an unfinished job, in seconds
 
 
 def respond_async(

@@ -235,7 +235,11 @@ JOB_OUTPUT = {
     "required": ["job_id", "status", "images"],
     "properties": {
         "job_id": {"type": "string"},
-        "status": {"type": "string", "description": "queued, running, completed or failed."},
+        "status": {
+            "type": "string",
+            "description": "queued, running, storing (made, kept until the image store "
+            "is back), completed or failed.",
+        },
         "model": _NULLABLE_STRING,
         "placeholder": {"type": "boolean"},
         "images": {"type": "array", "items": _JOB_IMAGE},

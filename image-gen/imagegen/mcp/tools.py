@@ -259,9 +259,11 @@ def _job_result(answer: Answer, *, thumbnail: bool) -> ToolResult:
         structured["error"] = body.get("error")
         structured["code"] = body.get("code")
     retry_after = answer.headers.get("Retry-After")
-    if status in ("queued", "running") and retry_after and retry_after.isdigit():
+    if status in ("queued", "running", "storing") and retry_after and retry_after.isdigit():
         structured["retry_after"] = int(retry_after)
-    available = [image for image in body.get("images", []) if image.get("url")]
+    # A storing job's images (kept until the store is back) are not served yet.
+    stored = status != "storing"
+    available = [image for image in body.get("images", []) if stored and image.get("url")]
     links = [resource(image) for image in available]
     images: list[dict[str, Any]] = []
     if thumbnail:

@@ -13,7 +13,10 @@ file: the blob store and the index do.
 
 A blob store that cannot be reached (S3 down) is StorageUnavailable, 503 with Retry-After.
 New work asks `check_available` before the upstream is called, so that no image is paid
-for that could not be kept.
+for that could not be kept. When the store (or the database holding its index) stops
+answering after the upstream has answered, a bucket's store keeps the whole job in the
+spool of the images directory (storage/spool.py) and says so (JobKept, 202); its flusher
+stores the job, same ids, same bytes, once they answer again.
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from imagegen import strictjson
 from imagegen.clock import utc_now
-from imagegen.errors import ImageNotFound, InsufficientStorage, StorageUnavailable
+from imagegen.errors import (
+    DatabaseUnavailable,
+    ImageNotFound,
+    InsufficientStorage,
+    JobKept,
+    StorageUnavailable,
+)
 from imagegen.imaging.formats import EXTENSIONS, OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS
 from imagegen.storage import durable
 from imagegen.storage.blobs import (
@@ -55,7 +64,8 @@ from imagegen.storage.layout import (
     metadata_key,
     thumbnails_prefix,
 )
-from imagegen.upstream.providers import Generation
+from imagegen.storage.spool import Flusher, KeptJob, Spool
+from imagegen.upstream.providers import GeneratedImage, Generation
 
 __all__ = ["ImageStore", "StoredImage", "normalize_id", "thumbnail_name"]
 
@@ -71,6 +81,8 @@ _FORMATS = {ext: fmt for fmt, ext in OUTPUT_EXTENSIONS.items()}
 # work asks it again (one HEAD of the bucket a second, at most, on S3).
 AVAILABILITY_TTL = 1.0
 RETRY_AFTER = 5  # seconds, when the blob store cannot be reached
+# What a store or index out of reach raises: a job then goes to the spool, if there is one.
+_UNREACHABLE = (BlobStoreUnavailable, DatabaseUnavailable)
 _CREATED_MEMORY = 100_000  # jobs whose created_at a process remembers (listing ties)
 
 _P = ParamSpec("_P")
@@ -144,9 +156,14 @@ class Cached:
 class ImageStore:
     """Jobs and images in a blob store, written atomically and found by exact id."""
 
-    def __init__(self, blobs: Blobs, index: ImageIndex) -> None:
+    def __init__(self, blobs: Blobs, index: ImageIndex, *, spool: Spool | None = None) -> None:
         self.blobs = blobs
         self.index = index
+        # Jobs made while the store or its index is out of reach (a bucket's; None on disk).
+        self.spool = spool
+        self.flusher = (
+            Flusher(spool, self.store_kept, unreachable=_UNREACHABLE) if spool is not None else None
+        )
         # created_at of jobs, which never changes, shared by a worker's threads (listing).
         self._created: dict[str, str] = {}
         self._availability = _Availability()
@@ -166,6 +183,8 @@ class ImageStore:
         if known is None:
             known = self.blobs.writable()
             self._availability.saw(known)
+            if known and self.flusher is not None:
+                self.flusher.nudge()  # jobs kept by a process that has gone since
         if not known:
             raise self.unavailable()
 
@@ -190,79 +209,128 @@ class ImageStore:
         """Write a whole job atomically and return its metadata.
 
         `job_id` is an asynchronous job's id, given when it was accepted; new by default.
+        With a spool, a store or index out of reach keeps the job there instead (JobKept).
         """
         job_id = job_id or str(uuid.uuid4())
         created = utc_now()
+        image_ids = [str(uuid.uuid4()) for _ in generation.images]
         publication = self.blobs.publish(job_id, marker=METADATA)
         indexed: list[str] = []
+        metadata: dict[str, Any] | None = None
         pending = durable.Pending()
         try:
-            images = self._stage_images(publication, request, generation)
-            metadata = {
-                "job_id": job_id,
-                "created_at": created,
-                "status": "completed",
-                "placeholder": generation.placeholder,
-                "request": request,
-                "usage": generation.usage,
-                "upstream": generation.upstream,
-                **(extra or {}),
-                "images": images,
-            }
+            images = self._stage_images(publication, request, generation, image_ids)
+            metadata = _job_metadata(job_id, created, request, generation, extra, images)
             publication.put(METADATA, _dump(metadata))
             self.index.stage(publication)
             publication.seal()
             indexed = [image["id"] for image in images]
-            pending = self.index.add(
-                job_id,
-                [(image["id"], job_key(job_id, image["file"])) for image in images],
-                metadata,
-            )
+            pending = self.index.add(job_id, _entries(job_id, images), metadata)
             publication.commit()
             pending.wait()
         except BaseException as exc:
             pending.wait(quietly=True)
-            if indexed:
+            unreachable = isinstance(exc, _UNREACHABLE)
+            # An index out of reach takes no undo either: the spool's flush puts it right.
+            spooled_index = self.spool is not None and isinstance(exc, DatabaseUnavailable)
+            if indexed and not spooled_index:
                 with suppress(Exception):  # what could not be undone is told, not this
                     self.index.remove_job(job_id, indexed)
-            publication.abort()  # the caller is told nothing was saved
+            with suppress(*((Exception,) if unreachable else ())):
+                publication.abort()  # the caller is told nothing was saved
             if is_disk_full(exc):
                 raise InsufficientStorage(
                     "The image store is full; nothing was saved. Free "
                     "space or delete images, then try again."
                 ) from None
+            if unreachable and self.spool is not None:
+                if metadata is None:
+                    pairs = zip(image_ids, generation.images, strict=True)
+                    images = [
+                        _image_entry(n, i, image, request) for n, (i, image) in enumerate(pairs, 1)
+                    ]
+                    metadata = _job_metadata(job_id, created, request, generation, extra, images)
+                self._keep(metadata, generation, exc)
             raise
         return metadata
 
+    def _keep(self, metadata: dict[str, Any], generation: Generation, cause: BaseException) -> None:
+        """Keep a job the store could not take in the spool and raise JobKept; if even the
+        spool cannot take it, the caller gets `cause`, as without a spool."""
+        assert self.spool is not None and self.flusher is not None
+        job_id = metadata["job_id"]
+        files = [
+            (entry["file"], image.data)
+            for entry, image in zip(metadata["images"], generation.images, strict=True)
+        ]
+        try:
+            self.spool.keep(job_id, _dump(metadata), files)
+        except OSError as exc:
+            log.error("job %s could not be kept in the spool either: %s", job_id, exc.strerror)
+            return
+        if isinstance(cause, BlobStoreUnavailable):
+            self._availability.saw(False)
+        log.warning(
+            "job %s kept in the spool (%d images): the %s cannot be reached; it is stored "
+            "once it answers",
+            job_id,
+            len(files),
+            "database" if isinstance(cause, DatabaseUnavailable) else "image store",
+        )
+        self.flusher.nudge()
+        raise JobKept(
+            "The images were made (and paid for), but the image store cannot be reached now. "
+            f"They are kept by this service and stored as soon as it answers: poll "
+            f"GET /jobs/{job_id}; the images will then be at their URLs.",
+            job_id=job_id,
+            images=[entry["id"] for entry in metadata["images"]],
+            retry_after=RETRY_AFTER,
+        ) from None
+
+    def store_kept(self, kept: KeptJob) -> None:
+        """Write a job of the spool to the store, idempotently: its blobs are put again under
+        the same keys; the index gets it unless it has it already (an earlier flush that
+        failed after indexing it). Nothing is undone on failure: the next flush puts it all."""
+        job_id, metadata = kept.job_id, kept.metadata
+        publication = self.blobs.publish(job_id, marker=METADATA)
+        for name, data in kept.files:
+            publication.put(name, data)
+        publication.put(METADATA, _dump(metadata))
+        self.index.stage(publication)
+        publication.seal()
+        if self.index.metadata(job_id) is None:
+            self.index.add(job_id, _entries(job_id, metadata["images"]), metadata).wait()
+        publication.commit()
+        self._availability.saw(True)
+
+    def kept_job(self, job_id: str) -> dict[str, Any] | None:
+        """The metadata of a job kept in this replica's spool, not stored yet; else None."""
+        canonical = normalize_id(job_id)
+        if self.spool is None or canonical is None:
+            return None
+        return self.spool.metadata(canonical)
+
+    def resume_kept(self) -> None:
+        """Start flushing what the spool holds (at start-up: kept by an earlier process)."""
+        if self.spool is not None and self.flusher is not None:
+            self.spool.sweep()
+            self.flusher.nudge()
+
     @staticmethod
     def _stage_images(
-        publication: Publication, request: dict[str, Any], generation: Generation
+        publication: Publication,
+        request: dict[str, Any],
+        generation: Generation,
+        image_ids: list[str],
     ) -> list[dict[str, Any]]:
         """Stage each image and return its metadata entry (hashed while its write syncs)."""
         images = []
-        for number, image in enumerate(generation.images, start=1):
-            image_id = str(uuid.uuid4())
+        for number, (image_id, image) in enumerate(
+            zip(image_ids, generation.images, strict=True), start=1
+        ):
             name = image_name(number, image_id, OUTPUT_EXTENSIONS[image.format])
             publication.put(name, image.data)
-            images.append(
-                {
-                    "id": image_id,
-                    "file": name,
-                    "format": image.format,
-                    "content_type": OUTPUT_CONTENT_TYPES[image.format],
-                    # The size asked for, as the original service reported it; the
-                    # pixels the upstream actually sent are in width and height.
-                    "size": request.get("size")
-                    if request.get("size") not in (None, "auto")
-                    else f"{image.width}x{image.height}",
-                    "width": image.width,
-                    "height": image.height,
-                    "bytes": len(image.data),
-                    "sha256": hashlib.sha256(image.data).hexdigest(),
-                    "revised_prompt": image.revised_prompt,
-                    "status": "available",
-                }
-            )
+            images.append(_image_entry(number, image_id, image, request))
         return images
 
     # --- reading --------------------------------------------------------------------------
@@ -543,6 +611,55 @@ def thumbnail_name(image: StoredImage, suffix: str, fmt: str) -> str:
     if not _THUMB_SUFFIX.match(suffix) or fmt not in EXTENSIONS:
         raise ValueError(f"not a thumbnail variant: {suffix!r} {fmt!r}")
     return f"{image.image_id}-{suffix}.{EXTENSIONS[fmt]}"
+
+
+def _job_metadata(
+    job_id: str,
+    created: str,
+    request: dict[str, Any],
+    generation: Generation,
+    extra: dict[str, Any] | None,
+    images: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "created_at": created,
+        "status": "completed",
+        "placeholder": generation.placeholder,
+        "request": request,
+        "usage": generation.usage,
+        "upstream": generation.upstream,
+        **(extra or {}),
+        "images": images,
+    }
+
+
+def _image_entry(
+    number: int, image_id: str, image: GeneratedImage, request: dict[str, Any]
+) -> dict[str, Any]:
+    """One image's entry in its job's metadata."""
+    return {
+        "id": image_id,
+        "file": image_name(number, image_id, OUTPUT_EXTENSIONS[image.format]),
+        "format": image.format,
+        "content_type": OUTPUT_CONTENT_TYPES[image.format],
+        # The size asked for, as the original service reported it; the
+        # pixels the upstream actually sent are in width and height.
+        "size": request.get("size")
+        if request.get("size") not in (None, "auto")
+        else f"{image.width}x{image.height}",
+        "width": image.width,
+        "height": image.height,
+        "bytes": len(image.data),
+        "sha256": hashlib.sha256(image.data).hexdigest(),
+        "revised_prompt": image.revised_prompt,
+        "status": "available",
+    }
+
+
+def _entries(job_id: str, images: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (image id, blob key) pairs the index keeps for a job's images."""
+    return [(image["id"], job_key(job_id, image["file"])) for image in images]
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:

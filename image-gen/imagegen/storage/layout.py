@@ -10,6 +10,8 @@
     <root>/.jobs/...                                         asynchronous job records (records.py)
     <root>/.ledger/ledger.sqlite3                            the caps ledger
     <root>/.metrics/                                         /metrics counts, unless configured
+    <root>/.spool/<job-uuid>/...                             jobs kept until a bucket is back
+                                                             (storage/spool.py)
     <root>/.tmp-*                                            staging and trash of writers
 
 Keys are what a blob store (storage/blobs.py) names: relative, `/`-separated, the same on
@@ -33,6 +35,7 @@ INDEX = ".index"
 JOBS = ".jobs"
 LEDGER = ".ledger"
 METRICS = ".metrics"
+SPOOL = ".spool"
 TMP_PREFIX = ".tmp-"
 
 
@@ -76,6 +79,7 @@ class Layout:
         self.index_locks = self.index_dir / "locks"
         self.jobs_dir = self.root / JOBS
         self.ledger_file = self.root / LEDGER / "ledger.sqlite3"
+        self.spool_dir = self.root / SPOOL
         self.metrics_dir = metrics_dir(self.root, metrics)
 
     @classmethod

@@ -7,7 +7,8 @@
 
 A file store keeps its index beside its files, so replicas share it by sharing the directory;
 a bucket's index is in the database, shared by every replica, or without a database in a
-SQLite file of the images directory, for one node only. The bucket need not answer at
+SQLite file of the images directory, for one node only. A bucket's store keeps the jobs it
+cannot write now in the images directory's spool (storage/spool.py). The bucket need not answer at
 start (the service starts, and says 503 STORAGE_UNAVAILABLE until it does); S3 credentials
 that cannot be found anywhere stop the start.
 """
@@ -21,6 +22,7 @@ from imagegen.storage import location
 from imagegen.storage.images import ImageStore
 from imagegen.storage.index import ImageIndex
 from imagegen.storage.layout import Layout
+from imagegen.storage.spool import Spool
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -56,7 +58,8 @@ def open_store(
         sqlite = SQLiteImageIndex(layout.index_db, layout.index_locks)
         sqlite.prepare()
         index = sqlite
-    return ImageStore(blobs, index)
+    # A job the upstream made while the bucket or the index is away waits in the spool.
+    return ImageStore(blobs, index, spool=Spool(layout.spool_dir, fsync=fsync))
 
 
 def _bucket_blobs(bucket: location.Bucket) -> Blobs:

@@ -1,0 +1,277 @@
+"""The spool: jobs the upstream made (and billed) while the shared store could not take them.
+
+    <images>/.spool/<job-uuid>/metadata.json           the job, exactly as it will be stored
+    <images>/.spool/<job-uuid>/NNN-<image-uuid>.<ext>  its images
+    <images>/.spool/.tmp-<random>/                     an entry being written (or a crash's)
+    <images>/.spool/.damaged/<job-uuid>/               an entry that cannot be read, kept aside
+    <images>/.spool/.lock                              flock()ed by the one process flushing
+
+With a bucket (S3) and its index in a database, the store or the index may stop answering
+after the upstream has answered. The image store (storage/images.py) then keeps the whole job
+here instead of losing it: written in a staging folder, every file fsynced, renamed into
+place in one step, so an entry is whole or absent (a crash mid-write leaves a `.tmp-*`
+folder, swept later, never an entry). A Flusher thread per process writes kept jobs to the
+store once it answers again, then removes them; one process of a replica flushes at a time
+(the lock), the others wait for it. Flushing is idempotent: the job's id and image ids were
+chosen before it was kept, blobs are put again under the same keys, and a job the index
+already holds is not indexed twice. An entry survives a restart: the next process flushes it.
+
+An entry is checked before it is flushed (its metadata parses, names its own id, and each
+image's bytes match its sha256); one that does not is moved to `.damaged/` and logged, never
+stored nor retried, and never stops a process from starting. Only a bucket's store spools:
+the filesystem store writes in the same directory, so it has nothing to wait for.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegen.storage.durable import Disk
+from imagegen.storage.layout import METADATA, TMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+DAMAGED = ".damaged"
+_LOCK = ".lock"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_IMAGE_FILE = re.compile(r"^[0-9]{3}-[0-9a-f-]{36}\.(?:png|jpg|webp|gif|svg)$")
+# The flusher's pause between tries while the store stays away: doubling, at most this.
+FIRST_PAUSE = 0.5
+MAX_PAUSE = 30.0
+_STALE_STAGING = 3600.0  # seconds before a staging folder is taken for a crashed writer's
+
+
+class DamagedEntry(ValueError):
+    """A spool entry that cannot be stored as it is (unreadable, malformed, wrong bytes)."""
+
+
+@dataclass(frozen=True)
+class KeptJob:
+    """A job of the spool: its metadata and its images' (file name, bytes)."""
+
+    job_id: str
+    metadata: dict[str, Any]
+    files: list[tuple[str, bytes]]
+
+
+class Spool:
+    """Whole jobs kept in a local directory until the store takes them."""
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self._disk = Disk(fsync=fsync)
+
+    # --- keeping ------------------------------------------------------------------------
+
+    def keep(self, job_id: str, metadata: bytes, files: list[tuple[str, bytes]]) -> None:
+        """Write a job atomically and durably: staged, fsynced, renamed into place."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = self.directory / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for name, data in [*files, (METADATA, metadata)]:
+                self._disk.write_new(staging / name, data)
+            self._disk.sync(staging)
+            os.rename(staging, self.directory / job_id)
+            self._disk.sync(self.directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    # --- reading ------------------------------------------------------------------------
+
+    def entries(self) -> list[str]:
+        """The job ids of whole entries, oldest first (a missing spool has none)."""
+        found: list[tuple[float, str]] = []
+        try:
+            with os.scandir(self.directory) as listing:
+                for entry in listing:
+                    if _UUID.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                        with suppress(OSError):
+                            found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [name for _, name in sorted(found)]
+
+    def metadata(self, job_id: str) -> dict[str, Any] | None:
+        """A kept job's metadata; None if it is not kept here (or cannot be read)."""
+        if not _UUID.match(job_id):
+            return None
+        try:
+            metadata = json.loads((self.directory / job_id / METADATA).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return metadata if isinstance(metadata, dict) else None
+
+    def load(self, job_id: str) -> KeptJob:
+        """The kept job, checked; DamagedEntry if it is not as its metadata says."""
+        folder = self.directory / job_id
+        try:
+            metadata = json.loads((folder / METADATA).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise DamagedEntry(f"its metadata cannot be read ({type(exc).__name__})") from None
+        if not isinstance(metadata, dict) or metadata.get("job_id") != job_id:
+            raise DamagedEntry("its metadata does not describe this job")
+        files = []
+        for image in metadata.get("images") or []:
+            name = image.get("file") if isinstance(image, dict) else None
+            if not isinstance(name, str) or not _IMAGE_FILE.match(name):
+                raise DamagedEntry("its metadata names an image file badly")
+            try:
+                data = (folder / name).read_bytes()
+            except OSError as exc:
+                raise DamagedEntry(f"image {name} cannot be read ({type(exc).__name__})") from None
+            if hashlib.sha256(data).hexdigest() != image.get("sha256"):
+                raise DamagedEntry(f"image {name} does not match its sha256")
+            files.append((name, data))
+        return KeptJob(job_id, metadata, files)
+
+    # --- after a flush ------------------------------------------------------------------
+
+    def remove(self, job_id: str) -> None:
+        """Drop a stored job's entry: renamed out of sight in one step, then removed."""
+        trash = self.directory / f"{TMP_PREFIX}done-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.directory / job_id, trash)
+        except FileNotFoundError:
+            return
+        self._disk.sync(self.directory)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def set_aside(self, job_id: str) -> None:
+        """Move a damaged entry to `.damaged/`, where it is kept for the operator."""
+        aside = self.directory / DAMAGED
+        aside.mkdir(exist_ok=True)
+        target = aside / job_id
+        if target.exists():
+            target = aside / f"{job_id}-{uuid.uuid4().hex[:8]}"
+        with suppress(FileNotFoundError):
+            os.rename(self.directory / job_id, target)
+
+    def sweep(self, older_than: float = _STALE_STAGING) -> int:
+        """Remove staging folders of crashed writers older than `older_than` s; how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        with suppress(FileNotFoundError, NotADirectoryError), os.scandir(self.directory) as listing:
+            for entry in listing:
+                if not entry.name.startswith(TMP_PREFIX):
+                    continue
+                with suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        removed += 1
+        return removed
+
+    @contextmanager
+    def flushing(self) -> Iterator[bool]:
+        """Whether this process may flush now: the spool's flock, taken without waiting
+        (another process of this replica holding it is flushing)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.error("spool %s cannot be locked: %s", self.directory, exc.strerror)
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+
+# Writes one kept job to the store (idempotently); raises what the store raised.
+StoreKept = Callable[[KeptJob], None]
+
+
+class Flusher:
+    """One thread per process that writes the spool's jobs to the store once it answers.
+
+    `nudge` starts it when there is something to flush (at start-up, after a job is kept,
+    when new work finds the store reachable); it tries at once, then after a pause that
+    doubles up to MAX_PAUSE while the store stays away, and ends when the spool is empty.
+    """
+
+    def __init__(
+        self, spool: Spool, store: StoreKept, *, unreachable: tuple[type[BaseException], ...]
+    ) -> None:
+        self.spool = spool
+        self._store = store
+        self._unreachable = unreachable
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._wake = threading.Event()
+
+    def nudge(self) -> None:
+        """Flush soon: start the thread (again, after a fork) if the spool holds a job."""
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+            if alive and self._pid == os.getpid():
+                self._wake.set()
+                return
+            if not self.spool.entries():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="imagegen-spool", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                left = self.flush()
+            except Exception:
+                log.exception("spool: unexpected error while flushing")
+                left = True
+            if not left:
+                with self._lock:  # a job kept meanwhile starts no thread while this one lives
+                    if not self.spool.entries():
+                        self._thread = None
+                        return
+            self._wake.wait(pause)
+            self._wake.clear()
+            pause = min(pause * 2, MAX_PAUSE)
+
+    def flush(self) -> bool:
+        """Write every kept job the store takes now; whether any is left. Another process
+        holding the spool's lock is flushing: this one leaves it to it."""
+        with self.spool.flushing() as mine:
+            if not mine:
+                return bool(self.spool.entries())
+            for job_id in self.spool.entries():
+                try:
+                    kept = self.spool.load(job_id)
+                except DamagedEntry as exc:
+                    log.error("spool: job %s set aside in %s: %s", job_id, DAMAGED, exc)
+                    self.spool.set_aside(job_id)
+                    continue
+                try:
+                    self._store(kept)
+                except self._unreachable:
+                    log.warning("spool: the store is still out of reach; %s waits", job_id)
+                    return True
+                self.spool.remove(job_id)
+                log.info("spool: job %s stored (%d images)", job_id, len(kept.files))
+        return bool(self.spool.entries())

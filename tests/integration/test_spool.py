@@ -1,0 +1,213 @@
+"""Images the upstream made (and billed) while S3 stopped answering are not lost: the job is
+kept in the images directory's spool, answered 202 `storing`, and stored, byte for byte,
+once S3 is back, without a restart. Real SeaweedFS (stopped mid-call), real PostgreSQL, the
+fake upstream made slow so that S3 can be stopped while the call is upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tests.integration.test_s3_storage import BUCKET, _use, bucket_keys, every_page, listed_ids
+from tests.support.fake_openai import FakeOpenAI, make_png, slow
+from tests.support.postgres import ThrowawayPostgres, dsn_for
+from tests.support.seaweed import SeaweedFS
+from tests.support.service import wait_for
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM_SECONDS = 6.0  # long enough to stop SeaweedFS while the call is upstream
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def own_seaweed(tmp_path: Path, seaweed_server: SeaweedFS, monkeypatch) -> SeaweedFS:
+    """A SeaweedFS of this test's own, to stop and start."""
+    with SeaweedFS.started(tmp_path / "own-seaweed") as server:
+        _use(server, monkeypatch)
+        yield server
+
+
+def spooled(images: Path) -> list[str]:
+    """The job ids of whole entries in the spool of the images directory `images`."""
+    spool = images / ".spool"
+    return sorted(p.name for p in spool.iterdir() if UUID.match(p.name)) if spool.exists() else []
+
+
+def stop_while_upstream(
+    fake_openai: FakeOpenAI, server: SeaweedFS, call: Callable[[], TestResponse]
+) -> TestResponse:
+    """Run `call` (one upstream call, made slow) and stop `server` while it is upstream."""
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    answers: list[TestResponse] = []
+    caller = threading.Thread(target=lambda: answers.append(call()))
+    caller.start()
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    server.stop()
+    caller.join(timeout=90)
+    assert answers, "the call never answered"
+    return answers[0]
+
+
+def job(client: FlaskClient, job_id: str) -> dict[str, Any]:
+    answer = client.get(f"/jobs/{job_id}")
+    assert answer.status_code == 200, answer.get_json()
+    body: dict[str, Any] = answer.get_json()
+    return body
+
+
+def test_images_made_while_s3_stops_are_kept_answered_202_and_stored_once_it_is_back(
+    settings, make_app, fake_openai, own_seaweed, tmp_path
+):
+    url = f"s3://{BUCKET}/spool"
+    images = tmp_path / "a"
+    client = make_app(
+        settings, images_dir=images, storage_url=url, database_url=dsn_for(tmp_path)
+    ).test_client()
+    fake_openai.image_bytes = make_png(40, 30, (200, 100, 50))
+    key = {"Idempotency-Key": "kept-once"}
+
+    answer = stop_while_upstream(
+        fake_openai,
+        own_seaweed,
+        lambda: client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=key),
+    )
+
+    assert answer.status_code == 202, answer.get_json()
+    body = answer.get_json()
+    job_id = body["job_id"]
+    assert body["status"] == "storing" and len(body["images"]) == 2
+    assert answer.headers["Location"] == f"/jobs/{job_id}"
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert spooled(images) == [job_id]
+    kept = json.loads((images / ".spool" / job_id / "metadata.json").read_bytes())
+    kept_bytes = {
+        image["id"]: (images / ".spool" / job_id / image["file"]).read_bytes()
+        for image in kept["images"]
+    }
+    assert [image["id"] for image in body["images"]] == list(kept_bytes)
+    assert job(client, job_id)["status"] == "storing"
+    asked = len(fake_openai.image_requests)
+    replay = client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=key)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json()["job_id"] == job_id
+    assert len(fake_openai.image_requests) == asked  # not made (nor paid for) twice
+
+    own_seaweed.start()  # the same data and ports: S3 is back; the app is not restarted
+    stored = wait_for(
+        lambda: (found := job(client, job_id))["status"] == "completed" and found,
+        timeout=90,
+        what="the kept job stored",
+    )
+
+    assert [image["id"] for image in stored["images"]] == list(kept_bytes)
+    in_bucket = bucket_keys(own_seaweed, url)
+    for image in kept["images"]:
+        served = client.get(f"/images/{image['id']}")
+        assert served.status_code == 200
+        assert served.data == kept_bytes[image["id"]] == in_bucket[f"{job_id}/{image['file']}"]
+        assert hashlib.sha256(served.data).hexdigest() == image["sha256"]
+    assert json.loads(in_bucket[f"{job_id}/metadata.json"]) == kept
+    assert listed_ids(every_page(client, limit=10)) == list(kept_bytes)
+    assert spooled(images) == []
+    again = client.post("/generate", json={"prompt": "a fox", "count": 2}, headers=key)
+    assert again.status_code == 202 and again.get_json()["job_id"] == job_id  # still replayed
+
+
+def test_an_async_job_whose_images_are_kept_is_storing_then_completes_when_s3_is_back(
+    settings, make_jobs_app, fake_openai, own_seaweed, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-async"
+    images = tmp_path / "b"
+    client = make_jobs_app(
+        images_dir=images, storage_url=url, database_url=dsn_for(tmp_path)
+    ).test_client()
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    accepted = client.post(
+        "/generate", json={"prompt": "a fox"}, headers={"Prefer": "respond-async"}
+    )
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_seaweed.stop()
+
+    storing = wait_for(
+        lambda: (found := job(client, job_id))["status"] != "running" and found,
+        timeout=60,
+        what="the job past running",
+    )
+    assert storing["status"] == "storing"
+    assert spooled(images) == [job_id]
+
+    own_seaweed.start()
+    completed = wait_for(
+        lambda: (found := job(client, job_id))["status"] == "completed" and found,
+        timeout=90,
+        what="the job completed",
+    )
+    image_id = completed["images"][0]["id"]
+    assert client.get(f"/images/{image_id}").status_code == 200
+    assert completed["attempts"] == 1  # never made again
+    assert len(fake_openai.image_requests) == asked + 1
+    assert spooled(images) == []
+
+
+@pytest.fixture
+def own_postgres() -> ThrowawayPostgres:
+    """A PostgreSQL server of this test's own, to halt and resume."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        server.stop()
+        pytest.skip(f"the embedded PostgreSQL server cannot run here: {exc}")
+    yield server
+    server.halt()
+    server.stop()
+
+
+def test_images_made_while_the_index_database_stops_are_kept_and_stored_once_it_is_back(
+    settings, make_app, fake_openai, seaweed_server, own_postgres, monkeypatch, tmp_path
+):
+    _use(seaweed_server, monkeypatch)
+    url = f"s3://{BUCKET}/spool-db-{uuid.uuid4().hex}"
+    images = tmp_path / "c"
+    client = make_app(
+        settings, images_dir=images, storage_url=url, database_url=own_postgres.dsn
+    ).test_client()
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    answers: list[TestResponse] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(client.post("/generate", json={"prompt": "a fox"}))
+    )
+    caller.start()
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_postgres.halt()
+    caller.join(timeout=120)
+
+    assert answers and answers[0].status_code == 202, answers and answers[0].get_json()
+    body = answers[0].get_json()
+    job_id, image_id = body["job_id"], body["images"][0]["id"]
+    assert spooled(images) == [job_id]
+    # Its flusher may have put the images already; the marker waits for the index.
+    assert f"{job_id}/metadata.json" not in bucket_keys(seaweed_server, url)
+
+    own_postgres.resume()
+    wait_for(lambda: spooled(images) == [], timeout=90, what="the spool flushed")
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "completed"
+    assert client.get(f"/images/{image_id}").status_code == 200
+    assert listed_ids(every_page(client, limit=10)) == [image_id]
+    assert f"{job_id}/metadata.json" in bucket_keys(seaweed_server, url)

@@ -1,0 +1,92 @@
+"""The spool of kept jobs on a real directory: whole entries only, checked before they are
+stored, damaged ones set aside, a crash's staging folder ignored, one flusher at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+from imagegen.storage.spool import Flusher, KeptJob, Spool
+
+
+def a_job(name: str = "001-{}.png") -> tuple[str, bytes, list[tuple[str, bytes]]]:
+    job_id, image_id = str(uuid.uuid4()), str(uuid.uuid4())
+    data = os.urandom(64)
+    file = name.format(image_id)
+    metadata = {
+        "job_id": job_id,
+        "images": [{"id": image_id, "file": file, "sha256": hashlib.sha256(data).hexdigest()}],
+    }
+    return job_id, json.dumps(metadata).encode(), [(file, data)]
+
+
+class Kept(list[KeptJob]):
+    """A store that takes every kept job (what the flusher hands it)."""
+
+    def __call__(self, kept: KeptJob) -> None:
+        self.append(kept)
+
+
+def test_a_kept_job_reads_back_byte_identical_and_is_flushed_once(tmp_path: Path):
+    spool = Spool(tmp_path / ".spool", fsync=True)
+    job_id, metadata, files = a_job()
+    spool.keep(job_id, metadata, files)
+    stored = Kept()
+
+    assert spool.entries() == [job_id]
+    assert spool.load(job_id).files == files
+    assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is False
+    assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is False
+
+    assert [kept.job_id for kept in stored] == [job_id]
+    assert stored[0].files == files and spool.entries() == []
+
+
+def test_damaged_entries_are_set_aside_and_a_crashed_write_is_ignored(tmp_path: Path):
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    good, metadata, files = a_job()
+    spool.keep(good, metadata, files)
+    wrong_bytes, metadata, files = a_job()
+    spool.keep(wrong_bytes, metadata, [(files[0][0], b"not the bytes that were hashed")])
+    truncated = str(uuid.uuid4())
+    (spool.directory / truncated).mkdir()
+    (spool.directory / truncated / "metadata.json").write_bytes(b'{"job_id": "')
+    (spool.directory / ".tmp-crashed").mkdir()
+    (spool.directory / ".tmp-crashed" / "001-half.png").write_bytes(b"\x89PNG")
+    stored = Kept()
+
+    assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is False
+
+    assert [kept.job_id for kept in stored] == [good]
+    assert sorted(p.name for p in (spool.directory / ".damaged").iterdir()) == sorted(
+        [wrong_bytes, truncated]
+    )
+    assert (spool.directory / ".tmp-crashed").exists()  # young: maybe a live writer's
+    assert spool.sweep(older_than=-1) == 1 and not (spool.directory / ".tmp-crashed").exists()
+
+
+def test_a_store_out_of_reach_leaves_the_job_for_the_next_try(tmp_path: Path):
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    job_id, metadata, files = a_job()
+    spool.keep(job_id, metadata, files)
+
+    def away(kept: KeptJob) -> None:
+        raise ConnectionError("S3 not reachable")
+
+    assert Flusher(spool, away, unreachable=(ConnectionError,)).flush() is True
+    assert spool.entries() == [job_id]
+
+
+def test_while_another_process_flushes_this_one_leaves_it_alone(tmp_path: Path):
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    job_id, metadata, files = a_job()
+    spool.keep(job_id, metadata, files)
+    stored = Kept()
+    # flock is held per open file: the lock taken here is another worker's to this flusher.
+    with Spool(spool.directory).flushing() as mine:
+        assert mine
+        assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is True
+    assert stored == [] and spool.entries() == [job_id]
