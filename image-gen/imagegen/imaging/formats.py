@@ -46,7 +46,7 @@ class ImageInfo:
         return f"{self.width}x{self.height}"
 
 
-def decode_base64(text: str | bytes) -> bytes:
+def decode_base64(text: str | bytes | memoryview) -> bytes:
     """Strict standard base64 to bytes: no whitespace, no other characters, exact padding.
 
     Raises ValueError (binascii.Error is one) for anything else, non-ASCII text included.
@@ -56,7 +56,7 @@ def decode_base64(text: str | bytes) -> bytes:
     return decode_base64_stdlib(text)
 
 
-def decode_base64_stdlib(text: str | bytes) -> bytes:
+def decode_base64_stdlib(text: str | bytes | memoryview) -> bytes:
     """`decode_base64` with the standard library only: what runs without pybase64."""
     return binascii.a2b_base64(text, strict_mode=True)
 

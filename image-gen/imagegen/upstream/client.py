@@ -105,7 +105,8 @@ class OpenAIClient:
     # --- public calls ---------------------------------------------------------------------
 
     def generate_images(self, payload: Mapping[str, Any], deadline: Deadline) -> dict[str, Any]:
-        """POST the payload to /images/generations; return the parsed success body."""
+        """POST the payload to /images/generations; return the parsed success body (each
+        `b64_json` a memoryview of the answer's bytes: see `_parse_cutting_base64`)."""
         body = strictjson.dumps(payload).encode()
         return self._post_images(
             "images/generations", body, "application/json", deadline, _model(payload)
@@ -477,8 +478,8 @@ def _model(payload: Mapping[str, Any]) -> str | None:
 def _images_answer(body: bytes) -> dict[str, Any]:
     """An Images API success body: a JSON object with a `data` list.
 
-    The JSON parser never scans the megabytes of base64 in `b64_json` (see
-    `_parse_cutting_base64`; figure (c) in bench/README.md).
+    The JSON parser never scans the megabytes of base64 in `b64_json`, nor are they copied
+    (see `_parse_cutting_base64`; figures (c) and (g) in bench/README.md).
     """
     try:
         data = _parse_cutting_base64(body)
@@ -496,19 +497,20 @@ _B64_VALUE = re.compile(rb'[ \t\n\r]*:[ \t\n\r]*"')
 
 
 def _parse_cutting_base64(body: bytes) -> Any:
-    """json.loads(body), without the JSON parser scanning each `b64_json` text.
+    """json.loads(body), without the JSON parser scanning (or Python copying) each
+    `b64_json` text.
 
-    Each `"b64_json": "<text>"` whose text is ASCII without a backslash is swapped for a
-    random token before parsing and put back (as the same str) only if every token comes
-    back as exactly one `data` item's `b64_json`. Anything else (the key inside another
-    string, a duplicate key, an odd shape) is parsed whole, the ordinary way. A control
-    character in the text, which the JSON parser would refuse, is left for the caller's
-    strict base64 decode to refuse.
+    Each `"b64_json": "<text>"` whose text has no backslash is swapped for a random token
+    before parsing and put back as a memoryview of `body` (no copy of its megabytes) only
+    if every token comes back as exactly one `data` item's `b64_json`. Anything else (the
+    key inside another string, a duplicate key, an odd shape) is parsed whole, the ordinary
+    way. A byte in the text that is not base64 (a control character, non-ASCII), which the
+    JSON parser might refuse, is left for the caller's strict base64 decode to refuse.
     """
     nonce = secrets.token_hex(8)
     view = memoryview(body)
     pieces: list[bytes | memoryview] = []
-    cut: dict[str, str] = {}
+    cut: dict[str, memoryview] = {}
     copied = pos = 0
     while (key := body.find(_B64_KEY, pos)) >= 0:
         value = _B64_VALUE.match(body, key + len(_B64_KEY))
@@ -522,13 +524,9 @@ def _parse_cutting_base64(body: bytes) -> Any:
         pos = end + 1
         if body.find(b"\\", start, end) >= 0:
             continue
-        try:
-            text = str(view[start:end], "ascii")
-        except UnicodeDecodeError:
-            continue
         token = f"{nonce}-{len(cut)}"
         pieces += [view[copied:start], token.encode()]
-        cut[token] = text
+        cut[token] = view[start:end]
         copied = end
     if not cut:
         return json.loads(body)

@@ -295,8 +295,8 @@ class OpenAIProvider:
         InvalidResponseError otherwise."""
         if not isinstance(item, dict):
             raise InvalidResponseError("an item in the upstream's 'data' is not an object")
-        encoded = item.get("b64_json")
-        if isinstance(encoded, str):
+        encoded = item.get("b64_json")  # a str, or a memoryview of the answer's bytes
+        if isinstance(encoded, str | memoryview):
             try:
                 data = decode_base64(encoded)
             except ValueError:
