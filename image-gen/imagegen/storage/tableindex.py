@@ -47,6 +47,7 @@ from imagegen.errors import DatabaseUnavailable
 from imagegen.storage import durable
 from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
 from imagegen.storage.index import normalize_id
+from imagegen.storage.layout import METADATA
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,10 @@ class _Tables:
         """Remove blobs older than `older_than` s whose job has no row; how many.
 
         A job's blobs are put before its rows are written, so a writer that dies (or loses
-        the database) between the two leaves blobs no row names, which nothing shows; so
-        does a delete that dies between dropping the rows and the blobs. The rows
+        the database) between the two leaves blobs no row names, which nothing shows (and
+        no metadata.json: it is put last). A job whose metadata.json is there was stored
+        whole and is never swept, row or not: an index that lost it must not cost its
+        images (a delete that died between its rows and its blobs leaks them). The rows
         themselves need no sweep: a crashed writer's transaction rolls back, and a
         committed row names blobs that were all put first. Bounded work: at most
         SWEEP_KEYS keys are listed, from a random first hex digit of the job ids on (so
@@ -259,9 +262,14 @@ class _Tables:
                 query = f"SELECT job_id FROM image_jobs WHERE job_id IN ({marks})"  # noqa: S608 - placeholders only
                 rows = db.execute(query, batch).fetchall()
             indexed.update(str(row[0]) for row in rows)
-        removed = 0
+        removed = stored = 0
         for job in jobs:
             if job in indexed:
+                continue
+            if time.monotonic() > deadline:
+                break
+            if self._was_stored(job, by_job[job], blobs):
+                stored += 1
                 continue
             for key in by_job[job]:
                 if time.monotonic() > deadline:
@@ -272,7 +280,29 @@ class _Tables:
                     continue
                 if written < cutoff_ns and blobs.delete(key):
                     removed += 1
+        if stored:
+            log.warning(
+                "sweep: %d jobs of the bucket have their metadata.json but no row in the "
+                "index; left alone (an index lost or reset? imagegen.migrate indexes them)",
+                stored,
+            )
         return removed
+
+    @staticmethod
+    def _was_stored(job: str, keys: list[str], blobs: Blobs) -> bool:
+        """Whether the job's marker (metadata.json) is in the store: it is put last, after
+        the job's rows were committed, so a job that has it was stored whole and its blobs
+        are no crashed writer's. Without a row, the index lost it (a SQLite file gone with
+        its images directory, a database reset or replaced), or a delete died between its
+        rows and its blobs: both are left, as a leak is mended and a lost image is not."""
+        marker = f"{job}/{METADATA}"
+        if marker in keys:
+            return True
+        try:  # the listing may have stopped before the marker (it sorts after the images)
+            blobs.info(marker)
+        except BlobNotFound:
+            return False
+        return True
 
 
 class _HeldTransaction(threading.local):
