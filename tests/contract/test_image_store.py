@@ -225,3 +225,26 @@ def test_the_sweep_leaves_stored_jobs_alone_when_its_index_does_not_know_them(
     for entry in saved["images"]:
         found = image_store.find_image(entry["id"])
         assert len(image_store.read_image(found)) == entry["bytes"]
+
+
+def test_the_sweep_removes_only_what_the_store_writes_under_a_job_id(
+    image_store: ImageStore,
+) -> None:
+    # A bucket shared without a prefix may hold another program's objects under names
+    # that start with a UUID: the sweep is for this store's leftovers only.
+    from imagegen.storage.fileblobs import FileBlobs
+
+    if isinstance(image_store.blobs, FileBlobs):
+        pytest.skip("a file store's sweep removes its own staging folders only")
+    folder = str(uuid.uuid4())
+    foreign = [f"{folder}/report.pdf", f"{folder}/uploads/photo.jpg", f"{folder}/001-x.png"]
+    for key in foreign:
+        image_store.blobs.put(key, b"not ours")
+    crashed = str(uuid.uuid4())
+    leftover = f"{crashed}/{image_name(1, str(uuid.uuid4()), 'png')}"
+    image_store.blobs.put(leftover, make_png(8, 8, (1, 2, 3)))
+
+    assert image_store.sweep(older_than=0) == 1
+
+    assert sorted(image_store.blobs.list(f"{folder}/")) == sorted(foreign)
+    assert list(image_store.blobs.list(f"{crashed}/")) == []

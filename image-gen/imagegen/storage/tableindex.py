@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -47,7 +48,7 @@ from imagegen.errors import DatabaseUnavailable
 from imagegen.storage import durable
 from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
 from imagegen.storage.index import normalize_id
-from imagegen.storage.layout import METADATA
+from imagegen.storage.layout import METADATA, THUMBS
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,14 @@ SWEEP_SECONDS = 10.0  # and the time it spends at most, beyond the call under wa
 _SWEEP_BATCH = 500  # job ids asked about in one query
 _HEX = "0123456789abcdef"
 _NO_LIMIT = 2**63 - 1
+# What this store writes under `<job-uuid>/` (storage/layout.py): its images, metadata.json
+# and cached thumbnails. The sweep never removes anything else: a bucket shared without a
+# prefix may hold another program's objects under names that start with a UUID.
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OWN_NAME = re.compile(
+    rf"^(?:[0-9]{{3}}-{_UUID}\.(?:png|jpg|webp|gif|svg)|{re.escape(METADATA)}"
+    rf"|{THUMBS}/{_UUID}-[a-z0-9-]{{1,32}}\.(?:png|jpg|webp))$"
+)
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_jobs (
@@ -235,8 +244,8 @@ class _Tables:
             for digit in _HEX[start:] + _HEX[:start]:
                 by_job: dict[str, list[str]] = {}
                 for key in blobs.list(digit):
-                    job = key.partition("/")[0]
-                    if normalize_id(job) == job:
+                    job, _, name = key.partition("/")
+                    if normalize_id(job) == job and _OWN_NAME.match(name):
                         by_job.setdefault(job, []).append(key)
                     listed += 1
                     if listed >= SWEEP_KEYS or time.monotonic() > deadline:
