@@ -166,6 +166,12 @@ class Settings:
             ("postgresql://", "postgres://")
         ):
             raise SettingsError("IMAGE_GEN_DATABASE_URL must be a postgresql:// URL")
+        if self.database_url is not None and not _parses_as_conninfo(self.database_url):
+            raise SettingsError(
+                "IMAGE_GEN_DATABASE_URL cannot be read as a PostgreSQL URL (not shown: it may "
+                "hold a password); percent-encode the special characters of the user and the "
+                "password (%, @, :, /, ?, #, [, ]), and put an IPv6 host in brackets"
+            )
         if not DATABASE_POOL_RANGE[0] <= self.database_pool_size <= DATABASE_POOL_RANGE[1]:
             raise SettingsError(
                 f"IMAGE_GEN_DATABASE_POOL_SIZE must be from {DATABASE_POOL_RANGE[0]} to "
@@ -352,6 +358,18 @@ def _secret_file(name: str, path: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else None
         raise SettingsError(f"{name} {path} cannot be read: {why or type(exc).__name__}") from None
+
+
+def _parses_as_conninfo(url: str) -> bool:
+    """Whether libpq can parse the URL. Checked at start because its parse error quotes
+    the URL, password and all, which the connection pool would log at every try."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _read_database_url(env: Mapping[str, str]) -> str | None:

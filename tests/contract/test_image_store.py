@@ -200,3 +200,51 @@ def test_a_crashed_writers_blobs_are_swept_once_old_and_stored_jobs_stay(
         assert len(image_store.read_image(found)) == entry["bytes"]
     assert image_store.job_metadata(kept["job_id"]) == kept
     assert image_store.sweep(older_than=0) == 0
+
+
+def test_the_sweep_leaves_stored_jobs_alone_when_its_index_does_not_know_them(
+    image_store: ImageStore, tmp_path
+) -> None:
+    # A bucket outlives its index: the SQLite file of an images directory that was lost or
+    # replaced, a database that was reset or a DSN pointed at a new one. Every job then has
+    # no row; its blobs were stored (its metadata.json is there), so none may be swept.
+    from imagegen.storage.fileblobs import FileBlobs
+    from imagegen.storage.tableindex import SQLiteImageIndex
+
+    if isinstance(image_store.blobs, FileBlobs):
+        pytest.skip("a file store's index lives beside its files (storage/index.py)")
+    saved = job(image_store, "kept", count=2)
+    fresh = SQLiteImageIndex(tmp_path / "lost" / "images.sqlite3", tmp_path / "lost" / "locks")
+    fresh.prepare()
+    forgetful = ImageStore(image_store.blobs, fresh)
+    before = sorted(image_store.blobs.list(f"{saved['job_id']}/"))
+
+    assert forgetful.sweep(older_than=0) == 0
+
+    assert sorted(image_store.blobs.list(f"{saved['job_id']}/")) == before
+    for entry in saved["images"]:
+        found = image_store.find_image(entry["id"])
+        assert len(image_store.read_image(found)) == entry["bytes"]
+
+
+def test_the_sweep_removes_only_what_the_store_writes_under_a_job_id(
+    image_store: ImageStore,
+) -> None:
+    # A bucket shared without a prefix may hold another program's objects under names
+    # that start with a UUID: the sweep is for this store's leftovers only.
+    from imagegen.storage.fileblobs import FileBlobs
+
+    if isinstance(image_store.blobs, FileBlobs):
+        pytest.skip("a file store's sweep removes its own staging folders only")
+    folder = str(uuid.uuid4())
+    foreign = [f"{folder}/report.pdf", f"{folder}/uploads/photo.jpg", f"{folder}/001-x.png"]
+    for key in foreign:
+        image_store.blobs.put(key, b"not ours")
+    crashed = str(uuid.uuid4())
+    leftover = f"{crashed}/{image_name(1, str(uuid.uuid4()), 'png')}"
+    image_store.blobs.put(leftover, make_png(8, 8, (1, 2, 3)))
+
+    assert image_store.sweep(older_than=0) == 1
+
+    assert sorted(image_store.blobs.list(f"{folder}/")) == sorted(foreign)
+    assert list(image_store.blobs.list(f"{crashed}/")) == []

@@ -428,3 +428,36 @@ def test_boolean_settings_accept_common_spellings(
 
     assert result.log_prompts is expected
     assert result.fsync is expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cr%zzet@db.internal:5432/images",  # a password not percent-encoded
+        "postgresql://app:s3cret@[::1/images",  # an IPv6 host without its bracket
+    ],
+)
+def test_a_database_url_that_cannot_be_parsed_is_refused_at_start_without_its_password(
+    missing_key_file: str, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # libpq's own parse error quotes the URL (password and all); the connection pool would
+    # then log it at every try, and the migrate command print it.
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env(missing_key_file, IMAGE_GEN_DATABASE_URL=url))
+
+    assert "IMAGE_GEN_DATABASE_URL" in str(refused.value)
+    assert "s3cr" not in str(refused.value)
+    assert "s3cr" not in caplog.text
+
+
+def test_a_database_url_from_its_file_that_cannot_be_parsed_is_refused_without_it(
+    missing_key_file: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://app:s3cr%zzet@db.internal/images\n", encoding="utf-8")
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env(missing_key_file, IMAGE_GEN_DATABASE_URL_FILE=str(secret)))
+
+    assert "IMAGE_GEN_DATABASE_URL" in str(refused.value)
+    assert "s3cr" not in str(refused.value)

@@ -127,11 +127,16 @@ class Spool:
             raise DamagedEntry(f"its metadata cannot be read ({type(exc).__name__})") from None
         if not isinstance(metadata, dict) or metadata.get("job_id") != job_id:
             raise DamagedEntry("its metadata does not describe this job")
+        images = metadata.get("images")
+        if not isinstance(images, list):
+            raise DamagedEntry("its metadata has no list of images")
         files = []
-        for image in metadata.get("images") or []:
+        for image in images:
             name = image.get("file") if isinstance(image, dict) else None
             if not isinstance(name, str) or not _IMAGE_FILE.match(name):
                 raise DamagedEntry("its metadata names an image file badly")
+            if not isinstance(image.get("id"), str) or not _UUID.match(image["id"]):
+                raise DamagedEntry("its metadata names an image without a well-formed id")
             try:
                 data = (folder / name).read_bytes()
             except OSError as exc:
@@ -272,6 +277,13 @@ class Flusher:
                 except self._unreachable:
                     log.warning("spool: the store is still out of reach; %s waits", job_id)
                     return True
+                except Exception as exc:  # this job only (refused, say): the next ones go on
+                    log.error(
+                        "spool: job %s could not be stored (%s); it waits for the next try",
+                        job_id,
+                        type(exc).__name__,
+                    )
+                    continue
                 self.spool.remove(job_id)
                 log.info("spool: job %s stored (%d images)", job_id, len(kept.files))
         return bool(self.spool.entries())

@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -47,6 +48,7 @@ from imagegen.errors import DatabaseUnavailable
 from imagegen.storage import durable
 from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
 from imagegen.storage.index import normalize_id
+from imagegen.storage.layout import METADATA, THUMBS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ SWEEP_SECONDS = 10.0  # and the time it spends at most, beyond the call under wa
 _SWEEP_BATCH = 500  # job ids asked about in one query
 _HEX = "0123456789abcdef"
 _NO_LIMIT = 2**63 - 1
+# What this store writes under `<job-uuid>/` (storage/layout.py): its images, metadata.json
+# and cached thumbnails. The sweep never removes anything else: a bucket shared without a
+# prefix may hold another program's objects under names that start with a UUID.
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OWN_NAME = re.compile(
+    rf"^(?:[0-9]{{3}}-{_UUID}\.(?:png|jpg|webp|gif|svg)|{re.escape(METADATA)}"
+    rf"|{THUMBS}/{_UUID}-[a-z0-9-]{{1,32}}\.(?:png|jpg|webp))$"
+)
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_jobs (
@@ -215,8 +225,10 @@ class _Tables:
         """Remove blobs older than `older_than` s whose job has no row; how many.
 
         A job's blobs are put before its rows are written, so a writer that dies (or loses
-        the database) between the two leaves blobs no row names, which nothing shows; so
-        does a delete that dies between dropping the rows and the blobs. The rows
+        the database) between the two leaves blobs no row names, which nothing shows (and
+        no metadata.json: it is put last). A job whose metadata.json is there was stored
+        whole and is never swept, row or not: an index that lost it must not cost its
+        images (a delete that died between its rows and its blobs leaks them). The rows
         themselves need no sweep: a crashed writer's transaction rolls back, and a
         committed row names blobs that were all put first. Bounded work: at most
         SWEEP_KEYS keys are listed, from a random first hex digit of the job ids on (so
@@ -232,8 +244,8 @@ class _Tables:
             for digit in _HEX[start:] + _HEX[:start]:
                 by_job: dict[str, list[str]] = {}
                 for key in blobs.list(digit):
-                    job = key.partition("/")[0]
-                    if normalize_id(job) == job:
+                    job, _, name = key.partition("/")
+                    if normalize_id(job) == job and _OWN_NAME.match(name):
                         by_job.setdefault(job, []).append(key)
                     listed += 1
                     if listed >= SWEEP_KEYS or time.monotonic() > deadline:
@@ -259,9 +271,14 @@ class _Tables:
                 query = f"SELECT job_id FROM image_jobs WHERE job_id IN ({marks})"  # noqa: S608 - placeholders only
                 rows = db.execute(query, batch).fetchall()
             indexed.update(str(row[0]) for row in rows)
-        removed = 0
+        removed = stored = 0
         for job in jobs:
             if job in indexed:
+                continue
+            if time.monotonic() > deadline:
+                break
+            if self._was_stored(job, by_job[job], blobs):
+                stored += 1
                 continue
             for key in by_job[job]:
                 if time.monotonic() > deadline:
@@ -272,7 +289,29 @@ class _Tables:
                     continue
                 if written < cutoff_ns and blobs.delete(key):
                     removed += 1
+        if stored:
+            log.warning(
+                "sweep: %d jobs of the bucket have their metadata.json but no row in the "
+                "index; left alone (an index lost or reset? imagegen.migrate indexes them)",
+                stored,
+            )
         return removed
+
+    @staticmethod
+    def _was_stored(job: str, keys: list[str], blobs: Blobs) -> bool:
+        """Whether the job's marker (metadata.json) is in the store: it is put last, after
+        the job's rows were committed, so a job that has it was stored whole and its blobs
+        are no crashed writer's. Without a row, the index lost it (a SQLite file gone with
+        its images directory, a database reset or replaced), or a delete died between its
+        rows and its blobs: both are left, as a leak is mended and a lost image is not."""
+        marker = f"{job}/{METADATA}"
+        if marker in keys:
+            return True
+        try:  # the listing may have stopped before the marker (it sorts after the images)
+            blobs.info(marker)
+        except BlobNotFound:
+            return False
+        return True
 
 
 class _HeldTransaction(threading.local):

@@ -90,3 +90,51 @@ def test_while_another_process_flushes_this_one_leaves_it_alone(tmp_path: Path):
         assert mine
         assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is True
     assert stored == [] and spool.entries() == [job_id]
+
+
+def test_an_entry_whose_metadata_is_malformed_is_set_aside_and_the_next_ones_are_stored(
+    tmp_path: Path,
+):
+    # The oldest entry is flushed first: one the store cannot take as it is must not keep
+    # every later job (made and paid for) from being stored, try after try.
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    bad = []
+    for images in (5, [{"file": "001-" + str(uuid.uuid4()) + ".png"}], [{"id": 7}]):
+        job_id, metadata, files = a_job()
+        broken = json.loads(metadata)
+        if isinstance(images, list) and images[0].get("file"):
+            images[0]["sha256"] = hashlib.sha256(files[0][1]).hexdigest()
+            files = [(images[0]["file"], files[0][1])]
+        broken["images"] = images
+        spool.keep(job_id, json.dumps(broken).encode(), files)
+        os.utime(spool.directory / job_id, (1_000 + len(bad), 1_000 + len(bad)))
+        bad.append(job_id)
+    good, metadata, files = a_job()
+    spool.keep(good, metadata, files)
+    stored = Kept()
+
+    assert Flusher(spool, stored, unreachable=(ConnectionError,)).flush() is False
+
+    assert [kept.job_id for kept in stored] == [good]
+    assert spool.entries() == []
+    assert sorted(p.name for p in (spool.directory / ".damaged").iterdir()) == sorted(bad)
+
+
+def test_a_job_the_store_refuses_for_another_reason_leaves_the_next_ones_stored(tmp_path: Path):
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    refused, metadata, files = a_job()
+    spool.keep(refused, metadata, files)
+    os.utime(spool.directory / refused, (1_000, 1_000))
+    good, metadata, files = a_job()
+    spool.keep(good, metadata, files)
+    stored = Kept()
+
+    def store(kept: KeptJob) -> None:
+        if kept.job_id == refused:
+            raise PermissionError("AccessDenied")
+        stored(kept)
+
+    assert Flusher(spool, store, unreachable=(ConnectionError,)).flush() is True
+
+    assert [kept.job_id for kept in stored] == [good]
+    assert spool.entries() == [refused]  # kept, tried again later
