@@ -268,13 +268,16 @@ class Migration:
                 self.report.jobs.already += 1
                 return "already there"
         blobs = self.store.blobs
+        # The mirror first: the bucket's sweep never takes a job whose metadata.json is there,
+        # so images an earlier, interrupted run left (over an hour old, no row yet) stay
+        # while the rest are copied; nothing reads the job before its rows are written.
+        blobs.put(metadata_key(job_id), _dump(metadata))
         for image_id, key, gone in images:
             if gone:
                 blobs.delete(key)  # a run before the source deleted it put it there
                 self.report.deleted += 1
             else:
                 self._copy_image(image_id, key)
-        blobs.put(metadata_key(job_id), _dump(metadata))  # the mirror, before the truth
         index.import_job(job_id, stamp, metadata, images)
         self.report.jobs.copied += 1
         return f"copied ({described})"

@@ -279,6 +279,11 @@ class JobRunner:
             removed = self.records.sweep(self.settings.job_retention)
             if removed:
                 log.info("job records swept: %d", removed)
+            # The store's leftovers too, hourly: a worker's boot sweep finds a database
+            # whose schema is not ready yet (it is migrated in the background) and stops.
+            removed = self.store.sweep()
+            if removed:
+                log.info("store leftovers swept: %d", removed)
 
     def _start_queued(self) -> None:
         """Start this process's queued jobs, oldest first, while slots are free."""
