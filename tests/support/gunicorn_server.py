@@ -283,3 +283,25 @@ def run_gunicorn(directory: Path, env: dict[str, str] | None = None) -> Iterator
         yield service
     finally:
         service.stop()
+
+
+def replica_environment(
+    tmp_path: Path, fake_openai: Any, name: str, **extra: str
+) -> dict[str, str]:
+    """The environment of replica `name` of a test's service: two workers, the test key in
+    a secret file, the fake upstream, one images directory shared by every replica (give
+    IMAGE_GEN_IMAGES_DIR in `extra` for a replica's own), its own metrics, a short job poll."""
+    from tests.support.service import TEST_KEY
+
+    key_file = tmp_path / "openai_api_key"
+    key_file.write_text(TEST_KEY + "\n")
+    return {
+        "GUNICORN_WORKERS": "2",
+        "OPENAI_API_KEY_FILE": str(key_file),
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_RETRY_BACKOFF": "0.01",
+        "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "shared-images"),
+        "IMAGE_GEN_METRICS_DIR": str(tmp_path / f"metrics-{name}"),
+        "IMAGE_GEN_JOB_POLL_INTERVAL": "0.2",
+        **extra,
+    }

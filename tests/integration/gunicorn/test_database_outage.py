@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.gunicorn_server import HTTPAnswer, Service, launch_gunicorn
+from tests.support.gunicorn_server import HTTPAnswer, Service, launch_gunicorn, replica_environment
 from tests.support.postgres import dsn_for, private_server
 from tests.support.seaweed import SeaweedFS
-from tests.support.service import TEST_KEY, wait_for
+from tests.support.service import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +32,7 @@ FINISHED_WITHIN = 60.0
 
 
 def environment(tmp_path: Path, fake_openai: Any, name: str, **extra: str) -> dict[str, str]:
-    key_file = tmp_path / "openai_api_key"
-    key_file.write_text(TEST_KEY + "\n")
-    return {
-        "GUNICORN_WORKERS": "2",
-        "OPENAI_API_KEY_FILE": str(key_file),
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "OPENAI_RETRY_BACKOFF": "0.01",
-        "IMAGE_GEN_IMAGES_DIR": str(tmp_path / "shared-images"),
-        "IMAGE_GEN_METRICS_DIR": str(tmp_path / f"metrics-{name}"),
-        "IMAGE_GEN_JOB_POLL_INTERVAL": "0.2",
-        **extra,
-    }
+    return replica_environment(tmp_path, fake_openai, name, **extra)
 
 
 def database_state(service: Service) -> tuple[int, str]:
