@@ -250,18 +250,21 @@ def test_concurrent_generate_get_delete_never_loses_or_mixes_images(start_gunico
 
 @pytest.fixture
 def racing(placeholder_client, monkeypatch):
-    """A store whose next lookup is followed, before it returns, by another caller's action."""
+    """A store whose next index lookup is followed, before it returns, by another caller's
+    action (`after_lookup(action)`, action(image_id, job_id)): the window between finding
+    an image in the index and reading its blob, which GET, DELETE and thumbnails all pass."""
     store = services(placeholder_client.application).store
-    original = store.find_image
+    original = store.index.find
 
     def after_lookup(action):
-        def find_image(image_id):
-            image = original(image_id)
-            monkeypatch.setattr(store, "find_image", original)
-            action(image)
-            return image
+        def find(image_id):
+            found = original(image_id)
+            monkeypatch.setattr(store.index, "find", original)
+            if found is not None:
+                action(image_id, found[0])
+            return found
 
-        monkeypatch.setattr(store, "find_image", find_image)
+        monkeypatch.setattr(store.index, "find", find)
 
     job = placeholder_client.post(
         "/generate", json={"prompt": "race", "count": 2, "model": "dall-e-2", "size": "256x256"}
@@ -279,9 +282,9 @@ def test_a_request_whose_image_vanishes_after_the_lookup_is_a_clean_404(
         pytest.skip("this store has no delete_job")
     image = job["images"][0]
     if other == "delete-image":
-        after_lookup(lambda found: store.delete_image(found.image_id))
+        after_lookup(lambda image_id, _job_id: store.delete_image(image_id))
     else:
-        after_lookup(lambda found: store.delete_job(found.job_id))
+        after_lookup(lambda _image_id, job_id: store.delete_job(job_id))
 
     response = client.open(image["url"], method=method)
 

@@ -31,6 +31,7 @@ REGION = "us-east-1"
 _COMPONENTS = ("master", "volume", "filer", "s3")
 _GRPC_OFFSET = 10000
 _START_TIMEOUT = 90.0  # seconds; seven sessions may share two cores
+_START_ATTEMPTS = 3  # a server that exits at once (a port still held) is started again
 _STOP_GRACE = 3.0  # weed often takes 15 s or more to leave on SIGTERM; its data is thrown away
 _STOP_TIMEOUT = 15.0
 
@@ -74,6 +75,10 @@ def free_ports(count: int) -> list[int]:
     raise RuntimeError("no free ports found for SeaweedFS")
 
 
+class _Exited(RuntimeError):
+    """The server process ended while it was being waited for."""
+
+
 class SeaweedFS:
     """One `weed server` process: master, volume, filer and S3 gateway."""
 
@@ -98,17 +103,28 @@ class SeaweedFS:
         return arguments
 
     def start(self) -> None:
-        """Start the server and wait (bounded) until its S3 gateway stores and reads a blob."""
+        """Start the server and wait (bounded) until its S3 gateway stores and reads a blob.
+
+        A server that exits at once is started again (at most _START_ATTEMPTS times, on the
+        same ports, which its clients know): on a restart, one of its ports may still be
+        held for a moment (a client's outgoing connection can take a port of this range)."""
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            self._wait_ready(time.monotonic() + _START_TIMEOUT)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            try:
+                self._wait_ready(time.monotonic() + _START_TIMEOUT)
+                return
+            except _Exited:
+                self.stop()
+                if attempt == _START_ATTEMPTS:
+                    raise
+                time.sleep(1.0)
+            except BaseException:
+                self.stop()
+                raise
 
     def _wait_ready(self, deadline: float) -> None:
         client = self.client(attempts=1)
@@ -116,7 +132,7 @@ class SeaweedFS:
         last: object = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}: {self.tail()}")
+                raise _Exited(f"weed exited with {self.process.returncode}: {self.tail()}")
             try:
                 self.create_bucket(probe, client=client)
                 client.put_object(Bucket=probe, Key="probe", Body=b"ok")
