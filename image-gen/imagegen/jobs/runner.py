@@ -113,6 +113,8 @@ class JobRunner:
         self._renewer: threading.Thread | None = None
         self._pid: int | None = None
         self._last_sweep = 0.0
+        # The store was swept as this process started (build_services): next, in an hour.
+        self._last_store_sweep = time.monotonic()
         # How long a lease lives unrenewed where leases are timed, and how often the lease
         # thread renews them: a dead process's jobs are free at most `lease_seconds` after it
         # died, and a live one has two more renewals before a lease lapses if one fails.
@@ -279,8 +281,10 @@ class JobRunner:
             removed = self.records.sweep(self.settings.job_retention)
             if removed:
                 log.info("job records swept: %d", removed)
+        if time.monotonic() - self._last_store_sweep > _SWEEP_EVERY:
             # The store's leftovers too, hourly: a worker's boot sweep finds a database
             # whose schema is not ready yet (it is migrated in the background) and stops.
+            self._last_store_sweep = time.monotonic()
             removed = self.store.sweep()
             if removed:
                 log.info("store leftovers swept: %d", removed)
