@@ -47,6 +47,8 @@ C_RATIO_TARGET = 2.0  # (c) on S3 + PostgreSQL / (c) on the images directory
 D_TARGET_MS = 10.0  # issue 14
 POPULATE_CAP = 300.0  # seconds for writing (d)'s jobs
 POPULATE_THREADS = 16
+FLOOR_PAIRS = 30  # PUT pairs for the S3 server's own floor under (c)
+FLOOR_SECONDS = 60.0
 
 
 class Shared:
@@ -123,6 +125,19 @@ def phase_c(opts: argparse.Namespace, workdir: Path, shared: Shared) -> list[Fig
         if fs.measured and s3.measured is not None and fs.measured > 0
     ]
     print(f"  (c) S3 + PostgreSQL / images directory, per round: {[round(r, 2) for r in ratios]}")
+    floor = store_floor(shared, FLOOR_PAIRS if not opts.quick else 5)
+    s3pg = figures[1].measured
+    beyond = s3pg - floor.measured if s3pg is not None and floor.measured is not None else None
+    figures += [
+        floor,
+        Figure(
+            "c-s3pg-beyond",
+            "c-s3pg less the S3 server's floor: what the service and PostgreSQL add",
+            beyond,
+            "ms",
+            None,
+        ),
+    ]
     figures.append(
         Figure(
             "c-ratio",
@@ -135,6 +150,52 @@ def phase_c(opts: argparse.Namespace, workdir: Path, shared: Shared) -> list[Fig
         )
     )
     return figures
+
+
+def store_floor(shared: Shared, pairs: int) -> Figure:
+    """What the S3 server itself takes for the two objects every job puts one after the
+    other (the 1 MiB image, then a 2 KiB metadata.json), sent from this process through a
+    client configured as the service's is: the part of c-s3pg no change to the service can
+    take away. Median over `pairs` pairs after a warm-up; bounded by FLOOR_SECONDS."""
+    from imagegen.storage.s3blobs import s3_blobs_from_url
+
+    prefix, _, env = shared.place("floor")
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the standard AWS variables, read by boto3 as the service does
+    try:
+        blobs = s3_blobs_from_url(env["IMAGE_GEN_STORAGE_URL"])
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    image, metadata = os.urandom(1 << 20), b"{" + b" " * 2046 + b"}"
+    times: list[float] = []
+    deadline = time.monotonic() + FLOOR_SECONDS
+    for n in range(pairs + 3):
+        started = time.perf_counter()
+        blobs.put(f"{uuid.uuid4()}/001-image.png", image)
+        blobs.put(f"{uuid.uuid4()}/metadata.json", metadata)
+        if n >= 3:  # the first pairs warm the connection pool up
+            times.append((time.perf_counter() - started) * 1000)
+        if time.monotonic() > deadline:
+            break
+    floor = bench._median(times) if times else None
+    print(
+        f"  the S3 server's own floor: a 1 MiB PUT then a 2 KiB PUT from this process, "
+        f"median {floor:.1f} ms over {len(times)} pairs (prefix {prefix})"
+        if floor is not None
+        else "  the S3 server's own floor: not measured"
+    )
+    return Figure(
+        "c-s3-floor",
+        "the S3 server alone: a 1 MiB PUT then a 2 KiB PUT, one after the other, median",
+        floor,
+        "ms",
+        None,
+        calls=len(times),
+    )
 
 
 # --- (a) ------------------------------------------------------------------------------------

@@ -47,7 +47,16 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # The advisory lock of a caps scope: a 64-bit hash of its name (a collision only makes two
 # scopes wait for each other).
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))"
+_LOCKS_AND_NOW = (  # a token's lock, then the whole service's: exclusive (a global cap)
+    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), "
+    "pg_advisory_xact_lock(hashtextextended(%s, 0)), "
+    "extract(epoch FROM clock_timestamp())::float8"
+)
+_LOCKS_SHARED_AND_NOW = (  # ... or shared (no global cap: tokens only wait for their own)
+    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), "
+    "pg_advisory_xact_lock_shared(hashtextextended(%s, 0)), "
+    "extract(epoch FROM clock_timestamp())::float8"
+)
 _SPEND_IN_WINDOW = {
     "images": "SELECT at, images FROM spend WHERE at > %s AND (%s OR token = %s) ORDER BY at",
     "usd": "SELECT at, usd FROM spend WHERE at > %s AND (%s OR token = %s) ORDER BY at",
@@ -158,9 +167,14 @@ class PostgresCapsBook(_PostgresBook):
         usd = amount(usd)
         checks = [(token, token_limits.caps()), (GLOBAL, global_limits.caps())]
         with self._transaction() as db:
-            db.execute(_LOCK, (f"caps:token:{token}",))
-            db.execute(_LOCK if checks[1][1] else _LOCK_SHARED, ("caps:*",))
-            now = self._now(db)
+            # Both locks and the time in one round trip: the target list runs left to
+            # right, so the clock is read once both locks are held.
+            locked = db.execute(
+                _LOCKS_AND_NOW if checks[1][1] else _LOCKS_SHARED_AND_NOW,
+                (f"caps:token:{token}", "caps:*"),
+            ).fetchone()
+            assert locked is not None
+            now = float(self.clock()) if self.clock is not None else float(locked[-1])
             check_every_cap(
                 checks,
                 images=images,
