@@ -157,26 +157,18 @@ def store_floor(shared: Shared, pairs: int) -> Figure:
     other (the 1 MiB image, then a 2 KiB metadata.json), sent from this process through a
     client configured as the service's is: the part of c-s3pg no change to the service can
     take away. Median over `pairs` pairs after a warm-up; bounded by FLOOR_SECONDS."""
-    from imagegen.storage.s3blobs import s3_blobs_from_url
+    from imagegen.storage.s3blobs import S3Blobs
 
-    prefix, _, env = shared.place("floor")
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # the standard AWS variables, read by boto3 as the service does
-    try:
-        blobs = s3_blobs_from_url(env["IMAGE_GEN_STORAGE_URL"])
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    prefix, _, _ = shared.place("floor")
+    blobs = S3Blobs(BUCKET, prefix, shared.seaweed.client())  # configured as the service's
     image, metadata = os.urandom(1 << 20), b"{" + b" " * 2046 + b"}"
     times: list[float] = []
     deadline = time.monotonic() + FLOOR_SECONDS
     for n in range(pairs + 3):
+        job = uuid.uuid4()
         started = time.perf_counter()
-        blobs.put(f"{uuid.uuid4()}/001-image.png", image)
-        blobs.put(f"{uuid.uuid4()}/metadata.json", metadata)
+        blobs.put(f"{job}/001-{uuid.uuid4()}.png", image)
+        blobs.put(f"{job}/metadata.json", metadata)
         if n >= 3:  # the first pairs warm the connection pool up
             times.append((time.perf_counter() - started) * 1000)
         if time.monotonic() > deadline:
