@@ -288,10 +288,10 @@ class StreamHub:
                 elif now - stream.sent_at >= events.KEEPALIVE_SECONDS:
                     stream.out += b": keep-alive\n\n"
                     stream.sent_at = now
-        if len(stream.out) > self.max_buffered:
-            log.info("event stream of job %s dropped: its client reads too slowly", stream.job_id)
-            return False
         if not self._flush(stream):
+            return False
+        if len(stream.out) > self.max_buffered:  # what the kernel's buffer did not take
+            log.info("event stream of job %s dropped: its client reads too slowly", stream.job_id)
             return False
         if stream.ending_at is not None:
             return bool(stream.out) and now - stream.ending_at < LINGER_SECONDS
