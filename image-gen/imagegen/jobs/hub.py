@@ -419,11 +419,14 @@ class EventStreamResponse(Response):
             own.setblocking(False)
         except OSError:  # the client left already
             final = True
-        if final:
-            self._lease.release()
-            own.close()
-            return
-        self._hub.add(own, self._job_id, last_id, self._lease)
+        if not final:
+            try:
+                self._hub.add(own, self._job_id, last_id, self._lease)
+                return
+            except Exception:  # no hub thread (out of descriptors?): end this stream only
+                log.exception("event stream of job %s could not be handed off", self._job_id)
+        self._lease.release()
+        own.close()
 
 
 def _gunicorn_response(environ: Mapping[str, Any], start_response: Any) -> Any | None:
