@@ -189,10 +189,12 @@ def child_exit(server: _Server, worker: _Worker) -> None:
 
 def worker_exit(server: _Server, worker: _Worker) -> None:
     """Give this worker's running jobs the graceful timeout to finish; the rest are adopted
-    by the next process (Gunicorn kills the worker at the graceful timeout in any case)."""
+    by the next process (Gunicorn kills the worker at the graceful timeout in any case).
+    Then end the event streams its hub serves."""
     from imagegen.services import loaded_services
 
     # Gunicorn sets worker.wsgi only once the worker has loaded the app, which may have failed.
     found = loaded_services(getattr(worker, "wsgi", None))
     if found is not None:
         found.jobs.shutdown(timeout=graceful_timeout)
+        found.hub.stop()  # its streams end once their jobs have; clients reconnect elsewhere

@@ -91,11 +91,13 @@ def build_services(
     """The images directory's layout, checked, and every service built on it: the books
     (caps, idempotency keys, jobs), the image store (files, or a bucket), the upstream
     provider (reporting each attempt to `on_attempt`, each fallback to another upstream to
-    `on_fallback`), the core operation, the job runner and the stream bounds."""
+    `on_fallback`), the core operation, the job runner, the
+    stream bounds and the hub that serves event streams."""
     from imagegen.books.open import open_books
     from imagegen.catalog import operator
     from imagegen.errors import DatabaseUnavailable, ServiceError
     from imagegen.imaging.core import ImageMaker
+    from imagegen.jobs.hub import StreamHub
     from imagegen.jobs.runner import JobRunner
     from imagegen.jobs.streams import StreamLimiter
     from imagegen.services import Services
@@ -133,6 +135,7 @@ def build_services(
     operator.install(settings.models_file)  # the catalog: built-in and the operator's models
     provider = routed_provider_for(settings, on_attempt=on_attempt, on_fallback=on_fallback)
     maker = ImageMaker(settings, store, provider, books.caps)
+    jobs = JobRunner(books.jobs, maker, settings)
     return layout, Services(
         settings=settings,
         store=store,
@@ -141,6 +144,7 @@ def build_services(
         ledger=books.caps,
         idempotency=books.idempotency,
         maker=maker,
-        jobs=JobRunner(books.jobs, maker, settings),
+        jobs=jobs,
         streams=StreamLimiter(settings.max_streams, settings.max_streams_per_token),
+        hub=StreamHub(books.jobs, jobs.notice),
     )

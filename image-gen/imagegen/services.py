@@ -16,6 +16,7 @@ from flask import Flask, current_app
 if TYPE_CHECKING:
     from imagegen.books.interfaces import CapsBook, IdempotencyBook, JobBook
     from imagegen.imaging.core import ImageMaker
+    from imagegen.jobs.hub import StreamHub
     from imagegen.jobs.runner import JobRunner
     from imagegen.jobs.streams import StreamLimiter
     from imagegen.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     maker: ImageMaker  # the one core operation
     jobs: JobRunner  # this process's share of the asynchronous jobs
     streams: StreamLimiter  # bounds on open event streams
+    hub: StreamHub  # the thread that serves event streams handed off by Gunicorn's threads
 
 
 def attach(app: Flask, services: Services) -> None:

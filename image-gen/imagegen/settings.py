@@ -105,9 +105,9 @@ class Settings:
     job_lease_seconds: float = 30.0
     partial_images: int = 2
     # Event streams (GET /jobs/<id>/events) one worker serves at once, in all and per client
-    # token: each holds a request thread while open. From the environment the default is a
-    # quarter of GUNICORN_THREADS, so most of a worker's threads stay free for requests.
-    max_streams: int = 150
+    # token. Under Gunicorn a stream costs a socket and a small buffer on the worker's stream
+    # hub (jobs/hub.py), not a request thread, so one worker alone can take 1,000.
+    max_streams: int = 1000
     max_streams_per_token: int = 10
     # Completion webhooks: the operator's signing secret (a caller may send its own), the
     # hosts they may go to (empty: any host with only public addresses; "*": any), attempts.
@@ -290,9 +290,6 @@ class Settings:
             kwargs.update(tokens=load.tokens, tokens_file=load.path, tokens_load=load)
         if env.get("IMAGE_GEN_DEFAULT_MODEL", "").strip():
             kwargs["default_model"] = env["IMAGE_GEN_DEFAULT_MODEL"].strip()
-        threads = env.get("GUNICORN_THREADS", "").strip()
-        if threads:
-            kwargs["max_streams"] = max(1, int(_number("GUNICORN_THREADS", threads, int)) // 4)
         for name, key, kind in _NUMERIC:
             if env.get(name, "").strip():
                 kwargs[key] = _number(name, env[name], kind)

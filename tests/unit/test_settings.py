@@ -251,12 +251,11 @@ def test_numeric_settings_are_parsed_from_the_environment(
     assert type(value) is type(expected)
 
 
-def test_event_streams_per_worker_default_to_a_quarter_of_its_threads(
+def test_event_streams_per_worker_default_to_1000_whatever_its_threads(
     missing_key_file: str,
 ) -> None:
-    assert Settings.from_env(env(missing_key_file)).max_streams == 150  # of 600 threads
-    assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="8")).max_streams == 2
-    assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="2")).max_streams == 1
+    assert Settings.from_env(env(missing_key_file)).max_streams == 1000
+    assert Settings.from_env(env(missing_key_file, GUNICORN_THREADS="8")).max_streams == 1000
     chosen = env(missing_key_file, GUNICORN_THREADS="8", IMAGE_GEN_MAX_STREAMS="6")
     assert Settings.from_env(chosen).max_streams == 6
     with pytest.raises(SettingsError, match="IMAGE_GEN_MAX_STREAMS"):

@@ -35,6 +35,7 @@ from imagegen.errors import ImageNotFound, JobNotFinished, JobNotFound
 from imagegen.imaging.formats import OUTPUT_CONTENT_TYPES, OUTPUT_EXTENSIONS, SVG_POLICY
 from imagegen.jobs import events, streams
 from imagegen.jobs.answers import completed_body, pending_body, storing_body
+from imagegen.jobs.hub import EventStreamResponse
 from imagegen.jobs.submit import POLL_HINT
 from imagegen.services import services
 from imagegen.storage.images import ImageStore, normalize_id
@@ -148,7 +149,8 @@ def job_events(job_id: str) -> ResponseReturnValue:
     happen, then `completed` (the stored job) or `failed` (its error), and the stream ends.
 
     Following an unfinished job takes one of the worker's stream places (streams.py) until
-    the stream ends or its client leaves; with none left the answer is TOO_MANY_STREAMS."""
+    the stream ends or its client leaves; with none left the answer is TOO_MANY_STREAMS.
+    Under Gunicorn the stream is then served by the worker's hub, not a request thread."""
     canonical = normalize_id(job_id)
     records = _records()
     record = records.read(job_id)
@@ -171,17 +173,24 @@ def job_events(job_id: str) -> ResponseReturnValue:
     if record["status"] in FINAL:  # every event is recorded already: it ends at once
         return _event_stream(stream)
     lease = services().streams.open(_stream_token())
-    response = _event_stream(_leased(stream, lease))
+    response = EventStreamResponse(  # under Gunicorn, served by the hub (jobs/hub.py)
+        _leased(stream, lease),
+        hub=services().hub,
+        job_id=canonical,
+        last_id=last,
+        recorded=record.get("events", []),
+        lease=lease,
+        headers=_STREAM_HEADERS,
+    )
     response.call_on_close(lease.release)  # also when the stream never started
     return response
 
 
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 def _event_stream(stream: Iterator[str]) -> Response:
-    return Response(
-        stream,
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return Response(stream, mimetype="text/event-stream", headers=_STREAM_HEADERS)
 
 
 def _leased(stream: Iterator[str], lease: streams.StreamLease) -> Iterator[str]:

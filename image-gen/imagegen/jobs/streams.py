@@ -1,11 +1,12 @@
 """Bounds on open event streams (GET /jobs/<id>/events), per worker process.
 
-Each open stream holds one of its worker's request threads for as long as it is open (up
-to 15 minutes), so without a bound a few hundred streams take every thread and the service
-stops answering anything else. A worker serves at most `IMAGE_GEN_MAX_STREAMS` streams at
-once, and at most `IMAGE_GEN_MAX_STREAMS_PER_TOKEN` for one client token; one more is
-refused at once with TOO_MANY_STREAMS (503 for the worker, 429 for the token) and
-Retry-After, while polling GET /jobs/<id> keeps working.
+Under Gunicorn an open stream is served by the worker's stream hub (hub.py): a socket and a
+small buffer, no request thread; elsewhere (the development server) it holds a thread for
+as long as it is open (up to 15 minutes). Either way streams are bounded, so that clients
+cannot take every descriptor or thread. A worker serves at most `IMAGE_GEN_MAX_STREAMS`
+(1,000 by default) streams at once, and at most `IMAGE_GEN_MAX_STREAMS_PER_TOKEN` for one
+client token; one more is refused at once with TOO_MANY_STREAMS (503 for the worker, 429
+for the token) and Retry-After, while polling GET /jobs/<id> keeps working.
 """
 
 from __future__ import annotations

@@ -353,7 +353,8 @@ def queued_job(service: Service) -> Iterator[str]:
 def test_300_clients_following_a_job_leave_health_answering_and_the_excess_is_refused(tmp_path):
     env = {
         "IMAGE_GEN_PROVIDER": "placeholder",
-        "GUNICORN_THREADS": "100",  # 25 streams per worker, so 300 clients overflow it
+        "GUNICORN_THREADS": "100",
+        "IMAGE_GEN_MAX_STREAMS": "25",  # 25 streams per worker, so 300 clients overflow it
         "IMAGE_GEN_MAX_RUNNING_JOBS": "1",
     }
     sockets: list[socket.socket] = []

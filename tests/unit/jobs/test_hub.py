@@ -1,0 +1,123 @@
+"""The stream hub on its own, over real TCP connections on 127.0.0.1: a client that leaves
+its events unread past the bound is dropped, and a job whose record cannot be read (or
+whose `notice` fails) costs neither its streams' places nor the other jobs' streams."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from imagegen.jobs.hub import StreamHub
+from imagegen.jobs.streams import StreamLimiter
+from tests.support.service import wait_for
+
+READ_LIMIT = 8 * 1024 * 1024
+
+
+class Book:
+    """The two reads the hub makes of a job book, over records held in memory; a job in
+    `failing` raises as a book that cannot be reached does."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.failing: set[str] = set()
+
+    def put(self, job_id: str, status: str, events: list[tuple[str, Any]]) -> None:
+        numbered = [{"id": i, "event": e, "data": d} for i, (e, d) in enumerate(events, 1)]
+        self.records[job_id] = {"job_id": job_id, "status": status, "events": numbered}
+
+    def version(self, job_id: str) -> object | None:
+        if job_id in self.failing:
+            raise ConnectionError("the book is down")
+        record = self.records.get(job_id)
+        return None if record is None else (record["status"], len(record["events"]))
+
+    def read(self, job_id: str) -> dict[str, Any] | None:
+        return self.records.get(job_id)
+
+
+@pytest.fixture
+def book() -> Book:
+    return Book()
+
+
+@pytest.fixture
+def limiter() -> StreamLimiter:
+    return StreamLimiter(total=10, per_token=10)
+
+
+@pytest.fixture
+def hub(book: Book) -> Iterator[StreamHub]:
+    def notice(record: dict[str, Any]) -> None:
+        raise RuntimeError("adoption failed")
+
+    running = StreamHub(book, notice, poll=0.01)  # type: ignore[arg-type]
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
+
+
+def connect(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """(the hub's end, the client's end) of one TCP connection."""
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    served, _ = listener.accept()
+    served.setblocking(False)
+    return served, client
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < READ_LIMIT:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError("the stream did not end")
+
+
+def test_a_client_that_leaves_more_than_the_bound_unread_is_dropped(listener, limiter, book):
+    book.put("big", "running", [("status", {"text": "x" * 60_000})] * 100)  # 6 MB of events
+    hub = StreamHub(book, lambda record: None, poll=0.01, max_buffered=256 * 1024)  # type: ignore[arg-type]
+    served, client = connect(listener)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    served.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel keeps little
+    lease = limiter.open(None)
+    try:
+        hub.add(served, "big", 0, lease)
+        wait_for(lambda: not lease.held, timeout=10, what="the slow client dropped")
+        received = read_to_end(client)
+    finally:
+        client.close()
+        hub.stop()
+
+    assert 0 < len(received) < 6_000_000  # some events, then the connection closed
+
+
+def test_a_job_that_cannot_be_read_keeps_its_stream_and_other_jobs_streams_go_on(
+    listener, limiter, book, hub
+):
+    book.put("down", "running", [("status", {"status": "running"})])
+    book.failing.add("down")
+    book.put("up", "running", [("status", {"status": "running"})])
+    waiting, waiting_client = connect(listener)
+    following, following_client = connect(listener)
+    waiting_lease, following_lease = limiter.open(None), limiter.open(None)
+    with waiting_client, following_client:
+        hub.add(waiting, "down", 0, waiting_lease)
+        hub.add(following, "up", 0, following_lease)
+        book.put("up", "completed", [("status", {"status": "running"}), ("completed", {"ok": 1})])
+        received = read_to_end(following_client).decode()
+
+        assert received.index("id: 1\n") < received.index("id: 2\nevent: completed\n")
+        assert not following_lease.held
+        assert waiting_lease.held  # still open, waiting for its book
+        waiting_client.close()
+        wait_for(lambda: not waiting_lease.held, timeout=10, what="the left stream's place")
