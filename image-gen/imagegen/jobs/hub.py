@@ -133,6 +133,8 @@ class StreamHub:
     def _start_locked(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
+        if self._pid == os.getpid():
+            self._close_wake_locked()
         self._pid = os.getpid()  # a fork keeps no thread: start one for this process
         self._incoming.clear()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -142,6 +144,14 @@ class StreamHub:
             target=self._run, args=(self._wake_r,), name="event-stream-hub", daemon=True
         )
         self._thread.start()
+
+    def _close_wake_locked(self) -> None:
+        """Close this process's wake-up pair of a thread that has ended (its reader, too,
+        when the thread never ran)."""
+        for end in (self._wake_w, self._wake_r):
+            if end is not None:
+                end.close()
+        self._wake_r = self._wake_w = None
 
     # --- the hub's thread -------------------------------------------------------------
 
@@ -174,6 +184,9 @@ class StreamHub:
                 for stream in self._incoming:
                     _close(stream)
                 self._incoming.clear()
+                if self._thread is threading.current_thread():  # the next add() starts one
+                    self._thread = None
+                    self._close_wake_locked()
             selector.close()
             wake.close()
 

@@ -1,10 +1,12 @@
 """The stream hub on its own, over real TCP connections on 127.0.0.1: a client that leaves
-its events unread past the bound is dropped, and a job whose record cannot be read (or
-whose `notice` fails) costs neither its streams' places nor the other jobs' streams."""
+its events unread past the bound is dropped, a job whose record cannot be read (or whose
+`notice` fails) costs neither its streams' places nor the other jobs' streams, and a hub
+whose thread failed serves the next stream with a new one."""
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,3 +123,52 @@ def test_a_job_that_cannot_be_read_keeps_its_stream_and_other_jobs_streams_go_on
         assert waiting_lease.held  # still open, waiting for its book
         waiting_client.close()
         wait_for(lambda: not waiting_lease.held, timeout=10, what="the left stream's place")
+
+
+class FailingOnce(StreamHub):
+    """A hub whose loop fails unexpectedly at its first poll, and whose thread then takes
+    its time to finish (as a thread does between its last line and its end)."""
+
+    def __init__(self, book: Book) -> None:
+        super().__init__(book, lambda record: None, poll=0.01)  # type: ignore[arg-type]
+        self.failures = 1
+        self.loop_ended = threading.Event()
+        self.finish = threading.Event()
+
+    def _tick(self, *args: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("unexpected")
+        super()._tick(*args)
+
+    def _run(self, wake: socket.socket) -> None:
+        super()._run(wake)
+        self.loop_ended.set()
+        self.finish.wait(10)
+
+
+def test_after_the_hub_thread_fails_its_streams_end_and_the_next_stream_is_served(
+    listener, limiter, book
+):
+    book.put("job", "running", [("status", {"status": "running"})])
+    hub = FailingOnce(book)
+    first, first_client = connect(listener)
+    second, second_client = connect(listener)
+    first_lease, second_lease = limiter.open(None), limiter.open(None)
+    try:
+        hub.add(first, "job", 0, first_lease)
+        assert hub.loop_ended.wait(10)
+        assert read_to_end(first_client) == b""  # ended: the client reconnects
+        assert not first_lease.held
+
+        hub.add(second, "job", 0, second_lease)  # the failed thread has not finished yet
+        book.put("job", "completed", [("status", {"status": "running"}), ("completed", {})])
+        received = read_to_end(second_client).decode()
+    finally:
+        hub.finish.set()
+        first_client.close()
+        second_client.close()
+        hub.stop()
+
+    assert "id: 2\nevent: completed\n" in received
+    assert not second_lease.held
