@@ -175,6 +175,10 @@ class StreamHub:
                 if now >= next_tick:
                     self._tick(streams, jobs, selector, now)
                     next_tick = now + self.poll
+            # Stopping (the worker exits once its jobs have ended): a last poll sends the
+            # events they just recorded, `completed` or `failed`, before the streams close.
+            self._take_incoming(streams, selector)
+            self._tick(streams, jobs, selector, time.monotonic())
         except Exception:  # the loop itself: log it; the streams end below, clients reconnect
             log.exception("the event stream hub stopped")
         finally:

@@ -1,8 +1,9 @@
 """Event streams under real Gunicorn are served by each worker's stream hub, not by a
 request thread each: more streams than threads stay open while the worker answers other
 requests, every stream gets its job's events in order and ends after the last, a stream
-resumes after Last-Event-ID, a client that leaves gives its place back, and the answer's
-head carries the service's usual headers."""
+resumes after Last-Event-ID, a client that leaves gives its place back, the answer's head
+carries the service's usual headers, and a stream open when the service stops gets its
+running job's `completed` before it ends."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from imagegen.books.files import FileJobBook, FileLease
 from tests.support.gunicorn_server import HTTPAnswer, Service, parse_http, run_gunicorn
 from tests.support.metrics import scrape_service, value
-from tests.support.service import wait_for
+from tests.support.service import TEST_KEY, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +210,37 @@ def test_a_streams_head_carries_the_services_usual_headers_and_closes_the_connec
     assert "transfer-encoding" not in head.headers
     assert head.headers["cache-control"] == "no-cache"
     assert head.body.startswith(b"retry: 2000\n\n")
+
+
+def test_streams_open_when_the_service_stops_get_their_running_jobs_completed_event(
+    tmp_path, fake_openai
+):
+    fake_openai.latency = 2.0  # the job is still running when the service is told to stop
+    key_file = tmp_path / "openai_api_key"
+    key_file.write_text(TEST_KEY + "\n")
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "4",
+        "GUNICORN_GRACEFUL_TIMEOUT": "20",
+        "OPENAI_API_KEY_FILE": str(key_file),
+        "OPENAI_BASE_URL": fake_openai.base_url,
+    }
+    with run_gunicorn(tmp_path / "service", env) as service:
+        job_id = submit(service, "finished while stopping")
+        wait_for(
+            lambda: service.request("GET", f"/jobs/{job_id}").json()["status"] == "running",
+            timeout=10,
+            what="the job running",
+        )
+        opened = [open_stream(service, job_id) for _ in range(3)]
+        try:
+            service.process.terminate()  # SIGTERM: docker stop
+            bodies = [read_to_end(sock, head.body) for sock, head in opened]
+        finally:
+            for sock, _ in opened:
+                sock.close()
+
+    for body in bodies:
+        received = parse_events(body)
+        assert received[-1]["event"] == "completed", [e["event"] for e in received]
+        assert received[-1]["data"]["job_id"] == job_id

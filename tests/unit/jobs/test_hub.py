@@ -172,3 +172,22 @@ def test_after_the_hub_thread_fails_its_streams_end_and_the_next_stream_is_serve
 
     assert "id: 2\nevent: completed\n" in received
     assert not second_lease.held
+
+
+def test_stopping_sends_the_events_of_a_job_that_just_ended_before_closing(listener, limiter, book):
+    book.put("job", "running", [("status", {"status": "running"})])
+    hub = StreamHub(book, lambda record: None, poll=60)  # type: ignore[arg-type]
+    served, client = connect(listener)
+    lease = limiter.open(None)
+    try:
+        hub.add(served, "job", 0, lease)
+        assert client.recv(65536).startswith(b"id: 1\n")  # the hub's first poll
+        book.put("job", "completed", [("status", {"status": "running"}), ("completed", {})])
+        hub.stop()  # as the worker exits, its jobs just finished: long before the next poll
+        received = read_to_end(client).decode()
+    finally:
+        client.close()
+        hub.stop()
+
+    assert received.startswith("id: 2\nevent: completed\n")
+    assert not lease.held
