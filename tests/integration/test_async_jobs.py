@@ -171,12 +171,32 @@ def test_events_resume_after_last_event_id_and_a_stored_job_has_one_event(client
 
     later = read_events(client, job_id, **{"Last-Event-ID": str(everything[1]["id"])})
     assert later == everything[2:]
-    assert read_events(client, job_id, **{"Last-Event-ID": str(everything[-1]["id"])}) == []
 
     stored = client.post("/generate", json={"prompt": "sync"}).get_json()
     events = read_events(client, stored["job_id"])
     assert [e["event"] for e in events] == ["completed"]
     assert events[0]["data"]["images"][0]["id"] == stored["images"][0]["id"]
+
+
+def test_a_client_that_has_every_event_of_an_ended_job_is_told_204_so_it_stops_reconnecting(
+    client, fake_openai
+):
+    job_id = client.post("/generate", json={"prompt": "all"}, headers=ASYNC).get_json()["job_id"]
+    last = read_events(client, job_id)[-1]["id"]
+    stored = client.post("/generate", json={"prompt": "sync"}).get_json()["job_id"]
+
+    for followed, seen in [(job_id, last), (job_id, last + 5), (stored, 1), (stored, 7)]:
+        for asked in (
+            {"headers": {"Last-Event-ID": str(seen)}},
+            {"query_string": {"last_event_id": seen}},
+        ):
+            response = client.get(f"/jobs/{followed}/events", **asked)
+            assert response.status_code == 204, (followed, seen)
+            assert response.data == b""
+    # One event short of the end still gets the rest as a stream.
+    assert [e["id"] for e in read_events(client, job_id, **{"Last-Event-ID": str(last - 1)})] == [
+        last
+    ]
 
 
 def test_disconnecting_from_the_events_leaves_the_job_running(client, fake_openai):

@@ -114,7 +114,8 @@ def show_job(job_id: str) -> ResponseReturnValue:
     "`images_done`, `count`), then `completed` (the Job) or `failed` (the PendingJob with its "
     "error), after which the stream ends. Comment lines keep the connection open. A stored job "
     "answers one `completed` event. Reconnect with Last-Event-ID (or `last_event_id`) to get "
-    "only newer events; the stream also ends after 15 minutes.",
+    "only newer events (204 when the job has ended and none are newer); the stream also ends "
+    "after 15 minutes.",
     parameters=[
         JOB_ID,
         header_param("Last-Event-ID", "The id of the last event received."),
@@ -131,6 +132,12 @@ def show_job(job_id: str) -> ResponseReturnValue:
             "(its `data` is one line of JSON).",
             "headers": with_request_id({}),
             "content": {"text/event-stream": {"schema": ref("JobEvent")}},
+        },
+        "204": {
+            "description": "The job has ended and the client has every event of it (its "
+            "Last-Event-ID is the last one's, or beyond): nothing more will come, and an "
+            "EventSource stops reconnecting.",
+            "headers": with_request_id({}),
         },
         **errors(404, 500),
         "429": retry_later(
@@ -161,8 +168,12 @@ def job_events(job_id: str) -> ResponseReturnValue:
         metadata = _store().job_metadata(job_id)
         if canonical is None or metadata is None:
             raise _not_found(job_id)
+        if last >= 1:
+            return _nothing_more()
         done = {"id": 1, "event": "completed", "data": completed_body(metadata)}
-        return _event_stream(iter([events.format_event(done)] if last < 1 else []))
+        return _event_stream(iter([events.format_event(done)]))
+    if record["status"] in FINAL and all(e["id"] <= last for e in record.get("events", [])):
+        return _nothing_more()
     stream = events.follow(
         records,
         canonical,
@@ -187,6 +198,13 @@ def job_events(job_id: str) -> ResponseReturnValue:
 
 
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _nothing_more() -> Response:
+    """204 for a client that has every event of a job that has ended (its Last-Event-ID is
+    the last one's, or beyond): an EventSource stops reconnecting on a 204, where an empty
+    stream would have it reconnect every RECONNECT_MS for ever."""
+    return Response(status=204, headers={"Cache-Control": "no-cache"})
 
 
 def _event_stream(stream: Iterator[str]) -> Response:
