@@ -127,3 +127,30 @@ def test_health_reports_the_database_and_an_unreachable_one_is_a_503(
 
 def test_health_has_no_database_entry_on_sqlite(client):
     assert "database" not in client.get("/health").get_json()
+
+
+def test_the_books_connections_find_out_a_vanished_server_within_half_a_minute(
+    database_url: str,
+):
+    # A server on a lost node sends no FIN: only TCP keep-alives and a user timeout on the
+    # client's socket end the wait (else the kernel's ~15 minutes). Read on the socket.
+    import socket
+
+    from imagegen.books.postgres import open_pool
+
+    pool = open_pool(database_url, min_size=1, max_size=1)
+    try:
+        with pool.connection(timeout=10) as db:
+            sock = socket.socket(fileno=socket.dup(db.pgconn.socket))
+            try:
+                assert sock.family in (socket.AF_INET, socket.AF_INET6)
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+            finally:
+                sock.close()
+            assert db.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()

@@ -64,6 +64,21 @@ _SPEND_IN_WINDOW = {
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 
 
+# Every connection's libpq settings: a server that vanishes without closing its side (its
+# node lost, a network cut) is found out within about half a minute, not the kernel's
+# quarter of an hour: TCP keep-alives on an idle connection (10 s, then 3 probes 5 s apart)
+# and, while a query waits, data unacknowledged for 30 s ends the connection.
+_CONNECTION = {
+    "connect_timeout": 5,
+    "application_name": "image-gen",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+}
+
+
 def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
@@ -80,7 +95,7 @@ def open_pool(
         check=ConnectionPool.check_connection,
         open=True,
         name="imagegen-books",
-        kwargs={"connect_timeout": 5, "application_name": "image-gen"},
+        kwargs=_CONNECTION,
     )
 
 
