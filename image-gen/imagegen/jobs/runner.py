@@ -35,7 +35,8 @@ from its stored record.
 A job whose images were made while the image store (or its database) was out of reach is
 `storing`: its images wait in this replica's spool (storage/spool.py) and the job completes
 once they are stored. It holds no running slot meanwhile, and is never run again: a process
-that adopts it (after a restart) waits for its images the same way.
+that adopts it (after a restart) waits for its images the same way. If the spool sets its
+entry aside as damaged, the images are never stored: the job fails with JOB_INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ from imagegen.upstream.retry import Deadline
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
 _STORING_PAUSE = 10.0  # at most, between looks at whether a storing job's images are stored
+_NOT_KEPT = (
+    "The images this job made (and that were billed) could not be kept: the copy this "
+    "service held while the image store was out of reach is damaged, so they were never "
+    "stored (the copy is set aside in the spool's .damaged folder for the operator). "
+    "Submit the job again."
+)
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -546,20 +553,28 @@ class JobRunner:
 
     def _finish_when_stored(self, job: _Job) -> None:
         """Complete and finish a `storing` job once the store holds its images (this
-        replica's spool flushes them); on shutdown first, let go of it: it stays storing,
-        and whoever adopts it waits for the images the same way, never making them again."""
+        replica's spool flushes them), or fail it once the spool has set their entry aside
+        as damaged (they are never stored). On shutdown first, or if the database fails the
+        write, let go of it: it stays storing, and whoever adopts it waits for the images
+        the same way, never making them again."""
         pause = 1.0
         while not self._stop.is_set():
             try:
                 metadata = self.store.job_metadata(job.job_id)
+                damaged = metadata is None and self.store.kept_damaged(job.job_id)
             except ServiceError:  # the database holding the index is still away
-                metadata = None
-            if metadata is not None:
+                metadata, damaged = None, False
+            if metadata is not None or damaged:
                 try:
-                    self._complete(job, metadata)
+                    if metadata is not None:
+                        self._complete(job, metadata)
+                    else:
+                        self._fail(job, JobInterrupted(_NOT_KEPT))
                 except LeaseLost as exc:
                     self._let_go(job, exc)
                     return
+                except DatabaseUnavailable:
+                    break
                 self._finish(job)
                 return
             self._stop.wait(pause)
