@@ -19,6 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from imagegen.services import services
 from tests.integration.test_s3_storage import BUCKET, _use, bucket_keys, every_page, listed_ids
 from tests.support.fake_openai import FakeOpenAI, make_png, slow
 from tests.support.jobs import ASYNC
@@ -283,6 +284,51 @@ def test_an_async_job_made_while_the_index_database_stops_is_kept_and_completes_
 
     own_postgres.resume()
     wait_for(lambda: client.get("/health").status_code == 200, 60, "the database answering")
+    completed = wait_for(
+        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
+        timeout=90,
+        what="the job finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 1  # never made again
+    assert len(fake_openai.image_requests) == asked + 1
+    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
+    assert spooled(images) == []
+
+
+def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_next_one(
+    settings, make_jobs_app, fake_openai, own_seaweed, own_postgres, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-adopted"
+    images = tmp_path / "f"
+    options = {"images_dir": images, "storage_url": url, "database_url": own_postgres.dsn}
+    first = make_jobs_app(job_lease_seconds=5, **options)
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    accepted = first.test_client().post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_postgres.halt()
+    wait_for(lambda: spooled(images) == [job_id], timeout=60, what="the job kept")
+    own_seaweed.stop()  # the bucket away too, until the next process has taken the job up
+    # Its process goes away before the database is back: its record still says running.
+    services(first).jobs.shutdown(60)
+    own_postgres.resume()
+
+    client = make_jobs_app(**options).test_client()
+    wait_for(
+        lambda: client.get("/health").get_json()["dependencies"]["database"]["state"] == "ok",
+        60,
+        "the database answering",
+    )
+    storing = wait_for(
+        lambda: (found := job(client, job_id))["status"] != "running" and found,
+        timeout=60,
+        what="the job taken up",
+    )
+    assert storing["status"] == "storing", storing
+    own_seaweed.start()
     completed = wait_for(
         lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
         timeout=90,

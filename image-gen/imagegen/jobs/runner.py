@@ -35,7 +35,9 @@ from its stored record.
 A job whose images were made while the image store (or its database) was out of reach is
 `storing`: its images wait in this replica's spool (storage/spool.py) and the job completes
 once they are stored. It holds no running slot meanwhile, and is never run again: a process
-that adopts it (after a restart) waits for its images the same way. If the spool sets its
+that adopts it (after a restart) waits for its images the same way, as does one that finds
+a job's images in this replica's spool while its record still says running (its process went
+away before the database took `storing`). If the spool sets its
 entry aside as damaged, the images are never stored: the job fails with JOB_INTERRUPTED.
 """
 
@@ -421,6 +423,11 @@ class JobRunner:
         stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
+        elif status == "running" and self.store.kept_job(job.job_id) is not None:
+            # Its images are in this replica's spool: its process died (or let go of it)
+            # before it could record `storing`, the database being away. Never made again.
+            status = "storing"
+            self._update(job, lambda r: r.update(status=status), event="status", durable=True)
         elif status == "running" and record["attempts"] >= self.settings.job_attempts:
             self._fail(
                 job,
