@@ -175,7 +175,62 @@ def test_images_the_upstream_made_while_the_database_was_away_are_kept_and_the_j
     finally:
         cut_off(database_url, allowed=True)
 
+    # The pool reconnects with a backoff that has grown over the outage: 503 until then.
+    wait_for(lambda: client.get("/health").status_code == 200, 60, "the database answering")
     done = finished(client, job_id, timeout=60)
     assert done["status"] == "completed" and done["images"][0]["prompt"] == "kept"
     assert done["attempts"] == 1
     assert len(fake_openai.image_requests) == 1
+
+
+# The service-wide caps' advisory lock, which every reservation takes (books/postgres.py).
+CAPS_LOCK = ("caps:*",)
+
+
+def waiting_for_the_caps(db: psycopg.Connection[Any]) -> set[int]:
+    """The server processes of the test's database waiting for an advisory lock."""
+    found = db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    ).fetchall()
+    return {pid for (pid,) in found}
+
+
+def test_a_job_cut_off_from_the_database_before_its_upstream_call_runs_once_it_is_back(
+    pg_jobs_app, fake_openai, database_url
+):
+    gone = pg_jobs_app()
+    services(gone).jobs.stop_claiming()  # its process goes away with the job still queued
+    accepted = gone.test_client().post("/generate", json={"prompt": "a lighthouse"}, headers=ASYNC)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["job_id"]
+    services(gone).jobs.shutdown(5)  # lets go of it: another app takes it up
+
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", CAPS_LOCK)
+        client = pg_jobs_app().test_client()
+        assert job(client, job_id)["status"] == "queued"  # a reader: this app takes it up
+        reserving = wait_for(
+            lambda: waiting_for_the_caps(holder), what="the job's reservation waiting"
+        )
+        # Its connection is cut while it reserves: the database out of reach, for this run.
+        holder.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (list(reserving),)
+        )
+        wait_for(
+            lambda: (
+                waiting_for_the_caps(holder) - reserving
+                or job(client, job_id)["status"] == "failed"
+            ),
+            what="the job reserving again (or failed)",
+        )
+        body = job(client, job_id)
+        assert body["status"] in ("queued", "running"), body
+        assert fake_openai.image_requests == []  # nothing was asked of the upstream yet
+        holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", CAPS_LOCK)
+
+    done = finished(client, job_id, timeout=30)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1  # the start cut off before its upstream call is not counted
+    assert len(fake_openai.image_requests) == 1
+    assert len(client.get("/images").get_json()["images"]) == 1

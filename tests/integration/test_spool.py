@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from imagegen.services import services
 from tests.integration.test_s3_storage import BUCKET, _use, bucket_keys, every_page, listed_ids
 from tests.support.fake_openai import FakeOpenAI, make_png, slow
+from tests.support.jobs import ASYNC
 from tests.support.postgres import ThrowawayPostgres, dsn_for
 from tests.support.seaweed import SeaweedFS
 from tests.support.service import wait_for
@@ -211,3 +214,128 @@ def test_images_made_while_the_index_database_stops_are_kept_and_stored_once_it_
     assert client.get(f"/images/{image_id}").status_code == 200
     assert listed_ids(every_page(client, limit=10)) == [image_id]
     assert f"{job_id}/metadata.json" in bucket_keys(seaweed_server, url)
+
+
+def test_an_async_job_whose_kept_entry_is_damaged_fails_and_the_other_kept_jobs_complete(
+    settings, make_jobs_app, fake_openai, own_seaweed, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-damaged"
+    images = tmp_path / "d"
+    client = make_jobs_app(
+        images_dir=images, storage_url=url, database_url=dsn_for(tmp_path)
+    ).test_client()
+    asked = len(fake_openai.image_requests)
+    ids = []
+    for prompt in ("a fox", "a hare"):
+        fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+        accepted = client.post("/generate", json={"prompt": prompt}, headers=ASYNC)
+        assert accepted.status_code == 202
+        ids.append(accepted.get_json()["job_id"])
+    wait_for(lambda: len(fake_openai.image_requests) == asked + 2, timeout=30, what="upstream")
+    own_seaweed.stop()
+    for job_id in ids:
+        wait_for(lambda j=job_id: job(client, j)["status"] == "storing", timeout=60, what="storing")
+    damaged, whole = ids
+    entry = images / ".spool" / damaged
+    kept = json.loads((entry / "metadata.json").read_bytes())
+    (entry / kept["images"][0]["file"]).write_bytes(b"\x89PNG")  # truncated on the disk
+
+    own_seaweed.start()
+    failed = wait_for(
+        lambda: (found := job(client, damaged))["status"] != "storing" and found,
+        timeout=90,
+        what="the damaged job ended",
+    )
+    completed = wait_for(
+        lambda: (found := job(client, whole))["status"] == "completed" and found,
+        timeout=90,
+        what="the whole job stored",
+    )
+
+    assert failed["status"] == "failed" and failed["code"] == "JOB_INTERRUPTED", failed
+    assert "could not be kept" in failed["error"] and "Submit the job again" in failed["error"]
+    assert client.get(f"/images/{kept['images'][0]['id']}").status_code == 404
+    assert (images / ".spool" / ".damaged" / damaged).is_dir()  # kept for the operator
+    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
+    assert completed["attempts"] == 1 and failed["attempts"] == 1  # neither made again
+    assert len(fake_openai.image_requests) == asked + 2
+    assert spooled(images) == []
+
+
+def test_an_async_job_made_while_the_index_database_stops_is_kept_and_completes_once_it_is_back(
+    settings, make_jobs_app, fake_openai, seaweed_server, own_postgres, monkeypatch, tmp_path
+):
+    _use(seaweed_server, monkeypatch)
+    url = f"s3://{BUCKET}/spool-db-async-{uuid.uuid4().hex}"
+    images = tmp_path / "e"
+    # A short lease: it lapses while the database is away, as a long outage's would.
+    client = make_jobs_app(
+        images_dir=images, storage_url=url, database_url=own_postgres.dsn, job_lease_seconds=5
+    ).test_client()
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    accepted = client.post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_postgres.halt()
+    wait_for(lambda: spooled(images) == [job_id], timeout=60, what="the job kept")
+    time.sleep(15)  # the record's writes give up (10 s each) and the lease lapses
+
+    own_postgres.resume()
+    wait_for(lambda: client.get("/health").status_code == 200, 60, "the database answering")
+    completed = wait_for(
+        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
+        timeout=90,
+        what="the job finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 1  # never made again
+    assert len(fake_openai.image_requests) == asked + 1
+    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
+    assert spooled(images) == []
+
+
+def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_next_one(
+    settings, make_jobs_app, fake_openai, own_seaweed, own_postgres, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-adopted"
+    images = tmp_path / "f"
+    options = {"images_dir": images, "storage_url": url, "database_url": own_postgres.dsn}
+    first = make_jobs_app(job_lease_seconds=5, **options)
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    accepted = first.test_client().post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    own_postgres.halt()
+    wait_for(lambda: spooled(images) == [job_id], timeout=60, what="the job kept")
+    own_seaweed.stop()  # the bucket away too, until the next process has taken the job up
+    # Its process goes away before the database is back: its record still says running.
+    services(first).jobs.shutdown(60)
+    own_postgres.resume()
+
+    client = make_jobs_app(**options).test_client()
+    wait_for(
+        lambda: client.get("/health").get_json()["dependencies"]["database"]["state"] == "ok",
+        60,
+        "the database answering",
+    )
+    storing = wait_for(
+        lambda: (found := job(client, job_id))["status"] != "running" and found,
+        timeout=60,
+        what="the job taken up",
+    )
+    assert storing["status"] == "storing", storing
+    own_seaweed.start()
+    completed = wait_for(
+        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
+        timeout=90,
+        what="the job finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 1  # never made again
+    assert len(fake_openai.image_requests) == asked + 1
+    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
+    assert spooled(images) == []

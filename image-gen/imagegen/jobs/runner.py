@@ -26,10 +26,19 @@ book refuses this one's writes (LeaseLost), and the runner lets go of the job at
 writing nothing more. Its images are stored only if the lease still holds when the upstream
 has answered (looked at just before storing them).
 
+A run that meets the database out of reach before it has asked the upstream for anything
+(the caps' reservation, the book, the index) has cost nothing: the job is queued again, the
+start not counted, and runs once the database is back. A run whose outcome cannot be written
+(the database went away meanwhile) is let go of unended; whoever takes the job up carries on
+from its stored record.
+
 A job whose images were made while the image store (or its database) was out of reach is
 `storing`: its images wait in this replica's spool (storage/spool.py) and the job completes
 once they are stored. It holds no running slot meanwhile, and is never run again: a process
-that adopts it (after a restart) waits for its images the same way.
+that adopts it (after a restart) waits for its images the same way, as does one that finds
+a job's images in this replica's spool while its record still says running (its process went
+away before the database took `storing`). If the spool sets its
+entry aside as damaged, the images are never stored: the job fails with JOB_INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -68,6 +77,12 @@ from imagegen.upstream.retry import Deadline
 log = logging.getLogger(__name__)
 _SWEEP_EVERY = 3600.0
 _STORING_PAUSE = 10.0  # at most, between looks at whether a storing job's images are stored
+_NOT_KEPT = (
+    "The images this job made (and that were billed) could not be kept: the copy this "
+    "service held while the image store was out of reach is damaged, so they were never "
+    "stored (the copy is set aside in the spool's .damaged folder for the operator). "
+    "Submit the job again."
+)
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -85,6 +100,7 @@ class _Job:
     produce: Produce | None = None
     caller: Caller | None = None
     admission: Admission | None = None
+    asked_upstream: bool = False  # this run has called the upstream (it may be billed)
     ended: threading.Event = field(default_factory=threading.Event)  # completed or failed
     done: threading.Event = field(default_factory=threading.Event)  # and let go of
     mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -407,6 +423,11 @@ class JobRunner:
         stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
+        elif status == "running" and self.store.kept_job(job.job_id) is not None:
+            # Its images are in this replica's spool: its process died (or let go of it)
+            # before it could record `storing`, the database being away. Never made again.
+            status = "storing"
+            self._update(job, lambda r: r.update(status=status), event="status", durable=True)
         elif status == "running" and record["attempts"] >= self.settings.job_attempts:
             self._fail(
                 job,
@@ -429,6 +450,10 @@ class JobRunner:
                 event="status",
                 durable=True,
             )
+        self._enqueue(job)
+
+    def _enqueue(self, job: _Job) -> None:
+        """Queue an owned job in marker order; if shutting down, let go of it instead."""
         with self._lock:
             stopping = self._stop.is_set()
             if stopping:
@@ -444,16 +469,17 @@ class JobRunner:
 
     def _run(self, job: _Job, slot: Lease) -> None:
         lost: LeaseLost | None = None
-        storing = False
+        storing = again = unrecorded = False
+        job.asked_upstream = False
         try:
-            runner = {"pid": os.getpid(), "host": socket.gethostname()}
-            self._update(
-                job,
-                lambda r: r.update(status="running", attempts=r["attempts"] + 1, runner=runner),
-                event="status",
-                durable=True,
-            )
             try:
+                runner = {"pid": os.getpid(), "host": socket.gethostname()}
+                self._update(
+                    job,
+                    lambda r: r.update(status="running", attempts=r["attempts"] + 1, runner=runner),
+                    event="status",
+                    durable=True,
+                )
                 metadata = self._make(job)
             except LeaseLost:
                 raise
@@ -462,53 +488,100 @@ class JobRunner:
                 self._update(
                     job, lambda r: r.update(status="storing"), event="status", durable=True
                 )
+            except DatabaseUnavailable as exc:
+                if job.asked_upstream:
+                    self._failed(job, exc)
+                else:  # a passing outage before anything was asked (or paid) for
+                    again = True
             except Exception as exc:
-                # A previous owner whose lease lapsed (the database was out of its reach) may
-                # have stored the job's images while this one made them again: they stand.
-                stored = self.store.job_metadata(job.job_id)
-                if stored is not None:
-                    log.warning("job %s: stored by a previous owner; completed", job.job_id)
-                    self._complete(job, stored)
-                elif isinstance(exc, ServiceError):
-                    self._fail(job, exc)
-                else:
-                    log.exception("job %s failed unexpectedly", job.job_id)
-                    self._fail(job, ServiceError("Internal error; see the service log."))
+                self._failed(job, exc)
             else:
                 self._complete(job, metadata)
         except LeaseLost as exc:
             lost = exc
+        except DatabaseUnavailable:
+            # The outcome is in memory only: ending the job now would take it off the
+            # queue with its stored record unfinished. Whoever takes it up carries on.
+            unrecorded = True
         except Exception:
             log.exception("job %s: cannot record its progress", job.job_id)
         finally:
             with self._lock:
                 self._slots.discard(slot)
             slot.release()
-            self._wake.set()  # a slot is free
+            if not again:  # it is tried again at the next poll, not at once
+                self._wake.set()  # a slot is free
         if lost is not None:
             self._let_go(job, lost)
-            return
-        if storing:
+        elif storing:
             self._finish_when_stored(job)
+        elif again:
+            self._again(job)
+        elif unrecorded:
+            log.warning("job %s: database unavailable; its outcome is not recorded", job.job_id)
+            self._let_go(job, None)
+        else:
+            self._finish(job)
+
+    def _failed(self, job: _Job, exc: Exception) -> None:
+        """Fail the job for `exc`, unless its images are stored already: a previous owner
+        whose lease lapsed (the database was out of its reach) may have stored them while
+        this one made them again; they stand."""
+        stored = self.store.job_metadata(job.job_id)
+        if stored is not None:
+            log.warning("job %s: stored by a previous owner; completed", job.job_id)
+            self._complete(job, stored)
+        elif isinstance(exc, ServiceError):
+            self._fail(job, exc)
+        else:
+            log.exception("job %s failed unexpectedly", job.job_id, exc_info=exc)
+            self._fail(job, ServiceError("Internal error; see the service log."))
+
+    def _again(self, job: _Job) -> None:
+        """Queue again a job whose run met the database out of reach before the upstream
+        was asked: not failed, and the start not counted (nothing can have been billed).
+        It starts once a running slot can be taken, so once the database is back; if its
+        lease lapses meanwhile it is let go of, and whoever claims it runs it."""
+        log.warning(
+            "job %s: database unavailable before its upstream call; queued again", job.job_id
+        )
+
+        def mutate(record: dict[str, Any]) -> None:
+            record.update(status="queued", attempts=record["attempts"] - 1, runner=None)
+
+        try:
+            self._update(job, mutate, event="status", durable=True)
+        except DatabaseUnavailable:
+            pass  # the record in memory is written when the job starts again
+        except LeaseLost as exc:
+            self._let_go(job, exc)
             return
-        self._finish(job)
+        self._enqueue(job)
 
     def _finish_when_stored(self, job: _Job) -> None:
         """Complete and finish a `storing` job once the store holds its images (this
-        replica's spool flushes them); on shutdown first, let go of it: it stays storing,
-        and whoever adopts it waits for the images the same way, never making them again."""
+        replica's spool flushes them), or fail it once the spool has set their entry aside
+        as damaged (they are never stored). On shutdown first, or if the database fails the
+        write, let go of it: it stays storing, and whoever adopts it waits for the images
+        the same way, never making them again."""
         pause = 1.0
         while not self._stop.is_set():
             try:
                 metadata = self.store.job_metadata(job.job_id)
+                damaged = metadata is None and self.store.kept_damaged(job.job_id)
             except ServiceError:  # the database holding the index is still away
-                metadata = None
-            if metadata is not None:
+                metadata, damaged = None, False
+            if metadata is not None or damaged:
                 try:
-                    self._complete(job, metadata)
+                    if metadata is not None:
+                        self._complete(job, metadata)
+                    else:
+                        self._fail(job, JobInterrupted(_NOT_KEPT))
                 except LeaseLost as exc:
                     self._let_go(job, exc)
                     return
+                except DatabaseUnavailable:
+                    break
                 self._finish(job)
                 return
             self._stop.wait(pause)
@@ -554,6 +627,7 @@ class JobRunner:
         are stored, and the record follows once it is back (or its next owner finds them)."""
 
         def produced(request: ImageRequest, deadline: Deadline) -> Generation:
+            job.asked_upstream = True
             generation = produce(request, deadline)
             try:
                 held = job.lease.renew()

@@ -310,6 +310,11 @@ class ImageStore:
             return None
         return self.spool.metadata(canonical)
 
+    def kept_damaged(self, job_id: str) -> bool:
+        """Whether this replica's spool set the job aside as damaged: it is never stored."""
+        canonical = normalize_id(job_id)
+        return self.spool is not None and canonical is not None and self.spool.damaged(canonical)
+
     def resume_kept(self) -> None:
         """Start flushing what the spool holds (at start-up: kept by an earlier process)."""
         if self.spool is not None and self.flusher is not None:

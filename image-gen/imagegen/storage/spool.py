@@ -18,7 +18,8 @@ already holds is not indexed twice. An entry survives a restart: the next proces
 
 An entry is checked before it is flushed (its metadata parses, names its own id, and each
 image's bytes match its sha256); one that does not is moved to `.damaged/` and logged, never
-stored nor retried, and never stops a process from starting. Only a bucket's store spools:
+stored nor retried, and never stops a process from starting (an asynchronous job waiting for
+it sees it there, `damaged`, and fails). Only a bucket's store spools:
 the filesystem store writes in the same directory, so it has nothing to wait for.
 """
 
@@ -167,6 +168,13 @@ class Spool:
             target = aside / f"{job_id}-{uuid.uuid4().hex[:8]}"
         with suppress(FileNotFoundError):
             os.rename(self.directory / job_id, target)
+
+    def damaged(self, job_id: str) -> bool:
+        """Whether this job's entry was set aside as damaged (so it is never stored)."""
+        aside = self.directory / DAMAGED
+        if not _UUID.match(job_id) or not aside.is_dir():
+            return False
+        return (aside / job_id).exists() or any(aside.glob(f"{job_id}-*"))
 
     def sweep(self, older_than: float = _STALE_STAGING) -> int:
         """Remove staging folders of crashed writers older than `older_than` s; how many."""

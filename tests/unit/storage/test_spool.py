@@ -64,6 +64,8 @@ def test_damaged_entries_are_set_aside_and_a_crashed_write_is_ignored(tmp_path: 
     assert sorted(p.name for p in (spool.directory / ".damaged").iterdir()) == sorted(
         [wrong_bytes, truncated]
     )
+    assert spool.damaged(wrong_bytes) and spool.damaged(truncated)  # their jobs fail
+    assert not spool.damaged(good) and not spool.damaged("../.damaged")
     assert (spool.directory / ".tmp-crashed").exists()  # young: maybe a live writer's
     assert spool.sweep(older_than=-1) == 1 and not (spool.directory / ".tmp-crashed").exists()
 
