@@ -154,3 +154,38 @@ def test_the_books_connections_find_out_a_vanished_server_within_half_a_minute(
             assert db.execute("SELECT 1").fetchone() == (1,)
     finally:
         pool.close()
+
+
+def test_the_pool_connects_again_within_seconds_once_a_long_outage_ends():
+    # After 20 s down, psycopg_pool's doubling waits (1, 2, 4, 8, 16 s) would have put the
+    # next attempt 11 s after the server is back; the service is then 503 all that time.
+    import time
+
+    from psycopg_pool import PoolTimeout
+
+    from imagegen.books.postgres import open_pool
+    from tests.support.postgres import private_server
+    from tests.support.service import wait_for
+
+    def answers() -> bool:
+        try:
+            with pool.connection(timeout=1) as db:
+                return db.execute("SELECT 1").fetchone() == (1,)
+        except (PoolTimeout, psycopg.OperationalError):
+            return False
+
+    with private_server() as pg:
+        pool = open_pool(pg.dsn, min_size=1, max_size=2, timeout=1)
+        try:
+            wait_for(answers, timeout=10, what="the pool's first connection")
+            pg.halt()
+            down_until = time.monotonic() + 20.0
+            for _ in range(40):  # asked now and then while it is down, as the service does
+                if time.monotonic() >= down_until:
+                    break
+                assert not answers()
+                time.sleep(0.5)
+            pg.resume()
+            wait_for(answers, timeout=6, what="a connection within seconds of the server's return")
+        finally:
+            pool.close()

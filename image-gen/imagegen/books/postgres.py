@@ -79,6 +79,13 @@ _CONNECTION = {
 }
 
 
+# How long the pool goes on trying to replace a lost connection before it gives up on that
+# attempt: its waits double (1, 2, 4 s...), so after a long outage the next try could come
+# half a minute after the database is back; given up after this, the next request that
+# wants a connection starts a fresh attempt at once (psycopg_pool's default is 5 minutes).
+RECONNECT_SECONDS = 8.0
+
+
 def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
 ) -> ConnectionPool:
@@ -92,6 +99,7 @@ def open_pool(
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
+        reconnect_timeout=RECONNECT_SECONDS,
         check=ConnectionPool.check_connection,
         open=True,
         name="imagegen-books",
