@@ -25,7 +25,10 @@ pytestmark = pytest.mark.slow
 
 ASYNC = {"Prefer": "respond-async"}
 RECOVERED_WITHIN = 30.0  # seconds from the server answering again to the service serving
-OUTAGE = 10.0  # seconds a server is down: longer than a job's upstream call and its lease
+# Seconds PostgreSQL is down: longer than a job's upstream call and its lease, and than a
+# request's wait for a pool connection (10 s): a call that starts as the server goes is
+# refused then, however soon after its return the pool would have connected again.
+OUTAGE = 15.0
 JOB_LATENCY = 4.0  # seconds each asynchronous job's upstream call takes
 LEASE = "5"  # IMAGE_GEN_JOB_LEASE_SECONDS: leases lapse during the outage
 FINISHED_WITHIN = 60.0
