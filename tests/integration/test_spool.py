@@ -70,6 +70,23 @@ def job(client: FlaskClient, job_id: str) -> dict[str, Any]:
     return body
 
 
+def assert_completed_once(
+    client: FlaskClient, job_id: str, images: Path, upstream_calls: int, fake_openai: FakeOpenAI
+) -> None:
+    """The job completes (within 90 s), made once: started once, `upstream_calls` upstream
+    calls in all, its image served and the spool empty."""
+    completed = wait_for(
+        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
+        timeout=90,
+        what="the job finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 1  # never made again
+    assert len(fake_openai.image_requests) == upstream_calls
+    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
+    assert spooled(images) == []
+
+
 def test_images_made_while_s3_stops_are_kept_answered_202_and_stored_once_it_is_back(
     settings, make_app, fake_openai, own_seaweed, tmp_path
 ):
@@ -155,16 +172,7 @@ def test_an_async_job_whose_images_are_kept_is_storing_then_completes_when_s3_is
     assert spooled(images) == [job_id]
 
     own_seaweed.start()
-    completed = wait_for(
-        lambda: (found := job(client, job_id))["status"] == "completed" and found,
-        timeout=90,
-        what="the job completed",
-    )
-    image_id = completed["images"][0]["id"]
-    assert client.get(f"/images/{image_id}").status_code == 200
-    assert completed["attempts"] == 1  # never made again
-    assert len(fake_openai.image_requests) == asked + 1
-    assert spooled(images) == []
+    assert_completed_once(client, job_id, images, asked + 1, fake_openai)
 
 
 @pytest.fixture
@@ -284,16 +292,7 @@ def test_an_async_job_made_while_the_index_database_stops_is_kept_and_completes_
 
     own_postgres.resume()
     wait_for(lambda: client.get("/health").status_code == 200, 60, "the database answering")
-    completed = wait_for(
-        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
-        timeout=90,
-        what="the job finished",
-    )
-    assert completed["status"] == "completed", completed
-    assert completed["attempts"] == 1  # never made again
-    assert len(fake_openai.image_requests) == asked + 1
-    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
-    assert spooled(images) == []
+    assert_completed_once(client, job_id, images, asked + 1, fake_openai)
 
 
 def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_next_one(
@@ -329,13 +328,4 @@ def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_nex
     )
     assert storing["status"] == "storing", storing
     own_seaweed.start()
-    completed = wait_for(
-        lambda: (found := job(client, job_id))["status"] in ("completed", "failed") and found,
-        timeout=90,
-        what="the job finished",
-    )
-    assert completed["status"] == "completed", completed
-    assert completed["attempts"] == 1  # never made again
-    assert len(fake_openai.image_requests) == asked + 1
-    assert client.get(f"/images/{completed['images'][0]['id']}").status_code == 200
-    assert spooled(images) == []
+    assert_completed_once(client, job_id, images, asked + 1, fake_openai)
