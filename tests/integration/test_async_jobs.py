@@ -26,7 +26,7 @@ from imagegen.storage.images import ImageStore
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.support import fake_openai as fake
 from tests.support.gunicorn_server import free_port
-from tests.support.jobs import ASYNC, SECRET, Receiver, finished, job, verify
+from tests.support.jobs import ASYNC, SECRET, Receiver, finished, job, parse_sse, verify
 from tests.support.metrics import scrape, value
 from tests.support.pictures import rgba_png
 from tests.support.service import TEST_KEY, wait_for
@@ -35,27 +35,6 @@ from tests.support.service import TEST_KEY, wait_for
 @pytest.fixture
 def client(make_jobs_app: Callable[..., Flask]) -> FlaskClient:
     return make_jobs_app().test_client()
-
-
-def parse_sse(text: str) -> list[dict[str, Any]]:
-    """Events as dicts: id, event, data (JSON); comments and the retry line dropped."""
-    events = []
-    for block in text.split("\n\n"):
-        fields: dict[str, Any] = {}
-        for line in block.splitlines():
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(": ")
-            fields[name] = value
-        if "data" in fields:
-            events.append(
-                {
-                    "id": int(fields["id"]),
-                    "event": fields["event"],
-                    "data": json.loads(fields["data"]),
-                }
-            )
-    return events
 
 
 def read_events(client: FlaskClient, job_id: str, **headers: str) -> list[dict[str, Any]]:

@@ -205,6 +205,23 @@ def _complete(data: bytes) -> bool:
     return bool(match) and len(body) >= int(match[1])
 
 
+def read_head(sock: socket.socket) -> HTTPAnswer:
+    """An answer's head and what came of its body with it (all of it when it has a
+    Content-Length), read from a raw connection within 10 s; the connection stays open."""
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if sep and (length is None or len(body) >= int(length[1])):
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return parse_http(data)
+
+
 def parse_http(data: bytes) -> HTTPAnswer:
     """Parse a raw HTTP/1.x answer; status 0 when `data` is not one."""
     head, _, body = data.partition(b"\r\n\r\n")

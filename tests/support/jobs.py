@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import json
 import threading
 import time
 from typing import Any
@@ -16,6 +17,27 @@ from flask.testing import FlaskClient
 from tests.support.service import wait_for
 
 ASYNC = {"Prefer": "respond-async"}
+
+
+def parse_sse(text: str) -> list[dict[str, Any]]:
+    """Events as dicts: id, event, data (JSON); comments and the retry line dropped."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if "data" in fields:
+            events.append(
+                {
+                    "id": int(fields["id"]),
+                    "event": fields["event"],
+                    "data": json.loads(fields["data"]),
+                }
+            )
+    return events
 
 
 SECRET = "a-webhook-secret-for-tests-0123456789"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import time
@@ -24,7 +23,7 @@ from tests.support.gunicorn_server import (
     HTTPAnswer,
     Service,
     launch_gunicorn,
-    parse_http,
+    read_head,
     run_gunicorn,
 )
 from tests.support.jobs import SECRET, Receiver, verify
@@ -292,21 +291,6 @@ def open_event_stream(service: Service, job_id: str) -> tuple[socket.socket, HTT
         "Connection: close\r\n\r\n".encode()
     )
     return sock, read_head(sock)
-
-
-def read_head(sock: socket.socket) -> HTTPAnswer:
-    data = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        head, sep, body = data.partition(b"\r\n\r\n")
-        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        if sep and (length is None or len(body) >= int(length[1])):
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return parse_http(data)
 
 
 def follow_until(

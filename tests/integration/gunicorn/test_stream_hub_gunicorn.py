@@ -8,17 +8,15 @@ running job's `completed` before it ends."""
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from imagegen.books.files import FileJobBook, FileLease
-from tests.support.gunicorn_server import HTTPAnswer, Service, parse_http, run_gunicorn
+from tests.support.gunicorn_server import HTTPAnswer, Service, read_head, run_gunicorn
+from tests.support.jobs import parse_sse
 from tests.support.metrics import scrape_service, value
 from tests.support.service import TEST_KEY, wait_for
 
@@ -62,17 +60,7 @@ def open_stream(service: Service, job_id: str, **headers: str) -> tuple[socket.s
     sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     sock.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
-    data = b""
-    for _ in range(100):
-        head, sep, body = data.partition(b"\r\n\r\n")
-        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        if sep and (length is None or len(body) >= int(length[1])):
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return sock, parse_http(data)
+    return sock, read_head(sock)
 
 
 def read_to_end(sock: socket.socket, start: bytes) -> bytes:
@@ -84,21 +72,6 @@ def read_to_end(sock: socket.socket, start: bytes) -> bytes:
             return data
         data += chunk
     raise AssertionError("the stream did not end")
-
-
-def parse_events(body: bytes) -> list[dict[str, Any]]:
-    found = []
-    for block in body.decode().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "data" in fields:
-            found.append(
-                {
-                    "id": int(fields["id"]),
-                    "event": fields["event"],
-                    "data": json.loads(fields["data"]),
-                }
-            )
-    return found
 
 
 def streams_open(service: Service) -> float:
@@ -143,7 +116,7 @@ def test_40_streams_on_4_threads_stay_open_while_the_worker_answers_and_all_end_
 
     for body in bodies:
         assert body.startswith(b"retry: 2000\n\n")
-        received = parse_events(body)
+        received = parse_sse(body.decode())
         assert [e["id"] for e in received] == list(range(1, len(received) + 1))
         assert received[0]["event"] == "status" and received[-1]["event"] == "completed"
         assert received[-1]["data"]["job_id"] == job_id
@@ -157,11 +130,11 @@ def test_a_stream_resumes_after_last_event_id(service):
         job_id = submit(service, "resumed")
         first, head = open_stream(service, job_id)
         with first:
-            assert parse_events(head.body)[0]["id"] == 1
+            assert parse_sse(head.body.decode())[0]["id"] == 1
         again, head = open_stream(service, job_id, **{"Last-Event-ID": "1"})
         with again:
             slot.release()
-            received = parse_events(read_to_end(again, head.body))
+            received = parse_sse(read_to_end(again, head.body).decode())
 
     assert received[0]["id"] == 2
     assert [e["id"] for e in received] == list(range(2, len(received) + 2))
@@ -241,6 +214,6 @@ def test_streams_open_when_the_service_stops_get_their_running_jobs_completed_ev
                 sock.close()
 
     for body in bodies:
-        received = parse_events(body)
+        received = parse_sse(body.decode())
         assert received[-1]["event"] == "completed", [e["event"] for e in received]
         assert received[-1]["data"]["job_id"] == job_id
