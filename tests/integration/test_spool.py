@@ -145,6 +145,73 @@ def test_images_made_while_s3_stops_are_kept_answered_202_and_stored_once_it_is_
     assert again.status_code == 202 and again.get_json()["job_id"] == job_id  # still replayed
 
 
+def test_a_job_kept_by_one_replica_is_storing_on_another_and_served_by_it_once_stored(
+    settings, make_app, fake_openai, own_seaweed, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-replicas"
+    dsn = dsn_for(tmp_path)
+    a = make_app(settings, images_dir=tmp_path / "a", storage_url=url, database_url=dsn)
+    b = make_app(settings, images_dir=tmp_path / "b", storage_url=url, database_url=dsn)
+    on_a, on_b = a.test_client(), b.test_client()
+
+    answer = stop_while_upstream(
+        fake_openai, own_seaweed, lambda: on_a.post("/generate", json={"prompt": "a fox"})
+    )
+
+    assert answer.status_code == 202, answer.get_json()
+    job_id, image_id = answer.get_json()["job_id"], answer.get_json()["images"][0]["id"]
+    assert spooled(tmp_path / "a") == [job_id] and spooled(tmp_path / "b") == []
+    elsewhere = on_b.get(f"/jobs/{job_id}")  # the replica that does not keep it says so too
+    assert elsewhere.status_code == 200, elsewhere.get_json()
+    assert elsewhere.get_json()["status"] == "storing"
+    assert [image["id"] for image in elsewhere.get_json()["images"]] == [image_id]
+    assert int(elsewhere.headers["Retry-After"]) >= 1
+
+    own_seaweed.start()
+    stored = wait_for(
+        lambda: (found := job(on_b, job_id))["status"] == "completed" and found,
+        timeout=90,
+        what="the kept job stored, seen from the other replica",
+    )
+    assert [image["id"] for image in stored["images"]] == [image_id]
+    assert on_b.get(f"/images/{image_id}").status_code == 200
+    assert spooled(tmp_path / "a") == []
+
+
+def test_a_kept_job_whose_entry_is_damaged_is_not_said_storing_by_any_replica(
+    settings, make_app, fake_openai, own_seaweed, tmp_path
+):
+    url = f"s3://{BUCKET}/spool-replicas-damaged"
+    dsn = dsn_for(tmp_path)
+    a = make_app(settings, images_dir=tmp_path / "a", storage_url=url, database_url=dsn)
+    b = make_app(settings, images_dir=tmp_path / "b", storage_url=url, database_url=dsn)
+    on_a, on_b = a.test_client(), b.test_client()
+    answer = stop_while_upstream(
+        fake_openai, own_seaweed, lambda: on_a.post("/generate", json={"prompt": "a fox"})
+    )
+    assert answer.status_code == 202, answer.get_json()
+    job_id = answer.get_json()["job_id"]
+    assert job(on_b, job_id)["status"] == "storing"
+    entry = tmp_path / "a" / ".spool" / job_id
+    kept = json.loads((entry / "metadata.json").read_bytes())
+    (entry / kept["images"][0]["file"]).write_bytes(b"\x89PNG")  # truncated on the disk
+
+    own_seaweed.start()
+    wait_for(
+        lambda: (tmp_path / "a" / ".spool" / ".damaged" / job_id).is_dir(),
+        timeout=90,
+        what="the damaged entry set aside",
+    )
+
+    for client in (on_a, on_b):
+        assert wait_for(
+            lambda c=client: c.get(f"/jobs/{job_id}").status_code == 404,
+            timeout=10,
+            what="the job no longer said storing",
+        )
+        assert client.get(f"/images/{kept['images'][0]['id']}").status_code == 404
+
+
 def test_an_async_job_whose_images_are_kept_is_storing_then_completes_when_s3_is_back(
     settings, make_jobs_app, fake_openai, own_seaweed, tmp_path
 ):

@@ -59,8 +59,8 @@ class JobPathConverter(PathConverter):
     "images have `status: deleted` and no URL. An asynchronous job that is queued or running "
     "(or failed) is a PendingJob: progress, previews, the error; poll it after Retry-After "
     "seconds, or follow /jobs/{job_id}/events. A job whose images were made while the image "
-    "store (or its database) could not be reached is `status: storing` until this replica, "
-    "which keeps them, has stored them; then it is the stored Job.",
+    "store (or its database) could not be reached is `status: storing` until the replica "
+    "that keeps them has stored them; then it is the stored Job.",
     parameters=[JOB_ID],
     responses={
         "200": {

@@ -133,6 +133,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "kept jobs",
+        # storage/images.py: a job one replica keeps in its spool while the bucket is away,
+        # so that every replica answers `storing` for it; gone once the job is stored.
+        """
+        CREATE TABLE kept_jobs (
+            job_id TEXT PRIMARY KEY,
+            metadata JSON NOT NULL,
+            kept_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 
 _VERSION_TABLE = """

@@ -424,8 +424,9 @@ class JobRunner:
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
         elif status == "running" and self.store.kept_job(job.job_id) is not None:
-            # Its images are in this replica's spool: its process died (or let go of it)
-            # before it could record `storing`, the database being away. Never made again.
+            # Its images are in a replica's spool: its process died (or let go of it) before
+            # it could record `storing` (the database being away, or just then). Never made
+            # again: the spool that keeps them stores them, after a restart too.
             status = "storing"
             self._update(job, lambda r: r.update(status=status), event="status", durable=True)
         elif status == "running" and record["attempts"] >= self.settings.job_attempts:

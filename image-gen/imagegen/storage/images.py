@@ -162,7 +162,9 @@ class ImageStore:
         # Jobs made while the store or its index is out of reach (a bucket's; None on disk).
         self.spool = spool
         self.flusher = (
-            Flusher(spool, self.store_kept, unreachable=_UNREACHABLE) if spool is not None else None
+            Flusher(spool, self.store_kept, unreachable=_UNREACHABLE, set_aside=self._set_aside)
+            if spool is not None
+            else None
         )
         # created_at of jobs, which never changes, shared by a worker's threads (listing).
         self._created: dict[str, str] = {}
@@ -270,6 +272,11 @@ class ImageStore:
             return
         if isinstance(cause, BlobStoreUnavailable):
             self._availability.saw(False)
+            # The index answers: every replica can then say the job is storing, not 404.
+            try:
+                self.index.note_kept(job_id, metadata)
+            except Exception as exc:  # this replica still answers for it from its spool
+                log.warning("job %s: its note as kept was not written: %s", job_id, exc)
         log.warning(
             "job %s kept in the spool (%d images): the %s cannot be reached; it is stored "
             "once it answers",
@@ -300,15 +307,25 @@ class ImageStore:
         publication.seal()
         if self.index.metadata(job_id) is None:
             self.index.add(job_id, _entries(job_id, metadata["images"]), metadata).wait()
+        else:
+            self.index.forget_kept(job_id)  # `add` would have
         publication.commit()
         self._availability.saw(True)
 
+    def _set_aside(self, job_id: str) -> None:
+        """A kept job's entry is damaged and never stored: it is no longer said storing."""
+        try:
+            self.index.forget_kept(job_id)
+        except Exception as exc:
+            log.warning("job %s: its note as kept could not be removed: %s", job_id, exc)
+
     def kept_job(self, job_id: str) -> dict[str, Any] | None:
-        """The metadata of a job kept in this replica's spool, not stored yet; else None."""
+        """The metadata of a job kept in a spool, not stored yet: this replica's, or one the
+        index notes as kept by another replica; else None."""
         canonical = normalize_id(job_id)
         if self.spool is None or canonical is None:
             return None
-        return self.spool.metadata(canonical)
+        return self.spool.metadata(canonical) or self.index.kept(canonical)
 
     def kept_damaged(self, job_id: str) -> bool:
         """Whether this replica's spool set the job aside as damaged: it is never stored."""

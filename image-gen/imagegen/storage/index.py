@@ -70,6 +70,16 @@ class ImageIndex(Protocol):
     def metadata(self, job_id: str) -> dict[str, Any] | None:
         """A job's metadata by its canonical id; None if there is none (or it is damaged)."""
 
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """Note that a replica's spool keeps this job (storage/spool.py), so that every
+        replica can say so; `add` ends the note."""
+
+    def kept(self, job_id: str) -> dict[str, Any] | None:
+        """The metadata of a job noted as kept, not stored since; None otherwise."""
+
+    def forget_kept(self, job_id: str) -> None:
+        """End a job's note as kept (its spool entry was set aside, or it is stored)."""
+
     def update(self, job_id: str, metadata: dict[str, Any]) -> None:
         """Keep the job's changed metadata (an image deleted), with the job's lock held."""
 
@@ -152,6 +162,16 @@ class FileIndex:
 
     def update(self, job_id: str, metadata: dict[str, Any]) -> None:
         """Nothing: the store has written metadata.json, which is the job's metadata here."""
+
+    # Only a bucket's store spools (storage/spool.py): on disk nothing is ever kept.
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """Nothing: the filesystem store never keeps a job."""
+
+    def kept(self, job_id: str) -> dict[str, Any] | None:
+        return None
+
+    def forget_kept(self, job_id: str) -> None:
+        """Nothing: the filesystem store never keeps a job."""
 
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:

@@ -227,10 +227,16 @@ class Flusher:
     """
 
     def __init__(
-        self, spool: Spool, store: StoreKept, *, unreachable: tuple[type[BaseException], ...]
+        self,
+        spool: Spool,
+        store: StoreKept,
+        *,
+        unreachable: tuple[type[BaseException], ...],
+        set_aside: Callable[[str], None] | None = None,
     ) -> None:
         self.spool = spool
         self._store = store
+        self._set_aside = set_aside  # told the id of each entry set aside as damaged
         self._unreachable = unreachable
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -279,6 +285,8 @@ class Flusher:
                 except DamagedEntry as exc:
                     log.error("spool: job %s set aside in %s: %s", job_id, DAMAGED, exc)
                     self.spool.set_aside(job_id)
+                    if self._set_aside is not None:
+                        self._set_aside(job_id)
                     continue
                 try:
                     self._store(kept)

@@ -3,6 +3,7 @@
     image_jobs (job_id PRIMARY KEY, stamp_ns, metadata)    a stored job: listing time, metadata
     images     (image_id PRIMARY KEY, job_id, key, deleted) each image and its blob key
     moved_jobs (job_id PRIMARY KEY)                         jobs imagegen.migrate brought in
+    kept_jobs  (job_id PRIMARY KEY, metadata)               jobs a replica's spool keeps
 
 For a blob store in a bucket (S3), which has no folder to scan or lock: the tables are the
 truth of which images exist, in which order jobs are listed and what each job's metadata
@@ -10,7 +11,7 @@ says (deletion marks included); metadata.json in the bucket mirrors it for peopl
 the bucket. Jobs are listed newest first from an index on (stamp_ns, job_id), a page of
 rows at a time, each row with its metadata, so a listing page is a query or two, however
 many jobs there are. A deleted image keeps its row, marked `deleted`; a deleted job's rows go.
-- PostgresImageIndex: the schema is migrations 3 and 4 of books/migrations.py;
+- PostgresImageIndex: the schema is migrations 3, 4 and 5 of books/migrations.py;
   stamps come from the database server's clock, one clock for every replica. `locked` is
   a transaction holding `SELECT ... FOR UPDATE` on the job's row; every call the thread
   makes on the index while it holds the lock runs inside that transaction (as savepoints),
@@ -82,6 +83,7 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 CREATE TABLE IF NOT EXISTS moved_jobs (job_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS kept_jobs (job_id TEXT PRIMARY KEY, metadata TEXT NOT NULL);
 """
 
 # The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
@@ -109,6 +111,12 @@ _NEXT_PAGE = (
     "SELECT stamp_ns, job_id, metadata FROM image_jobs WHERE (stamp_ns, job_id) < (%s, %s) "
     "ORDER BY stamp_ns DESC, job_id DESC LIMIT %s"
 )
+_KEEP = (
+    "INSERT INTO kept_jobs (job_id, metadata) VALUES (%s, %s) "
+    "ON CONFLICT (job_id) DO UPDATE SET metadata = EXCLUDED.metadata"
+)
+_KEPT = "SELECT metadata FROM kept_jobs WHERE job_id = %s"
+_UNKEEP = "DELETE FROM kept_jobs WHERE job_id = %s"
 _NOW_NS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000"
 
 
@@ -139,14 +147,31 @@ class _Tables:
     def add(
         self, job_id: str, entries: list[tuple[str, str]], metadata: dict[str, Any]
     ) -> durable.Pending:
-        """The job's row and its images' rows, in one transaction."""
+        """The job's row and its images' rows, in one transaction (which ends its note
+        as kept, if it was: from then on it is stored)."""
         with self._write() as db:
             stamp = self._now_ns(db)
             db.execute(self._sql(_INSERT_JOB), (job_id, stamp, _dump(metadata)))
             insert = self._sql(_INSERT_IMAGE)
             for image_id, key in entries:
                 db.execute(insert, (image_id, job_id, key))
+            db.execute(self._sql(_UNKEEP), (job_id,))
         return durable.Pending()
+
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """Note a job a replica's spool keeps, with the metadata it will be stored with."""
+        with self._write() as db:
+            db.execute(self._sql(_KEEP), (job_id, _dump(metadata)))
+
+    def kept(self, job_id: str) -> dict[str, Any] | None:
+        """The metadata of a job noted as kept and not stored (nor forgotten) since."""
+        row = self._one(_KEPT, job_id)
+        return _loaded(row[0]) if row is not None else None
+
+    def forget_kept(self, job_id: str) -> None:
+        """The job is no longer kept (its entry was set aside as damaged, or it was stored)."""
+        with self._write() as db:
+            db.execute(self._sql(_UNKEEP), (job_id,))
 
     def import_job(
         self,

@@ -5,6 +5,7 @@ connection of the pool, and listing reads the index a page of jobs at a time."""
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,3 +130,31 @@ def test_the_sqlite_index_is_shared_by_handles_on_one_host(tmp_path):
     second.remove("i1")
     assert not first.contains("i1")
     assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_a_job_noted_as_kept_is_seen_by_another_handle_until_it_is_stored_or_forgotten(
+    tmp_path, small_pool, kind
+):
+    def handle() -> PostgresImageIndex | SQLiteImageIndex:
+        if kind == "postgres":
+            return PostgresImageIndex(small_pool)
+        index = SQLiteImageIndex(tmp_path / "index" / "images.sqlite3", tmp_path / "locks")
+        index.prepare()
+        return index
+
+    one, other = handle(), handle()
+    stored, damaged = str(uuid.uuid4()), str(uuid.uuid4())
+    for job_id in (stored, damaged):
+        one.note_kept(job_id, {"job_id": job_id, "images": []})
+    one.note_kept(stored, {"job_id": stored, "images": [], "again": True})  # noted twice
+
+    assert other.kept(stored) == {"job_id": stored, "images": [], "again": True}
+    assert other.kept(damaged) == {"job_id": damaged, "images": []}
+    assert other.kept(str(uuid.uuid4())) is None
+
+    one.add(stored, [], {"job_id": stored, "images": []}).wait()  # stored: no longer kept
+    one.forget_kept(damaged)
+    one.forget_kept(damaged)  # twice is nothing more
+    assert other.kept(stored) is None and other.kept(damaged) is None
+    assert other.metadata(stored) == {"job_id": stored, "images": []}
