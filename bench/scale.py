@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -862,6 +863,26 @@ def _profile(
     return summarize_profile(raw)
 
 
+def disk_floor(directory: Path, rounds: int = 40) -> tuple[float, float]:
+    """CPU seconds this process spends writing a new 1 MiB file in `directory` and on its
+    fsync, each (median of `rounds`): what storing one image durably costs the kernel on
+    this disk, whatever the service does around it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(ONE_MIB)
+    writes, syncs = [], []
+    for n in range(rounds):
+        path = directory / f"floor-{n}"
+        before = time.process_time()
+        with open(path, "xb") as handle:
+            handle.write(data)
+            written = time.process_time()
+            os.fsync(handle.fileno())
+        writes.append(written - before)
+        syncs.append(time.process_time() - written)
+        path.unlink()
+    return statistics.median(writes), statistics.median(syncs)
+
+
 def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]:
     """CPU seconds of the serving processes per one-image call, 1 MiB image, L = 0."""
     calls = opts.g_calls
@@ -901,6 +922,12 @@ def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
             f"{_ms(corrected)}; fake {_ms(meter.deltas[1] / ok)} per call; other processes "
             f"used {meter.others_share:.0%} of the machine"
         )
+        write_cpu, sync_cpu = disk_floor(workdir / "floor")
+        print(
+            f"  floor on this disk (this bench's own process, median): writing a new 1 MiB "
+            f"file {_ms(write_cpu)} of CPU, its fsync {_ms(sync_cpu)}; the rest of a call is "
+            f"the service's: {_ms(max(0.0, user + system - write_cpu - sync_cpu))}"
+        )
         profile: list[str] = []
         if opts.profile:
             profile = _profile(
@@ -923,6 +950,8 @@ def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
                 "idle_corrected_ms": corrected * 1000,
                 "idle_rate_ms_per_s": idle_rate * 1000,
                 "processes": len(pids),
+                "disk_write_floor_ms": write_cpu * 1000,
+                "disk_fsync_floor_ms": sync_cpu * 1000,
                 "profile": profile,
             },
         )
