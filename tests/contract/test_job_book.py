@@ -283,11 +283,46 @@ def test_a_removed_job_is_gone_for_every_reader(job_books):
     assert not book.remove(record["job_id"])
 
 
+def test_versions_gives_every_existing_jobs_version_at_once_and_leaves_out_the_others(
+    job_books,
+):
+    book, reader = job_books(), job_books()
+    (kept, kept_lease), (written, written_lease), (removed, removed_lease) = (
+        submit(book) for _ in range(3)
+    )
+    ids = [kept["job_id"], written["job_id"], removed["job_id"]]
+    before = reader.versions(ids)
+    one_by_one = {job_id: reader.version(job_id) for job_id in ids}
+
+    book.write(written_lease, {**written, "status": "running"})
+    ended = {**removed, "status": "completed"}
+    book.write(removed_lease, ended)
+    book.end(removed_lease, ended, webhook_pending=False)
+    removed_lease.release()
+    assert book.remove(removed["job_id"])
+    unknown = str(uuid.uuid4())
+    after = reader.versions([*ids, unknown, "../../etc", "not-a-uuid", "", "0" * 36])
+
+    assert before == one_by_one  # the same versions as `version` gives, one for each job
+    assert set(after) == {kept["job_id"], written["job_id"]}  # removed, unknown, malformed: absent
+    assert after[kept["job_id"]] == before[kept["job_id"]] == reader.version(kept["job_id"])
+    assert after[written["job_id"]] != before[written["job_id"]]
+    assert after[written["job_id"]] == reader.version(written["job_id"])
+    shouted = kept["job_id"].upper()  # a UUID in capitals names the same job, as for `read`
+    assert reader.versions([shouted]) == {shouted: after[kept["job_id"]]}
+    assert reader.versions([]) == {}
+    assert reader.versions(["not-a-uuid", unknown]) == {}
+    kept_lease.release()
+    written_lease.release()
+
+
 @pytest.mark.parametrize("job_id", ["../../etc", "not-a-uuid", "", "0" * 36])
 def test_ids_that_are_not_uuids_name_no_job(job_books, job_id):
     book = job_books()
 
     assert book.read(job_id) is None
+    assert book.version(job_id) is None
+    assert book.versions([job_id]) == {}
     assert not book.remove(job_id)
     assert book.preview(job_id, "p0-1.png") is None
 

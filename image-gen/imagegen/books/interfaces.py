@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -241,8 +241,8 @@ class JobBook(Protocol):
       and to one claimant only, however many race for it. A holder's own claim does not
       return the jobs it holds.
     - At most `max_running` slots are held at once over all processes (`take_slot`).
-    - Readers (`read`, `version`, `active`...) see every write as soon as it returns, from
-      every process sharing the book.
+    - Readers (`read`, `version`, `versions`, `active`...) see every write as soon as it
+      returns, from every process sharing the book.
     - Only the holder of a job's lease writes it (`write`, `end`, `finish`); an
       implementation with timed leases raises LeaseLost to a holder whose lease has lapsed.
 
@@ -314,6 +314,12 @@ class JobBook(Protocol):
 
     def version(self, job_id: str) -> object | None:
         """A value that changes whenever the record is written; None once it is gone."""
+        ...
+
+    def versions(self, job_ids: Iterable[str]) -> Mapping[str, object]:
+        """`version` of each of `job_ids` in one look at the book (a follower of many jobs
+        asks once per poll, not once per job), keyed by the id as given; a job that is gone,
+        or an id that is not a UUID, is absent."""
         ...
 
     def write(self, lease: Lease, record: Record, *, durable: bool = False) -> None:

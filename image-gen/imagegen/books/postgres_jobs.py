@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -354,6 +354,22 @@ class PostgresJobBook(_PostgresBook):
         with self._transaction() as db:
             row = db.execute("SELECT version FROM jobs WHERE job_id = %s", (canonical,)).fetchone()
         return None if row is None else int(row[0])
+
+    def versions(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """`version` of each job that exists, by the id as given, in one query however many
+        jobs are asked for (the stream hub asks for every job it follows at each poll)."""
+        asked: dict[str, list[str]] = {}  # canonical id -> the ids given for it
+        for job_id in job_ids:
+            canonical = normalize_id(job_id)
+            if canonical is not None:
+                asked.setdefault(canonical, []).append(job_id)
+        if not asked:
+            return {}
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT job_id, version FROM jobs WHERE job_id = ANY(%s)", (list(asked),)
+            ).fetchall()
+        return {given: int(version) for job_id, version in rows for given in asked[job_id]}
 
     def write(self, lease: Lease, record: Record, *, durable: bool = False) -> None:
         """Replace the record; LeaseLost if `lease` no longer holds the job. Not `durable`:

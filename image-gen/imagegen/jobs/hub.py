@@ -3,9 +3,10 @@
 Under Gunicorn (plain HTTP/1.x), GET /jobs/<id>/events answers its head and the events
 recorded so far from the request thread, then hands the connection to this process's
 `StreamHub` and frees the thread. The hub's one thread follows every handed-off stream:
-each poll (a quarter second) it asks the job book for one version per job followed, not
-per stream, reads a record only when it changed, and writes the new events to each of the
-job's streams without blocking. The answer says `Connection: close` and has no
+each poll (a quarter second) it asks the job book for the versions of every job followed
+in one call (`versions`: one query with PostgreSQL, however many jobs and streams), reads a
+record only when its version changed, and writes the new events to each of the job's
+streams without blocking. The answer says `Connection: close` and has no
 Transfer-Encoding: its body ends when the connection closes (HTTP/1.1 allows it).
 
 A stream ends after its job's `completed` or `failed` event, when the job is deleted,
@@ -103,6 +104,7 @@ class StreamHub:
         self._stopping = threading.Event()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self._versions_failing = False  # the last poll's versions() failed (logged once)
 
     def add(self, sock: socket.socket, job_id: str, last_id: int, lease: StreamLease) -> None:
         """Follow `job_id` on `sock` (non-blocking, owned by the hub from now on) after the
@@ -248,29 +250,44 @@ class StreamHub:
         selector: selectors.BaseSelector,
         now: float,
     ) -> None:
-        """One poll: each job's version once, its record when it changed, then each stream."""
+        """One poll: every followed job's version in one call to the book, the record of
+        each job whose version changed, then each stream."""
         by_job: dict[str, list[_Stream]] = {}
         for stream in streams:
             by_job.setdefault(stream.job_id, []).append(stream)
         for job_id in list(jobs):
             if job_id not in by_job:
                 del jobs[job_id]
+        if not by_job:
+            return
+        versions: Mapping[str, object] | None
+        try:
+            versions = self.records.versions(list(by_job))
+            self._versions_failing = False
+        except Exception:  # the book cannot be read: keep-alives until it can again
+            if not self._versions_failing:
+                log.exception(
+                    "reading the versions of %d jobs for their streams failed", len(by_job)
+                )
+            self._versions_failing, versions = True, None
         for job_id, following in by_job.items():
             job = jobs.setdefault(job_id, _Job(noticed=now))
-            try:
-                gone = self._refresh(job_id, job, now)
-                job.failing = False
-            except Exception:  # the book cannot be read: keep-alives until it can again
-                if not job.failing:
-                    log.exception("reading job %s for its event streams failed", job_id)
-                job.failing, gone = True, False
+            gone = False
+            if versions is not None:
+                try:
+                    gone = self._refresh(job_id, job, versions.get(job_id), now)
+                    job.failing = False
+                except Exception:  # its record cannot be read: keep-alives until it can
+                    if not job.failing:
+                        log.exception("reading job %s for its event streams failed", job_id)
+                    job.failing = True
             for stream in following:
                 step = functools.partial(self._advance, stream, job, gone, now)
                 self._guarded(stream, streams, selector, step)
 
-    def _refresh(self, job_id: str, job: _Job, now: float) -> bool:
-        """Bring `job` up to date; True when the job no longer exists."""
-        version = self.records.version(job_id)
+    def _refresh(self, job_id: str, job: _Job, version: object | None, now: float) -> bool:
+        """Bring `job` up to date with its `version` (None: gone); True when the job no
+        longer exists."""
         if version is None:
             return True
         if version != job.version:

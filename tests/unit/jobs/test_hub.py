@@ -1,13 +1,16 @@
 """The stream hub on its own, over real TCP connections on 127.0.0.1: a client that leaves
 its events unread past the bound is dropped, a job whose record cannot be read (or whose
-`notice` fails) costs neither its streams' places nor the other jobs' streams, and a hub
-whose thread failed serves the next stream with a new one."""
+`notice` fails) costs neither its streams' places nor the other jobs' streams, a book that
+cannot give versions keeps every stream waiting until it can, the hub asks the book once
+per poll for every job it follows however many streams follow them, and a hub whose thread
+failed serves the next stream with a new one."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -20,24 +23,38 @@ READ_LIMIT = 8 * 1024 * 1024
 
 
 class Book:
-    """The two reads the hub makes of a job book, over records held in memory; a job in
-    `failing` raises as a book that cannot be reached does."""
+    """The two reads the hub makes of a job book, over records held in memory, and what it
+    was asked: `asked` holds the ids of each call to `versions`, `reads` counts each job's
+    reads. While `down`, `versions` raises as a book that cannot be reached does; reading a
+    job in `failing` raises too."""
 
     def __init__(self) -> None:
         self.records: dict[str, dict[str, Any]] = {}
         self.failing: set[str] = set()
+        self.down = False
+        self.asked: list[list[str]] = []
+        self.reads: Counter[str] = Counter()
 
     def put(self, job_id: str, status: str, events: list[tuple[str, Any]]) -> None:
         numbered = [{"id": i, "event": e, "data": d} for i, (e, d) in enumerate(events, 1)]
         self.records[job_id] = {"job_id": job_id, "status": status, "events": numbered}
 
-    def version(self, job_id: str) -> object | None:
-        if job_id in self.failing:
+    def versions(self, job_ids: Iterable[str]) -> dict[str, object]:
+        asked = list(job_ids)
+        self.asked.append(asked)
+        if self.down:
             raise ConnectionError("the book is down")
-        record = self.records.get(job_id)
-        return None if record is None else (record["status"], len(record["events"]))
+        records = {job_id: self.records.get(job_id) for job_id in asked}
+        return {
+            job_id: (record["status"], len(record["events"]))
+            for job_id, record in records.items()
+            if record is not None
+        }
 
     def read(self, job_id: str) -> dict[str, Any] | None:
+        self.reads[job_id] += 1
+        if job_id in self.failing:
+            raise ConnectionError("the book is down")
         return self.records.get(job_id)
 
 
@@ -191,3 +208,68 @@ def test_stopping_sends_the_events_of_a_job_that_just_ended_before_closing(liste
 
     assert received.startswith("id: 2\nevent: completed\n")
     assert not lease.held
+
+
+def test_while_the_book_cannot_give_versions_every_stream_waits_then_goes_on(
+    listener, limiter, book, hub
+):
+    book.put("job", "running", [("status", {"status": "running"})])
+    book.down = True
+    served, client = connect(listener)
+    lease = limiter.open(None)
+    with client:
+        hub.add(served, "job", 0, lease)
+        book.put("job", "completed", [("status", {"status": "running"}), ("completed", {})])
+        wait_for(lambda: len(book.asked) >= 5, timeout=10, what="five polls of a book down")
+        assert lease.held  # still open, waiting for its book
+        book.down = False
+        received = read_to_end(client).decode()
+
+    assert received.startswith("id: 1\n")
+    assert "id: 2\nevent: completed\n" in received
+    assert not lease.held
+
+
+class CountingPolls(StreamHub):
+    """A hub that counts its polls with streams to follow."""
+
+    def __init__(self, book: Book) -> None:
+        super().__init__(book, lambda record: None, poll=0.01)  # type: ignore[arg-type]
+        self.polls = 0
+
+    def _tick(self, streams: set[Any], *args: Any) -> None:
+        if streams:
+            self.polls += 1
+        super()._tick(streams, *args)
+
+
+def test_the_hub_asks_the_book_once_per_poll_for_all_jobs_however_many_streams(
+    listener, limiter, book
+):
+    jobs = ["a", "b", "c"]
+    for job_id in jobs:
+        book.put(job_id, "running", [("status", {"status": "running"})])
+    hub = CountingPolls(book)
+    connections = [(job_id, *connect(listener)) for job_id in jobs for _ in range(3)]
+    leases = [limiter.open(None) for _ in connections]
+    try:
+        for (job_id, served, _), lease in zip(connections, leases, strict=True):
+            hub.add(served, job_id, 0, lease)
+        for _, _, client in connections:
+            assert client.recv(65536).startswith(b"id: 1\n")
+        polls_with_every_stream = len(book.asked)
+        wait_for(lambda: len(book.asked) >= polls_with_every_stream + 5, what="five more polls")
+        for job_id in jobs:
+            book.put(job_id, "completed", [("status", {"status": "running"}), ("completed", {})])
+        received = [read_to_end(client).decode() for _, _, client in connections]
+        wait_for(lambda: not any(lease.held for lease in leases), what="every stream ended")
+    finally:
+        for _, _, client in connections:
+            client.close()
+        hub.stop()
+
+    assert all("id: 2\nevent: completed\n" in text for text in received)
+    assert len(book.asked) == hub.polls  # one call per poll, never one per job or stream
+    assert all(len(asked) == len(set(asked)) for asked in book.asked)  # each job once
+    assert sorted(book.asked[polls_with_every_stream]) == jobs  # 9 streams, 3 ids
+    assert book.reads == {job_id: 2 for job_id in jobs}  # running, then completed
