@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.books.interfaces import ClaimedJob, JobBook, Lease, new_marker
+from imagegen.books.interfaces import ClaimedJob, JobBook, Lease, QueueLimitReached, new_marker
 from tests.support.books import process_holding, race
 from tests.support.service import wait_for
 
@@ -221,6 +221,66 @@ def test_previews_are_kept_under_their_names(job_books):
     with pytest.raises(ValueError):
         book.save_preview(record["job_id"], "../job.json", b"x")
     lease.release()
+
+
+def test_racing_bounded_submissions_admit_exactly_max_waiting_and_write_nothing_else(job_books):
+    handles = [job_books() for _ in range(4)]  # as four processes would
+    records = [a_record() for _ in range(16)]
+
+    def attempt(n: int) -> Lease:
+        return handles[n % 4].submit(
+            records[n],
+            owner=f"submitter-{n}",
+            lease_seconds=LEASE,
+            webhook_secret=f"whsec-{n}",
+            inputs={"image-1.png": b"input"},
+            max_waiting=5,
+        )
+
+    results = race(16, attempt)
+
+    accepted = [records[n]["job_id"] for n, got in enumerate(results) if isinstance(got, Lease)]
+    refused = [records[n]["job_id"] for n, got in enumerate(results) if not isinstance(got, Lease)]
+    assert len(accepted) == 5, results
+    assert all(isinstance(got, QueueLimitReached) for got in results if not isinstance(got, Lease))
+    assert {job for _, job in job_books().active()} == set(accepted)
+    reader = job_books()
+    for job_id in refused:
+        assert reader.read(job_id) is None
+        assert reader.read_input(job_id, "image-1.png") is None
+        assert reader.webhook_secret(job_id) is None
+    assert claim(reader) is None  # the accepted are held, the refused were never listed
+    for got in results:
+        if isinstance(got, Lease):
+            got.release()
+
+
+def test_a_bounded_submission_counts_only_waiting_jobs_not_running_or_ended_ones(job_books):
+    book = job_books(max_running=2)
+    (first, first_lease), (second, second_lease) = submit(book), submit(book)
+    with pytest.raises(QueueLimitReached) as full:
+        submit(book, max_waiting=2)
+    assert (full.value.waiting, full.value.limit) == (2, 2)
+    assert len(book.active()) == 2  # the refused one left nothing
+
+    slot = book.take_slot("runner", LEASE)  # the first starts: one waits now
+    assert slot is not None
+    running = {**first, "status": "running"}
+    book.write(first_lease, running)
+    third, third_lease = submit(book, max_waiting=2)
+    with pytest.raises(QueueLimitReached):
+        submit(book, max_waiting=2)
+
+    ended = {**second, "status": "failed"}  # ended, still listed for a moment: not waiting
+    book.write(second_lease, ended)
+    fourth, fourth_lease = submit(book, max_waiting=2)
+    with pytest.raises(QueueLimitReached):
+        submit(book, max_waiting=2)
+    book.end(second_lease, ended, webhook_pending=False)
+
+    assert [job for _, job in book.active()] == [r["job_id"] for r in (first, third, fourth)]
+    for lease in (slot, first_lease, second_lease, third_lease, fourth_lease):
+        lease.release()
 
 
 def test_running_slots_are_bounded_over_every_holder(job_books):

@@ -11,6 +11,8 @@
                                              webhook still to deliver
     <root>/.jobs/.slots/<n>                  flock()ed while a job runs: at most N run at once
     <root>/.jobs/.sweep                      flock()ed by the one process clearing out old records
+    <root>/.jobs/.queue                      flock()ed by a bounded submission, from counting the
+                                             jobs that wait to listing its own
 
 Everything lives under the images directory, so every Gunicorn worker (and every replica
 sharing the directory) sees the same jobs, and they survive restarts. A finished job's
@@ -44,7 +46,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from imagegen import strictjson
@@ -54,6 +56,7 @@ from imagegen.books.interfaces import (
     ClaimedJob,
     JobCopy,
     Lease,
+    QueueLimitReached,
     Record,
     checked_input_name,
 )
@@ -69,6 +72,7 @@ _SLOTS = ".slots"
 _RECORD = "job.json"
 _LOCK = "lock"
 _SWEEP_LOCK = ".sweep"  # flock()ed by the process sweeping
+_QUEUE_LOCK = ".queue"  # flock()ed by a bounded submitter from counting to listing its job
 _INPUTS = "inputs"
 _SECRET = "webhook-secret"  # noqa: S105 - a file name
 _TMP_PREFIX = TMP_PREFIX
@@ -146,6 +150,7 @@ class FileJobBook:
         lease_seconds: float = 0.0,
         webhook_secret: str | None = None,
         inputs: Mapping[str, bytes] | None = None,
+        max_waiting: int | None = None,
     ) -> FileLease:
         """Write a new job's record and queue it; return its lease, already held.
 
@@ -153,7 +158,10 @@ class FileJobBook:
         into place, then listed as active: no other process can take a job before its
         submitter lets go of it, and nobody sees half a record. `inputs` (file name to
         bytes: an edit's uploads) are kept with it until the job ends, so that another
-        process can run the job if this one dies.
+        process can run the job if this one dies. With `max_waiting`, the jobs that wait are
+        counted and the staged job put in place under the `.queue` flock, which every
+        bounded submitter takes: QueueLimitReached, and the staging removed, when that many
+        wait already.
         """
         job_id = record["job_id"]
         staging = self.root / f"{_TMP_PREFIX}{job_id}"
@@ -174,10 +182,15 @@ class FileJobBook:
                 with open(fd, "w", encoding="utf-8") as handle:
                     handle.write(webhook_secret)
             self._disk.sync(staging)
-            os.rename(staging, self.root / job_id)
-            self._disk.sync(self.root)
-            self._disk.write_new(self._active / record["marker"], b"")
-            self._disk.sync(self._active)
+            with self._queue_lock(max_waiting is not None):
+                if max_waiting is not None:
+                    waiting = self._waiting(max_waiting)
+                    if waiting >= max_waiting:
+                        raise QueueLimitReached(waiting=waiting, limit=max_waiting)
+                os.rename(staging, self.root / job_id)
+                self._disk.sync(self.root)
+                self._disk.write_new(self._active / record["marker"], b"")
+                self._disk.sync(self._active)
         except BaseException as exc:
             if lease is not None:
                 lease.release()
@@ -192,6 +205,36 @@ class FileJobBook:
                 ) from None
             raise
         return lease
+
+    @contextlib.contextmanager
+    def _queue_lock(self, take: bool) -> Iterator[None]:
+        """Hold the bounded submitters' flock (if `take`), waiting for it: its holders only
+        count and list, so it is never held for long; a dead holder's lock drops with it."""
+        if not take:
+            yield
+            return
+        fd = os.open(self.root / _QUEUE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the flock
+
+    def _waiting(self, limit: int) -> int:
+        """How many jobs wait: unended on the active list, less the slots held. A marker
+        counts as unended unless the count reaches `limit`; then each record is read (a job
+        whose record has just said it ended is still listed for a moment)."""
+        busy = self.busy_slots()
+        listed = self.active()
+        waiting = len(listed) - busy
+        if waiting >= limit:
+            unended = 0
+            for _, job_id in listed:
+                record = self.read(job_id)
+                if record is not None and record["status"] not in FINAL:
+                    unended += 1
+            waiting = unended - busy
+        return waiting
 
     def read(self, job_id: str) -> Record | None:
         """The job's record, or None if there is none (or the id is not a UUID)."""

@@ -205,6 +205,15 @@ class LeaseLost(Exception):
     """The owner's lease on a job has ended: another owner may have it now."""
 
 
+class QueueLimitReached(Exception):
+    """`submit` found `limit` jobs waiting already (`waiting` of them): nothing was written."""
+
+    def __init__(self, *, waiting: int, limit: int) -> None:
+        super().__init__(f"{waiting} jobs are waiting; the limit is {limit}")
+        self.waiting = waiting
+        self.limit = limit
+
+
 @runtime_checkable
 class Lease(Protocol):
     """The right to run one job, or to use one running slot, until released or lapsed."""
@@ -241,6 +250,11 @@ class JobBook(Protocol):
       and to one claimant only, however many race for it. A holder's own claim does not
       return the jobs it holds.
     - At most `max_running` slots are held at once over all processes (`take_slot`).
+    - At most `max_waiting` jobs wait, over all processes, when `submit` is given one: a job
+      waits while it is on the active list, unended, and not running (the unended active jobs
+      less the slots held). `submit` counts them and inserts in one step that every other
+      submitter's waits for, so N concurrent submissions against room for k admit exactly k;
+      the others raise QueueLimitReached and write nothing.
     - Readers (`read`, `version`, `versions`, `active`...) see every write as soon as it
       returns, from every process sharing the book.
     - Only the holder of a job's lease writes it (`write`, `end`, `finish`); an
@@ -252,6 +266,8 @@ class JobBook(Protocol):
     the oldest row that is listed and unheld (`lease_until` passed) with `FOR UPDATE SKIP
     LOCKED` and sets both in the same transaction; `renew` moves `lease_until` only where
     `owner` is still its own; a slot is a row of a `slots` table leased the same way.
+    A bounded `submit` holds a lock every submitter takes (PostgreSQL: a transaction advisory
+    lock; files: a flock) from counting to inserting.
     """
 
     max_running: int
@@ -266,10 +282,12 @@ class JobBook(Protocol):
         lease_seconds: float,
         webhook_secret: str | None = None,
         inputs: dict[str, bytes] | None = None,
+        max_waiting: int | None = None,
     ) -> Lease:
         """Store a new job and queue it, held by `owner`; no reader sees half of it.
         `inputs` (file name to bytes: an edit's images) and the caller's webhook signing
-        secret are kept with it until the job ends."""
+        secret are kept with it until the job ends. With `max_waiting`, QueueLimitReached
+        (and nothing written) when that many jobs wait already, over every process."""
         ...
 
     def claim(self, owner: str, lease_seconds: float) -> ClaimedJob | None:

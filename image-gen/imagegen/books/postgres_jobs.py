@@ -17,6 +17,10 @@ lease that is not renewed for `lease_seconds` lapses: another owner may claim th
 every write of the lapsed owner (`write`, `end`, `finish`) raises LeaseLost, so two owners
 never run a job at once. A process that dies simply stops renewing: its jobs and slots are
 free `lease_seconds` later.
+
+A bounded `submit` (`max_waiting`) takes a transaction advisory lock (_QUEUE_LOCK) before it
+counts the jobs that wait and inserts its own, so bounded submitters over every replica count
+one after another, each seeing the rows its predecessors committed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from imagegen.books.interfaces import (
     JobCopy,
     Lease,
     LeaseLost,
+    QueueLimitReached,
     Record,
     checked_input_name,
 )
@@ -49,6 +54,9 @@ from imagegen.storage.index import normalize_id
 log = logging.getLogger(__name__)
 
 _SWEEP_LOCK = 0x696D6773776570  # the sweepers' advisory lock ("imgswep" in ASCII)
+# The bounded submitters' advisory lock ("imgqueue" in ASCII), held from counting the waiting
+# jobs to inserting one, so that concurrent submitters (threads, workers, replicas) count in turn.
+_QUEUE_LOCK = 0x696D677175657565
 _STALE = 3600.0  # an unfinished record on no list (a bug's leftover) is removed this late
 # Seconds a progress write (not durable) or a preview waits for a connection: they are made
 # from the thread reading the upstream's stream, which must not stall while the database is
@@ -90,6 +98,13 @@ INSERT INTO jobs (job_id, marker, listed, status, record, owner, lease, lease_un
                   webhook_secret)
 VALUES (%s, %s, 'active', %s, %s::json, %s, %s, clock_timestamp() + make_interval(secs => %s),
         %s)
+"""
+# The jobs that wait: unended on the active list, less those running (the slots held). One
+# statement, so both counts come from one snapshot.
+_WAITING = """
+SELECT (SELECT count(*) FROM jobs
+        WHERE listed = 'active' AND status NOT IN ('completed', 'failed'))
+     - (SELECT count(*) FROM slots WHERE slot < %s AND lease_until > clock_timestamp())
 """
 # A lease's renewal and release, by table; the key, then the lease's id.
 _RENEW = {
@@ -183,15 +198,25 @@ class PostgresJobBook(_PostgresBook):
         lease_seconds: float,
         webhook_secret: str | None = None,
         inputs: Mapping[str, bytes] | None = None,
+        max_waiting: int | None = None,
     ) -> PostgresLease:
         """Insert the job, listed as active and held by `owner`, with its inputs and webhook
-        secret, in one transaction: nobody sees half of it, nobody claims it first."""
+        secret, in one transaction: nobody sees half of it, nobody claims it first. With
+        `max_waiting`, the transaction first takes the submitters' advisory lock and counts
+        the jobs that wait: QueueLimitReached, and nothing inserted, when they are that many."""
         job_id = record["job_id"]
         if normalize_id(job_id) != job_id:
             raise ValueError(f"not a job id: {job_id!r}")
         names = [checked_input_name(name) for name in inputs or {}]
         lease = PostgresLease(self, "jobs", job_id, lease_seconds, secrets.token_hex(16))
         with self._transaction() as db:
+            if max_waiting is not None:
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_QUEUE_LOCK,))
+                row = db.execute(_WAITING, (self.max_running,)).fetchone()
+                assert row is not None
+                waiting = int(row[0])
+                if waiting >= max_waiting:
+                    raise QueueLimitReached(waiting=waiting, limit=max_waiting)
             db.execute(
                 _SUBMIT,
                 (

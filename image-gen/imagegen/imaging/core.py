@@ -116,6 +116,11 @@ class ImageMaker:
             raise _refusal(exc, caller, image_request.count, estimate or 0.0, request_id) from None
         return Admission(caller, reservation, estimate, pricing)
 
+    def release(self, admission: Admission) -> None:
+        """Give back what `admit` reserved: the request was refused before anything was made
+        (a full queue, say)."""
+        _book(self.ledger.release, admission.reservation)
+
     def make(
         self,
         image_request: ImageRequest,

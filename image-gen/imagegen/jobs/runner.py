@@ -55,7 +55,14 @@ from typing import Any
 
 from imagegen import clock
 from imagegen.access.tokens import ANONYMOUS_CALLER, Caller
-from imagegen.books.interfaces import FINAL, JobBook, Lease, LeaseLost, new_marker
+from imagegen.books.interfaces import (
+    FINAL,
+    JobBook,
+    Lease,
+    LeaseLost,
+    QueueLimitReached,
+    new_marker,
+)
 from imagegen.clock import utc_now
 from imagegen.errors import (
     DatabaseUnavailable,
@@ -83,6 +90,14 @@ _NOT_KEPT = (
     "stored (the copy is set aside in the spool's .damaged folder for the operator). "
     "Submit the job again."
 )
+
+
+def _queue_full(waiting: int) -> QueueFull:
+    return QueueFull(
+        f"{waiting} asynchronous jobs are waiting, the most this service queues; "
+        "try again after Retry-After seconds.",
+        retry_after=30,
+    )
 
 
 def _warnings(image_request: ImageRequest) -> dict[str, Any]:
@@ -150,7 +165,10 @@ class JobRunner:
     # --- accepting --------------------------------------------------------------------
 
     def check_capacity(self) -> None:
-        """QueueFull when `max_queued_jobs` jobs already wait (over every process)."""
+        """QueueFull when `max_queued_jobs` jobs already wait (over every process).
+
+        A cheap early refusal, before the caps are reserved and the inputs prepared; the
+        bound that holds is `submit`'s, counted and inserted in one step by the book."""
         active, busy = self.records.active(), self.records.busy_slots()
         waiting = len(active) - busy
         if waiting >= self.settings.max_queued_jobs:
@@ -158,11 +176,7 @@ class JobRunner:
             # marker moves next, or its process died in between): count only unfinished ones.
             waiting = sum(1 for _, job_id in active if not self._ended(job_id)) - busy
         if waiting >= self.settings.max_queued_jobs:
-            raise QueueFull(
-                f"{waiting} asynchronous jobs are waiting, the most this service queues; "
-                "try again after Retry-After seconds.",
-                retry_after=30,
-            )
+            raise _queue_full(waiting)
 
     def _ended(self, job_id: str) -> bool:
         record = self.records.read(job_id)
@@ -182,7 +196,8 @@ class JobRunner:
         request_id: str | None = None,
     ) -> dict[str, Any]:
         """Record and queue a job this process will run; return its record. `inputs` are
-        kept with the record (see JobBook.submit) for the operation's rebuilder."""
+        kept with the record (see JobBook.submit) for the operation's rebuilder. QueueFull,
+        and nothing recorded, when `max_queued_jobs` jobs wait already (over every process)."""
         job_id = str(uuid.uuid4())
         now = utc_now()
         record: dict[str, Any] = {
@@ -209,13 +224,17 @@ class JobRunner:
             else {"url": webhook[0], "status": "pending", "attempts": 0, "error": None},
         }
         emit(record, "status", status_data(record))
-        lease = self.records.submit(
-            record,
-            owner=self.owner,
-            lease_seconds=self.lease_seconds,
-            webhook_secret=webhook[1] if webhook else None,
-            inputs=inputs,
-        )
+        try:
+            lease = self.records.submit(
+                record,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                webhook_secret=webhook[1] if webhook else None,
+                inputs=inputs,
+                max_waiting=self.settings.max_queued_jobs,
+            )
+        except QueueLimitReached as full:
+            raise _queue_full(full.waiting) from None
         job = _Job(record, lease, image_request, produce, caller, admission)
         with self._lock:
             self._owned[job_id] = job

@@ -20,7 +20,7 @@ from flask import Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from imagegen.access.auth import current_caller
-from imagegen.errors import ValidationError, error_response
+from imagegen.errors import QueueFull, ValidationError, error_response
 from imagegen.imaging.answers import answer_body
 from imagegen.imaging.core import Produce, input_count
 from imagegen.imaging.request import ImageRequest
@@ -73,17 +73,21 @@ def respond_async(
     admission = parts.maker.admit(
         image_request, caller, input_images=input_count(source), request_id=request_id
     )
-    record = runner.submit(
-        image_request,
-        operation=operation,
-        produce=produce,
-        source=source,
-        caller=caller,
-        admission=admission,
-        webhook=webhook,
-        inputs=inputs,
-        request_id=request_id,
-    )
+    try:
+        record = runner.submit(
+            image_request,
+            operation=operation,
+            produce=produce,
+            source=source,
+            caller=caller,
+            admission=admission,
+            webhook=webhook,
+            inputs=inputs,
+            request_id=request_id,
+        )
+    except QueueFull:  # other submitters filled the queue since check_capacity: nothing queued
+        parts.maker.release(admission)
+        raise
     job_id = record["job_id"]
     if preference.wait and runner.wait(job_id, preference.wait):
         finished = runner.records.read(job_id) or record

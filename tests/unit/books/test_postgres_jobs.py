@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.books.interfaces import LeaseLost, new_marker
+from imagegen.books.interfaces import LeaseLost, QueueLimitReached, new_marker
 from imagegen.books.migrations import migrate
 from imagegen.books.postgres_jobs import PostgresJobBook
 from tests.support.books import race
@@ -125,6 +125,36 @@ def test_the_running_slots_are_one_bound_for_two_books_on_two_pools(tmp_path):
     for slot in (taken[1], again):
         slot.release()
     assert replica_a.busy_slots() == 0
+
+
+def test_the_waiting_jobs_are_one_bound_for_two_books_on_two_pools(tmp_path):
+    replica_a, replica_b = a_book(tmp_path), a_book(tmp_path)
+    records = [a_record() for _ in range(16)]
+
+    def attempt(n: int) -> Any:
+        return (replica_a, replica_b)[n % 2].submit(
+            records[n],
+            owner=f"replica-{n % 2}",
+            lease_seconds=30,
+            webhook_secret="whsec-1234",
+            inputs={"image-1.png": b"input"},
+            max_waiting=5,
+        )
+
+    results = race(16, attempt)
+
+    refused = [n for n, got in enumerate(results) if isinstance(got, QueueLimitReached)]
+    accepted = [n for n in range(16) if n not in refused]
+    assert len(accepted) == 5 and len(refused) == 11, results
+    for book in (replica_a, replica_b):
+        assert {job for _, job in book.active()} == {records[n]["job_id"] for n in accepted}
+    with replica_a.pool.connection() as db:
+        row = db.execute(
+            "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM job_inputs)"
+        ).fetchone()
+    assert row == (5, 5)  # nothing of the refused eleven: no row, no input
+    for n in accepted:
+        results[n].release()
 
 
 def test_previews_and_inputs_go_with_the_removed_job(tmp_path):
