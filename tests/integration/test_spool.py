@@ -145,22 +145,35 @@ def test_images_made_while_s3_stops_are_kept_answered_202_and_stored_once_it_is_
     assert again.status_code == 202 and again.get_json()["job_id"] == job_id  # still replayed
 
 
+def kept_on_one_of_two(
+    settings, make_app, fake_openai: FakeOpenAI, server: SeaweedFS, tmp_path: Path, prefix: str
+) -> tuple[FlaskClient, FlaskClient, dict[str, Any]]:
+    """Two replicas (own directories, one bucket and database); a call to the first kept in
+    its spool as `server` stops: (first, second, its 202 answer's body)."""
+    url, dsn = f"s3://{BUCKET}/{prefix}", dsn_for(tmp_path)
+    on_a, on_b = (
+        make_app(
+            settings, images_dir=tmp_path / name, storage_url=url, database_url=dsn
+        ).test_client()
+        for name in ("a", "b")
+    )
+    answer = stop_while_upstream(
+        fake_openai, server, lambda: on_a.post("/generate", json={"prompt": "a fox"})
+    )
+    assert answer.status_code == 202, answer.get_json()
+    body: dict[str, Any] = answer.get_json()
+    assert spooled(tmp_path / "a") == [body["job_id"]] and spooled(tmp_path / "b") == []
+    return on_a, on_b, body
+
+
 def test_a_job_kept_by_one_replica_is_storing_on_another_and_served_by_it_once_stored(
     settings, make_app, fake_openai, own_seaweed, tmp_path
 ):
-    url = f"s3://{BUCKET}/spool-replicas"
-    dsn = dsn_for(tmp_path)
-    a = make_app(settings, images_dir=tmp_path / "a", storage_url=url, database_url=dsn)
-    b = make_app(settings, images_dir=tmp_path / "b", storage_url=url, database_url=dsn)
-    on_a, on_b = a.test_client(), b.test_client()
-
-    answer = stop_while_upstream(
-        fake_openai, own_seaweed, lambda: on_a.post("/generate", json={"prompt": "a fox"})
+    _, on_b, body = kept_on_one_of_two(
+        settings, make_app, fake_openai, own_seaweed, tmp_path, "spool-replicas"
     )
 
-    assert answer.status_code == 202, answer.get_json()
-    job_id, image_id = answer.get_json()["job_id"], answer.get_json()["images"][0]["id"]
-    assert spooled(tmp_path / "a") == [job_id] and spooled(tmp_path / "b") == []
+    job_id, image_id = body["job_id"], body["images"][0]["id"]
     elsewhere = on_b.get(f"/jobs/{job_id}")  # the replica that does not keep it says so too
     assert elsewhere.status_code == 200, elsewhere.get_json()
     assert elsewhere.get_json()["status"] == "storing"
@@ -181,16 +194,10 @@ def test_a_job_kept_by_one_replica_is_storing_on_another_and_served_by_it_once_s
 def test_a_kept_job_whose_entry_is_damaged_is_not_said_storing_by_any_replica(
     settings, make_app, fake_openai, own_seaweed, tmp_path
 ):
-    url = f"s3://{BUCKET}/spool-replicas-damaged"
-    dsn = dsn_for(tmp_path)
-    a = make_app(settings, images_dir=tmp_path / "a", storage_url=url, database_url=dsn)
-    b = make_app(settings, images_dir=tmp_path / "b", storage_url=url, database_url=dsn)
-    on_a, on_b = a.test_client(), b.test_client()
-    answer = stop_while_upstream(
-        fake_openai, own_seaweed, lambda: on_a.post("/generate", json={"prompt": "a fox"})
+    on_a, on_b, body = kept_on_one_of_two(
+        settings, make_app, fake_openai, own_seaweed, tmp_path, "spool-replicas-damaged"
     )
-    assert answer.status_code == 202, answer.get_json()
-    job_id = answer.get_json()["job_id"]
+    job_id = body["job_id"]
     assert job(on_b, job_id)["status"] == "storing"
     entry = tmp_path / "a" / ".spool" / job_id
     kept = json.loads((entry / "metadata.json").read_bytes())
