@@ -283,6 +283,33 @@ def test_a_bounded_submission_counts_only_waiting_jobs_not_running_or_ended_ones
         lease.release()
 
 
+def test_waiting_counts_queued_jobs_of_every_holder_not_running_or_ended_ones(job_books):
+    book, other = job_books(max_running=2), job_books(max_running=2)  # as two processes
+    held = 30.0  # seconds: no timed lease lapses while the test runs, however slow
+    records = [a_record() for _ in range(3)]
+    leases = [
+        (book, book, other)[n].submit(records[n], owner=f"submitter-{n}", lease_seconds=held)
+        for n in range(3)
+    ]
+    assert all(handle.waiting(5) == 3 for handle in (book, other))
+    assert (book.waiting(3), book.waiting(2)) == (3, 3)  # exact from the limit up too
+
+    slot = book.take_slot("runner", held)  # the first starts: two wait
+    assert slot is not None
+    book.write(leases[0], {**records[0], "status": "running"})
+    assert (other.waiting(5), other.waiting(2), other.waiting(1)) == (2, 2, 2)
+
+    ended = {**records[1], "status": "completed"}  # still listed for a moment: not waiting
+    book.write(leases[1], ended)
+    assert (other.waiting(2), other.waiting(1)) == (1, 1)  # exact once the limit is reached
+    assert other.waiting(5) < 5  # below it, a number below the limit
+    book.end(leases[1], ended, webhook_pending=True)  # delivering its webhook: not waiting
+    assert (other.waiting(5), other.waiting(1)) == (1, 1)
+
+    for lease in (slot, *leases):
+        lease.release()
+
+
 def test_running_slots_are_bounded_over_every_holder(job_books):
     first, second = job_books(max_running=2), job_books(max_running=2)
 

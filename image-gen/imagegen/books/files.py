@@ -184,7 +184,7 @@ class FileJobBook:
             self._disk.sync(staging)
             with self._queue_lock(max_waiting is not None):
                 if max_waiting is not None:
-                    waiting = self._waiting(max_waiting)
+                    waiting = self.waiting(max_waiting)
                     if waiting >= max_waiting:
                         raise QueueLimitReached(waiting=waiting, limit=max_waiting)
                 os.rename(staging, self.root / job_id)
@@ -220,10 +220,11 @@ class FileJobBook:
         finally:
             os.close(fd)  # drops the flock
 
-    def _waiting(self, limit: int) -> int:
-        """How many jobs wait: unended on the active list, less the slots held. A marker
-        counts as unended unless the count reaches `limit`; then each record is read (a job
-        whose record has just said it ended is still listed for a moment)."""
+    def waiting(self, limit: int) -> int:
+        """How many jobs wait, in every process: unended on the active list, less the slots
+        held. A marker counts as unended unless the count reaches `limit`; then each record
+        is read (a job whose record has just said it ended is still listed for a moment), so
+        the count is exact from `limit` up. `submit` counts under the `.queue` flock."""
         busy = self.busy_slots()
         listed = self.active()
         waiting = len(listed) - busy

@@ -252,9 +252,9 @@ class JobBook(Protocol):
     - At most `max_running` slots are held at once over all processes (`take_slot`).
     - At most `max_waiting` jobs wait, over all processes, when `submit` is given one: a job
       waits while it is on the active list, unended, and not running (the unended active jobs
-      less the slots held). `submit` counts them and inserts in one step that every other
-      submitter's waits for, so N concurrent submissions against room for k admit exactly k;
-      the others raise QueueLimitReached and write nothing.
+      less the slots held, as `waiting` counts them). `submit` counts them and inserts in one
+      step that every other submitter's waits for, so N concurrent submissions against room
+      for k admit exactly k; the others raise QueueLimitReached and write nothing.
     - Readers (`read`, `version`, `versions`, `active`...) see every write as soon as it
       returns, from every process sharing the book.
     - Only the holder of a job's lease writes it (`write`, `end`, `finish`); an
@@ -322,6 +322,16 @@ class JobBook(Protocol):
 
     def busy_slots(self) -> int:
         """How many slots are held right now, by every process."""
+        ...
+
+    def waiting(self, limit: int) -> int:
+        """How many jobs wait, over all processes and replicas: those on the active list,
+        unended and not running (the unended active jobs less the slots held), as `submit`
+        counts them against `max_waiting`. Exact whenever it is `limit` or more, so
+        `waiting(limit) >= limit` says exactly whether `limit` jobs wait; below that, a
+        number below `limit` that may still count a job whose record has just said it ended
+        (its listing moves next). The cheap early look of a submitter; `submit`'s count is
+        the one that holds."""
         ...
 
     # --- records

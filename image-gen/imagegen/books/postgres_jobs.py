@@ -212,9 +212,7 @@ class PostgresJobBook(_PostgresBook):
         with self._transaction() as db:
             if max_waiting is not None:
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_QUEUE_LOCK,))
-                row = db.execute(_WAITING, (self.max_running,)).fetchone()
-                assert row is not None
-                waiting = int(row[0])
+                waiting = self._count_waiting(db)
                 if waiting >= max_waiting:
                     raise QueueLimitReached(waiting=waiting, limit=max_waiting)
             db.execute(
@@ -237,6 +235,18 @@ class PostgresJobBook(_PostgresBook):
                     (job_id, name, inputs[name]),
                 )
         return lease
+
+    def waiting(self, limit: int) -> int:
+        """How many jobs wait, over every replica: unended on the active list, less the
+        slots held, from one snapshot. Exact whatever `limit` is (the status is a column)."""
+        with self._transaction() as db:
+            return self._count_waiting(db)
+
+    def _count_waiting(self, db: Any) -> int:
+        """The jobs that wait, counted in `db`'s transaction (`submit`'s, under its lock)."""
+        row = db.execute(_WAITING, (self.max_running,)).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def import_job(self, copy: JobCopy) -> bool:
         """Add a job another book kept (imagegen.migrate), on the list it was on and held
