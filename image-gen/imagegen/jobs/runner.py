@@ -169,18 +169,10 @@ class JobRunner:
 
         A cheap early refusal, before the caps are reserved and the inputs prepared; the
         bound that holds is `submit`'s, counted and inserted in one step by the book."""
-        active, busy = self.records.active(), self.records.busy_slots()
-        waiting = len(active) - busy
-        if waiting >= self.settings.max_queued_jobs:
-            # A job whose record has just said it ended is still listed for a moment (its
-            # marker moves next, or its process died in between): count only unfinished ones.
-            waiting = sum(1 for _, job_id in active if not self._ended(job_id)) - busy
-        if waiting >= self.settings.max_queued_jobs:
+        limit = self.settings.max_queued_jobs
+        waiting = self.records.waiting(limit)
+        if waiting >= limit:
             raise _queue_full(waiting)
-
-    def _ended(self, job_id: str) -> bool:
-        record = self.records.read(job_id)
-        return record is None or record["status"] in FINAL
 
     def submit(
         self,
