@@ -25,6 +25,9 @@ from imagegen.storage.durable import Disk
 from imagegen.storage.layout import TMP_PREFIX
 
 _CHUNK = 1 << 20
+# A job's files this big leave the page cache once synced (durable.fsync_path): written
+# once, read once if at all. Smaller ones (metadata.json, small images) stay cached.
+UNCACHE_FROM = 256 << 10
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
@@ -213,7 +216,8 @@ class FilePublication:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._disk.write_new(path, data, sync=False)
         if data:
-            self._syncs.futures += self._disk.sync_soon(path)
+            uncache = len(data) >= UNCACHE_FROM  # an image, not metadata.json
+            self._syncs.futures += self._disk.sync_soon(path, uncache=uncache)
 
     def seal(self) -> None:
         """Every file's data and the names in the staging folder reach the disk."""

@@ -31,6 +31,8 @@ from imagegen.storage.images import ImageStore
 from imagegen.storage.layout import Layout
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.support.fake_openai import make_png
+from tests.support.pagecache import cached_pages, gives_pages_back
+from tests.support.pictures import rgba_png
 from tests.support.scans import change_after_listing
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -217,6 +219,32 @@ def test_extra_metadata_is_recorded(store: ImageStore) -> None:
     metadata = store.save_job(dict(REQUEST), generation(1), extra={"warning": "deprecated"})
 
     assert store.job_metadata(metadata["job_id"])["warning"] == "deprecated"
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_big_image_leaves_the_page_cache_once_synced_small_files_stay(
+    tmp_path: Path, fsync: bool
+) -> None:
+    """A 1 MiB image is written once and seldom read again: once it is on the disk its pages
+    go back to the kernel instead of filling memory. metadata.json and a small image stay
+    cached; with fsync off nothing is synced, so nothing is given back."""
+    if not gives_pages_back(tmp_path):
+        pytest.skip("this filesystem keeps a synced file's pages (tmpfs), or no mincore")
+    Layout(tmp_path / "images").prepare()
+    store = ImageStore.on_disk(tmp_path / "images", fsync=fsync)
+    big, small = rgba_png(64, 64, pad_to=1 << 20), png()
+    images = [GeneratedImage(big, "png", 64, 64), GeneratedImage(small, "png", 8, 8)]
+    metadata = store.save_job(dict(REQUEST), Generation(images, usage={"total_tokens": 10}))
+
+    job_dir = tmp_path / "images" / metadata["job_id"]
+    big_path, small_path = (job_dir / entry["file"] for entry in metadata["images"])
+    cached, pages = cached_pages(big_path)
+    assert pages == 256
+    assert cached == (0 if fsync else pages)
+    assert cached_pages(small_path) == (1, 1)
+    cached, pages = cached_pages(job_dir / "metadata.json")
+    assert cached == pages > 0
+    assert big_path.read_bytes() == big  # read back whole, from the disk
 
 
 # --- failures while saving ------------------------------------------------------------------
