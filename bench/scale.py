@@ -863,24 +863,49 @@ def _profile(
     return summarize_profile(raw)
 
 
-def disk_floor(directory: Path, rounds: int = 40) -> tuple[float, float]:
+def disk_floor(directory: Path, rounds: int = 40) -> tuple[float, float, float]:
     """CPU seconds this process spends writing a new 1 MiB file in `directory` and on its
-    fsync, each (median of `rounds`): what storing one image durably costs the kernel on
-    this disk, whatever the service does around it."""
+    fsync (medians of `rounds`): what storing one image durably costs the kernel on this
+    disk, whatever the service does around it. Two ways, as the service may: each file's
+    pages given back to the kernel once synced (POSIX_FADV_DONTNEED, what the service does
+    with an image, storage/durable.py), so the next write fills recycled pages; and each
+    file's pages kept in the page cache, so every write fills pages the cache has not used
+    yet. Returns (write given back, write kept, fsync)."""
     directory.mkdir(parents=True, exist_ok=True)
     data = os.urandom(ONE_MIB)
-    writes, syncs = [], []
-    for n in range(rounds):
-        path = directory / f"floor-{n}"
-        before = time.process_time()
-        with open(path, "xb") as handle:
-            handle.write(data)
-            written = time.process_time()
-            os.fsync(handle.fileno())
-        writes.append(written - before)
-        syncs.append(time.process_time() - written)
+    writes: dict[bool, list[float]] = {True: [], False: []}
+    syncs = []
+    for uncache in (True, False):
+        for n in range(rounds):
+            path = directory / f"floor-{uncache}-{n}"
+            before = time.process_time()
+            with open(path, "xb") as handle:
+                handle.write(data)
+                written = time.process_time()
+                os.fsync(handle.fileno())
+                synced = time.process_time()
+                if uncache and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            writes[uncache].append(written - before)
+            syncs.append(synced - written)
+    for path in directory.glob("floor-*"):  # kept to the end: their pages stay cached
         path.unlink()
-    return statistics.median(writes), statistics.median(syncs)
+    return (
+        statistics.median(writes[True]),
+        statistics.median(writes[False]),
+        statistics.median(syncs),
+    )
+
+
+def page_cache_mib() -> float | None:
+    """The kernel's page cache now (`Cached` in /proc/meminfo), in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]:
@@ -907,10 +932,10 @@ def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
         time.sleep(3.0)
         idle_rate = (sum(cpu_times(pids)) - idle_user - idle_system) / 3.0
         user0, system0 = cpu_times(pids)
-        started = time.perf_counter()
+        started, cached_before = time.perf_counter(), page_cache_mib()
         with CpuMeter(fake.cpu_seconds) as meter:
             errors = asyncio.run(series(calls, "run"))
-        wall = time.perf_counter() - started
+        wall, cached_after = time.perf_counter() - started, page_cache_mib()
         user1, system1 = cpu_times(pids)
         ok = max(1, calls - len(errors))
         user, system = (user1 - user0) / ok, (system1 - system0) / ok
@@ -922,11 +947,21 @@ def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
             f"{_ms(corrected)}; fake {_ms(meter.deltas[1] / ok)} per call; other processes "
             f"used {meter.others_share:.0%} of the machine"
         )
-        write_cpu, sync_cpu = disk_floor(workdir / "floor")
+        grown = (
+            "unknown"
+            if cached_before is None or cached_after is None
+            else f"{cached_after - cached_before:+.0f} MiB"
+        )
+        print(
+            f"  page cache over the run: {grown} for {calls} MiB of images stored (the "
+            f"service gives an image's pages back once it is synced)"
+        )
+        write_cpu, write_kept_cpu, sync_cpu = disk_floor(workdir / "floor")
         print(
             f"  floor on this disk (this bench's own process, median): writing a new 1 MiB "
-            f"file {_ms(write_cpu)} of CPU, its fsync {_ms(sync_cpu)}; the rest of a call is "
-            f"the service's: {_ms(max(0.0, user + system - write_cpu - sync_cpu))}"
+            f"file {_ms(write_cpu)} of CPU into pages given back ({_ms(write_kept_cpu)} when "
+            f"every file stays in the page cache), its fsync {_ms(sync_cpu)}; the rest of a "
+            f"call is the service's: {_ms(max(0.0, user + system - write_cpu - sync_cpu))}"
         )
         profile: list[str] = []
         if opts.profile:
@@ -951,6 +986,12 @@ def figure_g(opts: argparse.Namespace, workdir: Path, kind: str) -> list[Figure]
                 "idle_rate_ms_per_s": idle_rate * 1000,
                 "processes": len(pids),
                 "disk_write_floor_ms": write_cpu * 1000,
+                "disk_write_kept_floor_ms": write_kept_cpu * 1000,
+                "page_cache_growth_mib": (
+                    None
+                    if cached_before is None or cached_after is None
+                    else cached_after - cached_before
+                ),
                 "disk_fsync_floor_ms": sync_cpu * 1000,
                 "profile": profile,
             },
