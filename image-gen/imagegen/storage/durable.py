@@ -7,6 +7,7 @@ With `fsync` off (IMAGE_GEN_FSYNC=false) the same calls make the same files, wit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -58,7 +59,8 @@ def fsync_path(path: Path, *, uncache: bool = False) -> None:
     try:
         os.fsync(fd)
         if uncache and _FADVISE is not None:
-            os.posix_fadvise(fd, 0, 0, _FADVISE)
+            with contextlib.suppress(OSError):  # only advice: the file is synced either way
+                os.posix_fadvise(fd, 0, 0, _FADVISE)
     finally:
         os.close(fd)
 

@@ -247,6 +247,27 @@ def test_a_big_image_leaves_the_page_cache_once_synced_small_files_stay(
     assert big_path.read_bytes() == big  # read back whole, from the disk
 
 
+def test_a_filesystem_refusing_the_page_cache_advice_still_stores_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving pages back is advice: a filesystem that refuses it (EINVAL) stores the job."""
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    Layout(tmp_path / "images").prepare()
+    store = ImageStore.on_disk(tmp_path / "images", fsync=True)
+    big = rgba_png(64, 64, pad_to=1 << 20)
+    gen = Generation([GeneratedImage(big, "png", 64, 64)], usage={"total_tokens": 10})
+    metadata = store.save_job(dict(REQUEST), gen)
+
+    stored = store.find_image(metadata["images"][0]["id"])
+    with store.open_image(stored) as stream:
+        assert stream.read() == big
+    assert temp_entries(tmp_path / "images") == []
+
+
 # --- failures while saving ------------------------------------------------------------------
 
 
