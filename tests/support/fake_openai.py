@@ -16,6 +16,8 @@ for edits) over chunked transfer, the latency spread over the events.
 A prompt holding ``[latency=S]`` (S seconds, a decimal number up to
 ``MAX_PROMPT_LATENCY``) is waited S seconds instead of the server's
 ``latency``, so one benchmark can mix long and short calls.
+:meth:`FakeOpenAI.hold` holds every image call, once recorded, until
+:meth:`FakeOpenAI.release`, so a test decides when the upstream answers.
 Multipart edits and variations have their image parts checked like OpenAI
 does (formats by content, counts, sizes, squareness, the mask's format, alpha
 and dimensions) and answer OpenAI's error bodies.  Every
@@ -129,6 +131,8 @@ MODELS = ("gpt-image-1", "gpt-image-1-mini", "dall-e-2", "dall-e-3")
 # `[latency=2.5]` in a prompt: that call's latency (seconds) instead of the server's.
 PROMPT_LATENCY = re.compile(r"\[latency=(\d{1,6}(?:\.\d{1,6})?)\]")
 MAX_PROMPT_LATENCY = 3600.0
+# Seconds a held image call waits for release() at most, so a test that forgets it ends.
+HOLD_LIMIT = 120.0
 _MAX_STORED_FILES = 4096
 _MAX_N = 10
 
@@ -835,6 +839,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             plan = _upload_failure(record, endpoint, fake.variation_models)
         if plan is None:
             plan = fake._next_behaviour()
+        if not fake._wait_released():
+            self.close_connection = True
+            return
         latency = prompt_latency(record.params.get("prompt"), fake.latency) + plan.delay
         if plan.kind == "success" and _wants_stream(record.params):
             self._stream(plan, record.params, endpoint, latency)
@@ -1014,6 +1021,8 @@ class FakeOpenAI:
         self._files: OrderedDict[str, FileSpec] = OrderedDict()
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
+        self._released = threading.Event()  # cleared while image calls are held
+        self._released.set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._bound_port: int | None = None
@@ -1099,6 +1108,17 @@ class FakeOpenAI:
         self.require_auth = True
         self.azure_deployments = None
         self.variation_models = set()
+        self._released.set()
+
+    def hold(self) -> None:
+        """Hold every image call from now on, once recorded, until :meth:`release` (or
+        :meth:`reset`, or :meth:`stop`, which drops it); a call waits ``HOLD_LIMIT`` s at
+        most, then is answered as usual. Calls already answering are not held."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Let held image calls (and later ones) go on to their latency and answer."""
+        self._released.set()
 
     def enqueue(self, *responses: FakeResponse) -> None:
         """Queue behaviours consumed in order by the next ``/images/*`` calls."""
@@ -1132,6 +1152,15 @@ class FakeOpenAI:
             if self._queue:
                 return self._queue.popleft()
             return self._default or _SUCCESS
+
+    def _wait_released(self) -> bool:
+        """Wait while image calls are held (``HOLD_LIMIT`` s at most); False if the server
+        was stopped meanwhile."""
+        deadline = time.monotonic() + HOLD_LIMIT
+        while not self._released.wait(0.05):
+            if self._stopped.is_set() or time.monotonic() >= deadline:
+                break
+        return not self._stopped.is_set()
 
     def _sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``; False if the server was stopped meanwhile."""

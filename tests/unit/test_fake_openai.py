@@ -463,6 +463,36 @@ def test_prompt_latency_reads_only_well_formed_tags() -> None:
     assert fo.prompt_latency(["[latency=2]"], 0.5) == 0.5
 
 
+def test_held_calls_are_recorded_and_answer_only_once_released(fake: fo.FakeOpenAI) -> None:
+    fake.hold()
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def worker(prompt: str) -> None:
+        status = generate(fake, prompt=prompt)[0]
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=worker, args=(f"held {n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(fake.image_requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(r.json["prompt"] for r in fake.image_requests) == ["held 0", "held 1", "held 2"]
+    threads[0].join(timeout=0.3)
+    assert threads[0].is_alive() and statuses == []  # recorded, not answered
+
+    fake.release()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert statuses == [200] * 3
+
+    fake.hold()
+    fake.reset()  # a reset lets calls through again
+    assert generate(fake)[0] == 200
+
+
 def test_stop_interrupts_latency() -> None:
     fake = fo.FakeOpenAI().start()
     fake.latency = 30.0

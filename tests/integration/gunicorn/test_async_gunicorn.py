@@ -1,7 +1,8 @@
 """Asynchronous jobs under real Gunicorn with several workers and the fake upstream (slow,
 streaming partial images): submit and poll from any worker, follow the events, disconnect,
-SIGKILL the worker running a job, bound the running jobs, and restart the whole service
-with jobs in flight. A job always ends completed or failed, never stuck."""
+SIGKILL the worker running a job, bound the running jobs and the queue (under concurrent
+submissions too), and restart the whole service with jobs in flight. A job always ends
+completed or failed, never stuck."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +217,97 @@ def test_running_jobs_are_bounded_across_workers_and_the_queue_is_bounded(servic
     for job_id in ids:
         assert finished(service, job_id)["status"] == "completed"
     assert len(fake_openai.image_requests) == 5
+
+
+def poll(predicate: Callable[[], Any], what: str, looks: int = 600, timeout: float = 30.0) -> Any:
+    """`predicate`'s first truthy answer, asked every 50 ms, `looks` times at most and for
+    `timeout` s at most."""
+    deadline = time.monotonic() + timeout
+    for _ in range(looks):
+        answer = predicate()
+        if answer:
+            return answer
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not reached in {looks} looks or {timeout} s")
+
+
+def submit_at_once(service: Service, prompts: list[str]) -> list[HTTPAnswer]:
+    """One asynchronous POST /generate per prompt, each from its own thread, all let go
+    together by a barrier; the answers in the prompts' order."""
+    barrier = threading.Barrier(len(prompts))
+
+    def post(prompt: str) -> HTTPAnswer:
+        barrier.wait(timeout=10)
+        return service.request("POST", "/generate", {"prompt": prompt}, headers=ASYNC)
+
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        futures = [pool.submit(post, prompt) for prompt in prompts]
+        return [future.result(timeout=60) for future in futures]
+
+
+def test_concurrent_submissions_over_two_workers_fill_the_queue_exactly(tmp_path, fake_openai):
+    # 1 running and 3 waiting at most. Nothing may end during the race (the upstream is held),
+    # and the first job must hold the one running slot before it: until then it is waiting
+    # itself, and the race would find room for 3 jobs or 4 depending on the dispatcher.
+    # fsync on (the service's default) widens a submission's count-to-listing window to a few
+    # ms: with the book's .queue lock taken out, 4 of 5 runs admitted 4 to 6 racers.
+    env = environment(
+        tmp_path,
+        fake_openai,
+        GUNICORN_WORKERS="2",
+        IMAGE_GEN_MAX_RUNNING_JOBS="1",
+        IMAGE_GEN_FSYNC="true",
+    )
+    assert env["IMAGE_GEN_MAX_QUEUED_JOBS"] == "3"
+    fake_openai.hold()
+    with run_gunicorn(tmp_path / "service", env) as service:
+        try:
+            first = submit(service, {"prompt": "holds the slot"})["job_id"]
+            poll(lambda: job(service, first)["status"] == "running", "the first job running")
+            poll(lambda: len(fake_openai.image_requests) == 1, "the first upstream call held")
+
+            racers = [f"racer {n}" for n in range(11)]
+            answers = submit_at_once(service, racers)
+
+            answered = zip(racers, answers, strict=True)
+            accepted = {p: a.json()["job_id"] for p, a in answered if a.status == 202}
+            refused = [answer for answer in answers if answer.status != 202]
+            assert len(accepted) == 3, [(a.status, a.body) for a in answers]
+            for answer in answers:
+                if answer.status == 202:
+                    assert answer.headers["location"] == f"/jobs/{answer.json()['job_id']}"
+            for answer in refused:
+                assert answer.status == 503, answer.body
+                assert answer.json()["code"] == "QUEUE_FULL", answer.body
+                assert int(answer.headers["retry-after"]) > 0
+                assert "location" not in answer.headers and "job_id" not in answer.json()
+            ids = [first, *accepted.values()]
+            assert [job(service, i)["status"] for i in ids] == ["running", *["queued"] * 3]
+            late = service.request("POST", "/generate", {"prompt": "late"}, headers=ASYNC)
+            assert late.status == 503 and late.json()["code"] == "QUEUE_FULL"
+            assert len(fake_openai.image_requests) == 1
+        finally:
+            fake_openai.release()
+
+        done = [
+            poll(
+                lambda i=i: (body := job(service, i))["status"] in ("completed", "failed") and body,
+                f"job {i} finishing",
+            )
+            for i in ids
+        ]
+        assert [body["status"] for body in done] == ["completed"] * 4, done
+        for body in done:
+            assert len(body["images"]) == 1
+            status, _, data = service.get(body["images"][0]["url"])
+            assert status == 200 and data.startswith(b"\x89PNG")
+        listed = service.request("GET", "/images?limit=50").json()["images"]
+
+    made = sorted(["holds the slot", *accepted])
+    assert sorted(request.json["prompt"] for request in fake_openai.image_requests) == made
+    assert sorted(image["prompt"] for image in listed) == made
 
 
 def test_clients_that_disconnect_do_not_lose_their_job(service, fake_openai):
