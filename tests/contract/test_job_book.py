@@ -5,6 +5,7 @@ implementation (conftest.JOBS)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -337,6 +338,43 @@ def test_racing_for_slots_never_holds_more_than_max_running(job_books):
     assert handles[0].busy_slots() == 3
     for slot in taken:
         slot.release()
+
+
+def test_counting_busy_slots_takes_no_slot_and_is_not_counted_as_a_running_job(job_books):
+    """Counts made over and over by other processes (early refusals, submits): while nothing
+    runs, every count says 0; and a job starting meanwhile always finds its slot."""
+    counters = [job_books(max_running=1) for _ in range(2)]
+    book, starter = job_books(max_running=1), job_books(max_running=1)
+    stop = threading.Event()
+
+    def count_in_a_loop(counter: JobBook) -> None:
+        for _ in range(20_000):  # bounded; ends once the test is done
+            if stop.is_set():
+                return
+            counter.busy_slots()
+
+    threads = [
+        threading.Thread(target=count_in_a_loop, args=(counter,), daemon=True)
+        for counter in counters
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        counts = [book.busy_slots() for _ in range(300)]
+        refused = 0
+        for n in range(100):
+            slot = starter.take_slot(f"starter-{n}", LEASE)
+            if slot is None:
+                refused += 1
+            else:
+                slot.release()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    assert set(counts) == {0}
+    assert refused == 0
 
 
 def test_the_slot_of_an_owner_that_died_is_free_again(job_books):

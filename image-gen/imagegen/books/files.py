@@ -120,6 +120,39 @@ def _try_flock(path: Path, *, create: bool) -> FileLease | None:
     return FileLease(fd)
 
 
+# A slot lock is held exclusively by the job running in it and shared, for an instant, by
+# whoever counts the busy ones: a slot whose exclusive lock is refused while a shared one is
+# granted is being counted, not run, and is free again within microseconds.
+_COUNTED_RETRIES = 50
+_COUNTED_PAUSE = 0.001
+
+
+def _slot_held(path: Path) -> bool:
+    """Whether a running job holds the slot lock at `path` (exclusively)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # lets go of the shared lock, if it was granted
+    return False
+
+
+def _take_slot_lock(path: Path) -> FileLease | None:
+    """The slot lock at `path`, unless a running job holds it; a count holding it for an
+    instant is waited for (a bounded number of short pauses)."""
+    for _ in range(_COUNTED_RETRIES):
+        slot = _try_flock(path, create=True)
+        if slot is not None or _slot_held(path):
+            return slot
+        time.sleep(_COUNTED_PAUSE)
+    return None
+
+
 class FileJobBook:
     """The asynchronous jobs under `<root>/.jobs`, shared by every process (a JobBook)."""
 
@@ -417,23 +450,18 @@ class FileJobBook:
         random.shuffle(numbers)  # spreads processes over the slots
         self._slots.mkdir(parents=True, exist_ok=True)
         for number in numbers:
-            slot = _try_flock(self._slots / str(number), create=True)
+            slot = _take_slot_lock(self._slots / str(number))
             if slot is not None:
                 return slot
         return None
 
     def busy_slots(self) -> int:
-        """How many jobs run right now, in every process."""
-        busy = 0
+        """How many jobs run right now, in every process. Each slot is asked with a shared
+        lock (_slot_held), so counting takes no slot from a job that starts meanwhile, nor
+        looks like a running job to a count made at the same moment."""
         if not self._slots.is_dir():
             return 0
-        for number in range(self.max_running):
-            slot = _try_flock(self._slots / str(number), create=True)
-            if slot is None:
-                busy += 1
-            else:
-                slot.release()
-        return busy
+        return sum(_slot_held(self._slots / str(number)) for number in range(self.max_running))
 
     # --- previews -------------------------------------------------------------------------
 
