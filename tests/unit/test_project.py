@@ -20,6 +20,7 @@ FEATURE_CHECKS = {
     ("imagegen/jobs/events.py", "POLLRDHUP"): "select.POLLRDHUP exists on Linux only",
     ("imagegen/imaging/memory.py", "gnu_get_libc_version"): "only glibc has it",
     ("imagegen/observability/countfiles.py", "posix_fallocate"): "os has none on macOS",
+    ("imagegen/storage/durable.py", "POSIX_FADV_DONTNEED"): "os has no posix_fadvise on macOS",
 }
 
 

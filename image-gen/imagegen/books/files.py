@@ -61,6 +61,7 @@ from imagegen.books.interfaces import (
     checked_input_name,
 )
 from imagegen.errors import InsufficientStorage
+from imagegen.filelocks import lock_refused
 from imagegen.storage.durable import Disk, is_disk_full
 from imagegen.storage.fileblobs import mtime_of
 from imagegen.storage.index import normalize_id
@@ -129,17 +130,7 @@ _COUNTED_PAUSE = 0.001
 
 def _slot_held(path: Path) -> bool:
     """Whether a running job holds the slot lock at `path` (exclusively)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # lets go of the shared lock, if it was granted
-    return False
+    return bool(lock_refused(path, fcntl.LOCK_SH))
 
 
 def _take_slot_lock(path: Path) -> FileLease | None:

@@ -29,6 +29,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from imagegen.filelocks import lock_refused
+
 SUFFIX = ".db"
 STAGING_PREFIX = ".tmp-"
 LIVE_GAUGE_PREFIX = "gauge_live"  # a live gauge counts its process only while it runs
@@ -199,17 +201,7 @@ def _held(path: Path) -> set[str]:
 
 def _alive(path: Path) -> bool | None:
     """Whether the process writing `path` still runs (it holds a lock); None if it is gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_refused(path, fcntl.LOCK_EX)
 
 
 def _mend(path: Path) -> bool:
