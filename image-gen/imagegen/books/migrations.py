@@ -146,6 +146,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "kept jobs renewed",
+        # storage/spool.py: the keeping replica renews kept_at while its spool holds the job;
+        # a note not renewed for spool.KEPT_FOR may be abandoned by another replica, which
+        # then makes the job again (the keeper, back, then never stores its copy).
+        """
+        ALTER TABLE kept_jobs ADD COLUMN abandoned BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
 ]
 
 _VERSION_TABLE = """

@@ -64,7 +64,7 @@ from imagegen.storage.layout import (
     metadata_key,
     thumbnails_prefix,
 )
-from imagegen.storage.spool import Flusher, KeptJob, Spool
+from imagegen.storage.spool import Flusher, KeptJob, Spool, Superseded
 from imagegen.upstream.providers import GeneratedImage, Generation
 
 __all__ = ["ImageStore", "StoredImage", "normalize_id", "thumbnail_name"]
@@ -162,7 +162,13 @@ class ImageStore:
         # Jobs made while the store or its index is out of reach (a bucket's; None on disk).
         self.spool = spool
         self.flusher = (
-            Flusher(spool, self.store_kept, unreachable=_UNREACHABLE, set_aside=self._set_aside)
+            Flusher(
+                spool,
+                self.store_kept,
+                unreachable=_UNREACHABLE,
+                set_aside=self._set_aside,
+                renew=index.note_kept,
+            )
             if spool is not None
             else None
         )
@@ -299,13 +305,16 @@ class ImageStore:
         the same keys; the index gets it unless it has it already (an earlier flush that
         failed after indexing it). Nothing is undone on failure: the next flush puts it all."""
         job_id, metadata = kept.job_id, kept.metadata
+        indexed = self.index.metadata(job_id)
+        if indexed is not None and _ids(indexed) != _ids(metadata):
+            raise Superseded(f"job {job_id} is stored with other images")
         publication = self.blobs.publish(job_id, marker=METADATA)
         for name, data in kept.files:
             publication.put(name, data)
         publication.put(METADATA, _dump(metadata))
         self.index.stage(publication)
         publication.seal()
-        if self.index.metadata(job_id) is None:
+        if indexed is None:
             self.index.add(job_id, _entries(job_id, metadata["images"]), metadata).wait()
         else:
             self.index.forget_kept(job_id)  # `add` would have
@@ -326,6 +335,20 @@ class ImageStore:
         if self.spool is None or canonical is None:
             return None
         return self.spool.metadata(canonical) or self.index.kept(canonical)
+
+    def give_up_kept(self, job_id: str, *, stale: bool) -> bool:
+        """Whether a job's images, made but not stored, are nobody's to store any more, so
+        that it may be made again: this replica's spool does not keep them, and the index
+        has no note of them (or, with `stale`, one not renewed for spool.KEPT_FOR seconds:
+        pass it only after waiting that long oneself, with the index reachable). Saying so
+        abandons the note: its keeper, if it comes back, never stores them. False while a
+        spool keeps the job: wait for it to be stored."""
+        canonical = normalize_id(job_id)
+        if self.spool is None or canonical is None:
+            return True  # on disk nothing is ever kept
+        if self.spool.metadata(canonical) is not None:
+            return False
+        return self.index.abandon_kept(canonical, stale=stale)
 
     def kept_damaged(self, job_id: str) -> bool:
         """Whether this replica's spool set the job aside as damaged: it is never stored."""
@@ -682,6 +705,10 @@ def _image_entry(
 def _entries(job_id: str, images: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The (image id, blob key) pairs the index keeps for a job's images."""
     return [(image["id"], job_key(job_id, image["file"])) for image in images]
+
+
+def _ids(metadata: dict[str, Any]) -> list[object]:
+    return [image.get("id") for image in metadata.get("images") or [] if isinstance(image, dict)]
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:

@@ -70,12 +70,18 @@ class ImageIndex(Protocol):
     def metadata(self, job_id: str) -> dict[str, Any] | None:
         """A job's metadata by its canonical id; None if there is none (or it is damaged)."""
 
-    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> bool:
         """Note that a replica's spool keeps this job (storage/spool.py), so that every
-        replica can say so; `add` ends the note."""
+        replica can say so, or renew the note; `add` ends it. False if the note was
+        abandoned (`abandon_kept`): the job is never to be stored from that spool."""
 
     def kept(self, job_id: str) -> dict[str, Any] | None:
-        """The metadata of a job noted as kept, not stored since; None otherwise."""
+        """The metadata of a job noted as kept, renewed within spool.KEPT_FOR seconds and
+        not stored since; None otherwise."""
+
+    def abandon_kept(self, job_id: str, *, stale: bool) -> bool:
+        """Abandon a job's kept images if there is no note of them (with `stale`, also if
+        their keeper has not renewed it for spool.KEPT_FOR seconds); whether they are."""
 
     def forget_kept(self, job_id: str) -> None:
         """End a job's note as kept (its spool entry was set aside, or it is stored)."""
@@ -164,11 +170,16 @@ class FileIndex:
         """Nothing: the store has written metadata.json, which is the job's metadata here."""
 
     # Only a bucket's store spools (storage/spool.py): on disk nothing is ever kept.
-    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> bool:
         """Nothing: the filesystem store never keeps a job."""
+        return True
 
     def kept(self, job_id: str) -> dict[str, Any] | None:
         return None
+
+    def abandon_kept(self, job_id: str, *, stale: bool) -> bool:
+        """Nothing is kept: nothing to wait for."""
+        return True
 
     def forget_kept(self, job_id: str) -> None:
         """Nothing: the filesystem store never keeps a job."""

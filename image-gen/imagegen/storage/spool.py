@@ -4,6 +4,7 @@
     <images>/.spool/<job-uuid>/NNN-<image-uuid>.<ext>  its images
     <images>/.spool/.tmp-<random>/                     an entry being written (or a crash's)
     <images>/.spool/.damaged/<job-uuid>/               an entry that cannot be read, kept aside
+    <images>/.spool/.superseded/<job-uuid>/            an entry another replica made again
     <images>/.spool/.lock                              flock()ed by the one process flushing
 
 With a bucket (S3) and its index in a database, the store or the index may stop answering
@@ -19,7 +20,14 @@ already holds is not indexed twice. An entry survives a restart: the next proces
 An entry is checked before it is flushed (its metadata parses, names its own id, and each
 image's bytes match its sha256); one that does not is moved to `.damaged/` and logged, never
 stored nor retried, and never stops a process from starting (an asynchronous job waiting for
-it sees it there, `damaged`, and fails). Only a bucket's store spools:
+it sees it there, `damaged`, and fails).
+
+Where the index notes kept jobs for every replica (storage/tableindex.py), each flush renews
+the notes of the entries it finds, whether the store answers or not: a note is its keeper's
+while renewed. One not renewed for KEPT_FOR seconds (its keeper gone with its disk, say)
+may be abandoned by a replica waiting for the job, which then makes it again from its kept
+inputs; a keeper that finds its note abandoned (it came back) moves the entry to
+`.superseded/` and never stores it, so a job is never stored twice. Only a bucket's store spools:
 the filesystem store writes in the same directory, so it has nothing to wait for.
 """
 
@@ -51,14 +59,24 @@ DAMAGED = ".damaged"
 _LOCK = ".lock"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _IMAGE_FILE = re.compile(r"^[0-9]{3}-[0-9a-f-]{36}\.(?:png|jpg|webp|gif|svg)$")
+SUPERSEDED = ".superseded"
 # The flusher's pause between tries while the store stays away: doubling, at most this.
+# Each try renews the notes of the entries (see KEPT_FOR).
 FIRST_PAUSE = 0.5
-MAX_PAUSE = 30.0
+MAX_PAUSE = 15.0
+# A kept job's note not renewed for this long has lost its keeper. Longer than the longest
+# gap between two renewals of a live one: a pause (MAX_PAUSE) plus one try at a store that
+# hangs instead of refusing (the S3 client's 3 attempts, each up to its 30 s read timeout).
+KEPT_FOR = 120.0
 _STALE_STAGING = 3600.0  # seconds before a staging folder is taken for a crashed writer's
 
 
 class DamagedEntry(ValueError):
     """A spool entry that cannot be stored as it is (unreadable, malformed, wrong bytes)."""
+
+
+class Superseded(Exception):
+    """A kept job the store holds with other images (made again elsewhere): never stored."""
 
 
 @dataclass(frozen=True)
@@ -159,9 +177,10 @@ class Spool:
         self._disk.sync(self.directory)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def set_aside(self, job_id: str) -> None:
-        """Move a damaged entry to `.damaged/`, where it is kept for the operator."""
-        aside = self.directory / DAMAGED
+    def set_aside(self, job_id: str, folder: str = DAMAGED) -> None:
+        """Move an entry never to be stored to `folder` (a damaged one to `.damaged/`, one
+        made again elsewhere to `.superseded/`), where it is kept for the operator."""
+        aside = self.directory / folder
         aside.mkdir(exist_ok=True)
         target = aside / job_id
         if target.exists():
@@ -216,6 +235,8 @@ class Spool:
 
 # Writes one kept job to the store (idempotently); raises what the store raised.
 StoreKept = Callable[[KeptJob], None]
+# Renews the note of a kept job (id, metadata); False if it was abandoned: never store it.
+RenewKept = Callable[[str, dict[str, Any]], bool]
 
 
 class Flusher:
@@ -233,9 +254,11 @@ class Flusher:
         *,
         unreachable: tuple[type[BaseException], ...],
         set_aside: Callable[[str], None] | None = None,
+        renew: RenewKept | None = None,
     ) -> None:
         self.spool = spool
         self._store = store
+        self._renew = renew
         self._set_aside = set_aside  # told the id of each entry set aside as damaged
         self._unreachable = unreachable
         self._lock = threading.Lock()
@@ -279,6 +302,7 @@ class Flusher:
         with self.spool.flushing() as mine:
             if not mine:
                 return bool(self.spool.entries())
+            self._renew_notes()
             for job_id in self.spool.entries():
                 try:
                     kept = self.spool.load(job_id)
@@ -290,6 +314,9 @@ class Flusher:
                     continue
                 try:
                     self._store(kept)
+                except Superseded as exc:
+                    self._supersede(job_id, str(exc))
+                    continue
                 except self._unreachable:
                     log.warning("spool: the store is still out of reach; %s waits", job_id)
                     return True
@@ -303,3 +330,33 @@ class Flusher:
                 self.spool.remove(job_id)
                 log.info("spool: job %s stored (%d images)", job_id, len(kept.files))
         return bool(self.spool.entries())
+
+    def _renew_notes(self) -> None:
+        """Renew every entry's note, the store reachable or not; an entry whose note was
+        abandoned (another replica made the job again) goes to `.superseded/`. An entry
+        that cannot be read is left to the flush, which sets it aside."""
+        if self._renew is None:
+            return
+        for job_id in self.spool.entries():
+            metadata = self.spool.metadata(job_id)
+            if metadata is None:
+                continue
+            try:
+                mine = self._renew(job_id, metadata)
+            except self._unreachable:
+                return  # the index is away: nobody can read the notes either
+            except Exception:
+                log.exception("spool: the note of job %s could not be renewed", job_id)
+                continue
+            if not mine:
+                self._supersede(job_id, "its note was abandoned")
+
+    def _supersede(self, job_id: str, why: str) -> None:
+        log.warning(
+            "spool: job %s was made again by another replica while this one was not heard "
+            "from (%s); its images here are never stored (moved to %s)",
+            job_id,
+            why,
+            SUPERSEDED,
+        )
+        self.spool.set_aside(job_id, SUPERSEDED)

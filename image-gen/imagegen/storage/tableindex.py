@@ -3,7 +3,7 @@
     image_jobs (job_id PRIMARY KEY, stamp_ns, metadata)    a stored job: listing time, metadata
     images     (image_id PRIMARY KEY, job_id, key, deleted) each image and its blob key
     moved_jobs (job_id PRIMARY KEY)                         jobs imagegen.migrate brought in
-    kept_jobs  (job_id PRIMARY KEY, metadata)               jobs a replica's spool keeps
+    kept_jobs  (job_id PRIMARY KEY, metadata, kept_at, abandoned)  jobs a replica's spool keeps
 
 For a blob store in a bucket (S3), which has no folder to scan or lock: the tables are the
 truth of which images exist, in which order jobs are listed and what each job's metadata
@@ -11,7 +11,11 @@ says (deletion marks included); metadata.json in the bucket mirrors it for peopl
 the bucket. Jobs are listed newest first from an index on (stamp_ns, job_id), a page of
 rows at a time, each row with its metadata, so a listing page is a query or two, however
 many jobs there are. A deleted image keeps its row, marked `deleted`; a deleted job's rows go.
-- PostgresImageIndex: the schema is migrations 3, 4 and 5 of books/migrations.py;
+A note in kept_jobs is its keeper's while renewed (kept_at, at every flush of its spool:
+storage/spool.py); one not renewed for KEPT_FOR seconds may be abandoned by another replica
+(its keeper is gone, with the images), which then makes the job again; an abandoned note is
+never renewed, so a keeper that comes back never stores its copy.
+- PostgresImageIndex: the schema is migrations 3 to 6 of books/migrations.py;
   stamps come from the database server's clock, one clock for every replica. `locked` is
   a transaction holding `SELECT ... FOR UPDATE` on the job's row; every call the thread
   makes on the index while it holds the lock runs inside that transaction (as savepoints),
@@ -50,6 +54,7 @@ from imagegen.storage import durable
 from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
 from imagegen.storage.index import normalize_id
 from imagegen.storage.layout import METADATA, THUMBS
+from imagegen.storage.spool import KEPT_FOR
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,12 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 CREATE TABLE IF NOT EXISTS moved_jobs (job_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS kept_jobs (job_id TEXT PRIMARY KEY, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kept_jobs (
+    job_id TEXT PRIMARY KEY,
+    metadata TEXT NOT NULL,
+    kept_at REAL NOT NULL DEFAULT 0,
+    abandoned INTEGER NOT NULL DEFAULT 0
+);
 """
 
 # The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
@@ -111,12 +121,23 @@ _NEXT_PAGE = (
     "SELECT stamp_ns, job_id, metadata FROM image_jobs WHERE (stamp_ns, job_id) < (%s, %s) "
     "ORDER BY stamp_ns DESC, job_id DESC LIMIT %s"
 )
+# Kept notes, with `{now}` and `{since}` (now less KEPT_FOR) as each database writes them.
 _KEEP = (
-    "INSERT INTO kept_jobs (job_id, metadata) VALUES (%s, %s) "
-    "ON CONFLICT (job_id) DO UPDATE SET metadata = EXCLUDED.metadata"
+    "INSERT INTO kept_jobs (job_id, metadata, kept_at) VALUES (%s, %s, {now}) "
+    "ON CONFLICT (job_id) DO UPDATE SET metadata = EXCLUDED.metadata, kept_at = EXCLUDED.kept_at "
+    "WHERE NOT kept_jobs.abandoned RETURNING job_id"
 )
-_KEPT = "SELECT metadata FROM kept_jobs WHERE job_id = %s"
-_UNKEEP = "DELETE FROM kept_jobs WHERE job_id = %s"
+_KEPT = "SELECT metadata FROM kept_jobs WHERE job_id = %s AND NOT abandoned AND kept_at > {since}"
+_ABANDON = (
+    "UPDATE kept_jobs SET abandoned = TRUE "
+    "WHERE job_id = %s AND (abandoned OR (%s AND kept_at <= {since})) RETURNING job_id"
+)
+_ABANDON_UNNOTED = (
+    "INSERT INTO kept_jobs (job_id, metadata, kept_at, abandoned) VALUES (%s, 'null', {now}, TRUE) "
+    "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+)
+# An abandoned note stays: the keeper, back, must find it so (or it would store its copy).
+_UNKEEP = "DELETE FROM kept_jobs WHERE job_id = %s AND NOT abandoned"
 _NOW_NS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000"
 
 
@@ -132,6 +153,11 @@ class _Tables:
         raise NotImplementedError
 
     def _now_ns(self, db: Any) -> int:
+        raise NotImplementedError
+
+    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+        """A kept-note statement in this database's words, and the values of its `{now}`
+        and its `{since}` (which come after the statement's own)."""
         raise NotImplementedError
 
     def _sql(self, statement: str) -> str:
@@ -158,15 +184,33 @@ class _Tables:
             db.execute(self._sql(_UNKEEP), (job_id,))
         return durable.Pending()
 
-    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> None:
-        """Note a job a replica's spool keeps, with the metadata it will be stored with."""
+    def note_kept(self, job_id: str, metadata: dict[str, Any]) -> bool:
+        """Note (or renew the note of) a job a replica's spool keeps, with the metadata it
+        will be stored with; False if its note was abandoned: never store it then."""
+        sql, now, _ = self._kept_sql(_KEEP)
         with self._write() as db:
-            db.execute(self._sql(_KEEP), (job_id, _dump(metadata)))
+            return bool(db.execute(sql, (job_id, _dump(metadata), *now)).fetchall())
 
     def kept(self, job_id: str) -> dict[str, Any] | None:
-        """The metadata of a job noted as kept and not stored (nor forgotten) since."""
-        row = self._one(_KEPT, job_id)
+        """The metadata of a job noted as kept and not stored (nor forgotten) since, its
+        note renewed within KEPT_FOR seconds and not abandoned."""
+        sql, _, since = self._kept_sql(_KEPT)
+        with self._read() as db:
+            row = db.execute(sql, (job_id, *since)).fetchone()
         return _loaded(row[0]) if row is not None else None
+
+    def abandon_kept(self, job_id: str, *, stale: bool) -> bool:
+        """Whether the job's kept images are abandoned (now, or before): there is no note
+        of them, or, with `stale` (the caller has itself waited KEPT_FOR seconds for a
+        renewal), their note has not been renewed for KEPT_FOR seconds by the database's
+        clock. False while a keeper renews it: it will be stored. One statement decides,
+        so a keeper renewing at that moment and an abandoning replica never both win."""
+        sql, _, since = self._kept_sql(_ABANDON)
+        with self._write() as db:
+            if db.execute(sql, (job_id, stale, *since)).fetchall():  # RETURNING: read it all
+                return True
+            sql, now, _ = self._kept_sql(_ABANDON_UNNOTED)
+            return bool(db.execute(sql, (job_id, *now)).fetchall())
 
     def forget_kept(self, job_id: str) -> None:
         """The job is no longer kept (its entry was set aside as damaged, or it was stored)."""
@@ -378,6 +422,11 @@ class PostgresImageIndex(_Tables, _PostgresBook):
         assert row is not None
         return int(row[0])
 
+    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+        """The database server's clock, one for every replica."""
+        since = "now() - make_interval(secs => %s)"
+        return statement.format(now="now()", since=since), (), (KEPT_FOR,)
+
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
         """The job's row locked FOR UPDATE until the block ends, then committed (rolled
@@ -409,6 +458,13 @@ class SQLiteImageIndex(_Tables, _SQLiteBook):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
         self._connect().executescript(SQLITE_SCHEMA)
+        with self._transaction() as db:  # an index written before kept notes were renewed
+            columns = {row[1] for row in db.execute("PRAGMA table_info(kept_jobs)")}
+            if "kept_at" not in columns:
+                db.execute("ALTER TABLE kept_jobs ADD COLUMN kept_at REAL NOT NULL DEFAULT 0")
+                db.execute("UPDATE kept_jobs SET kept_at = ?", (time.time(),))
+            if "abandoned" not in columns:
+                db.execute("ALTER TABLE kept_jobs ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
@@ -419,6 +475,12 @@ class SQLiteImageIndex(_Tables, _SQLiteBook):
 
     def _now_ns(self, db: Any) -> int:
         return time.time_ns()
+
+    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+        """This host's clock, in seconds."""
+        now = time.time()
+        sql = self._sql(statement.format(now="%s", since="%s"))
+        return sql, (now,), (now - KEPT_FOR,)
 
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:

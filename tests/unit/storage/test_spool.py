@@ -9,7 +9,7 @@ import os
 import uuid
 from pathlib import Path
 
-from imagegen.storage.spool import Flusher, KeptJob, Spool
+from imagegen.storage.spool import SUPERSEDED, Flusher, KeptJob, Spool, Superseded
 
 
 def a_job(name: str = "001-{}.png") -> tuple[str, bytes, list[tuple[str, bytes]]]:
@@ -140,3 +140,40 @@ def test_a_job_the_store_refuses_for_another_reason_leaves_the_next_ones_stored(
 
     assert [kept.job_id for kept in stored] == [good]
     assert spool.entries() == [refused]  # kept, tried again later
+
+
+def test_every_flush_renews_each_entrys_note_and_an_abandoned_one_is_never_stored(
+    tmp_path: Path,
+):
+    spool = Spool(tmp_path / ".spool", fsync=False)
+    jobs = [a_job() for _ in range(3)]
+    for job_id, metadata, files in jobs:
+        spool.keep(job_id, metadata, files)
+    mine, abandoned, stored_elsewhere = (job_id for job_id, _, _ in jobs)
+    renewed: list[str] = []
+
+    def renew(job_id: str, metadata: dict) -> bool:
+        assert metadata["job_id"] == job_id
+        renewed.append(job_id)
+        return job_id != abandoned
+
+    def away(kept: KeptJob) -> None:
+        raise ConnectionError("S3 not reachable")
+
+    # The store away: every note is renewed all the same (the keeper is alive).
+    assert Flusher(spool, away, unreachable=(ConnectionError,), renew=renew).flush() is True
+    assert sorted(renewed) == sorted([mine, abandoned, stored_elsewhere])
+    assert (spool.directory / SUPERSEDED / abandoned).is_dir()
+
+    def store(kept: KeptJob) -> None:
+        if kept.job_id == stored_elsewhere:  # the store holds it with other images
+            raise Superseded("stored with other images")
+        stored.append(kept)
+
+    stored = Kept()
+    assert Flusher(spool, store, unreachable=(ConnectionError,), renew=renew).flush() is False
+    assert [kept.job_id for kept in stored] == [mine]
+    assert sorted(p.name for p in (spool.directory / SUPERSEDED).iterdir()) == sorted(
+        [abandoned, stored_elsewhere]
+    )
+    assert spool.entries() == [] and not spool.damaged(abandoned)

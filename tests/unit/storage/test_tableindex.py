@@ -4,6 +4,7 @@ connection of the pool, and listing reads the index a page of jobs at a time."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from imagegen.books.migrations import migrate
 from imagegen.errors import DatabaseUnavailable
 from imagegen.storage.fileblobs import FileBlobs
 from imagegen.storage.images import ImageStore
+from imagegen.storage.spool import KEPT_FOR, KeptJob, Superseded
 from imagegen.storage.tableindex import PAGE, PostgresImageIndex, SQLiteImageIndex
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.support.fake_openai import make_png
@@ -136,14 +138,7 @@ def test_the_sqlite_index_is_shared_by_handles_on_one_host(tmp_path):
 def test_a_job_noted_as_kept_is_seen_by_another_handle_until_it_is_stored_or_forgotten(
     tmp_path, small_pool, kind
 ):
-    def handle() -> PostgresImageIndex | SQLiteImageIndex:
-        if kind == "postgres":
-            return PostgresImageIndex(small_pool)
-        index = SQLiteImageIndex(tmp_path / "index" / "images.sqlite3", tmp_path / "locks")
-        index.prepare()
-        return index
-
-    one, other = handle(), handle()
+    one, other = _index_handles(kind, tmp_path, small_pool)
     stored, damaged = str(uuid.uuid4()), str(uuid.uuid4())
     for job_id in (stored, damaged):
         one.note_kept(job_id, {"job_id": job_id, "images": []})
@@ -158,3 +153,103 @@ def test_a_job_noted_as_kept_is_seen_by_another_handle_until_it_is_stored_or_for
     one.forget_kept(damaged)  # twice is nothing more
     assert other.kept(stored) is None and other.kept(damaged) is None
     assert other.metadata(stored) == {"job_id": stored, "images": []}
+
+
+def _index_handles(kind: str, tmp_path: Path, pool: ConnectionPool):
+    def handle() -> PostgresImageIndex | SQLiteImageIndex:
+        if kind == "postgres":
+            return PostgresImageIndex(pool)
+        index = SQLiteImageIndex(tmp_path / "index" / "images.sqlite3", tmp_path / "locks")
+        index.prepare()
+        return index
+
+    return handle(), handle()
+
+
+def _unheard_of(kind: str, tmp_path: Path, pool: ConnectionPool, job_id: str) -> None:
+    """The job's note as if its keeper had not renewed it for longer than KEPT_FOR."""
+    if kind == "postgres":
+        with pool.connection() as db:
+            db.execute(
+                "UPDATE kept_jobs SET kept_at = kept_at - make_interval(secs => %s) "
+                "WHERE job_id = %s",
+                (KEPT_FOR + 1, job_id),
+            )
+        return
+    with sqlite3.connect(tmp_path / "index" / "images.sqlite3") as db:
+        db.execute(
+            "UPDATE kept_jobs SET kept_at = kept_at - ? WHERE job_id = ?", (KEPT_FOR + 1, job_id)
+        )
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_a_note_not_renewed_may_be_abandoned_and_its_keeper_then_never_stores_the_job(
+    tmp_path, small_pool, kind
+):
+    keeper, other = _index_handles(kind, tmp_path, small_pool)
+    renewed, lost, unnoted = (str(uuid.uuid4()) for _ in range(3))
+    for job_id in (renewed, lost):
+        assert keeper.note_kept(job_id, {"job_id": job_id, "images": []}) is True
+
+    # A fresh note is its keeper's: nobody may abandon it, with or without waiting.
+    assert other.abandon_kept(lost, stale=False) is False
+    assert other.abandon_kept(lost, stale=True) is False
+    # Renewed after it aged: fresh again.
+    _unheard_of(kind, tmp_path, small_pool, renewed)
+    assert keeper.note_kept(renewed, {"job_id": renewed, "images": []}) is True
+    assert other.kept(renewed) == {"job_id": renewed, "images": []}
+    assert other.abandon_kept(renewed, stale=True) is False
+
+    # Not renewed for KEPT_FOR: no longer said kept; abandoned only by one who waited
+    # that long itself (`stale`): a keeper cut off with the database renews it once back.
+    _unheard_of(kind, tmp_path, small_pool, lost)
+    assert other.kept(lost) is None
+    assert other.abandon_kept(lost, stale=False) is False
+    assert other.abandon_kept(lost, stale=True) is True
+    assert other.abandon_kept(lost, stale=False) is True  # and stays so
+    assert keeper.note_kept(lost, {"job_id": lost, "images": []}) is False  # keeper back
+    assert other.kept(lost) is None
+    # The job made again and stored: the abandoned note stays, so a keeper back later
+    # still learns that its copy is not to be stored.
+    other.add(lost, [], {"job_id": lost, "images": [], "again": True}).wait()
+    keeper.forget_kept(lost)
+    assert keeper.note_kept(lost, {"job_id": lost, "images": []}) is False
+
+    # No note at all: abandoned at the first ask, and a keeper noting it late is refused.
+    assert other.abandon_kept(unnoted, stale=False) is True
+    assert keeper.note_kept(unnoted, {"job_id": unnoted, "images": []}) is False
+
+
+def test_a_sqlite_index_from_before_renewed_notes_gains_them_and_keeps_its_notes(tmp_path):
+    path = tmp_path / "index" / "images.sqlite3"
+    path.parent.mkdir()
+    job_id = str(uuid.uuid4())
+    with sqlite3.connect(path) as db:  # kept_jobs as the previous version made it
+        db.execute("CREATE TABLE kept_jobs (job_id TEXT PRIMARY KEY, metadata TEXT NOT NULL)")
+        db.execute("INSERT INTO kept_jobs VALUES (?, ?)", (job_id, '{"job_id": "x"}'))
+    index = SQLiteImageIndex(path, tmp_path / "locks")
+    index.prepare()
+    index.prepare()  # every worker prepares: twice is nothing more
+
+    assert index.kept(job_id) == {"job_id": "x"}  # counted as renewed when upgraded
+    assert index.abandon_kept(job_id, stale=True) is False
+
+
+def test_a_kept_copy_of_a_job_stored_with_other_images_is_superseded_and_changes_nothing(
+    tmp_path, small_pool
+):
+    store = _store(tmp_path, small_pool)
+    made_again = store.save_job({"prompt": "p"}, _generation(1))
+    job_id = made_again["job_id"]
+    on_disk = (tmp_path / "blobs" / job_id / "metadata.json").read_bytes()
+    data = make_png(4, 4, (9, 9, 9))
+    image_id = str(uuid.uuid4())
+    file = f"001-{image_id}.png"
+    copy = {**made_again, "images": [{**made_again["images"][0], "id": image_id, "file": file}]}
+
+    with pytest.raises(Superseded):
+        store.store_kept(KeptJob(job_id, copy, [(file, data)]))
+
+    assert (tmp_path / "blobs" / job_id / "metadata.json").read_bytes() == on_disk
+    assert not (tmp_path / "blobs" / job_id / file).exists()
+    assert store.job_metadata(job_id)["images"] == made_again["images"]
