@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -15,11 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from imagegen.books.interfaces import FINAL
+from imagegen.jobs import runner
 from imagegen.services import services
+from imagegen.storage.spool import KEPT_FOR, SUPERSEDED
 from tests.integration.test_s3_storage import BUCKET, _use, bucket_keys, every_page, listed_ids
 from tests.support.fake_openai import FakeOpenAI, make_png, slow
 from tests.support.jobs import ASYNC
@@ -61,6 +66,18 @@ def stop_while_upstream(
     caller.join(timeout=90)
     assert answers, "the call never answered"
     return answers[0]
+
+
+def submit_upstream(client: FlaskClient, fake_openai: FakeOpenAI) -> tuple[str, int]:
+    """Submit an asynchronous job whose upstream call is slow; return once it is upstream,
+    with the job id and the number of upstream calls before it."""
+    asked = len(fake_openai.image_requests)
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    accepted = client.post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
+    assert accepted.status_code == 202
+    job_id: str = accepted.get_json()["job_id"]
+    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    return job_id, asked
 
 
 def job(client: FlaskClient, job_id: str) -> dict[str, Any]:
@@ -227,14 +244,7 @@ def test_an_async_job_whose_images_are_kept_is_storing_then_completes_when_s3_is
     client = make_jobs_app(
         images_dir=images, storage_url=url, database_url=dsn_for(tmp_path)
     ).test_client()
-    asked = len(fake_openai.image_requests)
-    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
-    accepted = client.post(
-        "/generate", json={"prompt": "a fox"}, headers={"Prefer": "respond-async"}
-    )
-    assert accepted.status_code == 202
-    job_id = accepted.get_json()["job_id"]
-    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    job_id, asked = submit_upstream(client, fake_openai)
     own_seaweed.stop()
 
     storing = wait_for(
@@ -354,12 +364,7 @@ def test_an_async_job_made_while_the_index_database_stops_is_kept_and_completes_
     client = make_jobs_app(
         images_dir=images, storage_url=url, database_url=own_postgres.dsn, job_lease_seconds=5
     ).test_client()
-    asked = len(fake_openai.image_requests)
-    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
-    accepted = client.post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
-    assert accepted.status_code == 202
-    job_id = accepted.get_json()["job_id"]
-    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    job_id, asked = submit_upstream(client, fake_openai)
     own_postgres.halt()
     wait_for(lambda: spooled(images) == [job_id], timeout=60, what="the job kept")
     time.sleep(15)  # the record's writes give up (10 s each) and the lease lapses
@@ -376,12 +381,7 @@ def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_nex
     images = tmp_path / "f"
     options = {"images_dir": images, "storage_url": url, "database_url": own_postgres.dsn}
     first = make_jobs_app(job_lease_seconds=5, **options)
-    asked = len(fake_openai.image_requests)
-    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
-    accepted = first.test_client().post("/generate", json={"prompt": "a fox"}, headers=ASYNC)
-    assert accepted.status_code == 202
-    job_id = accepted.get_json()["job_id"]
-    wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
+    job_id, asked = submit_upstream(first.test_client(), fake_openai)
     own_postgres.halt()
     wait_for(lambda: spooled(images) == [job_id], timeout=60, what="the job kept")
     own_seaweed.stop()  # the bucket away too, until the next process has taken the job up
@@ -403,3 +403,65 @@ def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_nex
     assert storing["status"] == "storing", storing
     own_seaweed.start()
     assert_completed_once(client, job_id, images, asked + 1, fake_openai)
+
+
+def test_an_async_job_whose_keeping_replica_is_lost_is_made_again_and_its_copy_never_stored(
+    settings, make_jobs_app, fake_openai, own_seaweed, own_postgres, tmp_path, monkeypatch
+):
+    # The waiting replica gives up after its own wait of KEPT_FOR (shortened here) and only
+    # on a note that the database's clock also says has not been renewed for KEPT_FOR.
+    monkeypatch.setattr(runner, "KEPT_FOR", 3.0)
+    url = f"s3://{BUCKET}/spool-lost"
+    keeper_dir, lost_disk = tmp_path / "a", tmp_path / "lost-disk"
+    options = {"storage_url": url, "database_url": own_postgres.dsn, "job_lease_seconds": 5}
+    keeper = make_jobs_app(images_dir=keeper_dir, **options)
+    job_id, asked = submit_upstream(keeper.test_client(), fake_openai)
+    own_seaweed.stop()
+    storing = wait_for(
+        lambda: (found := job(keeper.test_client(), job_id))["status"] != "running" and found,
+        timeout=60,
+        what="the job past running",
+    )
+    assert storing["status"] == "storing" and spooled(keeper_dir) == [job_id]
+    kept = json.loads((keeper_dir / ".spool" / job_id / "metadata.json").read_bytes())
+    kept_image = kept["images"][0]["id"]
+
+    # The keeping replica is lost with its disk: its runner stops, its spool entry goes.
+    services(keeper).jobs.shutdown(60)
+    lost_disk.mkdir()
+    shutil.move(keeper_dir / ".spool" / job_id, lost_disk / job_id)
+    own_seaweed.start()
+
+    def unheard_of() -> None:  # KEPT_FOR passes without a renewal: aged, not waited for
+        with psycopg.connect(own_postgres.dsn, autocommit=True) as db:
+            db.execute(
+                "UPDATE kept_jobs SET kept_at = now() - make_interval(secs => %s) "
+                "WHERE job_id = %s AND NOT abandoned",
+                (KEPT_FOR + 60, job_id),
+            )
+
+    unheard_of()
+    other = make_jobs_app(images_dir=tmp_path / "b", **options).test_client()
+    completed = wait_for(
+        lambda: unheard_of() or ((found := job(other, job_id))["status"] in FINAL and found),
+        timeout=90,
+        what="the job made again and finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 2
+    assert len(fake_openai.image_requests) == asked + 2  # paid again: nothing else had them
+    made = [image["id"] for image in completed["images"]]
+    assert len(made) == 1 and made != [kept_image]
+    assert other.get(f"/images/{made[0]}").status_code == 200
+
+    # The lost replica comes back with its disk: its copy is set aside, never stored.
+    (keeper_dir / ".spool").mkdir(exist_ok=True)
+    shutil.move(lost_disk / job_id, keeper_dir / ".spool" / job_id)
+    back = make_jobs_app(images_dir=keeper_dir, **options).test_client()
+    superseded = keeper_dir / ".spool" / SUPERSEDED
+    wait_for(lambda: (superseded / job_id).is_dir(), timeout=60, what="the copy set aside")
+    assert spooled(keeper_dir) == []
+    for client in (back, other):
+        assert [image["id"] for image in job(client, job_id)["images"]] == made
+        assert client.get(f"/images/{kept_image}").status_code == 404
+    assert len(fake_openai.image_requests) == asked + 2

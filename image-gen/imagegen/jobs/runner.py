@@ -39,6 +39,10 @@ that adopts it (after a restart) waits for its images the same way, as does one 
 a job's images in this replica's spool while its record still says running (its process went
 away before the database took `storing`). If the spool sets its
 entry aside as damaged, the images are never stored: the job fails with JOB_INTERRUPTED.
+If no spool has been heard from for the job for spool.KEPT_FOR seconds (the replica keeping
+its images is gone, with its disk), whoever waits for it abandons their note and makes the
+job again from its kept inputs (paid again: nothing else can store the images); a keeper
+that comes back then sets its copy aside (storage/spool.py), so the job is stored once.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from imagegen.jobs.answers import completed_body, emit, pending_body, status_dat
 from imagegen.jobs.progress import JobProgress
 from imagegen.jobs.resumable import REBUILDERS
 from imagegen.settings import Settings
+from imagegen.storage.spool import KEPT_FOR
 from imagegen.upstream.providers import Generation
 from imagegen.upstream.retry import Deadline
 
@@ -89,6 +94,11 @@ _NOT_KEPT = (
     "service held while the image store was out of reach is damaged, so they were never "
     "stored (the copy is set aside in the spool's .damaged folder for the operator). "
     "Submit the job again."
+)
+_KEEPER_LOST = (
+    "The images this job made were kept by a replica that has not been heard from since "
+    "(lost, with its disk), and this job has been started as often as it may be; it is not "
+    "started again. Submit it again."
 )
 
 
@@ -434,10 +444,13 @@ class JobRunner:
         stored = self.store.job_metadata(job.job_id) if status not in FINAL else None
         if stored is not None:  # its process died between storing the images and saying so
             self._complete(job, stored)
-        elif status == "running" and self.store.kept_job(job.job_id) is not None:
+        elif status == "running" and not self.store.give_up_kept(job.job_id, stale=False):
             # Its images are in a replica's spool: its process died (or let go of it) before
             # it could record `storing` (the database being away, or just then). Never made
-            # again: the spool that keeps them stores them, after a restart too.
+            # again while a note of them is renewed (one not renewed lately is waited for
+            # too: its keeper may have been cut off with the database): the spool that keeps
+            # them stores them, after a restart too. With no note, giving up leaves an
+            # abandoned one, so that a spool that could not note them never stores them.
             status = "storing"
             self._update(job, lambda r: r.update(status=status), event="status", durable=True)
         elif status == "running" and record["attempts"] >= self.settings.job_attempts:
@@ -575,14 +588,27 @@ class JobRunner:
         replica's spool flushes them), or fail it once the spool has set their entry aside
         as damaged (they are never stored). On shutdown first, or if the database fails the
         write, let go of it: it stays storing, and whoever adopts it waits for the images
-        the same way, never making them again."""
+        the same way, never making them again while a spool keeps them. If no spool has
+        been heard from for it for spool.KEPT_FOR seconds, it is made again (_keeper_lost)."""
         pause = 1.0
+        heard = time.monotonic()  # when a spool was last known to keep the job
         while not self._stop.is_set():
+            lost = False
             try:
                 metadata = self.store.job_metadata(job.job_id)
                 damaged = metadata is None and self.store.kept_damaged(job.job_id)
+                if metadata is None and not damaged:
+                    if self.store.kept_job(job.job_id) is not None:
+                        heard = time.monotonic()
+                    elif time.monotonic() - heard >= KEPT_FOR:  # waited itself, not only
+                        # the note's age: after the database was away every note is old
+                        lost = self.store.give_up_kept(job.job_id, stale=True)
             except ServiceError:  # the database holding the index is still away
                 metadata, damaged = None, False
+                heard = time.monotonic()  # nobody could renew a note meanwhile
+            if lost:
+                self._keeper_lost(job)
+                return
             if metadata is not None or damaged:
                 try:
                     if metadata is not None:
@@ -599,6 +625,35 @@ class JobRunner:
             self._stop.wait(pause)
             pause = min(pause * 2, _STORING_PAUSE)
         self._let_go(job, None)
+
+    def _keeper_lost(self, job: _Job) -> None:
+        """Make a `storing` job again whose images no spool keeps any more (their replica
+        was lost): queued again, it is rebuilt from its kept inputs (a job whose inputs were
+        not kept then fails, as any resumed one), unless it has been started too often."""
+        record = job.record
+        log.warning(
+            "job %s: no replica has kept its images for %.0f s; it is made again",
+            job.job_id,
+            KEPT_FOR,
+        )
+        try:
+            if record["attempts"] >= self.settings.job_attempts:
+                self._fail(job, JobInterrupted(_KEEPER_LOST))
+                self._finish(job)
+                return
+            self._update(
+                job,
+                lambda r: r.update(status="queued", runner=None),
+                event="status",
+                durable=True,
+            )
+        except LeaseLost as exc:
+            self._let_go(job, exc)
+            return
+        except DatabaseUnavailable:
+            self._let_go(job, None)
+            return
+        self._enqueue(job)
 
     def _make(self, job: _Job) -> dict[str, Any]:
         """Make and store the job's images (or find them stored by a runner that died)."""
