@@ -148,12 +148,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         6,
-        "kept jobs renewed",
-        # storage/spool.py: the keeping replica renews kept_at while its spool holds the job;
-        # a note not renewed for spool.KEPT_FOR may be abandoned by another replica, which
-        # then makes the job again (the keeper, back, then never stores its copy).
+        "kept copies renewed",
+        # storage/spool.py: a note is of one copy of a job (copy_ids: its image ids), which
+        # its keeping replica renews (kept_at) while its spool holds it; a note not renewed
+        # for spool.KEPT_FOR may be abandoned by another replica, which then makes the job
+        # again (the keeper, back, then never stores that copy). Notes from before are
+        # counted as renewed now.
         """
+        ALTER TABLE kept_jobs ADD COLUMN copy_ids TEXT NOT NULL DEFAULT '';
         ALTER TABLE kept_jobs ADD COLUMN abandoned BOOLEAN NOT NULL DEFAULT FALSE;
+        UPDATE kept_jobs SET kept_at = now();
+        DO $$
+        DECLARE note record;
+        BEGIN
+            FOR note IN SELECT job_id FROM kept_jobs LOOP
+                BEGIN  -- a note PostgreSQL's JSON functions cannot read (an escaped NUL) keeps ''
+                    UPDATE kept_jobs SET copy_ids = coalesce((
+                        SELECT string_agg(image ->> 'id', ',' ORDER BY place)
+                        FROM json_array_elements(
+                            CASE WHEN json_typeof(metadata -> 'images') = 'array'
+                            THEN metadata -> 'images' ELSE '[]'::json END
+                        ) WITH ORDINALITY AS listed (image, place)
+                        WHERE json_typeof(image) = 'object'
+                    ), '') WHERE job_id = note.job_id;
+                EXCEPTION WHEN others THEN NULL;
+                END;
+            END LOOP;
+        END $$;
+        ALTER TABLE kept_jobs DROP CONSTRAINT kept_jobs_pkey;
+        ALTER TABLE kept_jobs ADD PRIMARY KEY (job_id, copy_ids);
         """,
     ),
 ]

@@ -64,7 +64,7 @@ from imagegen.storage.layout import (
     metadata_key,
     thumbnails_prefix,
 )
-from imagegen.storage.spool import Flusher, KeptJob, Spool, Superseded
+from imagegen.storage.spool import Flusher, KeptJob, Spool, Superseded, copy_of
 from imagegen.upstream.providers import GeneratedImage, Generation
 
 __all__ = ["ImageStore", "StoredImage", "normalize_id", "thumbnail_name"]
@@ -241,7 +241,8 @@ class ImageStore:
             unreachable = isinstance(exc, _UNREACHABLE)
             # An index out of reach takes no undo either: the spool's flush puts it right.
             spooled_index = self.spool is not None and isinstance(exc, DatabaseUnavailable)
-            if indexed and not spooled_index:
+            # A job stored already (another copy, made elsewhere) keeps its rows.
+            if indexed and not spooled_index and not isinstance(exc, Superseded):
                 with suppress(Exception):  # what could not be undone is told, not this
                     self.index.remove_job(job_id, indexed)
             with suppress(*((Exception,) if unreachable else ())):
@@ -306,7 +307,7 @@ class ImageStore:
         failed after indexing it). Nothing is undone on failure: the next flush puts it all."""
         job_id, metadata = kept.job_id, kept.metadata
         indexed = self.index.metadata(job_id)
-        if indexed is not None and _ids(indexed) != _ids(metadata):
+        if indexed is not None and copy_of(indexed) != copy_of(metadata):
             raise Superseded(f"job {job_id} is stored with other images")
         publication = self.blobs.publish(job_id, marker=METADATA)
         for name, data in kept.files:
@@ -338,11 +339,11 @@ class ImageStore:
 
     def give_up_kept(self, job_id: str, *, stale: bool) -> bool:
         """Whether a job's images, made but not stored, are nobody's to store any more, so
-        that it may be made again: this replica's spool does not keep them, and the index
-        has no note of them (or, with `stale`, one not renewed for spool.KEPT_FOR seconds:
-        pass it only after waiting that long oneself, with the index reachable). Saying so
-        abandons the note: its keeper, if it comes back, never stores them. False while a
-        spool keeps the job: wait for it to be stored."""
+        that it may be made again: this replica's spool does not keep a copy of them, and
+        the index notes none but abandoned ones (with `stale`, first abandoning the notes
+        not renewed for spool.KEPT_FOR seconds: pass it only after waiting that long
+        oneself, with the index reachable). A keeper of an abandoned copy, if it comes
+        back, never stores it. False while a spool keeps one: wait for it to be stored."""
         canonical = normalize_id(job_id)
         if self.spool is None or canonical is None:
             return True  # on disk nothing is ever kept
@@ -705,10 +706,6 @@ def _image_entry(
 def _entries(job_id: str, images: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The (image id, blob key) pairs the index keeps for a job's images."""
     return [(image["id"], job_key(job_id, image["file"])) for image in images]
-
-
-def _ids(metadata: dict[str, Any]) -> list[object]:
-    return [image.get("id") for image in metadata.get("images") or [] if isinstance(image, dict)]
 
 
 def _dump(metadata: dict[str, Any]) -> bytes:

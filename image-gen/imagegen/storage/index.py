@@ -71,17 +71,17 @@ class ImageIndex(Protocol):
         """A job's metadata by its canonical id; None if there is none (or it is damaged)."""
 
     def note_kept(self, job_id: str, metadata: dict[str, Any]) -> bool:
-        """Note that a replica's spool keeps this job (storage/spool.py), so that every
-        replica can say so, or renew the note; `add` ends it. False if the note was
-        abandoned (`abandon_kept`): the job is never to be stored from that spool."""
+        """Note that a replica's spool keeps this copy of the job (storage/spool.py), so that
+        every replica can say so, or renew the note; `add` ends it. False if the copy's note
+        was abandoned (`abandon_kept`): that copy is never to be stored."""
 
     def kept(self, job_id: str) -> dict[str, Any] | None:
         """The metadata of a job noted as kept, renewed within spool.KEPT_FOR seconds and
         not stored since; None otherwise."""
 
     def abandon_kept(self, job_id: str, *, stale: bool) -> bool:
-        """Abandon a job's kept images if there is no note of them (with `stale`, also if
-        their keeper has not renewed it for spool.KEPT_FOR seconds); whether they are."""
+        """Whether no spool is to store a copy of the job: none is noted but abandoned ones
+        (with `stale`, first abandoning the notes not renewed for spool.KEPT_FOR seconds)."""
 
     def forget_kept(self, job_id: str) -> None:
         """End a job's note as kept (its spool entry was set aside, or it is stored)."""

@@ -71,6 +71,15 @@ KEPT_FOR = 120.0
 _STALE_STAGING = 3600.0  # seconds before a staging folder is taken for a crashed writer's
 
 
+def copy_of(metadata: dict[str, Any]) -> str:
+    """Which copy of a job `metadata` describes: its image ids, in order (each copy made
+    has ids of its own). The kept notes' key, with the job id (storage/tableindex.py)."""
+    images = metadata.get("images")
+    items = images if isinstance(images, list) else []
+    ids = [image.get("id") for image in items if isinstance(image, dict)]
+    return ",".join(str(image_id) for image_id in ids if image_id is not None)
+
+
 class DamagedEntry(ValueError):
     """A spool entry that cannot be stored as it is (unreadable, malformed, wrong bytes)."""
 

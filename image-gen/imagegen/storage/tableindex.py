@@ -3,7 +3,7 @@
     image_jobs (job_id PRIMARY KEY, stamp_ns, metadata)    a stored job: listing time, metadata
     images     (image_id PRIMARY KEY, job_id, key, deleted) each image and its blob key
     moved_jobs (job_id PRIMARY KEY)                         jobs imagegen.migrate brought in
-    kept_jobs  (job_id PRIMARY KEY, metadata, kept_at, abandoned)  jobs a replica's spool keeps
+    kept_jobs  (job_id, copy_ids PRIMARY KEY, metadata, kept_at, abandoned)  copies spools keep
 
 For a blob store in a bucket (S3), which has no folder to scan or lock: the tables are the
 truth of which images exist, in which order jobs are listed and what each job's metadata
@@ -11,10 +11,12 @@ says (deletion marks included); metadata.json in the bucket mirrors it for peopl
 the bucket. Jobs are listed newest first from an index on (stamp_ns, job_id), a page of
 rows at a time, each row with its metadata, so a listing page is a query or two, however
 many jobs there are. A deleted image keeps its row, marked `deleted`; a deleted job's rows go.
-A note in kept_jobs is its keeper's while renewed (kept_at, at every flush of its spool:
-storage/spool.py); one not renewed for KEPT_FOR seconds may be abandoned by another replica
-(its keeper is gone, with the images), which then makes the job again; an abandoned note is
-never renewed, so a keeper that comes back never stores its copy.
+A note in kept_jobs is one copy of a job (copy_ids: its image ids) that a replica's spool
+keeps, its keeper's while renewed (kept_at, at every flush of its spool: storage/spool.py);
+one not renewed for KEPT_FOR seconds may be abandoned by another replica (its keeper is
+gone, with the images), which then makes the job again (a new copy, new ids, a note of its
+own if it must be kept too); an abandoned note is never renewed, so a keeper that comes back
+never stores that copy. Abandoned notes are kept ABANDONED_KEPT_FOR, then swept.
 - PostgresImageIndex: the schema is migrations 3 to 6 of books/migrations.py;
   stamps come from the database server's clock, one clock for every replica. `locked` is
   a transaction holding `SELECT ... FOR UPDATE` on the job's row; every call the thread
@@ -54,7 +56,7 @@ from imagegen.storage import durable
 from imagegen.storage.blobs import BlobNotFound, Blobs, Publication
 from imagegen.storage.index import normalize_id
 from imagegen.storage.layout import METADATA, THUMBS
-from imagegen.storage.spool import KEPT_FOR
+from imagegen.storage.spool import KEPT_FOR, Superseded, copy_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,18 @@ _OWN_NAME = re.compile(
     rf"|{THUMBS}/{_UUID}-[a-z0-9-]{{1,32}}\.(?:png|jpg|webp))$"
 )
 
-SQLITE_SCHEMA = """
+_SQLITE_KEPT_JOBS = """
+CREATE TABLE IF NOT EXISTS kept_jobs (
+    job_id TEXT NOT NULL,
+    copy_ids TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL,
+    kept_at REAL NOT NULL DEFAULT 0,
+    abandoned INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, copy_ids)
+);
+"""
+SQLITE_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS image_jobs (
     job_id TEXT PRIMARY KEY,
     stamp_ns INTEGER NOT NULL,
@@ -88,16 +101,15 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_job ON images (job_id);
 CREATE TABLE IF NOT EXISTS moved_jobs (job_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS kept_jobs (
-    job_id TEXT PRIMARY KEY,
-    metadata TEXT NOT NULL,
-    kept_at REAL NOT NULL DEFAULT 0,
-    abandoned INTEGER NOT NULL DEFAULT 0
-);
 """
+    + _SQLITE_KEPT_JOBS
+)
 
 # The statements of both databases, with psycopg's placeholders (SQLite's are `?`).
-_INSERT_JOB = "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s)"
+_INSERT_JOB = (
+    "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s) "
+    "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+)
 _INSERT_IMAGE = "INSERT INTO images (image_id, job_id, key) VALUES (%s, %s, %s)"
 _IMPORT_JOB = (
     "INSERT INTO image_jobs (job_id, stamp_ns, metadata) VALUES (%s, %s, %s) "
@@ -121,23 +133,30 @@ _NEXT_PAGE = (
     "SELECT stamp_ns, job_id, metadata FROM image_jobs WHERE (stamp_ns, job_id) < (%s, %s) "
     "ORDER BY stamp_ns DESC, job_id DESC LIMIT %s"
 )
-# Kept notes, with `{now}` and `{since}` (now less KEPT_FOR) as each database writes them.
+# Kept notes, with `{now}` and `{since}` (now less a horizon) as each database writes them.
 _KEEP = (
-    "INSERT INTO kept_jobs (job_id, metadata, kept_at) VALUES (%s, %s, {now}) "
-    "ON CONFLICT (job_id) DO UPDATE SET metadata = EXCLUDED.metadata, kept_at = EXCLUDED.kept_at "
+    "INSERT INTO kept_jobs (job_id, copy_ids, metadata, kept_at) VALUES (%s, %s, %s, {now}) "
+    "ON CONFLICT (job_id, copy_ids) DO UPDATE "
+    "SET metadata = EXCLUDED.metadata, kept_at = EXCLUDED.kept_at "
     "WHERE NOT kept_jobs.abandoned RETURNING job_id"
 )
-_KEPT = "SELECT metadata FROM kept_jobs WHERE job_id = %s AND NOT abandoned AND kept_at > {since}"
-_ABANDON = (
-    "UPDATE kept_jobs SET abandoned = TRUE "
-    "WHERE job_id = %s AND (abandoned OR (%s AND kept_at <= {since})) RETURNING job_id"
+_KEPT = (
+    "SELECT metadata FROM kept_jobs WHERE job_id = %s AND NOT abandoned AND kept_at > {since} "
+    "ORDER BY kept_at DESC LIMIT 1"
 )
-_ABANDON_UNNOTED = (
-    "INSERT INTO kept_jobs (job_id, metadata, kept_at, abandoned) VALUES (%s, 'null', {now}, TRUE) "
-    "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+_ABANDON_STALE = (
+    "UPDATE kept_jobs SET abandoned = TRUE, kept_at = {now} "
+    "WHERE job_id = %s AND NOT abandoned AND kept_at <= {since}"
 )
-# An abandoned note stays: the keeper, back, must find it so (or it would store its copy).
+_LIVE = "SELECT 1 FROM kept_jobs WHERE job_id = %s AND NOT abandoned LIMIT 1"
+_NOTE_OF_COPY = "SELECT abandoned FROM kept_jobs WHERE job_id = %s AND copy_ids = %s"
+# An abandoned note stays: its keeper, back, must find it so (or it would store its copy).
 _UNKEEP = "DELETE FROM kept_jobs WHERE job_id = %s AND NOT abandoned"
+_SWEEP_NOTES = "DELETE FROM kept_jobs WHERE kept_at <= {since}"
+# How long a note is kept once abandoned (or last renewed): a keeper back later than that,
+# whose job was made again and then deleted, could store its copy (a job stored meanwhile
+# is still refused).
+ABANDONED_KEPT_FOR = 30 * 86400.0
 _NOW_NS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000"
 
 
@@ -145,6 +164,7 @@ class _Tables:
     """The index's statements over `_read` and `_write` connections (the subclasses')."""
 
     _placeholder = "%s"
+    _for_update = " FOR UPDATE"  # a row read to decide a write, locked until it is done
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -155,9 +175,11 @@ class _Tables:
     def _now_ns(self, db: Any) -> int:
         raise NotImplementedError
 
-    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+    def _kept_sql(
+        self, statement: str, horizon: float = KEPT_FOR
+    ) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
         """A kept-note statement in this database's words, and the values of its `{now}`
-        and its `{since}` (which come after the statement's own)."""
+        and of its `{since}` (now less `horizon` seconds), each where it stands."""
         raise NotImplementedError
 
     def _sql(self, statement: str) -> str:
@@ -174,10 +196,18 @@ class _Tables:
         self, job_id: str, entries: list[tuple[str, str]], metadata: dict[str, Any]
     ) -> durable.Pending:
         """The job's row and its images' rows, in one transaction (which ends its note
-        as kept, if it was: from then on it is stored)."""
+        as kept, if it was: from then on it is stored). Superseded, writing nothing, if the
+        job is stored already (another copy of it) or this copy's note was abandoned: the
+        note is locked until the rows are in, so an abandoning replica waits for them."""
         with self._write() as db:
+            noted = self._sql(_NOTE_OF_COPY) + self._for_update
+            note = db.execute(noted, (job_id, copy_of(metadata))).fetchone()
+            if note is not None and note[0]:
+                raise Superseded(f"job {job_id}: this copy's note was abandoned")
             stamp = self._now_ns(db)
-            db.execute(self._sql(_INSERT_JOB), (job_id, stamp, _dump(metadata)))
+            inserted = db.execute(self._sql(_INSERT_JOB), (job_id, stamp, _dump(metadata)))
+            if not inserted.fetchall():
+                raise Superseded(f"job {job_id} is stored already")
             insert = self._sql(_INSERT_IMAGE)
             for image_id, key in entries:
                 db.execute(insert, (image_id, job_id, key))
@@ -185,32 +215,34 @@ class _Tables:
         return durable.Pending()
 
     def note_kept(self, job_id: str, metadata: dict[str, Any]) -> bool:
-        """Note (or renew the note of) a job a replica's spool keeps, with the metadata it
-        will be stored with; False if its note was abandoned: never store it then."""
+        """Note (or renew the note of) a copy of a job that a replica's spool keeps, with the
+        metadata it will be stored with; False if that copy's note was abandoned: never
+        store it then."""
         sql, now, _ = self._kept_sql(_KEEP)
+        values = (job_id, copy_of(metadata), _dump(metadata), *now)
         with self._write() as db:
-            return bool(db.execute(sql, (job_id, _dump(metadata), *now)).fetchall())
+            return bool(db.execute(sql, values).fetchall())
 
     def kept(self, job_id: str) -> dict[str, Any] | None:
-        """The metadata of a job noted as kept and not stored (nor forgotten) since, its
-        note renewed within KEPT_FOR seconds and not abandoned."""
+        """The metadata of a copy of the job noted as kept and not stored (nor forgotten)
+        since, its note renewed within KEPT_FOR seconds and not abandoned."""
         sql, _, since = self._kept_sql(_KEPT)
         with self._read() as db:
             row = db.execute(sql, (job_id, *since)).fetchone()
         return _loaded(row[0]) if row is not None else None
 
     def abandon_kept(self, job_id: str, *, stale: bool) -> bool:
-        """Whether the job's kept images are abandoned (now, or before): there is no note
-        of them, or, with `stale` (the caller has itself waited KEPT_FOR seconds for a
-        renewal), their note has not been renewed for KEPT_FOR seconds by the database's
-        clock. False while a keeper renews it: it will be stored. One statement decides,
-        so a keeper renewing at that moment and an abandoning replica never both win."""
-        sql, _, since = self._kept_sql(_ABANDON)
+        """Whether no spool is to store a copy of the job any more: there is no note of one
+        but abandoned ones, once with `stale` (the caller has itself waited KEPT_FOR
+        seconds for a renewal) the notes not renewed for KEPT_FOR seconds by the database's
+        clock are abandoned. False while a keeper renews a note: it will be stored. In one
+        transaction, and the rows a keeper renews are the rows abandoned, so a keeper
+        renewing at that moment and an abandoning replica never both win."""
         with self._write() as db:
-            if db.execute(sql, (job_id, stale, *since)).fetchall():  # RETURNING: read it all
-                return True
-            sql, now, _ = self._kept_sql(_ABANDON_UNNOTED)
-            return bool(db.execute(sql, (job_id, *now)).fetchall())
+            if stale:
+                sql, now, since = self._kept_sql(_ABANDON_STALE)
+                db.execute(sql, (*now, job_id, *since))
+            return db.execute(self._sql(_LIVE), (job_id,)).fetchone() is None
 
     def forget_kept(self, job_id: str) -> None:
         """The job is no longer kept (its entry was set aside as damaged, or it was stored)."""
@@ -304,12 +336,14 @@ class _Tables:
         successive sweeps cover a large bucket), one query per _SWEEP_BATCH jobs, and a
         HEAD only for the blobs of jobs without a row, all within SWEEP_SECONDS (each
         worker sweeps as it boots). A store or database that cannot be reached ends the
-        sweep (a service still starts without them, after the client's own timeouts)."""
+        sweep (a service still starts without them, after the client's own timeouts).
+        Notes of kept copies abandoned more than ABANDONED_KEPT_FOR ago go first."""
         cutoff_ns = time.time_ns() - int(older_than * 1e9)
         deadline = time.monotonic() + SWEEP_SECONDS
         start = secrets.randbelow(len(_HEX))
         listed = removed = 0
         try:
+            self._sweep_notes()
             for digit in _HEX[start:] + _HEX[:start]:
                 by_job: dict[str, list[str]] = {}
                 for key in blobs.list(digit):
@@ -325,6 +359,16 @@ class _Tables:
         except (OSError, DatabaseUnavailable) as exc:
             log.warning("sweep of unindexed blobs stopped: %s", type(exc).__name__)
         return removed
+
+    def _sweep_notes(self) -> None:
+        """Remove the notes abandoned (or last renewed) more than ABANDONED_KEPT_FOR ago.
+        A failure is logged, never raised: a worker sweeps as it boots."""
+        sql, _, since = self._kept_sql(_SWEEP_NOTES, ABANDONED_KEPT_FOR)
+        try:
+            with self._write() as db:
+                db.execute(sql, since)
+        except Exception as exc:  # a sweep never stops a worker
+            log.warning("sweep of old kept notes stopped: %s", type(exc).__name__)
 
     def _remove_orphans(
         self, by_job: dict[str, list[str]], cutoff_ns: int, blobs: Blobs, deadline: float
@@ -422,10 +466,12 @@ class PostgresImageIndex(_Tables, _PostgresBook):
         assert row is not None
         return int(row[0])
 
-    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+    def _kept_sql(
+        self, statement: str, horizon: float = KEPT_FOR
+    ) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
         """The database server's clock, one for every replica."""
         since = "now() - make_interval(secs => %s)"
-        return statement.format(now="now()", since=since), (), (KEPT_FOR,)
+        return statement.format(now="now()", since=since), (), (horizon,)
 
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
@@ -448,6 +494,7 @@ class SQLiteImageIndex(_Tables, _SQLiteBook):
     """The index in one SQLite file under the images directory: one host only."""
 
     _placeholder = "?"
+    _for_update = ""  # BEGIN IMMEDIATE: the writer's lock is taken at once
 
     def __init__(self, path: Path, locks: Path) -> None:
         super().__init__(path)
@@ -458,13 +505,18 @@ class SQLiteImageIndex(_Tables, _SQLiteBook):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
         self._connect().executescript(SQLITE_SCHEMA)
-        with self._transaction() as db:  # an index written before kept notes were renewed
+        with self._transaction() as db:  # an index from before notes were of copies
             columns = {row[1] for row in db.execute("PRAGMA table_info(kept_jobs)")}
-            if "kept_at" not in columns:
-                db.execute("ALTER TABLE kept_jobs ADD COLUMN kept_at REAL NOT NULL DEFAULT 0")
-                db.execute("UPDATE kept_jobs SET kept_at = ?", (time.time(),))
-            if "abandoned" not in columns:
-                db.execute("ALTER TABLE kept_jobs ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0")
+            if "copy_ids" not in columns:
+                rows = db.execute("SELECT job_id, metadata FROM kept_jobs").fetchall()
+                db.execute("DROP TABLE kept_jobs")
+                db.execute(_SQLITE_KEPT_JOBS)
+                now = time.time()  # each counted as renewed now: its keeper renews it soon
+                db.executemany(
+                    "INSERT INTO kept_jobs (job_id, copy_ids, metadata, kept_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(job, copy_of(_loaded(text) or {}), text, now) for job, text in rows],
+                )
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
@@ -476,11 +528,13 @@ class SQLiteImageIndex(_Tables, _SQLiteBook):
     def _now_ns(self, db: Any) -> int:
         return time.time_ns()
 
-    def _kept_sql(self, statement: str) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
+    def _kept_sql(
+        self, statement: str, horizon: float = KEPT_FOR
+    ) -> tuple[str, tuple[object, ...], tuple[object, ...]]:
         """This host's clock, in seconds."""
         now = time.time()
         sql = self._sql(statement.format(now="%s", since="%s"))
-        return sql, (now,), (now - KEPT_FOR,)
+        return sql, (now,), (now - horizon,)
 
     @contextmanager
     def locked(self, job_id: str) -> Iterator[None]:

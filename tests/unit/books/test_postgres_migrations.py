@@ -3,6 +3,7 @@ again, and two processes migrating at once (one applies, the other waits and fin
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from imagegen.books.migrations import MIGRATION_LOCK, MIGRATIONS, apply_missing, migrate
+from imagegen.storage.tableindex import PostgresImageIndex
 from tests.support.postgres import pool_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -64,6 +66,28 @@ def test_moved_jobs_come_on_top_of_version_3_and_keep_the_image_index(pool):
     with pool.connection() as db:
         assert db.execute("SELECT job_id FROM image_jobs").fetchall() == [("j",)]
         db.execute("INSERT INTO moved_jobs (job_id) VALUES ('j')")
+
+
+def test_kept_notes_of_version_5_become_notes_of_their_copies_renewed_now(pool):
+    assert migrate(pool, MIGRATIONS[:5]) == [1, 2, 3, 4, 5]
+    copy = '{"job_id": "j", "images": [{"id": "a"}, {"id": "b"}]}'
+    with pool.connection() as db:
+        db.execute(
+            "INSERT INTO kept_jobs (job_id, metadata, kept_at) VALUES "
+            "('j', %s, now() - interval '1 day'), ('odd', '{\"images\": 3}', now()), "
+            "('nul', %s, now())",
+            (copy, '{"prompt": "a \\u0000", "images": [{"id": "c"}]}'),
+        )
+
+    assert migrate(pool) == EVERY[5:]
+    index = PostgresImageIndex(pool)
+    assert index.kept("j") == json.loads(copy)  # counted as renewed when migrated
+    with pool.connection() as db:
+        rows = db.execute("SELECT job_id, copy_ids, abandoned FROM kept_jobs ORDER BY 1")
+        assert rows.fetchall() == [("j", "a,b", False), ("nul", "", False), ("odd", "", False)]
+    assert index.note_kept("j", json.loads(copy)) is True  # its keeper renews the same row
+    with pool.connection() as db:
+        assert db.execute("SELECT count(*) FROM kept_jobs").fetchone() == (3,)
 
 
 def test_migrating_again_applies_nothing(pool):

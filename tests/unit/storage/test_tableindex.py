@@ -4,6 +4,7 @@ connection of the pool, and listing reads the index a page of jobs at a time."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -18,7 +19,12 @@ from imagegen.errors import DatabaseUnavailable
 from imagegen.storage.fileblobs import FileBlobs
 from imagegen.storage.images import ImageStore
 from imagegen.storage.spool import KEPT_FOR, KeptJob, Superseded
-from imagegen.storage.tableindex import PAGE, PostgresImageIndex, SQLiteImageIndex
+from imagegen.storage.tableindex import (
+    ABANDONED_KEPT_FOR,
+    PAGE,
+    PostgresImageIndex,
+    SQLiteImageIndex,
+)
 from imagegen.upstream.providers import GeneratedImage, Generation
 from tests.support.fake_openai import make_png
 from tests.support.postgres import dsn_for
@@ -166,73 +172,142 @@ def _index_handles(kind: str, tmp_path: Path, pool: ConnectionPool):
     return handle(), handle()
 
 
-def _unheard_of(kind: str, tmp_path: Path, pool: ConnectionPool, job_id: str) -> None:
-    """The job's note as if its keeper had not renewed it for longer than KEPT_FOR."""
+def _age_notes(kind: str, tmp_path: Path, pool: ConnectionPool, job_id: str, by: float) -> None:
+    """The job's notes as if written (renewed or abandoned) `by` seconds earlier."""
     if kind == "postgres":
         with pool.connection() as db:
             db.execute(
                 "UPDATE kept_jobs SET kept_at = kept_at - make_interval(secs => %s) "
                 "WHERE job_id = %s",
-                (KEPT_FOR + 1, job_id),
+                (by, job_id),
             )
         return
     with sqlite3.connect(tmp_path / "index" / "images.sqlite3") as db:
-        db.execute(
-            "UPDATE kept_jobs SET kept_at = kept_at - ? WHERE job_id = ?", (KEPT_FOR + 1, job_id)
-        )
+        db.execute("UPDATE kept_jobs SET kept_at = kept_at - ? WHERE job_id = ?", (by, job_id))
+
+
+def _copy(job_id: str) -> dict[str, object]:
+    """The metadata of one copy of a job: images with ids of their own."""
+    return {"job_id": job_id, "images": [{"id": str(uuid.uuid4()), "file": "001-x.png"}]}
 
 
 @pytest.mark.parametrize("kind", ["postgres", "sqlite"])
-def test_a_note_not_renewed_may_be_abandoned_and_its_keeper_then_never_stores_the_job(
+def test_a_note_not_renewed_may_be_abandoned_and_its_keeper_then_never_stores_that_copy(
     tmp_path, small_pool, kind
 ):
     keeper, other = _index_handles(kind, tmp_path, small_pool)
     renewed, lost, unnoted = (str(uuid.uuid4()) for _ in range(3))
-    for job_id in (renewed, lost):
-        assert keeper.note_kept(job_id, {"job_id": job_id, "images": []}) is True
+    copies = {job_id: _copy(job_id) for job_id in (renewed, lost)}
+    for job_id, copy in copies.items():
+        assert keeper.note_kept(job_id, copy) is True
 
     # A fresh note is its keeper's: nobody may abandon it, with or without waiting.
     assert other.abandon_kept(lost, stale=False) is False
     assert other.abandon_kept(lost, stale=True) is False
     # Renewed after it aged: fresh again.
-    _unheard_of(kind, tmp_path, small_pool, renewed)
-    assert keeper.note_kept(renewed, {"job_id": renewed, "images": []}) is True
-    assert other.kept(renewed) == {"job_id": renewed, "images": []}
+    _age_notes(kind, tmp_path, small_pool, renewed, KEPT_FOR + 1)
+    assert keeper.note_kept(renewed, copies[renewed]) is True
+    assert other.kept(renewed) == copies[renewed]
     assert other.abandon_kept(renewed, stale=True) is False
 
-    # Not renewed for KEPT_FOR: no longer said kept; abandoned only by one who waited
-    # that long itself (`stale`): a keeper cut off with the database renews it once back.
-    _unheard_of(kind, tmp_path, small_pool, lost)
+    # Not renewed for KEPT_FOR: no longer said kept; abandoned only by one who waited that
+    # long itself (`stale`): a keeper cut off with the database renews it once back.
+    _age_notes(kind, tmp_path, small_pool, lost, KEPT_FOR + 1)
     assert other.kept(lost) is None
     assert other.abandon_kept(lost, stale=False) is False
     assert other.abandon_kept(lost, stale=True) is True
     assert other.abandon_kept(lost, stale=False) is True  # and stays so
-    assert keeper.note_kept(lost, {"job_id": lost, "images": []}) is False  # keeper back
+    assert keeper.note_kept(lost, copies[lost]) is False  # its keeper back: refused
     assert other.kept(lost) is None
-    # The job made again and stored: the abandoned note stays, so a keeper back later
-    # still learns that its copy is not to be stored.
-    other.add(lost, [], {"job_id": lost, "images": [], "again": True}).wait()
-    keeper.forget_kept(lost)
-    assert keeper.note_kept(lost, {"job_id": lost, "images": []}) is False
 
-    # No note at all: abandoned at the first ask, and a keeper noting it late is refused.
+    # The job made again (new ids) may be kept too, while the first copy stays refused.
+    again = _copy(lost)
+    assert other.note_kept(lost, again) is True
+    assert keeper.kept(lost) == again
+    assert keeper.abandon_kept(lost, stale=True) is False
+    assert keeper.note_kept(lost, copies[lost]) is False
+    # Stored: the abandoned note stays, so a keeper back later still learns of it ...
+    other.add(lost, [], again).wait()
+    assert keeper.kept(lost) is None
+    assert keeper.note_kept(lost, copies[lost]) is False
+    # ... until ABANDONED_KEPT_FOR has passed since it was abandoned: then swept.
+    (tmp_path / "blobs").mkdir()
+    blobs = FileBlobs(tmp_path / "blobs", fsync=False)
+    other.sweep(3600, blobs)
+    assert keeper.note_kept(lost, copies[lost]) is False
+    _age_notes(kind, tmp_path, small_pool, lost, ABANDONED_KEPT_FOR + 1)
+    other.sweep(3600, blobs)
+    assert keeper.note_kept(lost, copies[lost]) is True
+
+    # No note at all: nothing to wait for.
     assert other.abandon_kept(unnoted, stale=False) is True
-    assert keeper.note_kept(unnoted, {"job_id": unnoted, "images": []}) is False
 
 
-def test_a_sqlite_index_from_before_renewed_notes_gains_them_and_keeps_its_notes(tmp_path):
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_a_copy_is_not_indexed_over_a_stored_one_nor_once_its_note_is_abandoned(
+    tmp_path, small_pool, kind
+):
+    keeper, other = _index_handles(kind, tmp_path, small_pool)
+    stored, lost = str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = _copy(stored), _copy(stored)
+    image = first["images"][0]["id"]
+    other.add(stored, [(image, f"{stored}/001-x.png")], first).wait()
+
+    with pytest.raises(Superseded):  # another copy of a stored job: its rows stay
+        keeper.add(stored, [(second["images"][0]["id"], f"{stored}/001-y.png")], second)
+    assert other.metadata(stored) == first
+    assert other.find(image) is not None
+    assert other.find(second["images"][0]["id"]) is None
+
+    copy = _copy(lost)
+    assert keeper.note_kept(lost, copy) is True
+    _age_notes(kind, tmp_path, small_pool, lost, KEPT_FOR + 1)
+    assert other.abandon_kept(lost, stale=True) is True
+    with pytest.raises(Superseded):  # abandoned between its keeper's renewal and its rows
+        keeper.add(lost, [(copy["images"][0]["id"], f"{lost}/001-x.png")], copy)
+    assert other.metadata(lost) is None
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_notes_not_renewed_for_a_month_are_swept_and_a_failing_sweep_stops_nothing(
+    tmp_path, small_pool, kind, caplog
+):
+    keeper, other = _index_handles(kind, tmp_path, small_pool)
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    for job_id in (old, recent):
+        assert keeper.note_kept(job_id, _copy(job_id)) is True
+    _age_notes(kind, tmp_path, small_pool, old, ABANDONED_KEPT_FOR + 1)
+    (tmp_path / "blobs").mkdir()
+    blobs = FileBlobs(tmp_path / "blobs", fsync=False)
+    other.sweep(3600, blobs)
+    assert other.abandon_kept(old, stale=False) is True  # no note left: nothing to wait for
+    assert other.abandon_kept(recent, stale=False) is False
+
+    def refused(*_: object) -> None:
+        raise RuntimeError("the database refused the write")
+
+    other._write = refused  # type: ignore[method-assign]
+    other.sweep(3600, blobs)  # logged, not raised: a worker sweeps as it boots
+    assert "sweep of old kept notes stopped: RuntimeError" in caplog.text
+
+
+def test_a_sqlite_index_from_before_notes_of_copies_gains_them_and_keeps_its_notes(tmp_path):
     path = tmp_path / "index" / "images.sqlite3"
     path.parent.mkdir()
     job_id = str(uuid.uuid4())
+    copy = _copy(job_id)
     with sqlite3.connect(path) as db:  # kept_jobs as the previous version made it
         db.execute("CREATE TABLE kept_jobs (job_id TEXT PRIMARY KEY, metadata TEXT NOT NULL)")
-        db.execute("INSERT INTO kept_jobs VALUES (?, ?)", (job_id, '{"job_id": "x"}'))
+        db.execute("INSERT INTO kept_jobs VALUES (?, ?)", (job_id, json.dumps(copy)))
     index = SQLiteImageIndex(path, tmp_path / "locks")
     index.prepare()
     index.prepare()  # every worker prepares: twice is nothing more
 
-    assert index.kept(job_id) == {"job_id": "x"}  # counted as renewed when upgraded
+    assert index.kept(job_id) == copy  # counted as renewed when upgraded
     assert index.abandon_kept(job_id, stale=True) is False
+    assert index.note_kept(job_id, copy) is True  # the same copy's note, renewed
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM kept_jobs").fetchone() == (1,)
 
 
 def test_a_kept_copy_of_a_job_stored_with_other_images_is_superseded_and_changes_nothing(
