@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -78,6 +79,21 @@ def submit_upstream(client: FlaskClient, fake_openai: FakeOpenAI) -> tuple[str, 
     job_id: str = accepted.get_json()["job_id"]
     wait_for(lambda: len(fake_openai.image_requests) > asked, timeout=30, what="upstream call")
     return job_id, asked
+
+
+def replica_upstream(
+    make_jobs_app: Callable[..., Flask],
+    fake_openai: FakeOpenAI,
+    url: str,
+    postgres: ThrowawayPostgres,
+    images: Path,
+) -> tuple[Flask, dict[str, Any], str, int]:
+    """A replica on the bucket `url` and `postgres` (short leases) with an asynchronous job
+    upstream: the app, the options for its peers, the job id, the upstream calls before."""
+    options = {"storage_url": url, "database_url": postgres.dsn, "job_lease_seconds": 5}
+    app = make_jobs_app(images_dir=images, **options)
+    job_id, asked = submit_upstream(app.test_client(), fake_openai)
+    return app, options, job_id, asked
 
 
 def job(client: FlaskClient, job_id: str) -> dict[str, Any]:
@@ -405,6 +421,51 @@ def test_a_job_kept_before_its_process_could_say_so_is_not_made_again_by_the_nex
     assert_completed_once(client, job_id, images, asked + 1, fake_openai)
 
 
+def test_a_copy_noted_only_after_another_replica_took_the_job_up_is_the_one_that_stands(
+    settings, make_jobs_app, fake_openai, own_seaweed, own_postgres, tmp_path
+):
+    # The database goes away while the call is upstream: the copy is kept with no note, and
+    # the job's lease lapses. Another replica takes the job up and asks again; meanwhile the
+    # keeper comes back and stores its copy. The copy made again is not stored over it.
+    url = f"s3://{BUCKET}/spool-late-note"
+    keeper_dir, away = tmp_path / "a", tmp_path / "away"
+    keeper, options, job_id, asked = replica_upstream(
+        make_jobs_app, fake_openai, url, own_postgres, keeper_dir
+    )
+    own_postgres.halt()
+    wait_for(lambda: spooled(keeper_dir) == [job_id], timeout=60, what="the job kept")
+    services(keeper).jobs.shutdown(60)  # it lets go; its record still says running
+    away.mkdir()
+    shutil.move(keeper_dir / ".spool" / job_id, away / job_id)  # out of its flusher's sight
+    kept = json.loads((away / job_id / "metadata.json").read_bytes())
+    own_postgres.resume()
+
+    fake_openai.enqueue(slow(UPSTREAM_SECONDS))
+    other = make_jobs_app(images_dir=tmp_path / "b", **options).test_client()
+    wait_for(lambda: len(fake_openai.image_requests) == asked + 2, timeout=60, what="asked again")
+    shutil.move(away / job_id, keeper_dir / ".spool" / job_id)
+    back = make_jobs_app(images_dir=keeper_dir, **options).test_client()
+    wait_for(lambda: spooled(keeper_dir) == [], timeout=60, what="the first copy stored")
+
+    completed = wait_for(
+        lambda: (found := job(other, job_id))["status"] in FINAL and found,
+        timeout=60,
+        what="the job finished",
+    )
+    assert completed["status"] == "completed", completed
+    assert completed["attempts"] == 2
+    first = [image["id"] for image in kept["images"]]
+    for client in (other, back):
+        assert [image["id"] for image in job(client, job_id)["images"]] == first
+        assert client.get(f"/images/{first[0]}").status_code == 200
+    assert len(fake_openai.image_requests) == asked + 2
+    objects = bucket_keys(own_seaweed, url)  # the first copy's, and nothing of the second
+    names = ["metadata.json", *(image["file"] for image in kept["images"])]
+    assert sorted(objects) == sorted(f"{job_id}/{name}" for name in names)
+    mirrored = json.loads(objects[f"{job_id}/metadata.json"])
+    assert [image["id"] for image in mirrored["images"]] == first
+
+
 def test_an_async_job_whose_keeping_replica_is_lost_is_made_again_and_its_copy_never_stored(
     settings, make_jobs_app, fake_openai, own_seaweed, own_postgres, tmp_path, monkeypatch
 ):
@@ -413,9 +474,9 @@ def test_an_async_job_whose_keeping_replica_is_lost_is_made_again_and_its_copy_n
     monkeypatch.setattr(runner, "KEPT_FOR", 3.0)
     url = f"s3://{BUCKET}/spool-lost"
     keeper_dir, lost_disk = tmp_path / "a", tmp_path / "lost-disk"
-    options = {"storage_url": url, "database_url": own_postgres.dsn, "job_lease_seconds": 5}
-    keeper = make_jobs_app(images_dir=keeper_dir, **options)
-    job_id, asked = submit_upstream(keeper.test_client(), fake_openai)
+    keeper, options, job_id, asked = replica_upstream(
+        make_jobs_app, fake_openai, url, own_postgres, keeper_dir
+    )
     own_seaweed.stop()
     storing = wait_for(
         lambda: (found := job(keeper.test_client(), job_id))["status"] != "running" and found,

@@ -447,10 +447,9 @@ class JobRunner:
         elif status == "running" and not self.store.give_up_kept(job.job_id, stale=False):
             # Its images are in a replica's spool: its process died (or let go of it) before
             # it could record `storing` (the database being away, or just then). Never made
-            # again while a note of them is renewed (one not renewed lately is waited for
-            # too: its keeper may have been cut off with the database): the spool that keeps
-            # them stores them, after a restart too. With no note, giving up leaves an
-            # abandoned one, so that a spool that could not note them never stores them.
+            # again while a note of them is there, even one not renewed lately (its keeper
+            # may have been cut off with the database): the spool that keeps them stores
+            # them, after a restart too.
             status = "storing"
             self._update(job, lambda r: r.update(status=status), event="status", durable=True)
         elif status == "running" and record["attempts"] >= self.settings.job_attempts:
@@ -603,6 +602,9 @@ class JobRunner:
                     elif time.monotonic() - heard >= KEPT_FOR:  # waited itself, not only
                         # the note's age: after the database was away every note is old
                         lost = self.store.give_up_kept(job.job_id, stale=True)
+                        if lost:  # stored just before the note was given up?
+                            metadata = self.store.job_metadata(job.job_id)
+                            lost = metadata is None
             except ServiceError:  # the database holding the index is still away
                 metadata, damaged = None, False
                 heard = time.monotonic()  # nobody could renew a note meanwhile
@@ -702,9 +704,35 @@ class JobRunner:
                 held = True
             if not held:
                 raise LeaseLost("its lease lapsed while the upstream made its images")
+            if job.record["attempts"] > 1:
+                self._not_kept_meanwhile(job)
             return generation
 
         return produced
+
+    def _not_kept_meanwhile(self, job: _Job) -> None:
+        """Raise JobKept if images an earlier start made have come to light while this one
+        made them again: stored, or noted by a spool that keeps them (its replica had lost
+        the database when it kept them, so its note came only after the job was taken up
+        here). Those stand; these, made again, are not stored (the reservation is released,
+        as for a lease lost). A database out of reach cannot say: these are stored."""
+        try:
+            earlier = self.store.job_metadata(job.job_id) or self.store.kept_job(job.job_id)
+        except ServiceError:
+            return
+        if earlier is not None:
+            log.warning(
+                "job %s: the images an earlier start made were kept after all; the ones "
+                "made again are not stored",
+                job.job_id,
+            )
+            images = [image.get("id") for image in earlier.get("images") or []]
+            raise JobKept(
+                "Kept by the replica that made it first.",
+                job_id=job.job_id,
+                images=[str(image_id) for image_id in images],
+                retry_after=1,
+            )
 
     def _progressive(self, job: _Job) -> Produce | None:
         """A generation that reports previews and finished images as they come."""
