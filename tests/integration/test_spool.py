@@ -464,6 +464,10 @@ def test_a_copy_noted_only_after_another_replica_took_the_job_up_is_the_one_that
     assert sorted(objects) == sorted(f"{job_id}/{name}" for name in names)
     mirrored = json.loads(objects[f"{job_id}/metadata.json"])
     assert [image["id"] for image in mirrored["images"]] == first
+    # Both calls were billed: the one made again counts in the caps, settled, not released.
+    with psycopg.connect(own_postgres.dsn, autocommit=True) as db:
+        spent = db.execute("SELECT state, job_id FROM spend ORDER BY id").fetchall()
+    assert len(spent) == 2 and spent[1] == ("settled", job_id), spent
 
 
 def test_an_async_job_whose_keeping_replica_is_lost_is_made_again_and_its_copy_never_stored(

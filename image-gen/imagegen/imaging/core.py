@@ -132,6 +132,7 @@ class ImageMaker:
         admission: Admission | None = None,
         job_id: str | None = None,
         request_id: str | None = None,
+        before_store: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Make images and store them as one job; return its metadata.
 
@@ -139,7 +140,9 @@ class ImageMaker:
         for edits and variations); `source` records what an edit or variation started
         from. `admission` is what `admit` returned when the route admitted the request
         itself (else it is admitted here for `caller`). `job_id` stores the job under the
-        id an asynchronous job was given when it was accepted.
+        id an asynchronous job was given when it was accepted. `before_store` runs once the
+        images are made (and billed), before they are stored; its JobKept stores nothing and
+        settles their cost, as the store's does.
         """
         provider, settings = self.provider, self.settings
         if produce is None:
@@ -170,6 +173,8 @@ class ImageMaker:
         if source is not None:
             extra["source"] = source
         try:
+            if before_store is not None:  # may say JobKept: the images are not stored
+                before_store()
             metadata = self.store.save_job(
                 image_request.as_dict(), generation, extra=extra, job_id=job_id
             )

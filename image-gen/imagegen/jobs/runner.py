@@ -55,6 +55,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from imagegen import clock
@@ -687,6 +688,7 @@ class JobRunner:
             admission=admission,
             job_id=job.job_id,
             request_id=record.get("request_id"),
+            before_store=partial(self._not_kept_meanwhile, job) if record["attempts"] > 1 else None,
         )
 
     def _while_held(self, job: _Job, produce: Produce) -> Produce:
@@ -704,8 +706,6 @@ class JobRunner:
                 held = True
             if not held:
                 raise LeaseLost("its lease lapsed while the upstream made its images")
-            if job.record["attempts"] > 1:
-                self._not_kept_meanwhile(job)
             return generation
 
         return produced
@@ -714,8 +714,8 @@ class JobRunner:
         """Raise JobKept if images an earlier start made have come to light while this one
         made them again: stored, or noted by a spool that keeps them (its replica had lost
         the database when it kept them, so its note came only after the job was taken up
-        here). Those stand; these, made again, are not stored (the reservation is released,
-        as for a lease lost). A database out of reach cannot say: these are stored."""
+        here). Those stand; these, made again (and billed: their cost is settled), are not
+        stored. A database out of reach cannot say: these are stored."""
         try:
             earlier = self.store.job_metadata(job.job_id) or self.store.kept_job(job.job_id)
         except ServiceError:

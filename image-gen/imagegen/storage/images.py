@@ -316,7 +316,11 @@ class ImageStore:
         self.index.stage(publication)
         publication.seal()
         if indexed is None:
-            self.index.add(job_id, _entries(job_id, metadata["images"]), metadata).wait()
+            try:
+                self.index.add(job_id, _entries(job_id, metadata["images"]), metadata).wait()
+            except Superseded:  # another copy stored meanwhile, or this one's note abandoned
+                publication.abort()  # this copy's own keys (its image ids; no marker yet)
+                raise
         else:
             self.index.forget_kept(job_id)  # `add` would have
         publication.commit()

@@ -268,7 +268,7 @@ class Flusher:
         self.spool = spool
         self._store = store
         self._renew = renew
-        self._set_aside = set_aside  # told the id of each entry set aside as damaged
+        self._set_aside = set_aside  # told the id of each entry set aside, never stored
         self._unreachable = unreachable
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -369,3 +369,5 @@ class Flusher:
             SUPERSEDED,
         )
         self.spool.set_aside(job_id, SUPERSEDED)
+        if self._set_aside is not None:  # its live note, if any, goes too
+            self._set_aside(job_id)
